@@ -1,0 +1,393 @@
+//! Space-filling designs in [0, 1)^d: scrambled Sobol, scrambled Halton, Latin hypercube.
+//!
+//! Every design is a pure function of `(k, d, sampler, seed)`: the random streams are indexed by
+//! dimension (or by block of 256 dimensions for Sobol), never shared between threads, so the
+//! points are the same on every machine and for every thread count.
+
+use std::str::FromStr;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::rng::Rng;
+use crate::{CoreError, Result};
+
+/// Which design generates the points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampler {
+    /// Owen-scrambled Sobol (`sobol_burley`), at most [`MAX_SOBOL_POINTS`] points.
+    Sobol,
+    /// Halton with the first `d` primes, scrambled by random digit permutations.
+    Halton,
+    /// Latin hypercube: one point per stratum `[i / k, (i + 1) / k)` in every dimension.
+    LatinHypercube,
+}
+
+impl FromStr for Sampler {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sobol" => Ok(Self::Sobol),
+            "halton" => Ok(Self::Halton),
+            "latin_hypercube" => Ok(Self::LatinHypercube),
+            _ => Err(CoreError::UnknownStrategy {
+                kind: "sampler",
+                name: s.to_owned(),
+                expected: "sobol, halton, latin_hypercube",
+            }),
+        }
+    }
+}
+
+/// The longest scrambled Sobol design: `sobol_burley` indexes samples with 16 bits.
+pub const MAX_SOBOL_POINTS: usize = 1 << 16;
+
+/// Dimensions of `sobol_burley`; higher dimensions reuse them under another seed.
+const SOBOL_DIMS: usize = sobol_burley::NUM_DIMENSIONS as usize;
+
+/// `k` points of dimension `d`, `(k, d)`, every coordinate in [0, 1).
+///
+/// `k = 0`, `d = 0`, a design too large to allocate, or `k > 65536` with the Sobol sampler
+/// → [`CoreError::InvalidParameter`].
+pub fn points(k: usize, d: usize, sampler: Sampler, seed: u64) -> Result<Array2<f64>> {
+    if k == 0 {
+        return Err(CoreError::InvalidParameter(
+            "the number of points must be at least 1, got 0".to_owned(),
+        ));
+    }
+    if d == 0 {
+        return Err(CoreError::InvalidParameter(
+            "the dimension of the points must be at least 1, got 0".to_owned(),
+        ));
+    }
+    if k.checked_mul(d).is_none_or(|cells| cells > isize::MAX as usize / 8) {
+        return Err(CoreError::InvalidParameter(format!(
+            "a design of {k} points of dimension {d} is too large"
+        )));
+    }
+    match sampler {
+        Sampler::Sobol => sobol(k, d, seed),
+        Sampler::Halton => {
+            let primes = first_primes(d);
+            Ok(from_columns(k, d, |j| halton_column(k, primes[j], j, seed)))
+        }
+        Sampler::LatinHypercube => Ok(from_columns(k, d, |j| latin_hypercube_column(k, j, seed))),
+    }
+}
+
+/// The 32-bit `sobol_burley` seed of dimensions `256 b .. 256 (b + 1)`: the top half of the first
+/// draw of stream `b` of `seed`, so each block of 256 dimensions is an independent scramble.
+fn sobol_seed(seed: u64, block: usize) -> u32 {
+    (Rng::for_stream(seed, block as u64).next_u64() >> 32) as u32
+}
+
+fn sobol(k: usize, d: usize, seed: u64) -> Result<Array2<f64>> {
+    if k > MAX_SOBOL_POINTS {
+        return Err(CoreError::InvalidParameter(format!(
+            "the sobol sampler supports at most {MAX_SOBOL_POINTS} points, got {k}"
+        )));
+    }
+    let seeds: Vec<u32> = (0..d.div_ceil(SOBOL_DIMS))
+        .map(|block| sobol_seed(seed, block))
+        .collect();
+    let mut out = Array2::<f64>::zeros((k, d));
+    let flat = out
+        .as_slice_mut()
+        .expect("a fresh array is in standard layout");
+    flat.par_chunks_mut(d)
+        .enumerate()
+        .for_each(|(i, row)| {
+            // Dimension j = 4 s + l lies in set s % 64 of block s / 64 (256 = 64 sets of 4), and
+            // `sample_4d` equals four calls of `sample`.
+            for (s, quad) in row.chunks_mut(4).enumerate() {
+                let set = (s % (SOBOL_DIMS / 4)) as u32;
+                let values = sobol_burley::sample_4d(i as u32, set, seeds[s / (SOBOL_DIMS / 4)]);
+                for (x, v) in quad.iter_mut().zip(values) {
+                    *x = f64::from(v);
+                }
+            }
+        });
+    Ok(out)
+}
+
+/// Builds a `(k, d)` array from columns computed independently (in parallel) by `column(j)`.
+fn from_columns<F>(k: usize, d: usize, column: F) -> Array2<f64>
+where
+    F: Fn(usize) -> Vec<f64> + Sync,
+{
+    let columns: Vec<Vec<f64>> = (0..d).into_par_iter().map(column).collect();
+    let mut out = Array2::<f64>::zeros((k, d));
+    let flat = out
+        .as_slice_mut()
+        .expect("a fresh array is in standard layout");
+    flat.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+        for (x, col) in row.iter_mut().zip(&columns) {
+            *x = col[i];
+        }
+    });
+    out
+}
+
+/// The first `d` primes, by a sieve of Eratosthenes up to Rosser's bound
+/// `p_d < d (ln d + ln ln d)` (d >= 6).
+fn first_primes(d: usize) -> Vec<u64> {
+    if d == 0 {
+        return Vec::new();
+    }
+    let df = d.max(6) as f64;
+    let limit = (df * (df.ln() + df.ln().ln())).ceil() as usize + 1;
+    let mut composite = vec![false; limit + 1];
+    let mut primes = Vec::with_capacity(d);
+    for n in 2..=limit {
+        if composite[n] {
+            continue;
+        }
+        primes.push(n as u64);
+        if primes.len() == d {
+            break;
+        }
+        for multiple in (n * n..=limit).step_by(n) {
+            composite[multiple] = true;
+        }
+    }
+    primes
+}
+
+/// Column `j` of a scrambled Halton design in base `b` (the `j`-th prime): digit position `l`
+/// of the radical inverse goes through its own random permutation of `0..b`.
+///
+/// Stream `j` of `seed` draws, in order, a full permutation for each digit position the indices
+/// `0..k` use, then one uniform digit for each further position (the image of digit 0 under a
+/// permutation that would be drawn there). `L` positions are kept, the most with `b^L <= 2^53`, so
+/// the value `N / b^L` is computed from an exact integer `N < b^L` and is always below 1.
+fn halton_column(k: usize, b: u64, j: usize, seed: u64) -> Vec<f64> {
+    let mut positions = 1usize;
+    let mut scale = b;
+    while let Some(next) = scale.checked_mul(b).filter(|&s| s <= 1 << 53) {
+        scale = next;
+        positions += 1;
+    }
+    // Digit positions that vary among the indices 0..k.
+    let mut used = 1usize;
+    let mut span = b;
+    while span < k as u64 && used < positions {
+        span = span.saturating_mul(b);
+        used += 1;
+    }
+
+    let base = b as usize;
+    let mut rng = Rng::for_stream(seed, j as u64);
+    // tables[l * b + digit] = permuted digit scaled by b^(L - 1 - l).
+    let mut tables = vec![0u64; used * base];
+    let mut weight = scale / b;
+    let mut perm: Vec<u64> = (0..b).collect();
+    for table in tables.chunks_exact_mut(base) {
+        for (slot, v) in perm.iter_mut().zip(0..b) {
+            *slot = v;
+        }
+        rng.shuffle(&mut perm);
+        for (t, &p) in table.iter_mut().zip(&perm) {
+            *t = p * weight;
+        }
+        weight /= b;
+    }
+    let mut tail = 0u64;
+    for _ in used..positions {
+        tail += rng.below(b) * weight;
+        weight /= b;
+    }
+
+    let denominator = scale as f64;
+    (0..k as u64)
+        .map(|index| {
+            let mut n = tail;
+            let mut rest = index;
+            for table in tables.chunks_exact(base) {
+                n += table[(rest % b) as usize];
+                rest /= b;
+            }
+            n as f64 / denominator
+        })
+        .collect()
+}
+
+/// Column `j` of a Latin hypercube: stream `j` of `seed` shuffles the strata `0..k`, then draws
+/// one uniform jitter per point; point `i` is `(stratum_i + u_i) / k`, kept inside its stratum
+/// `[s / k, (s + 1) / k)` (both bounds computed in f64) despite rounding.
+fn latin_hypercube_column(k: usize, j: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::for_stream(seed, j as u64);
+    let mut strata: Vec<usize> = (0..k).collect();
+    rng.shuffle(&mut strata);
+    let kf = k as f64;
+    strata
+        .iter()
+        .map(|&s| {
+            let x = (s as f64 + rng.next_f64()) / kf;
+            let hi = (s + 1) as f64 / kf;
+            if x < hi {
+                x
+            } else {
+                // The largest double below `hi` (hi > 0), still >= s / k since k < 2^52.
+                f64::from_bits(hi.to_bits() - 1)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn strata_counts(column: impl Iterator<Item = f64>, bins: usize) -> Vec<usize> {
+        let mut counts = vec![0usize; bins];
+        for x in column {
+            // Exact bin by comparison against the same f64 bounds the generators use.
+            let mut b = ((x * bins as f64) as usize).min(bins - 1);
+            while b > 0 && x < b as f64 / bins as f64 {
+                b -= 1;
+            }
+            while b + 1 < bins && x >= (b + 1) as f64 / bins as f64 {
+                b += 1;
+            }
+            counts[b] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn sampler_names() {
+        assert_eq!("sobol".parse::<Sampler>(), Ok(Sampler::Sobol));
+        assert_eq!("halton".parse::<Sampler>(), Ok(Sampler::Halton));
+        assert_eq!(
+            "latin_hypercube".parse::<Sampler>(),
+            Ok(Sampler::LatinHypercube)
+        );
+        assert!(matches!(
+            "lhs".parse::<Sampler>(),
+            Err(CoreError::UnknownStrategy { .. })
+        ));
+    }
+
+    #[test]
+    fn errors() {
+        for s in [Sampler::Sobol, Sampler::Halton, Sampler::LatinHypercube] {
+            assert!(matches!(
+                points(0, 3, s, 1),
+                Err(CoreError::InvalidParameter(_))
+            ));
+            assert!(matches!(
+                points(3, 0, s, 1),
+                Err(CoreError::InvalidParameter(_))
+            ));
+            assert!(matches!(
+                points(usize::MAX, 2, s, 1),
+                Err(CoreError::InvalidParameter(_))
+            ));
+        }
+        let err = points(MAX_SOBOL_POINTS + 1, 1, Sampler::Sobol, 0).unwrap_err();
+        assert!(err.to_string().contains("65537"), "{err}");
+        assert!(points(MAX_SOBOL_POINTS, 1, Sampler::Sobol, 0).is_ok());
+    }
+
+    #[test]
+    fn primes() {
+        assert_eq!(first_primes(10), vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert_eq!(first_primes(1024)[1023], 8161);
+        assert_eq!(first_primes(1), vec![2]);
+        assert!(first_primes(0).is_empty());
+    }
+
+    #[test]
+    fn sobol_matches_one_dimension_calls() {
+        let seed = 99;
+        let d = 600;
+        let x = points(8, d, Sampler::Sobol, seed).unwrap();
+        for i in 0..8 {
+            for j in 0..d {
+                let expected = sobol_burley::sample(
+                    i as u32,
+                    (j % SOBOL_DIMS) as u32,
+                    sobol_seed(seed, j / SOBOL_DIMS),
+                );
+                assert_eq!(x[[i, j]], f64::from(expected));
+            }
+        }
+        // Blocks of 256 dimensions are scrambled differently.
+        assert_ne!(x.column(0), x.column(256));
+    }
+
+    #[test]
+    fn halton_unscrambled_structure() {
+        // With k = b^m, every digit position that varies is a bijection, so base 2 gives one
+        // point per 1/8 and base 3 one point per 1/9.
+        let x = points(8, 1, Sampler::Halton, 5).unwrap();
+        assert_eq!(strata_counts(x.column(0).iter().copied(), 8), vec![1; 8]);
+        let x = points(9, 2, Sampler::Halton, 5).unwrap();
+        assert_eq!(strata_counts(x.column(1).iter().copied(), 9), vec![1; 9]);
+    }
+
+    #[test]
+    fn latin_hypercube_small() {
+        let x = points(4, 3, Sampler::LatinHypercube, 11).unwrap();
+        for col in x.columns() {
+            assert_eq!(strata_counts(col.iter().copied(), 4), vec![1; 4]);
+        }
+    }
+
+    fn sampler() -> impl Strategy<Value = Sampler> {
+        prop_oneof![
+            Just(Sampler::Sobol),
+            Just(Sampler::Halton),
+            Just(Sampler::LatinHypercube)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn in_unit_cube_and_reproducible(
+            k in 1usize..200, d in 1usize..40, s in sampler(), seed in any::<u64>()
+        ) {
+            let x = points(k, d, s, seed).unwrap();
+            prop_assert_eq!(x.dim(), (k, d));
+            prop_assert!(x.iter().all(|v| (0.0..1.0).contains(v)));
+            prop_assert_eq!(&x, &points(k, d, s, seed).unwrap());
+            if k >= 4 {
+                prop_assert_ne!(&x, &points(k, d, s, seed ^ 1).unwrap());
+            }
+        }
+
+        #[test]
+        fn latin_hypercube_one_point_per_stratum(
+            k in 1usize..300, d in 1usize..8, seed in any::<u64>()
+        ) {
+            let x = points(k, d, Sampler::LatinHypercube, seed).unwrap();
+            for col in x.columns() {
+                prop_assert_eq!(strata_counts(col.iter().copied(), k), vec![1; k]);
+            }
+        }
+
+        #[test]
+        fn sobol_power_of_two_is_stratified(
+            m in 0u32..11, d in 1usize..300, seed in any::<u64>()
+        ) {
+            let k = 1usize << m;
+            let x = points(k, d, Sampler::Sobol, seed).unwrap();
+            for col in x.columns() {
+                prop_assert_eq!(strata_counts(col.iter().copied(), k), vec![1; k]);
+            }
+        }
+
+        #[test]
+        fn halton_prime_powers_are_stratified(
+            j in 0usize..6, m in 1u32..4, extra in 0usize..3, seed in any::<u64>()
+        ) {
+            let b = first_primes(j + 1)[j] as usize;
+            let k = b.pow(m);
+            let x = points(k, j + 1 + extra, Sampler::Halton, seed).unwrap();
+            prop_assert_eq!(strata_counts(x.column(j).iter().copied(), k), vec![1; k]);
+        }
+    }
+}

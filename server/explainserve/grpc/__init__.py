@@ -1,0 +1,1 @@
+"""The gRPC transport: servers and servicers (proto <-> domain, status codes)."""
