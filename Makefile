@@ -18,6 +18,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
+BUF_VERSION := v1.50.0
+BUF := $(STAMPS)/bin/buf
 RUST_SOURCES := Cargo.toml $(wildcard Cargo.lock) $(shell find native -name '*.rs' -o -name Cargo.toml 2>/dev/null)
 PORT ?= 50051
 ARGS ?=
@@ -46,12 +48,26 @@ $(STAMPS)/native: $(STAMPS)/deps $(RUST_SOURCES)
 .PHONY: install
 install: $(STAMPS)/native ## Create .venv, install all dependencies, build the native module
 
+# buf (proto style lint), built from the Go module proxy into .make/bin.
+$(BUF):
+	@mkdir -p $(STAMPS)/bin
+	GOBIN=$(abspath $(STAMPS)/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+.PHONY: proto
+proto: install ## Regenerate server/explainserve/v1 from proto/ (commit the result)
+	$(PY) scripts/gen_proto.py
+
+.PHONY: lint-proto
+lint-proto: $(BUF) ## Lint the protos with buf's STANDARD + COMMENTS rules
+	$(BUF) lint
+
 .PHONY: run
 run: install ## Start the server on the embedded default model (PORT=50051, ARGS=...)
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install ## Everything CI checks: Rust fmt/clippy/tests, ruff, mypy, stub check, pytest
+test: install $(BUF) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, pytest
+	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test -p explainserve-core --quiet
