@@ -36,7 +36,7 @@ $(PY):
 
 $(STAMPS)/deps: pyproject.toml | $(PY)
 	@mkdir -p $(STAMPS)
-	# The project itself (editable, which also builds the native module once) and its dev extras.
+	@# The project itself (editable, which also builds the native module once) and dev extras.
 	$(PIP) install --quiet -e '.[dev]'
 	@touch $@
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod estimators;
 pub mod expand;
 pub mod grouping;
+mod linalg;
 pub mod masks;
 pub mod qmc;
 pub mod rng;

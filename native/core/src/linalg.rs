@@ -1,7 +1,7 @@
 //! Small dense linear algebra for the estimators: symmetric positive (semi)definite solves by
 //! Cholesky, with a tiny ridge when the system is (numerically) singular.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::Array2;
 
 /// A pivot below this fraction of the largest diagonal entry counts as zero: the matrix is
 /// treated as singular rather than inverted into huge, meaningless numbers.
@@ -67,10 +67,14 @@ fn cholesky_solve(l: &[f64], m: usize, x: &mut [f64]) {
 /// (`m x t`) with one factorisation. When `a` is singular, `a + lambda P` is solved instead, with
 /// `lambda = 1e-10 trace(a)` (grown until the factorisation succeeds) and `P` the `penalty`, so the
 /// result is a finite, minimum-norm-like solution, never NaN (unless `b` holds NaN).
-pub(crate) fn solve_psd(a: ArrayView2<f64>, b: ArrayView2<f64>, penalty: Penalty) -> Array2<f64> {
+pub(crate) fn solve_psd(a: &Array2<f64>, b: &Array2<f64>, penalty: Penalty) -> Array2<f64> {
     let m = a.nrows();
     assert_eq!(a.ncols(), m, "solve_psd needs a square matrix");
-    assert_eq!(b.nrows(), m, "solve_psd: right-hand side has the wrong number of rows");
+    assert_eq!(
+        b.nrows(),
+        m,
+        "solve_psd: right-hand side has the wrong number of rows"
+    );
     let t = b.ncols();
     let dense: Vec<f64> = a.iter().copied().collect();
     let factor = cholesky(&dense, m).or_else(|| {
@@ -126,7 +130,7 @@ mod tests {
         let a = array![[4.0, 2.0, 0.6], [2.0, 5.0, 1.0], [0.6, 1.0, 3.0]];
         let x_true = array![[1.0, -2.0], [0.5, 0.0], [-3.0, 7.0]];
         let b = a.dot(&x_true);
-        let x = solve_psd(a.view(), b.view(), Penalty::Identity);
+        let x = solve_psd(&a, &b, Penalty::Identity);
         for (u, v) in x.iter().zip(&x_true) {
             assert!((u - v).abs() < 1e-12, "{x} vs {x_true}");
         }
@@ -137,11 +141,14 @@ mod tests {
         // Two identical columns: the minimum-norm solution splits the weight equally.
         let a = array![[1.0, 1.0], [1.0, 1.0]];
         let b = array![[2.0], [2.0]];
-        let x = solve_psd(a.view(), b.view(), Penalty::Identity);
-        assert!((x[[0, 0]] - 1.0).abs() < 1e-6 && (x[[1, 0]] - 1.0).abs() < 1e-6, "{x}");
+        let x = solve_psd(&a, &b, Penalty::Identity);
+        assert!(
+            (x[[0, 0]] - 1.0).abs() < 1e-6 && (x[[1, 0]] - 1.0).abs() < 1e-6,
+            "{x}"
+        );
         let zero = Array2::<f64>::zeros((3, 3));
         let rhs = Array2::<f64>::zeros((3, 2));
-        let x = solve_psd(zero.view(), rhs.view(), Penalty::IdentityPlusOnes);
+        let x = solve_psd(&zero, &rhs, Penalty::IdentityPlusOnes);
         assert!(x.iter().all(|v| *v == 0.0));
     }
 
@@ -149,6 +156,6 @@ mod tests {
     fn empty_system() {
         let a = Array2::<f64>::zeros((0, 0));
         let b = Array2::<f64>::zeros((0, 3));
-        assert_eq!(solve_psd(a.view(), b.view(), Penalty::Identity).dim(), (0, 3));
+        assert_eq!(solve_psd(&a, &b, Penalty::Identity).dim(), (0, 3));
     }
 }

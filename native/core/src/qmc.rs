@@ -60,7 +60,9 @@ pub fn points(k: usize, d: usize, sampler: Sampler, seed: u64) -> Result<Array2<
             "the dimension of the points must be at least 1, got 0".to_owned(),
         ));
     }
-    if k.checked_mul(d).is_none_or(|cells| cells > isize::MAX as usize / 8) {
+    if k.checked_mul(d)
+        .is_none_or(|cells| cells > isize::MAX as usize / 8)
+    {
         return Err(CoreError::InvalidParameter(format!(
             "a design of {k} points of dimension {d} is too large"
         )));
@@ -94,26 +96,24 @@ fn sobol(k: usize, d: usize, seed: u64) -> Result<Array2<f64>> {
     let flat = out
         .as_slice_mut()
         .expect("a fresh array is in standard layout");
-    flat.par_chunks_mut(d)
-        .enumerate()
-        .for_each(|(i, row)| {
-            // Dimension j = 4 s + l lies in set s % 64 of block s / 64 (256 = 64 sets of 4), and
-            // `sample_4d` equals four calls of `sample`.
-            for (s, quad) in row.chunks_mut(4).enumerate() {
-                let set = (s % (SOBOL_DIMS / 4)) as u32;
-                let values = sobol_burley::sample_4d(i as u32, set, seeds[s / (SOBOL_DIMS / 4)]);
-                for (x, v) in quad.iter_mut().zip(values) {
-                    *x = f64::from(v);
-                }
+    flat.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+        // Dimension j = 4 s + l lies in set s % 64 of block s / 64 (256 = 64 sets of 4), and
+        // `sample_4d` equals four calls of `sample`.
+        for (s, quad) in row.chunks_mut(4).enumerate() {
+            let set = (s % (SOBOL_DIMS / 4)) as u32;
+            let values = sobol_burley::sample_4d(i as u32, set, seeds[s / (SOBOL_DIMS / 4)]);
+            for (x, v) in quad.iter_mut().zip(values) {
+                *x = f64::from(v);
             }
-        });
+        }
+    });
     Ok(out)
 }
 
 /// Builds a `(k, d)` array from columns computed independently (in parallel) by `column(j)`.
 fn from_columns<F>(k: usize, d: usize, column: F) -> Array2<f64>
 where
-    F: Fn(usize) -> Vec<f64> + Sync,
+    F: Fn(usize) -> Vec<f64> + Sync + Send,
 {
     let columns: Vec<Vec<f64>> = (0..d).into_par_iter().map(column).collect();
     let mut out = Array2::<f64>::zeros((k, d));
@@ -154,12 +154,13 @@ fn first_primes(d: usize) -> Vec<u64> {
 }
 
 /// Column `j` of a scrambled Halton design in base `b` (the `j`-th prime): digit position `l`
-/// of the radical inverse goes through its own random permutation of `0..b`.
+/// of the radical inverse goes through its own random permutation `pi_l` of `0..b`.
 ///
-/// Stream `j` of `seed` draws, in order, a full permutation for each digit position the indices
-/// `0..k` use, then one uniform digit for each further position (the image of digit 0 under a
-/// permutation that would be drawn there). `L` positions are kept, the most with `b^L <= 2^53`, so
-/// the value `N / b^L` is computed from an exact integer `N < b^L` and is always below 1.
+/// `L` positions are kept, the most with `b^L <= 2^53`, so the value `N / b^L` is computed from an
+/// exact integer `N = sum_l pi_l(digit_l) b^(L - 1 - l) < b^L` and is always below 1. Only the
+/// images of the digits that occur are drawn: at position `l` the indices `0..k` use the digits
+/// `0..m_l`, `m_l = min(b, ceil(k / b^l))`, and stream `j` of `seed` draws `pi_l(0..m_l)`, position
+/// after position, by a forward (partial) Fisher-Yates shuffle of `0..b`.
 fn halton_column(k: usize, b: u64, j: usize, seed: u64) -> Vec<f64> {
     let mut positions = 1usize;
     let mut scale = b;
@@ -167,34 +168,32 @@ fn halton_column(k: usize, b: u64, j: usize, seed: u64) -> Vec<f64> {
         scale = next;
         positions += 1;
     }
-    // Digit positions that vary among the indices 0..k.
-    let mut used = 1usize;
-    let mut span = b;
-    while span < k as u64 && used < positions {
-        span = span.saturating_mul(b);
-        used += 1;
-    }
 
-    let base = b as usize;
     let mut rng = Rng::for_stream(seed, j as u64);
-    // tables[l * b + digit] = permuted digit scaled by b^(L - 1 - l).
-    let mut tables = vec![0u64; used * base];
-    let mut weight = scale / b;
-    let mut perm: Vec<u64> = (0..b).collect();
-    for table in tables.chunks_exact_mut(base) {
-        for (slot, v) in perm.iter_mut().zip(0..b) {
-            *slot = v;
-        }
-        rng.shuffle(&mut perm);
-        for (t, &p) in table.iter_mut().zip(&perm) {
-            *t = p * weight;
-        }
-        weight /= b;
-    }
+    // tables[l][digit] = pi_l(digit) b^(L - 1 - l); positions where only digit 0 occurs add up
+    // to the constant `tail`.
+    let mut tables: Vec<Vec<u64>> = Vec::new();
     let mut tail = 0u64;
-    for _ in used..positions {
-        tail += rng.below(b) * weight;
+    let mut weight = scale / b;
+    let mut block = 1u64; // b^l, saturating once beyond k
+    let mut perm: Vec<u64> = Vec::new();
+    for _ in 0..positions {
+        let used = (k as u64).div_ceil(block).min(b);
+        if used == 1 {
+            tail += rng.below(b) * weight;
+        } else {
+            perm.clear();
+            perm.extend(0..b);
+            let mut table = Vec::with_capacity(used as usize);
+            for i in 0..used as usize {
+                let pick = i + rng.below(b - i as u64) as usize;
+                perm.swap(i, pick);
+                table.push(perm[i] * weight);
+            }
+            tables.push(table);
+        }
         weight /= b;
+        block = block.saturating_mul(b);
     }
 
     let denominator = scale as f64;
@@ -202,7 +201,7 @@ fn halton_column(k: usize, b: u64, j: usize, seed: u64) -> Vec<f64> {
         .map(|index| {
             let mut n = tail;
             let mut rest = index;
-            for table in tables.chunks_exact(base) {
+            for table in &tables {
                 n += table[(rest % b) as usize];
                 rest /= b;
             }
@@ -310,7 +309,7 @@ mod tests {
                     (j % SOBOL_DIMS) as u32,
                     sobol_seed(seed, j / SOBOL_DIMS),
                 );
-                assert_eq!(x[[i, j]], f64::from(expected));
+                assert_eq!(x[[i, j]].to_bits(), f64::from(expected).to_bits());
             }
         }
         // Blocks of 256 dimensions are scrambled differently.

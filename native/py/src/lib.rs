@@ -58,7 +58,7 @@ create_exception!(
 );
 
 /// Core error -> Python exception of the matching class.
-fn to_py(err: CoreError) -> PyErr {
+fn to_py(err: &CoreError) -> PyErr {
     let msg = err.to_string();
     match err {
         CoreError::Shape(_) => ShapeError::new_err(msg),
@@ -116,7 +116,7 @@ fn arr1<'py, T: Element>(
 fn occlusion_masks(py: Python<'_>, n_units: usize) -> PyResult<Bound<'_, PyArray2<u8>>> {
     let out = py
         .detach(|| es::masks::occlusion_masks(n_units))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -131,7 +131,7 @@ fn bernoulli_masks(
 ) -> PyResult<Bound<'_, PyArray2<u8>>> {
     let out = py
         .detach(|| es::masks::bernoulli_masks(n_rows, n_units, prob, seed))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -145,7 +145,7 @@ fn kernel_shap_masks(
 ) -> PyResult<Bound<'_, PyTuple>> {
     let design = py
         .detach(|| es::masks::kernel_shap_masks(n_rows, n_units, seed))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     PyTuple::new(
         py,
         [
@@ -164,10 +164,10 @@ fn sobol_masks<'py>(
     sampler: &str,
     seed: u64,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
-    let sampler: Sampler = sampler.parse().map_err(to_py)?;
+    let sampler: Sampler = sampler.parse().map_err(|e| to_py(&e))?;
     let out = py
         .detach(|| es::masks::sobol_masks(n_units, n_points, sampler, seed))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -180,10 +180,10 @@ fn qmc_points<'py>(
     sampler: &str,
     seed: u64,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let sampler: Sampler = sampler.parse().map_err(to_py)?;
+    let sampler: Sampler = sampler.parse().map_err(|e| to_py(&e))?;
     let out = py
         .detach(|| es::qmc::points(n_points, dim, sampler, seed))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -198,7 +198,7 @@ fn group_units<'py>(
     word_ids: Option<&Bound<'py, PyAny>>,
     text: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let granularity: Granularity = granularity.parse().map_err(to_py)?;
+    let granularity: Granularity = granularity.parse().map_err(|e| to_py(&e))?;
     let special = arr1::<bool>(special_mask, "special_mask", "bool")?;
     let offsets = arr2::<i64>(offsets, "offsets", "int64")?;
     let word_ids = word_ids
@@ -230,7 +230,7 @@ fn group_units<'py>(
             let word_ids: Option<Vec<i64>> = word_ids.map(|w| w.iter().copied().collect());
             es::grouping::group(granularity, &special, &spans, word_ids.as_deref(), text)
         })
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     let n_units = grouping.spans.len();
     let flat: Vec<i64> = grouping
         .spans
@@ -268,7 +268,7 @@ fn expand_ids<'py>(
     let (masks, t2u, ids) = (masks.as_array(), t2u.as_array(), ids.as_array());
     let out = py
         .detach(|| es::expand::expand_ids(masks, t2u, ids, replacement_id))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -281,13 +281,13 @@ fn aggregate<'py>(
     n_units: usize,
     strategy: &str,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let strategy: Strategy = strategy.parse().map_err(to_py)?;
+    let strategy: Strategy = strategy.parse().map_err(|e| to_py(&e))?;
     let scores = arr2::<f32>(scores, "scores", "float32")?;
     let t2u = arr1::<i64>(token_to_unit, "token_to_unit", "int64")?;
     let (scores, t2u) = (scores.as_array(), t2u.as_array());
     let out = py
         .detach(|| es::aggregate::aggregate(scores, t2u, n_units, strategy))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -301,7 +301,7 @@ fn occlusion_scores<'py>(
     let outputs = outputs.as_array();
     let out = py
         .detach(|| es::estimators::occlusion_scores(outputs))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -316,13 +316,13 @@ fn lime_scores<'py>(
     kernel_width: Option<f64>,
     alpha: f64,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let distance: Distance = distance.parse().map_err(to_py)?;
+    let distance: Distance = distance.parse().map_err(|e| to_py(&e))?;
     let masks = arr2::<u8>(masks, "masks", "uint8")?;
     let outputs = arr2::<f64>(outputs, "outputs", "float64")?;
     let (masks, outputs) = (masks.as_array(), outputs.as_array());
     let out = py
         .detach(|| es::estimators::lime_scores(masks, outputs, distance, kernel_width, alpha))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -340,7 +340,7 @@ fn kernel_shap_scores<'py>(
     let (masks, weights, outputs) = (masks.as_array(), weights.as_array(), outputs.as_array());
     let out = py
         .detach(|| es::estimators::kernel_shap_scores(masks, weights, outputs))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -356,7 +356,7 @@ fn sobol_indices<'py>(
     let outputs = outputs.as_array();
     let idx = py
         .detach(|| es::estimators::sobol_indices(outputs, n_units, n_points))
-        .map_err(to_py)?;
+        .map_err(|e| to_py(&e))?;
     PyTuple::new(
         py,
         [
