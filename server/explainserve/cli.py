@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
 
-from explainserve.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, ServerOptions, serve_forever
+from explainserve.config import ServeConfig, load_toml, parse_model_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,20 +17,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="explainserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the gRPC server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=50051, help="port to bind, 0 = any free port")
-    serve.add_argument("--workers", type=int, default=8, help="gRPC handler threads")
+    serve.add_argument("--config", type=Path, help="TOML file with any of the options below")
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="serve the model in local directory PATH as NAME (repeatable); "
+        "none = the embedded default sentiment classifier",
+    )
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 50051), 0 = any free port")
+    serve.add_argument("--workers", type=int, help="gRPC handler threads (default 8)")
     serve.add_argument(
         "--max-message-bytes",
         type=int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
-        help="largest request or response accepted (clients must raise theirs to match)",
+        help="largest request or response (default 64 MiB; clients must raise theirs to match)",
     )
+    serve.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM (default 30)")
+    serve.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     serve.add_argument(
-        "--grace-seconds", type=float, default=30.0, help="drain time on SIGTERM"
+        "--replacement-fallback",
+        choices=["unk", "pad", "eos", "zero_embedding"],
+        help="replacement when the tokenizer has no mask token (default unk)",
+    )
+    serve.add_argument("--token-budget", type=int, help="tokens per forward batch (default 8192)")
+    serve.add_argument(
+        "--gradient-token-budget", type=int, help="tokens per gradient batch (default 4096)"
     )
     serve.add_argument("--log-level", default="INFO")
     return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """Defaults, then the TOML file, then the flags given."""
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(load_toml(args.config))
+    for f in fields(ServeConfig):
+        flag = getattr(args, f.name, None)
+        if flag is not None and f.name != "models":
+            values[f.name] = flag
+    if args.model:
+        values["models"] = dict(parse_model_flag(m) for m in args.model)
+    return ServeConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,14 +72,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
+        from explainserve.explain.service import Explainer
+        from explainserve.grpc.server import ServerOptions, serve_forever
+        from explainserve.models.registry import Registry, load_model
+
+        config = config_from_args(args)
+        registry = Registry()
+        for model_config in config.model_configs():
+            registry.add(load_model(model_config))
         serve_forever(
             ServerOptions(
-                host=args.host,
-                port=args.port,
-                workers=args.workers,
-                max_message_bytes=args.max_message_bytes,
-                grace_seconds=args.grace_seconds,
-            )
+                host=config.host,
+                port=config.port,
+                workers=config.workers,
+                max_message_bytes=config.max_message_bytes,
+                grace_seconds=config.grace_seconds,
+            ),
+            Explainer(registry),
         )
     return 0
 

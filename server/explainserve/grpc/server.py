@@ -1,17 +1,20 @@
-"""Builds and runs the gRPC server: health and reflection today, the explain services on top."""
+"""Builds and runs the gRPC server: ExplainService, health and reflection."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from explainserve.explain.service import Explainer
+from explainserve.grpc.servicer import ExplainServicer
+from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,9 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start(options: ServerOptions, service_names: Sequence[str] = ()) -> RunningServer:
-    """Starts a server with health and reflection; `port=0` binds a free port."""
+def start(options: ServerOptions, explainer: Explainer | None = None) -> RunningServer:
+    """Starts a server with health and reflection, and ExplainService when `explainer` is given
+    (its models already loaded); `port=0` binds a free port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.workers),
         options=[
@@ -55,6 +59,12 @@ def start(options: ServerOptions, service_names: Sequence[str] = ()) -> RunningS
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_names: list[str] = []
+    if explainer is not None:
+        explain_pb2_grpc.add_ExplainServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            ExplainServicer(explainer), server
+        )
+        service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(f"{options.host}:{options.port}")
@@ -67,9 +77,9 @@ def start(options: ServerOptions, service_names: Sequence[str] = ()) -> RunningS
     return RunningServer(server=server, port=port, health=health_servicer)
 
 
-def serve_forever(options: ServerOptions) -> None:
+def serve_forever(options: ServerOptions, explainer: Explainer | None = None) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight RPCs for the grace period."""
-    running = start(options)
+    running = start(options, explainer)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -81,3 +91,5 @@ def serve_forever(options: ServerOptions) -> None:
     print(f"explainserve listening on {options.host}:{running.port}", flush=True)
     stopped.wait()
     running.stop(options.grace_seconds)
+    if explainer is not None:
+        explainer.registry.close()

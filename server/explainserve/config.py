@@ -1,0 +1,81 @@
+"""Server configuration: command-line flags, optionally a TOML file, and the default model."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from explainserve.errors import InvalidArgument
+from explainserve.models.registry import ModelConfig, ReplacementFallback
+from explainserve.scheduling.worker import WorkerOptions
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODEL_NAME = "minilm-sentiment"
+
+
+@dataclass
+class ServeConfig:
+    """Everything `explainserve serve` needs."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 8
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_seconds: float = 30.0
+    device: str = "auto"
+    dtype: str = "float32"
+    replacement_fallback: ReplacementFallback = "unk"
+    token_budget: int = 8192
+    gradient_token_budget: int = 4096
+    #: name -> local directory; empty = the embedded default model.
+    models: dict[str, Path] = field(default_factory=dict)
+
+    def model_configs(self) -> list[ModelConfig]:
+        """One ModelConfig per served model (the default one when none is configured)."""
+        models = dict(self.models)
+        if not models:
+            from explainserve.models.default_model import default_model_dir
+
+            models = {DEFAULT_MODEL_NAME: default_model_dir()}
+        worker = WorkerOptions(
+            token_budget=self.token_budget, gradient_token_budget=self.gradient_token_budget
+        )
+        return [
+            ModelConfig(
+                name=name,
+                path=path,
+                device=self.device,
+                dtype=self.dtype,
+                replacement_fallback=self.replacement_fallback,
+                worker=worker,
+            )
+            for name, path in models.items()
+        ]
+
+
+def parse_model_flag(value: str) -> tuple[str, Path]:
+    """`NAME=PATH` -> (name, path)."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise InvalidArgument(f"--model expects NAME=PATH, got '{value}'")
+    return name, Path(path).expanduser()
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Reads a TOML config: top-level keys are ServeConfig fields; `[models]` maps names to
+    directories."""
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    known = set(ServeConfig.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise InvalidArgument(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
+    if "models" in data:
+        data["models"] = {k: Path(v).expanduser() for k, v in data["models"].items()}
+    return data

@@ -1,0 +1,1 @@
+"""Attribution methods: perturbation (Occlusion, LIME, KernelSHAP, Sobol) and gradient based."""

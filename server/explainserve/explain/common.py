@@ -1,0 +1,58 @@
+"""What every method shares: the prepared inputs, progress counting and pending results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from explainserve.explain.units import Encoded, Units
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input ready to explain: tokens, units and resolved target indices."""
+
+    index: int
+    encoded: Encoded
+    units: Units
+    targets: NDArray[np.int64]
+
+
+class Progress:
+    """Counts forward passes (sequences through the model) done across a request's jobs."""
+
+    def __init__(self, total: int, listener: Callable[[int, int], None] | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self._listener = listener
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        """Called by the worker when `n` more rows are done."""
+        with self._lock:
+            self.done += n
+            done = self.done
+        if self._listener is not None:
+            self._listener(done, self.total)
+
+
+class Pending(Protocol):
+    """The in-flight work of one input: its worker futures and how to finish it."""
+
+    #: Sequences this input sends through the model.
+    n_rows: int
+
+    @property
+    def futures(self) -> list[Future[Any]]:
+        """The worker jobs' futures; `finish` may be called once all are done."""
+        ...
+
+    def finish(self) -> NDArray[np.float64]:
+        """`(targets, units)` scores; raises what the jobs raised."""
+        ...

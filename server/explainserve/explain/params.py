@@ -1,0 +1,115 @@
+"""The domain form of an Explain request: what to explain, how, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from explainserve.explain.units import Granularity, Units
+from explainserve.scheduling.worker import InferenceMode
+
+Aggregation = Literal["mean", "max", "min", "sum", "signed_max"]
+Reduction = Literal["signed_sum", "l2_norm", "mean_abs"]
+GradientKind = Literal[
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "smooth_grad",
+    "square_grad",
+    "var_grad",
+    "gradient_shap",
+]
+IntegrationRule = Literal[
+    "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"
+]
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """Replace each unit alone: score = f(x) - f(x without the unit)."""
+
+
+@dataclass(frozen=True)
+class Lime:
+    """Weighted ridge regression on random unit masks."""
+
+    n_perturbations: int = 256
+    perturb_probability: float = 0.5
+    distance: Literal["cosine", "hamming", "euclidean"] = "cosine"
+    kernel_width: float | None = None
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class KernelShap:
+    """Shapley values by constrained weighted regression."""
+
+    n_perturbations: int = 256
+
+
+@dataclass(frozen=True)
+class Sobol:
+    """Sobol indices (Fel et al. 2021)."""
+
+    n_points: int = 32
+    order: Literal["first", "total"] = "total"
+    sampler: Literal["sobol", "halton", "latin_hypercube"] = "sobol"
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """Every gradient method; fields a method does not use are ignored."""
+
+    kind: GradientKind = "saliency"
+    n_steps: int = 64
+    n_samples: int = 32
+    noise_std: float = 0.1
+    baseline: Literal["zero", "replacement"] = "zero"
+    rule: IntegrationRule = "gauss_legendre"
+    reduction: Reduction | None = None
+
+
+Method = Occlusion | Lime | KernelShap | Sobol | Gradient
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input: text, or token ids (+ optional attention mask); targets by index or label."""
+
+    text: str | None = None
+    ids: list[int] | None = None
+    attention: list[int] | None = None
+    targets: list[int | str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExplainParams:
+    """A whole Explain request."""
+
+    model: str
+    inputs: list[InputSpec]
+    method: Method
+    granularity: Granularity = "word"
+    aggregation: Aggregation = "mean"
+    mode: InferenceMode = "logits"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The explanation of one input."""
+
+    input_index: int
+    units: Units
+    target_indices: list[int]
+    target_labels: list[str]
+    #: targets x units, float32.
+    scores: NDArray[np.float32]
+    #: The model's logits for the unperturbed input.
+    logits: NDArray[np.float32]
+    token_ids: NDArray[np.int64]
+    forward_passes: int
+    elapsed_ms: float

@@ -1,0 +1,116 @@
+"""Perturbation methods: Occlusion, LIME, KernelSHAP, Sobol.
+
+Unit masks come from the native core, are expanded to token-id rows there too, and go through the
+model worker as one job per input (so all inputs of a request share batches); the native
+estimators turn per-row target scores into unit scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from explainserve import _native
+from explainserve.explain.common import Item, Progress
+from explainserve.explain.params import KernelShap, Lime, Occlusion, Sobol
+from explainserve.models.registry import ServedModel
+from explainserve.scheduling.worker import ForwardJob, InferenceMode
+
+PerturbationMethod = Occlusion | Lime | KernelShap | Sobol
+
+
+def design(
+    method: PerturbationMethod, n_units: int, seed: int
+) -> tuple[
+    NDArray[np.uint8], Callable[[NDArray[np.uint8], NDArray[np.float64]], NDArray[np.float64]]
+]:
+    """The unit masks of `method` and the estimator that turns row outputs into unit scores."""
+    if isinstance(method, Occlusion):
+        return _native.occlusion_masks(n_units), lambda _m, out: _native.occlusion_scores(out)
+    if isinstance(method, Lime):
+        # Row 0 is the unperturbed input, as in LIME; the rest are Bernoulli draws.
+        random_rows = _native.bernoulli_masks(
+            method.n_perturbations - 1, n_units, method.perturb_probability, seed
+        )
+        masks = np.vstack([np.zeros((1, n_units), dtype=np.uint8), random_rows])
+
+        def lime(m: NDArray[np.uint8], out: NDArray[np.float64]) -> NDArray[np.float64]:
+            return _native.lime_scores(m, out, method.distance, method.kernel_width, method.alpha)
+
+        return masks, lime
+    if isinstance(method, KernelShap):
+        masks, weights = _native.kernel_shap_masks(method.n_perturbations, n_units, seed)
+        return masks, lambda m, out: _native.kernel_shap_scores(m, weights, out)
+    k = method.n_points
+    masks = _native.sobol_masks(n_units, k, method.sampler, seed)
+    first_order = method.order == "first"
+
+    def sobol(_m: NDArray[np.uint8], out: NDArray[np.float64]) -> NDArray[np.float64]:
+        first, total = _native.sobol_indices(out, n_units, k)
+        return first if first_order else total
+
+    return masks, sobol
+
+
+def n_rows(method: PerturbationMethod, n_units: int) -> int:
+    """Sequences `method` sends through the model for `n_units` units."""
+    if isinstance(method, Occlusion):
+        return n_units + 1
+    if isinstance(method, Lime):
+        return method.n_perturbations
+    if isinstance(method, KernelShap):
+        if n_units <= 30 and 2**n_units <= method.n_perturbations:
+            return int(2**n_units)
+        return method.n_perturbations
+    return (n_units + 2) * method.n_points
+
+
+class PerturbationRun:
+    """One input's perturbation job and its estimator."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        item: Item,
+        method: PerturbationMethod,
+        mode: InferenceMode,
+        seed: int,
+        progress: Progress,
+        is_cancelled: Callable[[], bool] | None,
+    ) -> None:
+        t2u = item.units.token_to_unit
+        masks, self._estimate = design(method, item.units.n_units, seed)
+        self._masks = masks
+        replacement = model.replacement
+        ids = _native.expand_ids(
+            masks, t2u, item.encoded.ids, 0 if replacement.zero_embedding else replacement.token_id
+        )
+        replaced = None
+        if replacement.zero_embedding:
+            in_unit = t2u >= 0
+            replaced = np.zeros(ids.shape, dtype=bool)
+            replaced[:, in_unit] = masks[:, t2u[in_unit]].astype(bool)
+        self.n_rows = int(ids.shape[0])
+        self._job = ForwardJob(
+            ids=ids,
+            attention=item.encoded.attention,
+            targets=item.targets,
+            mode=mode,
+            replaced=replaced,
+            on_rows_done=progress.add,
+            is_cancelled=is_cancelled,
+        )
+        model.worker.submit(self._job)
+
+    @property
+    def futures(self) -> list[Future[Any]]:
+        """The worker job's future."""
+        return [self._job.future]
+
+    def finish(self) -> NDArray[np.float64]:
+        """`(targets, units)` scores."""
+        return self._estimate(self._masks, self._job.future.result())

@@ -1,0 +1,186 @@
+"""Inputs to tokens to units: tokenization with character offsets, and grouping by the native core.
+
+A text input is tokenized with offsets; a token-id input is decoded and re-tokenized so that
+units still get text and character spans (when the round trip does not give the same ids, each
+token's decoded string is laid end to end to make the text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from transformers import PreTrainedTokenizerBase
+
+from explainserve import _native
+from explainserve.errors import InvalidArgument
+
+Granularity = Literal["all_tokens", "token", "word", "sentence"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized input."""
+
+    text: str
+    ids: NDArray[np.int64]
+    attention: NDArray[np.int64]
+    special: NDArray[np.bool_]
+    offsets: NDArray[np.int64]
+    word_ids: NDArray[np.int64] | None
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of tokens, specials included."""
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Units:
+    """The units of one input: what each score is about."""
+
+    token_to_unit: NDArray[np.int64]
+    spans: NDArray[np.int64]
+    texts: list[str]
+    token_indices: list[list[int]]
+
+    @property
+    def n_units(self) -> int:
+        """Number of units."""
+        return len(self.texts)
+
+
+def _check_length(n: int, max_length: int, field: str) -> None:
+    if n > max_length:
+        raise InvalidArgument(
+            f"input has {n} tokens, more than the model's maximum of {max_length}", field=field
+        )
+
+
+def encode_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, max_length: int, field: str
+) -> Encoded:
+    """Tokenizes `text` (special tokens added) with character offsets and word ids."""
+    enc = tokenizer(
+        text,
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_attention_mask=True,
+        truncation=False,
+    )
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    _check_length(len(ids), max_length, field)
+    word_ids = np.asarray([-1 if w is None else w for w in enc.word_ids()], dtype=np.int64)
+    return Encoded(
+        text=text,
+        ids=ids,
+        attention=np.asarray(enc["attention_mask"], dtype=np.int64),
+        special=np.asarray(enc["special_tokens_mask"], dtype=bool),
+        offsets=np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2),
+        word_ids=word_ids,
+    )
+
+
+def encode_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    ids: list[int],
+    attention: list[int] | None,
+    max_length: int,
+    field: str,
+) -> Encoded:
+    """An input given as token ids; text and offsets are rebuilt by decoding."""
+    vocab = len(tokenizer)
+    if not ids:
+        raise InvalidArgument("token_ids is empty", field=f"{field}.token_ids.ids")
+    bad = [i for i in ids if i < 0 or i >= vocab]
+    if bad:
+        raise InvalidArgument(
+            f"token id {bad[0]} is outside the vocabulary [0, {vocab})", field=f"{field}.token_ids"
+        )
+    _check_length(len(ids), max_length, field)
+    if attention:
+        if len(attention) != len(ids):
+            raise InvalidArgument(
+                f"attention_mask has {len(attention)} values for {len(ids)} ids",
+                field=f"{field}.token_ids.attention_mask",
+            )
+        if any(a not in (0, 1) for a in attention):
+            raise InvalidArgument(
+                "attention_mask values must be 0 or 1", field=f"{field}.token_ids.attention_mask"
+            )
+    mask = np.asarray(attention if attention else [1] * len(ids), dtype=np.int64)
+    id_arr = np.asarray(ids, dtype=np.int64)
+    special = np.asarray(
+        tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True), dtype=bool
+    )
+    content = [i for i, s in zip(ids, special, strict=True) if not s]
+    text = str(tokenizer.decode(content, clean_up_tokenization_spaces=False))
+    again = tokenizer(
+        text,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        truncation=False,
+    )
+    offsets = np.zeros((len(ids), 2), dtype=np.int64)
+    word_ids: NDArray[np.int64] | None
+    if list(again["input_ids"]) == content:
+        # The round trip is exact: the tokenizer's own offsets and words apply.
+        positions = np.flatnonzero(~special)
+        offsets[positions] = np.asarray(again["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        word_ids = np.full(len(ids), -1, dtype=np.int64)
+        word_ids[positions] = [-1 if w is None else w for w in again.word_ids()]
+    else:
+        pieces = []
+        at = 0
+        for i, (tok, s) in enumerate(zip(ids, special, strict=True)):
+            if s:
+                offsets[i] = (at, at)
+                continue
+            piece = str(tokenizer.decode([tok], clean_up_tokenization_spaces=False))
+            pieces.append(piece)
+            offsets[i] = (at, at + len(piece))
+            at += len(piece)
+        text = "".join(pieces)
+        word_ids = None
+    return Encoded(
+        text=text, ids=id_arr, attention=mask, special=special, offsets=offsets, word_ids=word_ids
+    )
+
+
+def make_units(
+    encoded: Encoded, granularity: Granularity, tokenizer: PreTrainedTokenizerBase
+) -> Units:
+    """Groups tokens into units with the native core; unit text is the span's text, or the
+    token itself for units without characters (special tokens).
+
+    Positions with attention 0 are treated like special tokens (never perturbed, no score),
+    except in ALL_TOKENS, where every position is a unit.
+    """
+    special = encoded.special | (encoded.attention == 0)
+    token_to_unit, spans = _native.group_units(
+        granularity,
+        np.ascontiguousarray(special),
+        np.ascontiguousarray(encoded.offsets),
+        encoded.word_ids,
+        encoded.text,
+    )
+    n_units = int(spans.shape[0])
+    token_indices: list[list[int]] = [[] for _ in range(n_units)]
+    for position, unit in enumerate(token_to_unit.tolist()):
+        if unit >= 0:
+            token_indices[unit].append(position)
+    texts = []
+    for unit, (start, end) in enumerate(spans.tolist()):
+        if end > start:
+            texts.append(encoded.text[start:end])
+        else:
+            texts.append(
+                "".join(
+                    str(tokenizer.convert_ids_to_tokens(int(encoded.ids[i])))
+                    for i in token_indices[unit]
+                )
+            )
+    return Units(token_to_unit=token_to_unit, spans=spans, texts=texts, token_indices=token_indices)

@@ -1,0 +1,207 @@
+"""Proto messages <-> domain objects for the Explain service."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from explainserve.errors import InvalidArgument
+from explainserve.explain import params as dom
+from explainserve.explain.units import Granularity
+from explainserve.models.registry import ServedModel
+from explainserve.scheduling.worker import InferenceMode
+from explainserve.v1 import explain_pb2 as pb
+
+T = TypeVar("T")
+
+GRANULARITY: dict[int, Granularity] = {
+    pb.GRANULARITY_UNSPECIFIED: "word",
+    pb.GRANULARITY_ALL_TOKENS: "all_tokens",
+    pb.GRANULARITY_TOKEN: "token",
+    pb.GRANULARITY_WORD: "word",
+    pb.GRANULARITY_SENTENCE: "sentence",
+}
+AGGREGATION: dict[int, dom.Aggregation] = {
+    pb.AGGREGATION_UNSPECIFIED: "mean",
+    pb.AGGREGATION_MEAN: "mean",
+    pb.AGGREGATION_MAX: "max",
+    pb.AGGREGATION_MIN: "min",
+    pb.AGGREGATION_SUM: "sum",
+    pb.AGGREGATION_SIGNED_MAX: "signed_max",
+}
+MODE: dict[int, InferenceMode] = {
+    pb.INFERENCE_MODE_UNSPECIFIED: "logits",
+    pb.INFERENCE_MODE_LOGITS: "logits",
+    pb.INFERENCE_MODE_SOFTMAX: "softmax",
+    pb.INFERENCE_MODE_LOG_SOFTMAX: "log_softmax",
+}
+REDUCTION: dict[int, dom.Reduction | None] = {
+    pb.GRADIENT_REDUCTION_UNSPECIFIED: None,
+    pb.GRADIENT_REDUCTION_SIGNED_SUM: "signed_sum",
+    pb.GRADIENT_REDUCTION_L2_NORM: "l2_norm",
+    pb.GRADIENT_REDUCTION_MEAN_ABS: "mean_abs",
+}
+BASELINE: dict[int, str] = {
+    pb.BASELINE_UNSPECIFIED: "zero",
+    pb.BASELINE_ZERO: "zero",
+    pb.BASELINE_REPLACEMENT: "replacement",
+}
+RULE: dict[int, dom.IntegrationRule] = {
+    pb.INTEGRATION_RULE_UNSPECIFIED: "gauss_legendre",
+    pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
+    pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
+    pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
+    pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID: "riemann_trapezoid",
+    pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gauss_legendre",
+}
+DISTANCE: dict[int, str] = {
+    pb.LIME_DISTANCE_UNSPECIFIED: "cosine",
+    pb.LIME_DISTANCE_COSINE: "cosine",
+    pb.LIME_DISTANCE_HAMMING: "hamming",
+    pb.LIME_DISTANCE_EUCLIDEAN: "euclidean",
+}
+SAMPLER: dict[int, str] = {
+    pb.SOBOL_SAMPLER_UNSPECIFIED: "sobol",
+    pb.SOBOL_SAMPLER_SOBOL: "sobol",
+    pb.SOBOL_SAMPLER_HALTON: "halton",
+    pb.SOBOL_SAMPLER_LATIN_HYPERCUBE: "latin_hypercube",
+}
+ORDER: dict[int, str] = {
+    pb.SOBOL_ORDER_UNSPECIFIED: "total",
+    pb.SOBOL_ORDER_FIRST: "first",
+    pb.SOBOL_ORDER_TOTAL: "total",
+}
+
+
+def _enum(table: dict[int, T], value: int, field: str) -> T:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown value {value} for {field}", field=field) from None
+
+
+def _opt(message: object, name: str, default: float) -> float:
+    return float(getattr(message, name)) if message.HasField(name) else default  # type: ignore[attr-defined]
+
+
+def _gradient(kind: dom.GradientKind, m: object) -> dom.Gradient:
+    """A gradient method message (any of the seven) to the domain form."""
+    fields = {f.name for f in m.DESCRIPTOR.fields}  # type: ignore[attr-defined]
+    n_samples = int(getattr(m, "n_samples", 0)) or 32
+    return dom.Gradient(
+        kind=kind,
+        n_steps=int(getattr(m, "n_steps", 0)) or 64,
+        n_samples=n_samples,
+        noise_std=_opt(m, "noise_std", 0.1) if "noise_std" in fields else 0.1,
+        baseline=_enum(BASELINE, int(getattr(m, "baseline", 0)), f"{kind}.baseline"),  # type: ignore[arg-type]
+        rule=_enum(RULE, int(getattr(m, "rule", 0)), f"{kind}.rule"),
+        reduction=_enum(REDUCTION, int(getattr(m, "reduction", 0)), f"{kind}.reduction"),
+    )
+
+
+def method_from_proto(request: pb.ExplainRequest) -> dom.Method:
+    """The request's method oneof to the domain form (defaults for unset fields)."""
+    which = request.WhichOneof("method")
+    if which is None:
+        raise InvalidArgument(
+            "no method set: choose one of occlusion, lime, kernel_shap, sobol, saliency, "
+            "input_x_gradient, integrated_gradients, smooth_grad, square_grad, var_grad, "
+            "gradient_shap",
+            field="method",
+        )
+    m = getattr(request, which)
+    if which == "occlusion":
+        return dom.Occlusion()
+    if which == "lime":
+        return dom.Lime(
+            n_perturbations=m.n_perturbations or 256,
+            perturb_probability=_opt(m, "perturb_probability", 0.5),
+            distance=_enum(DISTANCE, m.distance, "lime.distance"),  # type: ignore[arg-type]
+            kernel_width=float(m.kernel_width) if m.HasField("kernel_width") else None,
+            alpha=_opt(m, "alpha", 1.0),
+        )
+    if which == "kernel_shap":
+        return dom.KernelShap(n_perturbations=m.n_perturbations or 256)
+    if which == "sobol":
+        return dom.Sobol(
+            n_points=m.n_points or 32,
+            order=_enum(ORDER, m.order, "sobol.order"),  # type: ignore[arg-type]
+            sampler=_enum(SAMPLER, m.sampler, "sobol.sampler"),  # type: ignore[arg-type]
+        )
+    return _gradient(which, m)
+
+
+def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
+    """A whole ExplainRequest to the domain form."""
+    inputs = []
+    for i, item in enumerate(request.inputs):
+        targets: list[int | str] = []
+        for j, t in enumerate(item.targets):
+            kind = t.WhichOneof("target")
+            if kind == "index":
+                targets.append(int(t.index))
+            elif kind == "label":
+                targets.append(str(t.label))
+            else:
+                raise InvalidArgument(
+                    f"target {j} of input {i} has neither index nor label",
+                    field=f"inputs[{i}].targets[{j}]",
+                )
+        content = item.WhichOneof("content")
+        if content == "text":
+            inputs.append(dom.InputSpec(text=item.text, targets=targets))
+        elif content == "token_ids":
+            inputs.append(
+                dom.InputSpec(
+                    ids=list(item.token_ids.ids),
+                    attention=list(item.token_ids.attention_mask) or None,
+                    targets=targets,
+                )
+            )
+        else:
+            raise InvalidArgument(f"input {i} has neither text nor token_ids", field=f"inputs[{i}]")
+    return dom.ExplainParams(
+        model=request.model,
+        inputs=inputs,
+        method=method_from_proto(request),
+        granularity=_enum(GRANULARITY, request.granularity, "granularity"),
+        aggregation=_enum(AGGREGATION, request.aggregation, "aggregation"),
+        mode=_enum(MODE, request.inference_mode, "inference_mode"),
+        seed=int(request.seed),
+    )
+
+
+def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
+    """One domain explanation to its message."""
+    units = [
+        pb.Unit(text=text, char_start=int(s), char_end=int(end), token_indices=tokens)
+        for text, (s, end), tokens in zip(
+            e.units.texts, e.units.spans.tolist(), e.units.token_indices, strict=True
+        )
+    ]
+    rows, cols = e.scores.shape
+    return pb.Explanation(
+        input_index=e.input_index,
+        units=units,
+        targets=[
+            pb.ExplainedTarget(index=i, label=label)
+            for i, label in zip(e.target_indices, e.target_labels, strict=True)
+        ],
+        scores=pb.Matrix(rows=rows, cols=cols, values=e.scores.ravel().tolist()),
+        logits=e.logits.tolist(),
+        counters=pb.Counters(forward_passes=e.forward_passes, elapsed_ms=e.elapsed_ms),
+        token_ids=e.token_ids.tolist(),
+    )
+
+
+def model_to_proto(m: ServedModel) -> pb.ModelInfo:
+    """A served model's metadata."""
+    return pb.ModelInfo(
+        name=m.name,
+        task=m.task,
+        labels=m.labels,
+        max_length=m.max_length,
+        device=str(m.device),
+        dtype=m.dtype_name,
+        replacement=m.replacement.kind,
+        replacement_token_id=m.replacement.token_id,
+    )

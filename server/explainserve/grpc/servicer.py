@@ -1,0 +1,99 @@
+"""ExplainService: proto in, domain call, proto out; errors through the status table."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from explainserve.explain.params import Explanation
+from explainserve.explain.service import Explainer
+from explainserve.grpc import convert
+from explainserve.grpc.status import abort
+from explainserve.v1 import explain_pb2 as pb
+from explainserve.v1 import explain_pb2_grpc
+
+
+class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
+    """The gRPC face of an `Explainer`."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        self.explainer = explainer
+
+    def Explain(  # noqa: N802 (gRPC method name)
+        self, request: pb.ExplainRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainResponse:
+        """All inputs' explanations, in request order."""
+        try:
+            params = convert.params_from_proto(request)
+            done = sorted(
+                self.explainer.explain(params, is_cancelled=lambda: not context.is_active()),
+                key=lambda e: e.input_index,
+            )
+            return pb.ExplainResponse(
+                model=request.model, explanations=[convert.explanation_to_proto(e) for e in done]
+            )
+        except Exception as exc:
+            abort(context, exc)
+
+    def ExplainStream(  # noqa: N802 (gRPC method name)
+        self, request: pb.ExplainStreamRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExplainStreamResponse]:
+        """Progress events and each input's explanation as soon as it is finished."""
+        events: queue.Queue[pb.ExplainStreamResponse | BaseException | None] = queue.Queue()
+
+        def on_progress(done: int, total: int) -> None:
+            events.put(
+                pb.ExplainStreamResponse(
+                    progress=pb.Progress(forward_passes_done=done, forward_passes_total=total)
+                )
+            )
+
+        def produce() -> None:
+            try:
+                params = convert.params_from_proto(request.request)
+                explanation: Explanation
+                for explanation in self.explainer.explain(
+                    params,
+                    on_progress=on_progress,
+                    is_cancelled=lambda: not context.is_active(),
+                ):
+                    events.put(
+                        pb.ExplainStreamResponse(
+                            explanation=convert.explanation_to_proto(explanation)
+                        )
+                    )
+            except BaseException as exc:
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        threading.Thread(target=produce, name="explain-stream", daemon=True).start()
+        while True:
+            event = events.get()
+            if event is None:
+                return
+            if isinstance(event, BaseException):
+                abort(context, event)
+            yield event
+
+    def ListModels(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        """Every loaded model."""
+        return pb.ListModelsResponse(
+            models=[convert.model_to_proto(m) for m in self.explainer.registry.list()]
+        )
+
+    def GetModel(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetModelRequest, context: grpc.ServicerContext
+    ) -> pb.GetModelResponse:
+        """One model's metadata; NOT_FOUND lists the loaded models."""
+        try:
+            return pb.GetModelResponse(
+                model=convert.model_to_proto(self.explainer.registry.get(request.name))
+            )
+        except Exception as exc:
+            abort(context, exc)

@@ -1,0 +1,260 @@
+"""Loading models from local directories and keeping them by name, each with its worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from explainserve.errors import InvalidArgument, NotFound
+from explainserve.scheduling.worker import Worker, WorkerOptions
+
+log = logging.getLogger(__name__)
+# Loading prints per-weight progress bars otherwise; the server logs what it loaded itself.
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+ReplacementFallback = Literal["unk", "pad", "eos", "zero_embedding"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# Tokenizers report this for "no limit"; the position embeddings are the real bound then.
+_HUGE_MAX_LENGTH = 1_000_000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to load and serve one model."""
+
+    name: str
+    path: Path
+    device: str = "auto"
+    dtype: str = "float32"
+    replacement_fallback: ReplacementFallback = "unk"
+    worker: WorkerOptions = field(default_factory=WorkerOptions)
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """What a perturbed unit becomes: a token id, or a zero input embedding (`token_id = -1`)."""
+
+    kind: str
+    token_id: int
+
+    @property
+    def zero_embedding(self) -> bool:
+        """True when replaced positions get a zero input embedding instead of a token."""
+        return self.kind == "zero_embedding"
+
+
+class ClassifierRunner:
+    """The worker's view of a sequence classifier.
+
+    Encoder classifiers (BERT, RoBERTa, ...) read the first token: batches are right-padded and
+    run from ids. Decoder classifiers (GPT-2, Llama, ... : their head is `score`) read the last
+    token and find it by looking for pad ids, which breaks when a replaced token is the pad token
+    or when only embeddings are given; they run left-padded, from embeddings, with explicit
+    position ids, so the last position is always the last real token.
+    """
+
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self._embeddings = model.get_input_embeddings()
+        self.reads_last_token = hasattr(model, "score")
+        self.padding_side = "left" if self.reads_last_token else "right"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return next(self.model.parameters()).device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input (word) embeddings of `ids`."""
+        out: torch.Tensor = self._embeddings(ids)
+        return out
+
+    def logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(b, C)` class logits."""
+        if self.reads_last_token:
+            if inputs_embeds is None:
+                inputs_embeds = self.embed(ids)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            out = self.model(
+                inputs_embeds=inputs_embeds, attention_mask=attention, position_ids=positions
+            )
+        elif inputs_embeds is not None:
+            out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention)
+        else:
+            out = self.model(input_ids=ids, attention_mask=attention)
+        logits: torch.Tensor = out.logits
+        return logits
+
+
+@dataclass
+class ServedModel:
+    """A loaded model, its tokenizer, its metadata and its worker."""
+
+    name: str
+    task: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str]
+    max_length: int
+    device: torch.device
+    dtype: torch.dtype
+    replacement: Replacement
+    runner: ClassifierRunner
+    worker: Worker
+
+    @property
+    def dtype_name(self) -> str:
+        """ "float32", "bfloat16" or "float16"."""
+        return str(self.dtype).removeprefix("torch.")
+
+    def label_index(self, label: str) -> int:
+        """Index of a label name; NotFound lists the valid ones."""
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise NotFound(
+                f"model '{self.name}' has no label '{label}'; labels are: {', '.join(self.labels)}"
+            ) from None
+
+    def close(self) -> None:
+        """Stops the worker."""
+        self.worker.close()
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" = CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument(f"device '{device}' requested but CUDA is not available")
+    return resolved
+
+
+def choose_replacement(
+    tokenizer: PreTrainedTokenizerBase, fallback: ReplacementFallback
+) -> Replacement:
+    """The tokenizer's mask token when it has one, else the configured fallback."""
+    if tokenizer.mask_token_id is not None:
+        return Replacement("mask_token", int(tokenizer.mask_token_id))
+    if fallback == "zero_embedding":
+        return Replacement("zero_embedding", -1)
+    token_id = getattr(tokenizer, f"{fallback}_token_id", None)
+    if token_id is None:
+        raise InvalidArgument(
+            f"the tokenizer has no mask token and no {fallback} token; choose another "
+            "replacement fallback (unk, pad, eos, zero_embedding)"
+        )
+    return Replacement(f"{fallback}_token", int(token_id))
+
+
+def load_model(config: ModelConfig) -> ServedModel:
+    """Loads a sequence classifier from a local directory; never touches the network."""
+    if config.dtype not in DTYPES:
+        raise InvalidArgument(f"unknown dtype '{config.dtype}', expected one of {list(DTYPES)}")
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    hf_config = AutoConfig.from_pretrained(config.path, local_files_only=True)
+    architectures: list[str] = list(getattr(hf_config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise InvalidArgument(
+            f"model '{config.name}' ({', '.join(architectures)}) is not a sequence classifier"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(config.path, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise InvalidArgument(
+            f"model '{config.name}' needs a fast tokenizer (tokenizer.json) for character offsets"
+        )
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    model = AutoModelForSequenceClassification.from_pretrained(config.path, **kwargs)
+    model.to(device)
+    model.eval()
+    # Gradients are only ever taken with respect to the inputs.
+    model.requires_grad_(False)
+    n_labels = int(model.config.num_labels)
+    id2label = dict(model.config.id2label or {})
+    labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n_labels)]
+    max_positions = int(getattr(model.config, "max_position_embeddings", 0) or _HUGE_MAX_LENGTH)
+    tok_max = int(tokenizer.model_max_length or _HUGE_MAX_LENGTH)
+    max_length = min(max_positions, tok_max)
+    replacement = choose_replacement(tokenizer, config.replacement_fallback)
+    pad_id = tokenizer.pad_token_id
+    runner = ClassifierRunner(model, int(pad_id) if pad_id is not None else 0)
+    worker = Worker(runner, config.worker, name=config.name)
+    log.info(
+        "loaded %s from %s on %s (%s), %d labels, replacement %s",
+        config.name,
+        config.path,
+        device,
+        config.dtype,
+        n_labels,
+        replacement.kind,
+    )
+    return ServedModel(
+        name=config.name,
+        task="sequence-classification",
+        model=model,
+        tokenizer=tokenizer,
+        labels=labels,
+        max_length=max_length,
+        device=device,
+        dtype=dtype,
+        replacement=replacement,
+        runner=runner,
+        worker=worker,
+    )
+
+
+class Registry:
+    """The served models by name."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    def add(self, model: ServedModel) -> None:
+        """Registers a loaded model under its name."""
+        with self._lock:
+            if model.name in self._models:
+                raise InvalidArgument(f"model name '{model.name}' is used twice")
+            self._models[model.name] = model
+
+    def get(self, name: str) -> ServedModel:
+        """The model called `name`; NotFound lists the loaded ones."""
+        try:
+            return self._models[name]
+        except KeyError:
+            names = ", ".join(sorted(self._models)) or "(none)"
+            raise NotFound(f"no model named '{name}'; loaded models: {names}") from None
+
+    def list(self) -> list[ServedModel]:
+        """Every model, by name."""
+        return [self._models[k] for k in sorted(self._models)]
+
+    def close(self) -> None:
+        """Stops every worker."""
+        for model in self._models.values():
+            model.close()

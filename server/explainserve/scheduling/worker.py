@@ -1,0 +1,385 @@
+"""The per-model worker: one thread that owns the model and runs every forward pass.
+
+Callers (the explain layer) submit jobs: a *forward job* is a block of token-id rows of one input
+(e.g. all perturbations of it) whose outputs are reduced to a few target scores per row; a
+*gradient job* is a block of input-embedding rows whose gradients are wanted. The worker packs
+rows from all pending jobs of one kind into batches cut by a token budget (padding counted), so
+the perturbations of every input of a request, and of concurrent requests, share batches. Results
+come back through `concurrent.futures.Future`s. Nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from explainserve.errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+InferenceMode = Literal["logits", "softmax", "log_softmax"]
+
+
+class Runner(Protocol):
+    """What the worker needs from a model: logits for a padded batch."""
+
+    pad_id: int
+    #: "right" (encoders) or "left" (heads that read the last token).
+    padding_side: str
+
+    def logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(b, C)` logits for `(b, L)` ids (or `(b, L, h)` embeddings) and attention mask."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """`(b, L, h)` input embeddings of `(b, L)` ids."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives."""
+        ...
+
+
+def apply_mode(logits: torch.Tensor, mode: InferenceMode) -> torch.Tensor:
+    """The function of the logits that is explained, over the last (class) dimension."""
+    if mode == "softmax":
+        return torch.softmax(logits.float(), dim=-1)
+    if mode == "log_softmax":
+        return torch.log_softmax(logits.float(), dim=-1)
+    return logits.float()
+
+
+@dataclass(eq=False)
+class ForwardJob:
+    """Rows of one input through the model, each row reduced to its targets' scores.
+
+    `ids` is `(p, n)`; every row shares the attention mask `attention` `(n,)`. The result is
+    `(p, t)` float64: `mode(logits)[row, targets]`. `replaced` `(p, n)` marks positions whose
+    input embedding is zeroed (the zero-embedding replacement), or is None.
+    """
+
+    ids: NDArray[np.int64]
+    attention: NDArray[np.int64]
+    targets: NDArray[np.int64]
+    mode: InferenceMode = "logits"
+    replaced: NDArray[np.bool_] | None = None
+    on_rows_done: Callable[[int], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    future: Future[NDArray[np.float64]] = field(default_factory=Future)
+    _next_row: int = 0
+    _out: NDArray[np.float64] | None = None
+    _rows_done: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows."""
+        return int(self.ids.shape[0])
+
+    @property
+    def length(self) -> int:
+        """Tokens per row."""
+        return int(self.ids.shape[1])
+
+
+@dataclass(eq=False)
+class GradientJob:
+    """Rows of input embeddings `(r, n, h)` whose gradients are wanted.
+
+    Row `i` is scored by `mode(logits)[i, targets[i]]`; the result is the pair
+    `(gradients (r, n, h) float32 on CPU, scores (r,) float64)`.
+    """
+
+    embeds: torch.Tensor
+    attention: NDArray[np.int64]
+    targets: NDArray[np.int64]
+    mode: InferenceMode = "logits"
+    on_rows_done: Callable[[int], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    future: Future[tuple[torch.Tensor, NDArray[np.float64]]] = field(default_factory=Future)
+    _next_row: int = 0
+    _grads: torch.Tensor | None = None
+    _scores: NDArray[np.float64] | None = None
+    _rows_done: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows."""
+        return int(self.embeds.shape[0])
+
+    @property
+    def length(self) -> int:
+        """Tokens per row."""
+        return int(self.embeds.shape[1])
+
+
+Job = ForwardJob | GradientJob
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Batching knobs."""
+
+    #: Rows x padded length of one no-grad batch.
+    token_budget: int = 8192
+    #: Rows x padded length of one gradient batch (activations are kept for backward).
+    gradient_token_budget: int = 4096
+    #: Hard cap on rows per batch.
+    max_batch_rows: int = 512
+
+
+@dataclass
+class WorkerStats:
+    """Counters, read by tests and metrics."""
+
+    batches: int = 0
+    rows: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+
+
+class Worker:
+    """Owns one model; runs its batches on a dedicated thread."""
+
+    def __init__(
+        self, runner: Runner, options: WorkerOptions | None = None, name: str = ""
+    ) -> None:
+        self.runner = runner
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
+        self._thread.start()
+
+    # -- submission -------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queues a job; its `future` resolves when all its rows are done."""
+        if job.n_rows == 0:
+            self._finish_empty(job)
+            return
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("worker is closed")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stops the thread after the queued work is done."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    @staticmethod
+    def _finish_empty(job: Job) -> None:
+        if isinstance(job, ForwardJob):
+            job.future.set_result(np.zeros((0, len(job.targets)), dtype=np.float64))
+        else:
+            job.future.set_result(
+                (torch.zeros_like(job.embeds, device="cpu"), np.zeros(0, dtype=np.float64))
+            )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                self._drop_cancelled()
+                if not self._pending:
+                    continue
+                batch = self._take_batch()
+            try:
+                if isinstance(batch[0][0], ForwardJob):
+                    self._run_forward(batch)  # type: ignore[arg-type]
+                else:
+                    self._run_gradient(batch)  # type: ignore[arg-type]
+            except Exception as exc:  # a failed batch fails the jobs in it, never the worker
+                log.exception("batch failed")
+                self._fail_jobs({id(job): job for job, _, _ in batch}.values(), exc)
+
+    def _drop_cancelled(self) -> None:
+        keep: deque[Job] = deque()
+        for job in self._pending:
+            if job.is_cancelled is not None and job.is_cancelled():
+                if not job.future.done():
+                    job.future.set_exception(Cancelled("request cancelled"))
+            else:
+                keep.append(job)
+        self._pending = keep
+
+    def _take_batch(self) -> list[tuple[Job, int, int]]:
+        """Pops row ranges `(job, start, stop)` of one kind under the token budget.
+
+        Jobs are visited in arrival order; the kind is the oldest job's. A job whose rows are all
+        taken leaves the queue. Called with the lock held.
+        """
+        kind = type(self._pending[0])
+        budget = (
+            self.options.token_budget if kind is ForwardJob else self.options.gradient_token_budget
+        )
+        batch: list[tuple[Job, int, int]] = []
+        rows = 0
+        width = 0
+        for job in list(self._pending):
+            if type(job) is not kind:
+                continue
+            new_width = max(width, job.length)
+            fit = min(
+                budget // max(new_width, 1) - rows,
+                self.options.max_batch_rows - rows,
+                job.n_rows - job._next_row,
+            )
+            if fit <= 0:
+                if rows == 0:  # one row always goes, whatever its length
+                    fit = 1
+                else:
+                    break
+            start = job._next_row
+            job._next_row += fit
+            batch.append((job, start, start + fit))
+            rows += fit
+            width = new_width
+            if job._next_row >= job.n_rows:
+                self._pending.remove(job)
+            if rows >= self.options.max_batch_rows or rows * width >= budget:
+                break
+        return batch
+
+    def _columns(self, width: int, length: int) -> slice:
+        """Where a row of `length` tokens sits in a batch of `width` (the runner's side)."""
+        if self.runner.padding_side == "left":
+            return slice(width - length, width)
+        return slice(0, length)
+
+    def _pad(self, pieces: list[tuple[Job, int, int]]) -> tuple[int, torch.Tensor]:
+        """The padded width and the `(b, L)` attention mask of a batch."""
+        width = max(job.length for job, _, _ in pieces)
+        rows = sum(stop - start for _, start, stop in pieces)
+        attention = torch.zeros((rows, width), dtype=torch.long)
+        at = 0
+        for job, start, stop in pieces:
+            cols = self._columns(width, job.length)
+            attention[at : at + stop - start, cols] = torch.from_numpy(job.attention)
+            at += stop - start
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.padded_tokens += rows * width
+        self.stats.real_tokens += sum((stop - start) * job.length for job, start, stop in pieces)
+        return width, attention
+
+    def _run_forward(self, pieces: list[tuple[ForwardJob, int, int]]) -> None:
+        width, attention = self._pad(pieces)  # type: ignore[arg-type]
+        rows = attention.shape[0]
+        ids = torch.full((rows, width), self.runner.pad_id, dtype=torch.long)
+        zero_mask = None
+        if any(job.replaced is not None for job, _, _ in pieces):
+            zero_mask = torch.zeros((rows, width), dtype=torch.bool)
+        at = 0
+        for job, start, stop in pieces:
+            cols = self._columns(width, job.length)
+            ids[at : at + stop - start, cols] = torch.from_numpy(job.ids[start:stop])
+            if zero_mask is not None and job.replaced is not None:
+                zero_mask[at : at + stop - start, cols] = torch.from_numpy(job.replaced[start:stop])
+            at += stop - start
+        device = self.runner.device
+        with torch.inference_mode():
+            ids_d = ids.to(device, non_blocking=True)
+            att_d = attention.to(device, non_blocking=True)
+            embeds = None
+            if zero_mask is not None:
+                embeds = self.runner.embed(ids_d)
+                embeds = embeds.masked_fill(zero_mask.to(device).unsqueeze(-1), 0.0)
+            logits = self.runner.logits(ids_d, att_d, embeds)
+            at = 0
+            outputs = []
+            for job, start, stop in pieces:
+                scores = apply_mode(logits[at : at + stop - start], job.mode)
+                outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
+                at += stop - start
+            host = [o.double().cpu().numpy() for o in outputs]
+        for (job, start, stop), out in zip(pieces, host, strict=True):
+            if job._out is None:
+                job._out = np.empty((job.n_rows, len(job.targets)), dtype=np.float64)
+            job._out[start:stop] = out
+            if self._rows_done(job, stop - start):
+                job.future.set_result(job._out)
+
+    def _run_gradient(self, pieces: list[tuple[GradientJob, int, int]]) -> None:
+        width, attention = self._pad(pieces)  # type: ignore[arg-type]
+        rows = attention.shape[0]
+        device = self.runner.device
+        first = pieces[0][0].embeds
+        embeds = torch.zeros((rows, width, first.shape[-1]), dtype=first.dtype, device=device)
+        targets = torch.empty(rows, dtype=torch.long)
+        modes = []
+        at = 0
+        for job, start, stop in pieces:
+            cols = self._columns(width, job.length)
+            embeds[at : at + stop - start, cols] = job.embeds[start:stop].to(device)
+            targets[at : at + stop - start] = torch.from_numpy(job.targets[start:stop])
+            modes.append((at, at + stop - start, job.mode))
+            at += stop - start
+        embeds.requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.runner.logits(
+                torch.zeros((rows, width), dtype=torch.long, device=device),
+                attention.to(device),
+                embeds,
+            )
+            picked = []
+            for lo, hi, mode in modes:
+                scored = apply_mode(logits[lo:hi], mode)
+                picked.append(scored.gather(1, targets[lo:hi].to(device).unsqueeze(1))[:, 0])
+            score = torch.cat(picked)
+            (grads,) = torch.autograd.grad(score.sum(), embeds)
+        grads_host = grads.float().cpu()
+        score_host = score.detach().double().cpu().numpy()
+        at = 0
+        for job, start, stop in pieces:
+            if job._grads is None:
+                job._grads = torch.empty(tuple(job.embeds.shape), dtype=torch.float32)
+                job._scores = np.empty(job.n_rows, dtype=np.float64)
+            n = stop - start
+            job._grads[start:stop] = grads_host[at : at + n, self._columns(width, job.length)]
+            assert job._scores is not None
+            job._scores[start:stop] = score_host[at : at + n]
+            at += n
+            if self._rows_done(job, n):
+                job.future.set_result((job._grads, job._scores))
+
+    @staticmethod
+    def _rows_done(job: Job, n: int) -> bool:
+        """Counts `n` more rows of `job`; True when its result is complete and still wanted."""
+        job._rows_done += n
+        if job.on_rows_done is not None:
+            job.on_rows_done(n)
+        return job._rows_done >= job.n_rows and not job.future.done()
+
+    def _fail_jobs(self, jobs: Iterable[Job], exc: Exception) -> None:
+        with self._cond:
+            for job in jobs:
+                if job in self._pending:
+                    self._pending.remove(job)
+                if not job.future.done():
+                    job.future.set_exception(exc)
