@@ -231,19 +231,22 @@ class Worker:
     def _take_batch(self) -> list[tuple[Job, int, int]]:
         """Pops row ranges `(job, start, stop)` of one kind under the token budget.
 
-        Jobs are visited in arrival order; the kind is the oldest job's. A job whose rows are all
-        taken leaves the queue. Called with the lock held.
+        The oldest job's kind and rows come first (no job waits behind newer ones forever); the
+        rest of the batch is filled from the jobs of the same kind closest in length to it, to
+        limit padding. A job whose rows are all taken leaves the queue. Called with the lock
+        held.
         """
-        kind = type(self._pending[0])
+        oldest = self._pending[0]
+        kind = type(oldest)
+        same_kind = [job for job in self._pending if type(job) is kind]
+        candidates = [oldest, *sorted(same_kind[1:], key=lambda j: abs(j.length - oldest.length))]
         budget = (
             self.options.token_budget if kind is ForwardJob else self.options.gradient_token_budget
         )
         batch: list[tuple[Job, int, int]] = []
         rows = 0
         width = 0
-        for job in list(self._pending):
-            if type(job) is not kind:
-                continue
+        for job in candidates:
             new_width = max(width, job.length)
             fit = min(
                 budget // max(new_width, 1) - rows,
@@ -254,7 +257,7 @@ class Worker:
                 if rows == 0:  # one row always goes, whatever its length
                     fit = 1
                 else:
-                    break
+                    continue  # too long for what is left; a shorter job may still fit
             start = job._next_row
             job._next_row += fit
             batch.append((job, start, start + fit))

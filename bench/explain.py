@@ -1,0 +1,209 @@
+"""Explain end to end through gRPC vs the model alone on the same sequences, in one run.
+
+For each method, a request with several realistic sentences goes through a live server on
+loopback; then the same sequences (the unperturbed inputs, plus the method's perturbed rows or
+gradient rows) go straight through the model in full, unpadded batches of the same token budget.
+efficiency = model-only time / end-to-end time (1.0 = the service adds nothing). Repeats are
+interleaved and medians reported, since these machines are shared and noisy.
+
+    .venv/bin/python bench/explain.py [--quick] [--model-dir DIR] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import grpc
+import torch
+
+from explainserve import _native
+from explainserve.explain import gradient, perturbation
+from explainserve.explain import params as dom
+from explainserve.explain.service import Explainer, Limits
+from explainserve.explain.units import encode_text, make_units
+from explainserve.grpc.server import ServerOptions, start
+from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
+from explainserve.scheduling.worker import WorkerOptions
+from explainserve.v1 import explain_pb2 as pb
+from explainserve.v1 import explain_pb2_grpc
+
+TEXTS = [
+    "The hotel room was spotless and the staff went out of their way to help us with everything.",
+    "I waited forty minutes for a cold pizza, and nobody apologised when it finally arrived.",
+    "This phone's battery easily lasts two days, although the camera struggles in low light.",
+    "The plot was predictable, but the actors clearly had fun and so did we.",
+    "Customer support closed my ticket without reading it; I will not renew my subscription.",
+    "A quiet, thoughtful film that stays with you long after the credits roll.",
+    "The new update broke the sync feature again, which makes the app nearly useless for me.",
+    "Fresh ingredients, generous portions and a friendly owner: our new favourite lunch spot.",
+]
+
+
+def _methods(quick: bool) -> dict[str, tuple[dict[str, object], dom.Method]]:
+    n = 64 if quick else 256
+    k = 8 if quick else 32
+    steps = 16 if quick else 64
+    samples = 8 if quick else 32
+    return {
+        "occlusion": ({"occlusion": pb.Occlusion()}, dom.Occlusion()),
+        "lime": ({"lime": pb.Lime(n_perturbations=n)}, dom.Lime(n_perturbations=n)),
+        "kernel_shap": (
+            {"kernel_shap": pb.KernelShap(n_perturbations=n)},
+            dom.KernelShap(n_perturbations=n),
+        ),
+        "sobol": ({"sobol": pb.Sobol(n_points=k)}, dom.Sobol(n_points=k)),
+        "saliency": ({"saliency": pb.Saliency()}, dom.Gradient(kind="saliency")),
+        "integrated_gradients": (
+            {"integrated_gradients": pb.IntegratedGradients(n_steps=steps)},
+            dom.Gradient(kind="integrated_gradients", n_steps=steps),
+        ),
+        "smooth_grad": (
+            {"smooth_grad": pb.SmoothGrad(n_samples=samples)},
+            dom.Gradient(kind="smooth_grad", n_samples=samples),
+        ),
+    }
+
+
+def _packed(rows: list[torch.Tensor], budget: int) -> list[list[torch.Tensor]]:
+    """Rows sorted by length, cut into batches of at most `budget` padded tokens."""
+    rows = sorted(rows, key=lambda r: r.shape[0])
+    batches: list[list[torch.Tensor]] = [[]]
+    for row in rows:
+        width = max([row.shape[0], *(r.shape[0] for r in batches[-1])])
+        if batches[-1] and width * (len(batches[-1]) + 1) > budget:
+            batches.append([])
+        batches[-1].append(row)
+    return batches
+
+
+def _pad(batch: list[torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(r.shape[0] for r in batch)
+    out = torch.full((len(batch), width, *batch[0].shape[1:]), fill, dtype=batch[0].dtype)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, r in enumerate(batch):
+        out[i, : r.shape[0]] = r
+        att[i, : r.shape[0]] = 1
+    return out, att
+
+
+def model_only(
+    served: ServedModel, method: dom.Method, budget: int, grad_budget: int
+) -> Callable[[], None]:
+    """A closure running exactly the request's sequences through the bare model, packed by
+    length into full batches of the same token budgets (the best the model alone can do)."""
+    model = served.model
+    device = served.device
+    tok = served.tokenizer
+    id_rows: list[torch.Tensor] = []
+    embed_rows: list[torch.Tensor] = []
+    table = model.get_input_embeddings()
+    for text in TEXTS:
+        enc = encode_text(tok, text, served.max_length, "bench")
+        units = make_units(enc, "word", tok)
+        id_rows.append(torch.from_numpy(enc.ids))
+        if isinstance(method, dom.Gradient):
+            with torch.no_grad():
+                x = table(torch.from_numpy(enc.ids).to(device)).cpu()
+            embed_rows.extend([x] * gradient.n_rows(method, 1))
+        else:
+            unit_masks, _ = perturbation.design(method, units.n_units, 0)
+            ids = _native.expand_ids(
+                unit_masks, units.token_to_unit, enc.ids, served.replacement.token_id
+            )
+            id_rows.extend(torch.from_numpy(ids))
+    id_batches = [_pad(b, served.runner.pad_id) for b in _packed(id_rows, budget)]
+    embed_batches = [_pad(b, 0.0) for b in _packed(embed_rows, grad_budget)] if embed_rows else []
+
+    def run() -> None:
+        with torch.inference_mode():
+            for ids, att in id_batches:
+                model(input_ids=ids.to(device), attention_mask=att.to(device))
+        for embeds, att in embed_batches:
+            e = embeds.to(device).requires_grad_(True)
+            logits = model(inputs_embeds=e, attention_mask=att.to(device)).logits
+            torch.autograd.grad(logits[:, 0].sum(), e)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def main() -> int:
+    """Runs the benchmark and prints a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small parameters, 2 repeats")
+    parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=0)
+    args = parser.parse_args()
+    repeats = args.repeats or (2 if args.quick else 3)
+    if args.model_dir is None:
+        from explainserve.models.default_model import default_model_dir
+
+        args.model_dir = default_model_dir()
+    budget, grad_budget = 8192, 4096
+    registry = Registry()
+    served = load_model(
+        ModelConfig(
+            "bench",
+            args.model_dir,
+            device=args.device,
+            worker=WorkerOptions(token_budget=budget, gradient_token_budget=grad_budget),
+        )
+    )
+    registry.add(served)
+    running = start(ServerOptions(port=0), Explainer(registry, Limits()))
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)
+    print(
+        f"# bench/explain.py on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
+        f"{len(TEXTS)} inputs, word granularity, {repeats} interleaved repeats"
+    )
+    print()
+    print("| method | forward passes | end-to-end (s) | model only (s) | efficiency |")
+    print("|---|---:|---:|---:|---:|")
+    try:
+        for name, (fields, method) in _methods(args.quick).items():
+            request = pb.ExplainRequest(
+                model="bench",
+                inputs=[pb.Input(text=t) for t in TEXTS],
+                granularity=pb.GRANULARITY_WORD,
+                seed=0,
+                **fields,  # type: ignore[arg-type]
+            )
+            bare = model_only(served, method, budget, grad_budget)
+            stub.Explain(request, timeout=600)  # warm-up
+            bare()
+            e2e, alone = [], []
+            passes = 0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                reply = stub.Explain(request, timeout=600)
+                e2e.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                bare()
+                alone.append(time.perf_counter() - t0)
+                passes = sum(e.counters.forward_passes for e in reply.explanations)
+            m_e2e, m_alone = statistics.median(e2e), statistics.median(alone)
+            print(
+                f"| {name} | {passes} | {m_e2e:.3f} | {m_alone:.3f} | {m_alone / m_e2e:.2f} |",
+                flush=True,
+            )
+    finally:
+        channel.close()
+        running.stop(grace=None)
+        registry.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
