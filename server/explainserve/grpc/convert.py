@@ -204,4 +204,5 @@ def model_to_proto(m: ServedModel) -> pb.ModelInfo:
         dtype=m.dtype_name,
         replacement=m.replacement.kind,
         replacement_token_id=m.replacement.token_id,
+        split_points=[pb.SplitPoint(name=name, shape=shape) for name, shape in m.split_points],
     )

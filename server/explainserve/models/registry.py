@@ -124,6 +124,8 @@ class ServedModel:
     replacement: Replacement
     runner: ClassifierRunner
     worker: Worker
+    #: Module names whose output can be captured, with output shapes (-1 = batch / sequence).
+    split_points: list[tuple[str, list[int]]] = field(default_factory=list)
 
     @property
     def dtype_name(self) -> str:
@@ -171,6 +173,40 @@ def choose_replacement(
     return Replacement(f"{fallback}_token", int(token_id))
 
 
+def probe_split_points(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> list[tuple[str, list[int]]]:
+    """Runs one short forward with hooks on every named module (it doubles as a warm-up) and
+    returns each module's output shape, batch and sequence dimensions written -1."""
+    shapes: dict[str, list[int]] = {}
+    device = next(model.parameters()).device
+    enc = tokenizer("a b c d e f g", return_tensors="pt")
+    seq = int(enc["input_ids"].shape[1])
+
+    def hook(name: str) -> Any:
+        def record(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            tensor = output[0] if isinstance(output, tuple) and output else output
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1:
+                dims = [int(d) for d in tensor.shape]
+                dims[0] = -1
+                if len(dims) > 2 and dims[1] == seq:
+                    dims[1] = -1
+                shapes[name] = dims
+
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name
+    ]
+    try:
+        with torch.inference_mode():
+            model(**{k: v.to(device) for k, v in enc.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(name, shapes[name]) for name, _ in model.named_modules() if name in shapes]
+
+
 def load_model(config: ModelConfig) -> ServedModel:
     """Loads a sequence classifier from a local directory; never touches the network."""
     if config.dtype not in DTYPES:
@@ -201,6 +237,7 @@ def load_model(config: ModelConfig) -> ServedModel:
     tok_max = int(tokenizer.model_max_length or _HUGE_MAX_LENGTH)
     max_length = min(max_positions, tok_max)
     replacement = choose_replacement(tokenizer, config.replacement_fallback)
+    split_points = probe_split_points(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     runner = ClassifierRunner(model, int(pad_id) if pad_id is not None else 0)
     worker = Worker(runner, config.worker, name=config.name)
@@ -225,6 +262,7 @@ def load_model(config: ModelConfig) -> ServedModel:
         replacement=replacement,
         runner=runner,
         worker=worker,
+        split_points=split_points,
     )
 
 
