@@ -1,0 +1,1 @@
+"""Models ExplainServe serves: the embedded default classifier; user models later."""

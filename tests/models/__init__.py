@@ -1,0 +1,1 @@
+"""Tests of the embedded default model (`explainserve.models.default_model`)."""
