@@ -29,6 +29,11 @@ from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.worker import ForwardJob
 
 
+# Noise beyond this many standard deviations of the embeddings only measures the noise (and
+# overflows float16/bfloat16 models).
+MAX_NOISE_STD = 100.0
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for; every limit is enforced with a clear message."""
@@ -88,6 +93,12 @@ def validate_method(params: ExplainParams) -> None:
                     field=f"{m.kind}.n_samples",
                 )
             _finite_positive(m.noise_std, f"{m.kind}.noise_std", allow_zero=True)
+            if m.noise_std > MAX_NOISE_STD:
+                raise InvalidArgument(
+                    f"{m.kind}.noise_std is relative to the embeddings' standard deviation and "
+                    f"must be at most {MAX_NOISE_STD:g}, got {m.noise_std:g}",
+                    field=f"{m.kind}.noise_std",
+                )
 
 
 def _encode(model: ServedModel, spec: InputSpec, index: int) -> Encoded:

@@ -84,6 +84,16 @@ def encode_text(
     )
 
 
+def template_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Ids the tokenizer adds around content (CLS, SEP, BOS, EOS) or pads with: special in a
+    token-id input. Unknown and mask tokens are content there, as they are in tokenized text."""
+    ids = {
+        getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "bos", "eos", "pad")
+    }
+    ids -= {None, tokenizer.unk_token_id, tokenizer.mask_token_id}
+    return {int(i) for i in ids if i is not None}
+
+
 def encode_ids(
     tokenizer: PreTrainedTokenizerBase,
     ids: list[int],
@@ -113,9 +123,7 @@ def encode_ids(
             )
     mask = np.asarray(attention if attention else [1] * len(ids), dtype=np.int64)
     id_arr = np.asarray(ids, dtype=np.int64)
-    special = np.asarray(
-        tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True), dtype=bool
-    )
+    special = np.isin(id_arr, sorted(template_token_ids(tokenizer)))
     content = [i for i, s in zip(ids, special, strict=True) if not s]
     text = str(tokenizer.decode(content, clean_up_tokenization_spaces=False))
     again = tokenizer(
@@ -125,25 +133,27 @@ def encode_ids(
         truncation=False,
     )
     offsets = np.zeros((len(ids), 2), dtype=np.int64)
+    positions = np.flatnonzero(~special)
     word_ids: NDArray[np.int64] | None
     if list(again["input_ids"]) == content:
         # The round trip is exact: the tokenizer's own offsets and words apply.
-        positions = np.flatnonzero(~special)
         offsets[positions] = np.asarray(again["offset_mapping"], dtype=np.int64).reshape(-1, 2)
         word_ids = np.full(len(ids), -1, dtype=np.int64)
         word_ids[positions] = [-1 if w is None else w for w in again.word_ids()]
     else:
-        pieces = []
+        # Non-canonical ids: each token spans what it adds to the decoded prefix (a token whose
+        # prefix decodes unstably, e.g. half of a UTF-8 character, spans nothing and joins its
+        # neighbour); words then come from whitespace.
         at = 0
-        for i, (tok, s) in enumerate(zip(ids, special, strict=True)):
-            if s:
-                offsets[i] = (at, at)
-                continue
-            piece = str(tokenizer.decode([tok], clean_up_tokenization_spaces=False))
-            pieces.append(piece)
-            offsets[i] = (at, at + len(piece))
-            at += len(piece)
-        text = "".join(pieces)
+        for k, position in enumerate(positions):
+            prefix = str(tokenizer.decode(content[: k + 1], clean_up_tokenization_spaces=False))
+            end = len(prefix) if text.startswith(prefix) else at
+            start = at
+            while start < end and text[start].isspace():  # the space before a word is not it
+                start += 1
+            offsets[position] = (start, end)
+            at = end
+        offsets[special] = at
         word_ids = None
     return Encoded(
         text=text, ids=id_arr, attention=mask, special=special, offsets=offsets, word_ids=word_ids
@@ -153,8 +163,8 @@ def encode_ids(
 def make_units(
     encoded: Encoded, granularity: Granularity, tokenizer: PreTrainedTokenizerBase
 ) -> Units:
-    """Groups tokens into units with the native core; unit text is the span's text, or the
-    token itself for units without characters (special tokens).
+    """Groups tokens into units with the native core; unit text is the span's text, or, for
+    units made only of special or padding positions, the tokens themselves.
 
     Positions with attention 0 are treated like special tokens (never perturbed, no score),
     except in ALL_TOKENS, where every position is a unit.
@@ -174,13 +184,12 @@ def make_units(
             token_indices[unit].append(position)
     texts = []
     for unit, (start, end) in enumerate(spans.tolist()):
-        if end > start:
-            texts.append(encoded.text[start:end])
-        else:
+        tokens = token_indices[unit]
+        if end == start and all(special[i] for i in tokens):
+            # Special tokens and padding have no characters: name them by their token.
             texts.append(
-                "".join(
-                    str(tokenizer.convert_ids_to_tokens(int(encoded.ids[i])))
-                    for i in token_indices[unit]
-                )
+                "".join(str(tokenizer.convert_ids_to_tokens(int(encoded.ids[i]))) for i in tokens)
             )
+        else:
+            texts.append(encoded.text[start:end])
     return Units(token_to_unit=token_to_unit, spans=spans, texts=texts, token_indices=token_indices)

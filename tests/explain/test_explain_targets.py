@@ -1,0 +1,68 @@
+"""Targets: several per input (indices and label names) give one row each, equal to single-target
+runs; the default target is the argmax of the direct model's logits; the returned logits are the
+direct model's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explainserve.explain.params import Gradient, InputSpec, KernelShap, Method, Occlusion
+
+TEXTS = [
+    "The weather is nice today, isn't it?",
+    "Crème brûlée is a French dessert; piñata is Spanish.",
+    "Wait... what?! Really? Yes!",
+    "Deep learning models need careful explanations.",
+]
+METHODS: dict[str, Method] = {
+    "occlusion": Occlusion(),
+    "kernel_shap": KernelShap(n_perturbations=48),
+    "saliency": Gradient(kind="saliency"),
+    "integrated_gradients": Gradient(kind="integrated_gradients", n_steps=4),
+    "gradient_shap": Gradient(kind="gradient_shap", n_samples=3),
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_multi_target_rows_equal_single_target_runs(run, model: str, method: str) -> None:
+    text = TEXTS[0]
+    targets: list[int | str] = [2, "negative", 1, "positive"]
+    multi = run.one(model, InputSpec(text=text, targets=targets), METHODS[method], seed=2)
+    assert multi.target_indices == [2, 0, 1, 2]
+    assert multi.target_labels == ["positive", "negative", "neutral", "positive"]
+    assert multi.scores.shape == (4, multi.units.n_units)
+    for row, target in enumerate(targets):
+        single = run.one(model, InputSpec(text=text, targets=[target]), METHODS[method], seed=2)
+        assert single.scores.shape == (1, multi.units.n_units)
+        if method == "gradient_shap":
+            # The same noisy baselines and path points serve every target of an input.
+            np.testing.assert_allclose(multi.scores[row], single.scores[0], rtol=1e-4, atol=1e-6)
+        else:
+            np.testing.assert_allclose(multi.scores[row], single.scores[0], rtol=1e-5, atol=1e-6)
+    # Repeating a target repeats its row.
+    np.testing.assert_array_equal(multi.scores[0], multi.scores[3])
+
+
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_default_target_is_argmax_and_logits_are_the_models(run, direct, model: str) -> None:
+    ref = direct[model]
+    out = run.many(model, TEXTS, Occlusion())
+    chosen = set()
+    for text, e in zip(TEXTS, out, strict=True):
+        logits = ref.logits(ids=ref.encode(text))[0].numpy()
+        np.testing.assert_allclose(e.logits, logits, rtol=1e-5, atol=1e-5)
+        assert e.logits.dtype == np.float32
+        assert e.target_indices == [int(np.argmax(logits))]
+        assert e.target_labels == [ref.labels[int(np.argmax(logits))]]
+        chosen.add(e.target_indices[0])
+    assert len(chosen) > 1  # the texts do not all predict the same class
+
+
+def test_targets_differ_per_input(run) -> None:
+    """Each input of one request gets its own targets."""
+    specs = [InputSpec(text=TEXTS[0], targets=[0]), InputSpec(text=TEXTS[1], targets=[1, 2])]
+    out = run.many("bert", specs, Occlusion())
+    assert [e.target_indices for e in out] == [[0], [1, 2]]
+    assert [e.scores.shape[0] for e in out] == [1, 2]
