@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
 
 @pytest.fixture
@@ -56,9 +58,23 @@ def test_stop_marks_not_serving() -> None:
     running.stop(grace=None)
 
 
-def test_cli_serves_then_exits_zero_on_sigterm() -> None:
+def test_cli_serves_then_exits_zero_on_sigterm(tiny_bert_dir: Path) -> None:
+    # A --model keeps the test fast: without one the CLI builds the embedded default model.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "explainserve.cli", "serve", "--port", "0", "--grace-seconds", "2"],
+        [
+            sys.executable,
+            "-m",
+            "explainserve.cli",
+            "serve",
+            "--port",
+            "0",
+            "--grace-seconds",
+            "2",
+            "--device",
+            "cpu",
+            "--model",
+            f"tiny={tiny_bert_dir}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -78,8 +94,22 @@ def test_cli_serves_then_exits_zero_on_sigterm() -> None:
         assert port, "server did not report its port"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            for service in ("", "explainserve.v1.ExplainService"):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            explain = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+            listed = explain.ListModels(explain_pb2.ListModelsRequest(), timeout=5).models
+            assert [m.name for m in listed] == ["tiny"]
+            model = explain.GetModel(explain_pb2.GetModelRequest(name="tiny"), timeout=5).model
+            assert model == listed[0]
+            assert list(model.labels) == ["negative", "neutral", "positive"]
+            assert model.max_length == 128
+            assert model.device == "cpu"
+            assert model.replacement == "mask_token"
+            with pytest.raises(grpc.RpcError) as err:
+                explain.GetModel(explain_pb2.GetModelRequest(name="bert"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "loaded models: tiny" in err.value.details()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

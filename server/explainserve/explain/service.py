@@ -28,7 +28,6 @@ from explainserve.explain.units import Encoded, encode_ids, encode_text, make_un
 from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.worker import ForwardJob
 
-
 # Noise beyond this many standard deviations of the embeddings only measures the noise (and
 # overflows float16/bfloat16 models).
 MAX_NOISE_STD = 100.0
