@@ -111,5 +111,7 @@ class Explanation:
     #: The model's logits for the unperturbed input.
     logits: NDArray[np.float32]
     token_ids: NDArray[np.int64]
+    #: What the units' character spans index into (decoded text for token-id inputs).
+    text: str
     forward_passes: int
     elapsed_ms: float

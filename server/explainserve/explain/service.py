@@ -252,6 +252,7 @@ class Explainer:
                     scores=np.ascontiguousarray(scores, dtype=np.float32),
                     logits=logits[i].astype(np.float32),
                     token_ids=item.encoded.ids,
+                    text=item.encoded.text,
                     forward_passes=run.n_rows + 1,
                     elapsed_ms=(time.perf_counter() - started) * 1000.0,
                 )

@@ -190,6 +190,7 @@ def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
         logits=e.logits.tolist(),
         counters=pb.Counters(forward_passes=e.forward_passes, elapsed_ms=e.elapsed_ms),
         token_ids=e.token_ids.tolist(),
+        text=e.text,
     )
 
 

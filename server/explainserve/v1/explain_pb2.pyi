@@ -321,7 +321,7 @@ class Counters(_message.Message):
     def __init__(self, forward_passes: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids")
+    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids", "text")
     INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class Explanation(_message.Message):
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     input_index: int
     units: _containers.RepeatedCompositeFieldContainer[Unit]
     targets: _containers.RepeatedCompositeFieldContainer[ExplainedTarget]
@@ -336,7 +337,8 @@ class Explanation(_message.Message):
     logits: _containers.RepeatedScalarFieldContainer[float]
     counters: Counters
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    text: str
+    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "explanations")

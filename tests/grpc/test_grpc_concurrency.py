@@ -1,0 +1,93 @@
+"""Concurrent clients share the models' workers; deadlines and cancellation stop the work."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from explainserve.explain.service import Explainer
+from explainserve.v1 import explain_pb2 as pb
+from explainserve.v1 import explain_pb2_grpc
+
+BIG = "The quick brown fox jumps over the lazy dog. " * 10  # 102 tokens with [CLS] and [SEP]
+# 40 inputs x (100 + 2) x 9 sequences: many seconds of work on a CPU if nothing stops it.
+HEAVY = pb.ExplainRequest(
+    model="bert",
+    inputs=[pb.Input(text=BIG)] * 40,
+    sobol=pb.Sobol(n_points=9),
+    granularity=pb.GRANULARITY_TOKEN,
+)
+HEAVY_ROWS = 40 * (1 + (100 + 2) * 9)
+
+
+def small_request(model: str, method: str) -> pb.ExplainRequest:
+    methods = {
+        "occlusion": {"occlusion": pb.Occlusion()},
+        "lime": {"lime": pb.Lime(n_perturbations=24)},
+        "saliency": {"saliency": pb.Saliency()},
+        "integrated_gradients": {"integrated_gradients": pb.IntegratedGradients(n_steps=6)},
+    }
+    texts = ["Unbelievably good film. I hated the ending!", "Hello there, world of words."]
+    return pb.ExplainRequest(
+        model=model,
+        inputs=[pb.Input(text=t) for t in texts],
+        granularity=pb.GRANULARITY_WORD,
+        seed=5,
+        **methods[method],
+    )
+
+
+def test_concurrent_requests_get_their_own_answers(
+    stub: explain_pb2_grpc.ExplainServiceStub,
+) -> None:
+    requests = [
+        small_request(model, method)
+        for model in ("bert", "gpt2")
+        for method in ("occlusion", "lime", "saliency", "integrated_gradients")
+    ]
+    alone = [stub.Explain(r, timeout=60) for r in requests]
+    for _round in range(2):
+        futures = [stub.Explain.future(r, timeout=60) for r in requests]
+        together = [f.result() for f in futures]
+        for want, got in zip(alone, together, strict=True):
+            assert got.model == want.model
+            for g, w in zip(got.explanations, want.explanations, strict=True):
+                assert [u.text for u in g.units] == [u.text for u in w.units]
+                assert list(g.targets) == list(w.targets)
+                # Batches are shared with the other requests, so only float32 rounding differs.
+                np.testing.assert_allclose(g.scores.values, w.scores.values, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(g.logits, w.logits, rtol=1e-5, atol=1e-6)
+                assert g.counters.forward_passes == w.counters.forward_passes
+
+
+def rows_run(explainer: Explainer) -> int:
+    """Sequences the bert worker has run so far."""
+    return explainer.registry.get("bert").worker.stats.rows
+
+
+def test_deadline_stops_the_work(
+    stub: explain_pb2_grpc.ExplainServiceStub, explainer: Explainer
+) -> None:
+    before = rows_run(explainer)
+    call = stub.Explain.future(HEAVY, timeout=0.5)
+    assert call.exception() is not None
+    assert call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The next request queues behind whatever is left of the expired one.
+    reply = stub.Explain(small_request("bert", "occlusion"), timeout=60)
+    assert reply.explanations[0].scores.cols == 9
+    assert rows_run(explainer) - before < HEAVY_ROWS // 2
+
+
+def test_cancelled_stream_stops_the_work(
+    stub: explain_pb2_grpc.ExplainServiceStub, explainer: Explainer
+) -> None:
+    before = rows_run(explainer)
+    stream = stub.ExplainStream(pb.ExplainStreamRequest(request=HEAVY), timeout=60)
+    first = next(stream)
+    assert first.WhichOneof("event") == "progress"
+    assert first.progress.forward_passes_total == HEAVY_ROWS
+    stream.cancel()
+    assert stream.code() == grpc.StatusCode.CANCELLED
+    reply = stub.Explain(small_request("bert", "occlusion"), timeout=60)
+    assert reply.explanations[0].scores.cols == 9
+    assert rows_run(explainer) - before < HEAVY_ROWS // 2
