@@ -1,0 +1,1 @@
+"""Tests of the Rust extension `explainserve._native` against docs/native.md."""

@@ -1,0 +1,473 @@
+"""Errors: the exception tree, each class in its documented case, and type errors by argument."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from explainserve import _native as native
+
+U8 = np.uint8
+I64 = np.int64
+F32 = np.float32
+F64 = np.float64
+
+EXCEPTIONS = [
+    native.ShapeError,
+    native.EmptyUnitsError,
+    native.IdOutOfRangeError,
+    native.UnknownStrategyError,
+    native.InvalidParameterError,
+]
+
+
+@pytest.mark.parametrize("exc", EXCEPTIONS)
+def test_exception_tree(exc: type[Exception]) -> None:
+    assert issubclass(exc, native.NativeError)
+    assert issubclass(exc, ValueError)
+    assert issubclass(native.NativeError, ValueError)
+    assert exc.__module__.endswith("_native")
+
+
+def _masks(p: int, g: int) -> np.ndarray:
+    return np.zeros((p, g), U8)
+
+
+def _shap_design(rows: list[list[int]]) -> np.ndarray:
+    return np.array(rows, U8)
+
+
+def _group(granularity: str, n: int, text: str = "abc def", **kw: Any) -> Callable[[], object]:
+    special = kw.get("special", np.zeros(n, bool))
+    offsets = kw.get("offsets", np.zeros((n, 2), I64))
+    word_ids = kw.get("word_ids")
+    return lambda: native.group_units(granularity, special, offsets, word_ids, text)
+
+
+NAN = math.nan
+
+# (id, call, exception class, fragments of the message)
+CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]] = [
+    # g = 0
+    ("occlusion-g0", lambda: native.occlusion_masks(0), native.EmptyUnitsError, ["no units"]),
+    (
+        "bernoulli-g0",
+        lambda: native.bernoulli_masks(4, 0, 0.5, 1),
+        native.EmptyUnitsError,
+        ["no units"],
+    ),
+    (
+        "kernel-shap-g0",
+        lambda: native.kernel_shap_masks(10, 0, 1),
+        native.EmptyUnitsError,
+        ["no units"],
+    ),
+    (
+        "sobol-g0",
+        lambda: native.sobol_masks(0, 8, "sobol", 1),
+        native.EmptyUnitsError,
+        ["no units"],
+    ),
+    # numeric parameters
+    (
+        "bernoulli-n0",
+        lambda: native.bernoulli_masks(0, 3, 0.5, 1),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    (
+        "bernoulli-prob-1.5",
+        lambda: native.bernoulli_masks(4, 3, 1.5, 1),
+        native.InvalidParameterError,
+        ["invalid parameter", "1.5"],
+    ),
+    (
+        "bernoulli-prob-negative",
+        lambda: native.bernoulli_masks(4, 3, -0.25, 1),
+        native.InvalidParameterError,
+        ["-0.25"],
+    ),
+    (
+        "bernoulli-prob-nan",
+        lambda: native.bernoulli_masks(4, 3, NAN, 1),
+        native.InvalidParameterError,
+        ["NaN"],
+    ),
+    (
+        "kernel-shap-n0",
+        lambda: native.kernel_shap_masks(0, 3, 1),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    (
+        "kernel-shap-sampling-needs-two-rows",
+        lambda: native.kernel_shap_masks(1, 5, 1),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    (
+        "sobol-k0",
+        lambda: native.sobol_masks(3, 0, "halton", 1),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    (
+        "qmc-k0",
+        lambda: native.qmc_points(0, 2, "latin_hypercube", 1),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    (
+        "qmc-d0",
+        lambda: native.qmc_points(4, 0, "sobol", 1),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    (
+        "qmc-sobol-too-many-points",
+        lambda: native.qmc_points(65537, 1, "sobol", 1),
+        native.InvalidParameterError,
+        ["65537"],
+    ),
+    (
+        "lime-negative-alpha",
+        lambda: native.lime_scores(_masks(4, 2), np.zeros((4, 1)), alpha=-1.0),
+        native.InvalidParameterError,
+        ["invalid parameter"],
+    ),
+    # unknown names
+    (
+        "sobol-unknown-sampler",
+        lambda: native.sobol_masks(3, 4, "random", 1),
+        native.UnknownStrategyError,
+        ["unknown sampler 'random'", "sobol, halton, latin_hypercube"],
+    ),
+    (
+        "qmc-unknown-sampler",
+        lambda: native.qmc_points(3, 4, "lhs", 1),
+        native.UnknownStrategyError,
+        ["'lhs'"],
+    ),
+    (
+        "group-unknown-granularity",
+        _group("paragraph", 2),
+        native.UnknownStrategyError,
+        ["unknown granularity 'paragraph'", "all_tokens, token, word, sentence"],
+    ),
+    (
+        "aggregate-unknown-strategy",
+        lambda: native.aggregate(np.zeros((1, 2), F32), np.zeros(2, I64), 1, "median"),
+        native.UnknownStrategyError,
+        ["unknown aggregation strategy 'median'", "signed_max"],
+    ),
+    (
+        "lime-unknown-distance",
+        lambda: native.lime_scores(_masks(4, 2), np.zeros((4, 1)), "manhattan"),
+        native.UnknownStrategyError,
+        ["unknown distance 'manhattan'", "cosine, hamming, euclidean"],
+    ),
+    # shapes
+    (
+        "group-special-length",
+        _group("token", 3, special=np.zeros(2, bool)),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "group-word-ids-length",
+        _group("word", 3, word_ids=np.zeros(4, I64)),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "group-offsets-columns",
+        _group("token", 3, offsets=np.zeros((3, 3), I64)),
+        native.ShapeError,
+        ["(3, 3)"],
+    ),
+    (
+        "expand-lengths",
+        lambda: native.expand_ids(_masks(2, 3), np.zeros(4, I64), np.zeros(5, I64), 0),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "aggregate-lengths",
+        lambda: native.aggregate(np.zeros((2, 4), F32), np.zeros(3, I64), 1, "mean"),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "occlusion-one-row",
+        lambda: native.occlusion_scores(np.zeros((1, 2))),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "lime-rows",
+        lambda: native.lime_scores(_masks(5, 3), np.zeros((4, 1))),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "kernel-shap-no-full-row",
+        lambda: native.kernel_shap_scores(
+            _shap_design([[1, 1], [0, 1], [1, 0]]), np.ones(3), np.zeros((3, 1))
+        ),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "kernel-shap-no-empty-row",
+        lambda: native.kernel_shap_scores(
+            _shap_design([[0, 0], [0, 1], [1, 0]]), np.ones(3), np.zeros((3, 1))
+        ),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "kernel-shap-weights-length",
+        lambda: native.kernel_shap_scores(
+            _shap_design([[0, 0], [1, 1], [1, 0]]), np.ones(2), np.zeros((3, 1))
+        ),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "kernel-shap-output-rows",
+        lambda: native.kernel_shap_scores(
+            _shap_design([[0, 0], [1, 1], [1, 0]]), np.ones(3), np.zeros((4, 1))
+        ),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    (
+        "sobol-indices-rows",
+        lambda: native.sobol_indices(np.zeros((5 * 4 + 1, 2)), 3, 4),
+        native.ShapeError,
+        ["shape error"],
+    ),
+    # ids out of range
+    (
+        "group-offset-beyond-text",
+        _group("token", 1, text="café", offsets=np.array([[0, 5]], I64)),
+        native.IdOutOfRangeError,
+        ["id out of range"],
+    ),
+    (
+        "group-start-after-end",
+        _group("word", 1, offsets=np.array([[2, 1]], I64)),
+        native.IdOutOfRangeError,
+        ["id out of range"],
+    ),
+    (
+        "group-negative-offset",
+        _group("sentence", 1, offsets=np.array([[-1, 2]], I64)),
+        native.IdOutOfRangeError,
+        ["-1"],
+    ),
+    (
+        "expand-unit-id",
+        lambda: native.expand_ids(_masks(2, 3), np.array([0, 3], I64), np.zeros(2, I64), 0),
+        native.IdOutOfRangeError,
+        ["id out of range", "3"],
+    ),
+    (
+        "expand-negative-replacement",
+        lambda: native.expand_ids(_masks(2, 3), np.zeros(2, I64), np.zeros(2, I64), -1),
+        native.IdOutOfRangeError,
+        ["-1"],
+    ),
+    (
+        "aggregate-unit-id",
+        lambda: native.aggregate(np.zeros((1, 2), F32), np.array([0, 5], I64), 5, "max"),
+        native.IdOutOfRangeError,
+        ["id out of range", "5"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_documented_errors(
+    call: Callable[[], object], exc: type[Exception], fragments: list[str]
+) -> None:
+    with pytest.raises(exc) as info:
+        call()
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_offsets_are_code_points_not_bytes() -> None:
+    # "café" is 4 characters (5 UTF-8 bytes): (0, 4) is the whole text, (0, 5) is beyond it.
+    _, spans = native.group_units("token", np.zeros(1, bool), np.array([[0, 4]], I64), None, "café")
+    np.testing.assert_array_equal(spans, [[0, 4]])
+
+
+# (id, call, the argument the TypeError must name)
+TYPE_CASES: list[tuple[str, Callable[[], object], str]] = [
+    (
+        "aggregate-scores-f64",
+        lambda: native.aggregate(np.zeros((1, 2)), np.zeros(2, I64), 1, "mean"),
+        "scores",
+    ),
+    (
+        "aggregate-scores-1d",
+        lambda: native.aggregate(np.zeros(2, F32), np.zeros(2, I64), 1, "mean"),
+        "scores",
+    ),
+    (
+        "aggregate-t2u-i32",
+        lambda: native.aggregate(np.zeros((1, 2), F32), np.zeros(2, np.int32), 1, "mean"),
+        "token_to_unit",
+    ),
+    (
+        "expand-masks-bool",
+        lambda: native.expand_ids(np.zeros((1, 2), bool), np.zeros(2, I64), np.zeros(2, I64), 0),
+        "masks",
+    ),
+    (
+        "expand-ids-list",
+        lambda: native.expand_ids(_masks(1, 2), np.zeros(2, I64), [1, 2], 0),
+        "input_ids",
+    ),
+    (
+        "group-special-u8",
+        lambda: native.group_units("token", np.zeros(1, U8), np.zeros((1, 2), I64), None, "a"),
+        "special_mask",
+    ),
+    (
+        "group-offsets-i32",
+        lambda: native.group_units(
+            "token", np.zeros(1, bool), np.zeros((1, 2), np.int32), None, "a"
+        ),
+        "offsets",
+    ),
+    (
+        "group-word-ids-f64",
+        lambda: native.group_units(
+            "word", np.zeros(1, bool), np.zeros((1, 2), I64), np.zeros(1), "a"
+        ),
+        "word_ids",
+    ),
+    ("occlusion-outputs-f32", lambda: native.occlusion_scores(np.zeros((3, 1), F32)), "outputs"),
+    (
+        "lime-masks-i64",
+        lambda: native.lime_scores(np.zeros((3, 2), I64), np.zeros((3, 1))),
+        "masks",
+    ),
+    (
+        "kernel-shap-weights-f32",
+        lambda: native.kernel_shap_scores(
+            _shap_design([[0, 0], [1, 1]]), np.zeros(2, F32), np.zeros((2, 1))
+        ),
+        "weights",
+    ),
+    ("sobol-indices-list", lambda: native.sobol_indices([[0.0]], 1, 1), "outputs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"), [c[1:] for c in TYPE_CASES], ids=[c[0] for c in TYPE_CASES]
+)
+def test_wrong_dtype_is_a_type_error_naming_the_argument(
+    call: Callable[[], object], argument: str
+) -> None:
+    with pytest.raises(TypeError) as info:
+        call()
+    assert f"'{argument}'" in str(info.value)
+
+
+# Degenerate but well-typed calls: each returns or raises a NativeError, never panics.
+DEGENERATE: list[tuple[str, Callable[[], object]]] = [
+    ("lime-one-row", lambda: native.lime_scores(_masks(1, 3), np.zeros((1, 2)))),
+    ("lime-no-units", lambda: native.lime_scores(_masks(3, 0), np.zeros((3, 1)))),
+    ("lime-no-rows", lambda: native.lime_scores(_masks(0, 3), np.zeros((0, 1)))),
+    ("lime-zero-width", lambda: native.lime_scores(_masks(3, 2), np.zeros((3, 1)), "cosine", 0.0)),
+    ("lime-nan-alpha", lambda: native.lime_scores(_masks(3, 2), np.zeros((3, 1)), alpha=NAN)),
+    (
+        "kernel-shap-no-units",
+        lambda: native.kernel_shap_scores(_masks(2, 0), np.ones(2), np.zeros((2, 1))),
+    ),
+    (
+        "kernel-shap-no-rows",
+        lambda: native.kernel_shap_scores(_masks(0, 2), np.ones(0), np.zeros((0, 1))),
+    ),
+    ("sobol-indices-empty", lambda: native.sobol_indices(np.zeros((0, 1)), 0, 0)),
+    ("sobol-indices-no-units", lambda: native.sobol_indices(np.zeros((2, 1)), 0, 1)),
+    ("sobol-indices-no-points", lambda: native.sobol_indices(np.zeros((0, 1)), 3, 0)),
+    ("occlusion-no-targets", lambda: native.occlusion_scores(np.zeros((3, 0)))),
+    (
+        "aggregate-no-units",
+        lambda: native.aggregate(np.zeros((2, 3), F32), np.full(3, -1, I64), 0, "mean"),
+    ),
+    (
+        "aggregate-unit-below-minus-one",
+        lambda: native.aggregate(np.zeros((2, 3), F32), np.full(3, -2, I64), 1, "mean"),
+    ),
+    (
+        "expand-no-units",
+        lambda: native.expand_ids(_masks(2, 0), np.full(3, -1, I64), np.zeros(3, I64), 0),
+    ),
+    (
+        "group-word-ids-below-minus-one",
+        _group("word", 2, word_ids=np.array([-5, 3], I64), offsets=np.array([[0, 3], [4, 7]], I64)),
+    ),
+    ("kernel-shap-masks-g1-n1", lambda: native.kernel_shap_masks(1, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("call", [c[1] for c in DEGENERATE], ids=[c[0] for c in DEGENERATE])
+def test_degenerate_inputs_never_panic(call: Callable[[], object]) -> None:
+    try:
+        result = call()
+    except native.NativeError:
+        return
+    except BaseException as err:  # a Rust panic surfaces as pyo3's PanicException
+        pytest.fail(f"{type(err).__name__}: {err}")
+    assert result is not None
+
+
+HUGE = textwrap.dedent(
+    """
+    import sys
+    from explainserve import _native as native
+    calls = {
+        "occlusion": lambda: native.occlusion_masks(2**62),
+        "bernoulli": lambda: native.bernoulli_masks(2**40, 2**40, 0.5, 0),
+        "kernel_shap": lambda: native.kernel_shap_masks(2**62, 40, 0),
+        "sobol": lambda: native.sobol_masks(2**40, 2**10, "latin_hypercube", 0),
+        "qmc": lambda: native.qmc_points(2**40, 2**40, "halton", 0),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            print(name, "returned")
+        except (native.NativeError, MemoryError) as err:
+            print(name, "ok", type(err).__name__)
+        except BaseException as err:
+            print(name, "BAD", type(err).__name__, err)
+        sys.stdout.flush()
+    """
+)
+
+
+def test_huge_sizes_raise_instead_of_crashing() -> None:
+    # In a child process: an allocation failure in Rust aborts the whole interpreter.
+    proc = subprocess.run(
+        [sys.executable, "-c", HUGE], capture_output=True, text=True, timeout=60, check=False
+    )
+    report = proc.stdout + proc.stderr[-2000:]
+    assert proc.returncode == 0, report
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5, report
+    assert all(" ok " in line for line in lines), report
