@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.explain.units import Encoded, Units
+from explainserve.scheduling.worker import ForwardJob, GradientJob
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class Pending(Protocol):
 
     #: Sequences this input sends through the model.
     n_rows: int
+
+    @property
+    def jobs(self) -> Sequence[ForwardJob | GradientJob]:
+        """The worker jobs, to submit (all inputs' together)."""
+        ...
 
     @property
     def futures(self) -> list[Future[Any]]:

@@ -142,7 +142,11 @@ class GradientRun:
             on_rows_done=progress.add,
             is_cancelled=is_cancelled,
         )
-        model.worker.submit(self._job)
+
+    @property
+    def jobs(self) -> list[GradientJob]:
+        """The worker job to submit."""
+        return [self._job]
 
     @staticmethod
     def _baseline(

@@ -104,7 +104,11 @@ class PerturbationRun:
             on_rows_done=progress.add,
             is_cancelled=is_cancelled,
         )
-        model.worker.submit(self._job)
+
+    @property
+    def jobs(self) -> list[ForwardJob]:
+        """The worker job to submit."""
+        return [self._job]
 
     @property
     def futures(self) -> list[Future[Any]]:

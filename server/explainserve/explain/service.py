@@ -203,8 +203,7 @@ class Explainer:
             )
             for e in encoded
         ]
-        for job in base_jobs:
-            model.worker.submit(job)
+        model.worker.submit_all(base_jobs)
         logits = [job.future.result()[0] for job in base_jobs]
         items = [
             Item(
@@ -232,6 +231,7 @@ class Explainer:
                 runs[item.index] = perturbation.PerturbationRun(
                     model, item, method, params.mode, params.seed, progress, is_cancelled
                 )
+        model.worker.submit_all(job for run in runs.values() for job in run.jobs)
         waiting = {f: i for i, run in runs.items() for f in run.futures}
         finished: set[int] = set()
         while waiting:

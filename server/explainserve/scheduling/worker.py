@@ -171,13 +171,21 @@ class Worker:
 
     def submit(self, job: Job) -> None:
         """Queues a job; its `future` resolves when all its rows are done."""
-        if job.n_rows == 0:
-            self._finish_empty(job)
-            return
+        self.submit_all([job])
+
+    def submit_all(self, jobs: Iterable[Job]) -> None:
+        """Queues jobs together, so the next batch can already mix them (a request's inputs
+        are batched the same way whenever the worker is otherwise idle)."""
+        queued = []
+        for job in jobs:
+            if job.n_rows == 0:
+                self._finish_empty(job)
+            else:
+                queued.append(job)
         with self._cond:
             if self._closed:
                 raise RuntimeError("worker is closed")
-            self._pending.append(job)
+            self._pending.extend(queued)
             self._cond.notify()
 
     def close(self) -> None:
