@@ -3,6 +3,29 @@
 import numpy as np
 from numpy.typing import NDArray
 
+__all__ = [
+    "EmptyUnitsError",
+    "IdOutOfRangeError",
+    "InvalidParameterError",
+    "NativeError",
+    "ShapeError",
+    "UnknownStrategyError",
+    "__version__",
+    "aggregate",
+    "bernoulli_masks",
+    "expand_ids",
+    "group_units",
+    "kernel_shap_masks",
+    "kernel_shap_scores",
+    "lime_scores",
+    "occlusion_masks",
+    "occlusion_scores",
+    "qmc_points",
+    "sentence_spans",
+    "sobol_indices",
+    "sobol_masks",
+]
+
 __version__: str
 
 class NativeError(ValueError):
