@@ -7,6 +7,12 @@ times and the speed-up (numpy time / native time).
 
     .venv/bin/python bench/native.py            # full sizes (g = 512, p = 4096, ...)
     .venv/bin/python bench/native.py --quick    # smaller sizes and fewer repeats
+    .venv/bin/python bench/native.py --floors   # also the memory floor of the target cases
+
+The floor of a case is the time numpy takes, on one core, to write a fresh array of the case's
+output size (`np.full`) plus to read the inputs the case must scan (`np.max`): no implementation
+that returns a fresh output can beat it by much, so `numpy / floor` bounds the speed-up a
+memory-bound case can show.
 """
 
 from __future__ import annotations
@@ -199,6 +205,7 @@ class Case:
     check: Callable[[object, object], bool] | None = None
     target: bool = False  # one of the functions with the >= 10x target
     note: str = ""
+    reads: tuple[np.ndarray, ...] = ()  # inputs the native side must read in full (for --floors)
     native_times: list[float] = field(default_factory=list)
     numpy_times: list[float] = field(default_factory=list)
     inner: dict[str, int] = field(default_factory=dict)
@@ -279,6 +286,7 @@ def build_cases(quick: bool) -> list[Case]:
             lambda: np_expand_ids(masks, t2u, ids, 103),
             lambda a, b: np.array_equal(a, b),
             target=True,
+            reads=(masks,),
         )
     )
 
@@ -293,6 +301,7 @@ def build_cases(quick: bool) -> list[Case]:
                 lambda s=strategy: np_aggregate(scores, agg_t2u, agg_units, s),
                 lambda a, b: np.allclose(a, b, rtol=1e-6, atol=1e-6, equal_nan=True),
                 target=True,
+                reads=(scores,),
             )
         )
 
@@ -420,10 +429,53 @@ def target_summary(cases: list[Case]) -> str:
     return "Target >= 10x for masks, expansion and aggregation: NOT met by " + ", ".join(missed)
 
 
+def best_time(fn: Callable[[], object], min_seconds: float, repeats: int) -> float:
+    inner = calibrate(fn, min_seconds)
+    return min(measure(fn, inner) for _ in range(repeats))
+
+
+def floors(cases: list[Case], min_seconds: float, repeats: int) -> str:
+    """Fresh-write plus read time of each target case's data, against its native and numpy times."""
+    lines = [
+        "| function | output (MiB) | inputs read (MiB) | floor (ms) | native (ms) | numpy (ms) "
+        "| numpy / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        if not (case.target and case.numpy_times):
+            continue
+        result = case.native()
+        outputs = result if isinstance(result, tuple) else (result,)
+
+        def write(outputs: tuple[np.ndarray, ...] = outputs) -> None:
+            for a in outputs:
+                np.full(a.shape, 1, a.dtype)
+
+        def read(reads: tuple[np.ndarray, ...] = case.reads) -> None:
+            for a in reads:
+                a.max()
+
+        floor = best_time(write, min_seconds, repeats) + (
+            best_time(read, min_seconds, repeats) if case.reads else 0.0
+        )
+        nat = statistics.median(case.native_times)
+        num = statistics.median(case.numpy_times)
+        out_mib = sum(a.nbytes for a in outputs) / 2**20
+        in_mib = sum(a.nbytes for a in case.reads) / 2**20
+        lines.append(
+            f"| {case.name} | {out_mib:.2f} | {in_mib:.2f} | {fmt_ms(floor)} | {fmt_ms(nat)} "
+            f"| {fmt_ms(num)} | {num / floor:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
+    parser.add_argument(
+        "--floors", action="store_true", help="also time the memory floor of the target cases"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (5 if args.quick else 21)
     min_seconds = 0.005 if args.quick else 0.02
@@ -439,6 +491,9 @@ def main() -> None:
     print(table(cases))
     print()
     print(target_summary(cases))
+    if args.floors:
+        print()
+        print(floors(cases, min_seconds, repeats))
 
 
 if __name__ == "__main__":

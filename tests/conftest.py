@@ -129,3 +129,19 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: objec
     from tiny_models import build_gpt2_classifier
 
     return build_gpt2_classifier(tmp_path_factory.mktemp("tiny-gpt2"), bpe_tokenizer)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: object) -> Path:
+    """A tiny RoBERTa classifier (head on the first token's sequence output) with the BPE."""
+    from tiny_models import build_roberta_classifier
+
+    return build_roberta_classifier(tmp_path_factory.mktemp("tiny-roberta"), bpe_tokenizer)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tokenizer: object) -> Path:
+    """A tiny DistilBERT classifier with the real MiniLM tokenizer."""
+    from tiny_models import build_distilbert_classifier
+
+    return build_distilbert_classifier(tmp_path_factory.mktemp("tiny-distilbert"), bert_tokenizer)  # type: ignore[arg-type]

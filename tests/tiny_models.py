@@ -12,9 +12,13 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
     PreTrainedTokenizerBase,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 LABELS = ["negative", "neutral", "positive"]
@@ -64,6 +68,55 @@ def build_gpt2_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed: i
         **_label_maps(),
     )
     model = GPT2ForSequenceClassification(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_roberta_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
+    """A 2-layer RoBERTa sequence classifier: its `classifier` head takes the whole sequence
+    output and reads the first token (`<s>`) through `classifier.dense`."""
+    torch.manual_seed(seed)
+    pad = tokenizer.pad_token_id
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        # RoBERTa's positions start after the pad id.
+        max_position_embeddings=128 + pad + 1,
+        type_vocab_size=1,
+        initializer_range=0.3,
+        pad_token_id=pad,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **_label_maps(),
+    )
+    model = RobertaForSequenceClassification(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_distilbert_classifier(
+    out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> Path:
+    """A 2-layer DistilBERT sequence classifier: `classifier` reads `pre_classifier`'s output of
+    the first token ([CLS])."""
+    torch.manual_seed(seed)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id or 0,
+        **_label_maps(),
+    )
+    model = DistilBertForSequenceClassification(config).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--gradient-token-budget", type=int, help="tokens per gradient batch (default 4096)"
     )
+    serve.add_argument(
+        "--activation-chunk-inputs", type=int, help="GetActivations: inputs per chunk (default 256)"
+    )
+    serve.add_argument(
+        "--activation-chunk-bytes",
+        type=int,
+        help="GetActivations: tensor bytes per chunk (default 1 MiB)",
+    )
+    serve.add_argument(
+        "--activation-prefetch-chunks",
+        type=int,
+        help="GetActivations: chunks computed ahead of the one being sent (default 4)",
+    )
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -72,11 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
+        from explainserve.activations.service import Activator
         from explainserve.explain.service import Explainer
         from explainserve.grpc.server import ServerOptions, serve_forever
         from explainserve.models.registry import Registry, load_model
 
         config = config_from_args(args)
+        limits = config.activation_limits()
         registry = Registry()
         for model_config in config.model_configs():
             registry.add(load_model(model_config))
@@ -89,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 grace_seconds=config.grace_seconds,
             ),
             Explainer(registry),
+            Activator(registry, limits),
         )
     return 0
 

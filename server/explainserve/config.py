@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from explainserve.activations.service import ActivationLimits
 from explainserve.errors import InvalidArgument
 from explainserve.models.registry import ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
@@ -33,6 +34,12 @@ class ServeConfig:
     replacement_fallback: ReplacementFallback = "unk"
     token_budget: int = 8192
     gradient_token_budget: int = 4096
+    #: GetActivations: inputs per streamed chunk at most.
+    activation_chunk_inputs: int = 256
+    #: GetActivations: tensor bytes per streamed chunk at most.
+    activation_chunk_bytes: int = 1024 * 1024
+    #: GetActivations: chunks computed ahead of the one being sent (memory: this + 1 chunks).
+    activation_prefetch_chunks: int = 4
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
 
@@ -57,6 +64,22 @@ class ServeConfig:
             )
             for name, path in models.items()
         ]
+
+    def activation_limits(self) -> ActivationLimits:
+        """GetActivations' chunking, as configured."""
+        for name in ("activation_chunk_inputs", "activation_chunk_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.activation_prefetch_chunks < 0:
+            raise InvalidArgument(
+                f"activation_prefetch_chunks must be at least 0, got "
+                f"{self.activation_prefetch_chunks}"
+            )
+        return ActivationLimits(
+            chunk_inputs=self.activation_chunk_inputs,
+            chunk_bytes=self.activation_chunk_bytes,
+            prefetch_chunks=self.activation_prefetch_chunks,
+        )
 
 
 def parse_model_flag(value: str) -> tuple[str, Path]:

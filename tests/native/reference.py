@@ -8,6 +8,7 @@ these on small hypothesis-generated inputs.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from itertools import combinations
 
 import numpy as np
@@ -79,13 +80,24 @@ def occlusion_masks(g: int) -> np.ndarray:
     return out
 
 
+def bernoulli_threshold(prob: float) -> int:
+    """t = round(prob * 65536), halves rounded up (exact: prob is a binary fraction)."""
+    return math.floor(Fraction(prob) * 65536 + Fraction(1, 2))
+
+
 def bernoulli_masks(n: int, g: int, prob: float, seed: int) -> np.ndarray:
-    """Cell (r, j) is 1 iff the j-th draw of row r's stream is < prob."""
+    """Cell (r, j) is 1 iff 16-bit lane j % 4 (bits 16 (j % 4) ..) of draw j // 4 of row r's
+    stream is < t = round(prob * 65536)."""
+    t = bernoulli_threshold(prob)
     out = np.zeros((n, g), dtype=np.uint8)
     for r in range(n):
         rng = Rng.for_stream(seed, r)
+        draw = 0
         for j in range(g):
-            out[r, j] = 1 if rng.next_f64() < prob else 0
+            if j % 4 == 0:
+                draw = rng.next_u64()
+            lane = (draw >> (16 * (j % 4))) & 0xFFFF
+            out[r, j] = 1 if lane < t else 0
     return out
 
 

@@ -440,23 +440,46 @@ def test_degenerate_inputs_never_panic(call: Callable[[], object]) -> None:
 HUGE = textwrap.dedent(
     """
     import sys
+    import numpy as np
     from explainserve import _native as native
+    scores = np.zeros((1, 2), np.float32)
+    t2u = np.array([0, -1], np.int64)
+    # Views of no memory whose sizes multiply into an absurd output.
+    tall = np.zeros((2**40, 0), np.uint8)
+    wide = np.broadcast_to(np.int64(-1), (2**24,))
+    M = 2**64 - 1
+    BAD = "InvalidParameterError"
     calls = {
-        "occlusion": lambda: native.occlusion_masks(2**62),
-        "bernoulli": lambda: native.bernoulli_masks(2**40, 2**40, 0.5, 0),
-        "kernel_shap": lambda: native.kernel_shap_masks(2**62, 40, 0),
-        "sobol": lambda: native.sobol_masks(2**40, 2**10, "latin_hypercube", 0),
-        "qmc": lambda: native.qmc_points(2**40, 2**40, "halton", 0),
+        # Sizes whose product overflows...
+        "occlusion": (lambda: native.occlusion_masks(2**62), BAD),
+        "bernoulli": (lambda: native.bernoulli_masks(2**40, 2**40, 0.5, 0), BAD),
+        "kernel_shap": (lambda: native.kernel_shap_masks(2**62, 40, 0), BAD),
+        "kernel_shap_units": (lambda: native.kernel_shap_masks(2, M, 0), BAD),
+        "sobol": (lambda: native.sobol_masks(2**40, 2**10, "latin_hypercube", 0), BAD),
+        "qmc": (lambda: native.qmc_points(2**40, 2**40, "halton", 0), BAD),
+        "aggregate": (lambda: native.aggregate(scores, t2u, M, "sum"), "ShapeError"),
+        "expand": (lambda: native.expand_ids(tall, wide, wide, 0), "ShapeError"),
+        "sobol_indices": (lambda: native.sobol_indices(np.zeros((1, 1)), M, 1), "ShapeError"),
+        # ... and sizes that fit in a usize but in no machine's memory (2^56 bytes and more).
+        "occlusion_2^62": (lambda: native.occlusion_masks(2**31), BAD),
+        "bernoulli_2^62": (lambda: native.bernoulli_masks(2**31, 2**31, 0.5, 0), BAD),
+        "kernel_shap_2^61": (lambda: native.kernel_shap_masks(2**56, 40, 0), BAD),
+        "sobol_2^50": (lambda: native.sobol_masks(2**20, 2**10, "halton", 0), BAD),
+        "qmc_2^63": (lambda: native.qmc_points(2**16, 2**44, "sobol", 0), BAD),
+        "qmc_halton_2^59": (lambda: native.qmc_points(1, 2**56, "halton", 0), BAD),
+        "aggregate_2^62": (lambda: native.aggregate(scores, t2u, 2**60, "mean"), "ShapeError"),
     }
-    for name, call in calls.items():
+    for name, (call, expected) in calls.items():
         try:
             call()
             print(name, "returned")
-        except (native.NativeError, MemoryError) as err:
-            print(name, "ok", type(err).__name__)
+        except native.NativeError as err:
+            verdict = "ok" if type(err).__name__ == expected else "BAD"
+            print(name, verdict, type(err).__name__, err)
         except BaseException as err:
             print(name, "BAD", type(err).__name__, err)
         sys.stdout.flush()
+    print(len(calls), "calls")
     """
 )
 
@@ -468,6 +491,6 @@ def test_huge_sizes_raise_instead_of_crashing() -> None:
     )
     report = proc.stdout + proc.stderr[-2000:]
     assert proc.returncode == 0, report
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 5, report
+    *lines, total = proc.stdout.splitlines()
+    assert total == f"{len(lines)} calls", report
     assert all(" ok " in line for line in lines), report

@@ -206,10 +206,10 @@ def test_group_units_accepts_non_contiguous_views() -> None:
         np.testing.assert_array_equal(got[1], expected[1])
 
 
-def test_doc_discrepancy_sentence_whitespace_token_joins_previous_unit() -> None:
+def test_sentence_whitespace_token_joins_previous_unit() -> None:
     """docs/native.md: a token covering only whitespace joins the previous token's unit, for
-    sentences as for words ("same fallback as words"). Words do; sentences put a whitespace-only
-    token that lies inside a sentence into that sentence instead."""
+    sentences as for words ("same fallback as words"), even when the whitespace lies inside a
+    sentence (regression: it used to go to that sentence)."""
     text = "Hi. Yo there"
     offsets = np.array([[0, 3], [6, 7]], np.int64)  # "Hi." then the space inside "Yo there"
     special = np.zeros(2, bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def test_occlusion_masks_match_reference(g: int) -> None:
 def test_bernoulli_masks_match_reference_row_streams(
     n: int, g: int, prob: float, seed: int
 ) -> None:
-    # Cell (r, j) is `u < prob` for the j-th draw of `Rng::for_stream(seed, r)`.
+    # Cell (r, j) is lane j % 4 (16 bits) of draw j // 4 of `Rng::for_stream(seed, r)` below
+    # round(prob * 65536).
     out = native.bernoulli_masks(n, g, prob, seed)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, ref.bernoulli_masks(n, g, prob, seed))
@@ -55,6 +57,30 @@ def test_bernoulli_masks_are_reproducible_and_seeded(
     np.testing.assert_array_equal(a, native.bernoulli_masks(n, g, prob, seed))
     if n * g >= 64:
         assert not np.array_equal(a, native.bernoulli_masks(n, g, prob, seed ^ 1))
+
+
+@pytest.mark.parametrize(
+    "step", [0.0, 0.25, 0.4999, 0.5, 0.5001, 1.0, 1.5, 19660.8, 32767.5, 65535.4999, 65535.5]
+)
+def test_bernoulli_probability_is_rounded_to_sixteen_bits(step: float) -> None:
+    # prob = step / 65536: the threshold is step rounded to an integer, halves up.
+    prob = step / 65536
+    assert ref.bernoulli_threshold(prob) == math.floor(step + 0.5)
+    out = native.bernoulli_masks(7, 13, prob, 99)
+    np.testing.assert_array_equal(out, ref.bernoulli_masks(7, 13, prob, 99))
+    if step < 0.5:
+        assert not out.any()
+    if step >= 65535.5:
+        assert out.all()
+
+
+def test_bernoulli_lanes_of_one_draw() -> None:
+    # The first four cells of a row are the four 16-bit lanes of its first draw, low bits first.
+    draw = ref.Rng.for_stream(42, 3).next_u64()
+    lanes = [(draw >> (16 * i)) & 0xFFFF for i in range(4)]
+    for t in sorted({*lanes, 1, 65535}):
+        out = native.bernoulli_masks(4, 4, t / 65536, 42)
+        assert out[3].tolist() == [int(lane < t) for lane in lanes]
 
 
 def test_bernoulli_rows_do_not_depend_on_the_number_of_rows() -> None:
@@ -248,6 +274,7 @@ DIGEST = textwrap.dedent(
             native.sobol_masks(300, 16, "sobol", 7),
             native.sobol_masks(60, 50, "halton", 8),
             native.sobol_masks(60, 50, "latin_hypercube", 9),
+            native.sobol_masks(1024, 4, "latin_hypercube", 15),  # filled by all threads
             native.qmc_points(2000, 600, "sobol", 10),
         ]
         scores = native.qmc_points(2000, 300, "halton", 11).astype(np.float32)

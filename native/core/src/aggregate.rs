@@ -6,9 +6,10 @@
 
 use std::str::FromStr;
 
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{s, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
+use crate::buffer::{zeroed, zeroed_array2};
 use crate::expand::check_token_units;
 use crate::{CoreError, Result};
 
@@ -45,8 +46,8 @@ impl FromStr for Strategy {
     }
 }
 
-/// Rows of work handed to one rayon task at least, so small inputs stay cheap.
-const MIN_ROWS_PER_TASK: usize = 4;
+/// Blocks of rows handed to one rayon task at least, so small inputs stay cheap.
+const MIN_BLOCKS_PER_TASK: usize = 1;
 
 /// For each unit, its runs of consecutive tokens, in token order (CSR over units).
 struct Runs {
@@ -59,11 +60,12 @@ struct Runs {
 }
 
 impl Runs {
-    /// `token_to_unit` must already be checked against `n_units`.
-    fn new(token_to_unit: &[i64], n_units: usize) -> Self {
+    /// `token_to_unit` must already be checked against `n_units`; `None` if a per-unit table
+    /// cannot be allocated.
+    fn new(token_to_unit: &[i64], n_units: usize) -> Option<Self> {
         // A new run starts wherever a token's unit differs from its predecessor's.
-        let mut n_runs = vec![0usize; n_units];
-        let mut counts = vec![0usize; n_units];
+        let mut n_runs = zeroed::<usize>(n_units)?;
+        let mut counts = zeroed::<usize>(n_units)?;
         let mut previous = -1i64;
         for &u in token_to_unit {
             if u >= 0 {
@@ -74,14 +76,15 @@ impl Runs {
             }
             previous = u;
         }
-        let mut offsets = Vec::with_capacity(n_units + 1);
+        // offsets[u + 1] = total runs of units 0..=u; `next` then walks each unit's slots.
+        let mut offsets = zeroed::<usize>(n_units.checked_add(1)?)?;
         let mut total = 0;
-        offsets.push(0);
-        for &c in &n_runs {
+        for (o, &c) in offsets[1..].iter_mut().zip(&n_runs) {
             total += c;
-            offsets.push(total);
+            *o = total;
         }
-        let mut next = offsets[..n_units].to_vec();
+        let mut next = n_runs;
+        next.copy_from_slice(&offsets[..n_units]);
         let mut ranges = vec![(0, 0); total];
         let mut start = 0;
         for (i, &u) in token_to_unit.iter().enumerate() {
@@ -95,11 +98,11 @@ impl Runs {
                 start = i + 1;
             }
         }
-        Self {
+        Some(Self {
             offsets,
             ranges,
             counts,
-        }
+        })
     }
 }
 
@@ -118,10 +121,12 @@ enum Plan {
 }
 
 impl Plan {
-    fn new(token_to_unit: &[i64], n_units: usize) -> Self {
-        let runs = Runs::new(token_to_unit, n_units);
+    /// `None` if a per-unit table cannot be allocated.
+    fn new(token_to_unit: &[i64], n_units: usize) -> Option<Self> {
+        let runs = Runs::new(token_to_unit, n_units)?;
         let n_runs = |u: usize| runs.offsets[u + 1] - runs.offsets[u];
-        if (0..n_units).all(|u| runs.counts[u] == 1) {
+        Some(if (0..n_units).all(|u| runs.counts[u] == 1) {
+            // One run of one token per unit: `ranges` has exactly n_units entries (<= n).
             let tokens: Vec<usize> = runs.ranges.iter().map(|&(start, _)| start).collect();
             if tokens.iter().enumerate().all(|(u, &t)| t == tokens[0] + u) {
                 Self::Slice(tokens[0])
@@ -129,28 +134,28 @@ impl Plan {
                 Self::OneToken(tokens)
             }
         } else if (0..n_units).all(|u| n_runs(u) <= 1) {
-            Self::OneRun(
-                (0..n_units)
-                    .map(|u| {
-                        if n_runs(u) == 1 {
-                            runs.ranges[runs.offsets[u]]
-                        } else {
-                            (0, 0)
-                        }
-                    })
-                    .collect(),
-            )
+            let mut spans = Vec::new();
+            spans.try_reserve_exact(n_units).ok()?;
+            spans.extend((0..n_units).map(|u| {
+                if n_runs(u) == 1 {
+                    runs.ranges[runs.offsets[u]]
+                } else {
+                    (0, 0)
+                }
+            }));
+            Self::OneRun(spans)
         } else {
             Self::Runs(runs)
-        }
+        })
     }
 }
 
-/// One reduction: an accumulator fed whole runs, then finished with the unit's token count.
+/// One reduction: an accumulator fed the unit's tokens one by one, in token order, then
+/// finished with the unit's token count.
 trait Kernel: Sync {
     type Acc: Copy;
     const INIT: Self::Acc;
-    fn feed(acc: Self::Acc, values: &[f32]) -> Self::Acc;
+    fn step(acc: Self::Acc, value: f32) -> Self::Acc;
     fn finish(acc: Self::Acc, count: usize) -> f32;
 }
 
@@ -160,20 +165,14 @@ struct Max;
 struct Min;
 struct SignedMax;
 
-fn sum_f64(mut acc: f64, values: &[f32]) -> f64 {
-    for &v in values {
-        acc += f64::from(v);
-    }
-    acc
-}
-
 // Sums start at -0.0, the exact additive identity, so a one-token unit gives its score bit for
 // bit (as `Plan::OneToken` assumes).
 impl Kernel for Sum {
     type Acc = f64;
     const INIT: f64 = -0.0;
-    fn feed(acc: f64, values: &[f32]) -> f64 {
-        sum_f64(acc, values)
+    #[inline]
+    fn step(acc: f64, value: f32) -> f64 {
+        acc + f64::from(value)
     }
     fn finish(acc: f64, count: usize) -> f32 {
         if count == 0 {
@@ -187,8 +186,9 @@ impl Kernel for Sum {
 impl Kernel for Mean {
     type Acc = f64;
     const INIT: f64 = -0.0;
-    fn feed(acc: f64, values: &[f32]) -> f64 {
-        sum_f64(acc, values)
+    #[inline]
+    fn step(acc: f64, value: f32) -> f64 {
+        acc + f64::from(value)
     }
     fn finish(acc: f64, count: usize) -> f32 {
         if count == 0 {
@@ -203,12 +203,12 @@ impl Kernel for Mean {
 impl Kernel for Max {
     type Acc = (f32, bool);
     const INIT: (f32, bool) = (f32::NEG_INFINITY, false);
-    fn feed((mut best, mut nan): (f32, bool), values: &[f32]) -> (f32, bool) {
-        for &v in values {
-            nan |= v.is_nan();
-            best = if v > best { v } else { best };
-        }
-        (best, nan)
+    #[inline]
+    fn step((best, nan): (f32, bool), value: f32) -> (f32, bool) {
+        (
+            if value > best { value } else { best },
+            nan | value.is_nan(),
+        )
     }
     fn finish((best, nan): (f32, bool), count: usize) -> f32 {
         if nan || count == 0 {
@@ -222,12 +222,12 @@ impl Kernel for Max {
 impl Kernel for Min {
     type Acc = (f32, bool);
     const INIT: (f32, bool) = (f32::INFINITY, false);
-    fn feed((mut best, mut nan): (f32, bool), values: &[f32]) -> (f32, bool) {
-        for &v in values {
-            nan |= v.is_nan();
-            best = if v < best { v } else { best };
-        }
-        (best, nan)
+    #[inline]
+    fn step((best, nan): (f32, bool), value: f32) -> (f32, bool) {
+        (
+            if value < best { value } else { best },
+            nan | value.is_nan(),
+        )
     }
     fn finish((best, nan): (f32, bool), count: usize) -> f32 {
         if nan || count == 0 {
@@ -243,16 +243,15 @@ impl Kernel for Min {
 impl Kernel for SignedMax {
     type Acc = (f32, f32, bool);
     const INIT: (f32, f32, bool) = (0.0, -1.0, false);
-    fn feed((mut best, mut best_abs, mut nan): (f32, f32, bool), values: &[f32]) -> Self::Acc {
-        for &v in values {
-            nan |= v.is_nan();
-            let a = v.abs();
-            if a > best_abs {
-                best = v;
-                best_abs = a;
-            }
-        }
-        (best, best_abs, nan)
+    #[inline]
+    fn step((best, best_abs, nan): (f32, f32, bool), value: f32) -> Self::Acc {
+        let a = value.abs();
+        let better = a > best_abs;
+        (
+            if better { value } else { best },
+            if better { a } else { best_abs },
+            nan | value.is_nan(),
+        )
     }
     fn finish((best, _, nan): (f32, f32, bool), count: usize) -> f32 {
         if nan || count == 0 {
@@ -263,50 +262,111 @@ impl Kernel for SignedMax {
     }
 }
 
-fn reduce_row<K: Kernel>(plan: &Plan, row: &[f32], out: &mut [f32]) {
+/// Feeds `R` rows' tokens `start..end` into their accumulators, token by token: the `R` rows are
+/// independent chains, so their additions (or comparisons) overlap instead of waiting on each
+/// other, and the loop over a unit's tokens runs once for `R` rows.
+#[inline]
+// `i` indexes the R runs in lockstep, which no single iterator expresses.
+#[allow(clippy::needless_range_loop)]
+fn feed_rows<K: Kernel, const R: usize>(
+    acc: &mut [K::Acc; R],
+    rows: &[&[f32]; R],
+    start: usize,
+    end: usize,
+) {
+    let runs: [&[f32]; R] = std::array::from_fn(|r| &rows[r][start..end]);
+    for i in 0..end - start {
+        for r in 0..R {
+            acc[r] = K::step(acc[r], runs[r][i]);
+        }
+    }
+}
+
+/// Reduces `R` rows (each `n` token scores) into `out`, `R` rows of `n_units` unit scores.
+fn reduce_rows<K: Kernel, const R: usize>(plan: &Plan, rows: &[&[f32]; R], out: &mut [f32]) {
+    let n_units = out.len() / R;
+    let mut outs = out.chunks_exact_mut(n_units);
+    let mut outs: [&mut [f32]; R] = std::array::from_fn(|_| outs.next().expect("R output rows"));
     match plan {
-        Plan::Slice(start) => out.copy_from_slice(&row[*start..*start + out.len()]),
+        Plan::Slice(start) => {
+            for (o, row) in outs.iter_mut().zip(rows) {
+                o.copy_from_slice(&row[*start..*start + n_units]);
+            }
+        }
         Plan::OneToken(tokens) => {
-            for (o, &t) in out.iter_mut().zip(tokens) {
-                *o = row[t];
+            for (o, row) in outs.iter_mut().zip(rows) {
+                for (cell, &t) in o.iter_mut().zip(tokens) {
+                    *cell = row[t];
+                }
             }
         }
         Plan::OneRun(spans) => {
-            for (o, &(start, end)) in out.iter_mut().zip(spans) {
-                *o = K::finish(K::feed(K::INIT, &row[start..end]), end - start);
+            for (u, &(start, end)) in spans.iter().enumerate() {
+                let mut acc = [K::INIT; R];
+                feed_rows::<K, R>(&mut acc, rows, start, end);
+                // Finished together (the compiler pairs the divisions of a mean), then scattered.
+                let done: [f32; R] = std::array::from_fn(|r| K::finish(acc[r], end - start));
+                for (o, &d) in outs.iter_mut().zip(&done) {
+                    o[u] = d;
+                }
             }
         }
         Plan::Runs(runs) => {
-            for ((o, window), &count) in out
-                .iter_mut()
-                .zip(runs.offsets.windows(2))
-                .zip(&runs.counts)
-            {
-                let mut acc = K::INIT;
+            for (u, (window, &count)) in runs.offsets.windows(2).zip(&runs.counts).enumerate() {
+                let mut acc = [K::INIT; R];
                 for &(start, end) in &runs.ranges[window[0]..window[1]] {
-                    acc = K::feed(acc, &row[start..end]);
+                    feed_rows::<K, R>(&mut acc, rows, start, end);
                 }
-                *o = K::finish(acc, count);
+                let done: [f32; R] = std::array::from_fn(|r| K::finish(acc[r], count));
+                for (o, &d) in outs.iter_mut().zip(&done) {
+                    o[u] = d;
+                }
             }
         }
     }
 }
 
-fn aggregate_with<K: Kernel>(scores: &ArrayView2<f32>, plan: &Plan, out: &mut Array2<f32>) {
-    let n_units = out.ncols();
+/// Rows reduced together by [`reduce_rows`].
+const BLOCK_ROWS: usize = 8;
+
+/// Runs [`reduce_rows`] over the rows of `scores`, blocks of `R` rows in parallel (the last block
+/// may be shorter and goes row by row). Rows that are not contiguous are copied first.
+fn aggregate_with<K: Kernel, const R: usize>(
+    scores: &ArrayView2<f32>,
+    plan: &Plan,
+    out: &mut Array2<f32>,
+) {
+    let (n_rows, n_units) = out.dim();
+    let n = scores.ncols();
     out.as_slice_mut()
         .expect("a fresh array is in standard layout")
-        .par_chunks_mut(n_units)
-        .with_min_len(MIN_ROWS_PER_TASK)
+        .par_chunks_mut(R * n_units)
+        .with_min_len(MIN_BLOCKS_PER_TASK)
         .enumerate()
-        .for_each_init(Vec::new, |buffer, (r, out_row)| {
-            let row = scores.row(r);
-            if let Some(values) = row.as_slice() {
-                reduce_row::<K>(plan, values, out_row);
-            } else {
+        .for_each_init(Vec::new, |buffer: &mut Vec<f32>, (b, out_block)| {
+            let first = b * R;
+            let count = R.min(n_rows - first);
+            let block = scores.slice(s![first..first + count, ..]);
+            // Contiguous rows are read in place; otherwise the block is copied row-major.
+            let contiguous = block.rows().into_iter().all(|row| row.as_slice().is_some());
+            if !contiguous {
                 buffer.clear();
-                buffer.extend(row.iter().copied());
-                reduce_row::<K>(plan, buffer, out_row);
+                buffer.extend(block.iter().copied());
+            }
+            let row = |r: usize| -> &[f32] {
+                if contiguous {
+                    scores.row(first + r).to_slice().expect("a contiguous row")
+                } else {
+                    &buffer[r * n..(r + 1) * n]
+                }
+            };
+            if count == R {
+                let rows: [&[f32]; R] = std::array::from_fn(row);
+                reduce_rows::<K, R>(plan, &rows, out_block);
+            } else {
+                for (r, out_row) in out_block.chunks_exact_mut(n_units).enumerate() {
+                    reduce_rows::<K, 1>(plan, &[row(r)], out_row);
+                }
             }
         });
 }
@@ -332,27 +392,28 @@ pub fn aggregate(
             token_to_unit.len()
         )));
     }
-    let units: Vec<i64> = token_to_unit.iter().copied().collect();
-    check_token_units(&units, n_units)?;
-    if rows
-        .checked_mul(n_units)
-        .is_none_or(|cells| cells > isize::MAX as usize / 4)
-    {
-        return Err(CoreError::Shape(format!(
-            "{rows} rows of {n_units} units are too many"
-        )));
-    }
-    let mut out = Array2::<f32>::zeros((rows, n_units));
+    check_token_units(token_to_unit.iter().copied(), n_units)?;
+    let too_many = || CoreError::Shape(format!("{rows} rows of {n_units} units are too many"));
+    // The output and the per-unit tables grow with n_units, which need not match any input size:
+    // a size that overflows, exceeds isize::MAX bytes or that the allocator refuses is an error.
+    let mut out = zeroed_array2::<f32>(rows, n_units).ok_or_else(too_many)?;
     if rows == 0 || n_units == 0 {
         return Ok(out);
     }
-    let plan = Plan::new(&units, n_units);
+    let mut units = zeroed::<i64>(n).ok_or_else(too_many)?;
+    for (dst, &u) in units.iter_mut().zip(&token_to_unit) {
+        *dst = u;
+    }
+    let plan = Plan::new(&units, n_units).ok_or_else(too_many)?;
     match strategy {
-        Strategy::Mean => aggregate_with::<Mean>(&scores, &plan, &mut out),
-        Strategy::Max => aggregate_with::<Max>(&scores, &plan, &mut out),
-        Strategy::Min => aggregate_with::<Min>(&scores, &plan, &mut out),
-        Strategy::Sum => aggregate_with::<Sum>(&scores, &plan, &mut out),
-        Strategy::SignedMax => aggregate_with::<SignedMax>(&scores, &plan, &mut out),
+        Strategy::Mean => aggregate_with::<Mean, BLOCK_ROWS>(&scores, &plan, &mut out),
+        Strategy::Max => aggregate_with::<Max, BLOCK_ROWS>(&scores, &plan, &mut out),
+        Strategy::Min => aggregate_with::<Min, BLOCK_ROWS>(&scores, &plan, &mut out),
+        Strategy::Sum => aggregate_with::<Sum, BLOCK_ROWS>(&scores, &plan, &mut out),
+        // Three accumulators per row: half the block keeps them all in registers.
+        Strategy::SignedMax => {
+            aggregate_with::<SignedMax, { BLOCK_ROWS / 2 }>(&scores, &plan, &mut out);
+        }
     }
     Ok(out)
 }
@@ -491,6 +552,19 @@ mod tests {
         );
         let err = aggregate(scores.view(), array![0i64, -3].view(), 1, Strategy::Mean).unwrap_err();
         assert!(matches!(err, CoreError::IdOutOfRange(_)), "{err}");
+        // n_units is not bounded by the input: an output too large is a shape error, not an
+        // overflow or an allocation abort.
+        let t2u = array![0i64, -1];
+        for n_units in [usize::MAX, 1 << 62, 1 << 60] {
+            let err = aggregate(scores.view(), t2u.view(), n_units, Strategy::Sum).unwrap_err();
+            assert!(
+                matches!(&err, CoreError::Shape(m) if m.contains("too many")),
+                "{n_units}: {err}"
+            );
+        }
+        let empty = Array2::<f32>::zeros((0, 2));
+        let err = aggregate(empty.view(), t2u.view(), usize::MAX, Strategy::Max).unwrap_err();
+        assert!(matches!(err, CoreError::Shape(_)), "{err}");
     }
 
     #[test]
@@ -526,7 +600,8 @@ mod tests {
 
     /// Rows of scores (with some NaN and repeated magnitudes), a token → unit map and `n_units`.
     fn case() -> impl proptest::strategy::Strategy<Value = (Array2<f32>, Vec<i64>, usize)> {
-        (0usize..6, 0usize..25, 1usize..7).prop_flat_map(|(rows, n, units)| {
+        // Up to 20 rows: whole blocks of rows and a shorter last block.
+        (0usize..21, 0usize..25, 1usize..7).prop_flat_map(|(rows, n, units)| {
             let value = prop_oneof![
                 8 => -4i32..=4,
                 1 => Just(i32::MIN),
@@ -557,8 +632,17 @@ mod tests {
 
         #[test]
         fn equals_naive((scores, t2u, units) in case(), strategy in strategy()) {
-            let out = aggregate(scores.view(), ArrayView1::from(&t2u), units, strategy).unwrap();
+            let t2u_view = ArrayView1::from(&t2u);
+            let out = aggregate(scores.view(), t2u_view, units, strategy).unwrap();
             prop_assert!(same(&out, &naive(&scores.view(), &t2u, units, strategy)));
+            // Column-major rows (copied per block), and contiguous rows of a wider array.
+            let fortran = scores.t().as_standard_layout().into_owned().reversed_axes();
+            let from_fortran = aggregate(fortran.view(), t2u_view, units, strategy).unwrap();
+            prop_assert!(same(&out, &from_fortran));
+            let mut wide = Array2::<f32>::zeros((scores.nrows(), scores.ncols() + 3));
+            wide.slice_mut(s![.., 1..=scores.ncols()]).assign(&scores);
+            let inner = wide.slice(s![.., 1..=scores.ncols()]);
+            prop_assert!(same(&out, &aggregate(inner, t2u_view, units, strategy).unwrap()));
         }
 
         #[test]

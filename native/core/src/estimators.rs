@@ -244,7 +244,7 @@ pub fn sobol_indices(outputs: ArrayView2<f64>, g: usize, k: usize) -> Result<Sob
         ));
     }
     let (p, t) = outputs.dim();
-    let expected = (g + 2).checked_mul(k);
+    let expected = g.checked_add(2).and_then(|blocks| blocks.checked_mul(k));
     if expected != Some(p) {
         return Err(CoreError::Shape(format!(
             "Sobol outputs must have (g + 2) k = ({g} + 2) * {k} rows, got outputs of shape \
@@ -650,6 +650,12 @@ mod tests {
             Err(CoreError::Shape(ref m)) if m.contains("(8, 1)")
         ));
         assert!(sobol_indices(outputs.view(), 2, 2).is_ok());
+        // (g + 2) k would wrap to the number of rows (usize::MAX + 2 = 1): still a shape error.
+        let one = Array2::<f64>::zeros((1, 1));
+        assert!(matches!(
+            sobol_indices(one.view(), usize::MAX, 1),
+            Err(CoreError::Shape(_))
+        ));
     }
 
     /// End to end with the mask generators: occlusion, and Sobol on an additive function of the

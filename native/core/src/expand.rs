@@ -3,14 +3,18 @@
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
+use crate::buffer::{zeroed, zeroed_array2};
 use crate::{CoreError, Result};
 
 /// Rows of work handed to one rayon task at least, so small inputs stay cheap.
 const MIN_ROWS_PER_TASK: usize = 8;
 
 /// Checks `token_to_unit` against `g` units: every entry is -1 (no unit) or in `0..g`.
-pub(crate) fn check_token_units(token_to_unit: &[i64], g: usize) -> Result<()> {
-    for (i, &u) in token_to_unit.iter().enumerate() {
+pub(crate) fn check_token_units(
+    token_to_unit: impl IntoIterator<Item = i64>,
+    g: usize,
+) -> Result<()> {
+    for (i, u) in token_to_unit.into_iter().enumerate() {
         if u < -1 || usize::try_from(u).is_ok_and(|u| u >= g) {
             return Err(CoreError::IdOutOfRange(format!(
                 "token {i} belongs to unit {u}, but units are numbered 0..{g} (or -1 for none)"
@@ -43,32 +47,31 @@ pub fn expand_ids(
             token_to_unit.len()
         )));
     }
-    let units: Vec<i64> = token_to_unit.iter().copied().collect();
-    check_token_units(&units, g)?;
+    check_token_units(token_to_unit.iter().copied(), g)?;
     if replacement_id < 0 {
         return Err(CoreError::IdOutOfRange(format!(
             "the replacement id must be a token id >= 0, got {replacement_id}"
         )));
     }
-    if p.checked_mul(n)
-        .is_none_or(|cells| cells > isize::MAX as usize / 8)
-    {
-        return Err(CoreError::Shape(format!(
-            "{p} rows of {n} tokens are too many to expand"
-        )));
-    }
-    let mut out = Array2::<i64>::zeros((p, n));
+    // The output grows with p n: a size that overflows, exceeds isize::MAX bytes or that the
+    // allocator refuses is an error, never an abort. It is allocated first, so the per-token
+    // tables below are never larger than it.
+    let too_many = || CoreError::Shape(format!("{p} rows of {n} tokens are too many to expand"));
+    let mut out = zeroed_array2::<i64>(p, n).ok_or_else(too_many)?;
     if p == 0 || n == 0 {
         return Ok(out);
     }
 
     // Column of each token in a row buffer `[mask row .., 0]`: tokens without a unit read the
     // trailing 0 and are never replaced, so the inner loop has no branch on the unit.
-    let columns: Vec<usize> = units
-        .iter()
-        .map(|&u| usize::try_from(u).unwrap_or(g))
-        .collect();
-    let ids: Vec<i64> = input_ids.iter().copied().collect();
+    let mut columns = zeroed::<usize>(n).ok_or_else(too_many)?;
+    for (c, &u) in columns.iter_mut().zip(&token_to_unit) {
+        *c = usize::try_from(u).unwrap_or(g);
+    }
+    let mut ids = zeroed::<i64>(n).ok_or_else(too_many)?;
+    for (dst, &id) in ids.iter_mut().zip(&input_ids) {
+        *dst = id;
+    }
 
     out.as_slice_mut()
         .expect("a fresh array is in standard layout")
@@ -156,6 +159,16 @@ mod tests {
         let err = expand_ids(masks.view(), array![0i64, 1].view(), ids.view(), -1).unwrap_err();
         assert!(
             matches!(&err, CoreError::IdOutOfRange(m) if m.contains("-1")),
+            "{err}"
+        );
+        // p n grows with both inputs: 2^40 rows (a view of width 0, no memory) by 2^24 tokens
+        // (a broadcast view of one) is 2^67 bytes of output.
+        let tall = ndarray::ArrayView2::<u8>::from_shape((1 << 40, 0), &[]).unwrap();
+        let none = array![-1i64];
+        let many = none.broadcast(1 << 24).unwrap();
+        let err = expand_ids(tall, many, many, 0).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Shape(m) if m.contains("too many")),
             "{err}"
         );
     }

@@ -110,12 +110,22 @@ pub fn group(
                 by_word_ids(special, ids)
             } else {
                 let runs = non_whitespace_runs(&chars);
-                by_segments(special, offsets, &segment_of_char(chars.len(), &runs))
+                by_segments(
+                    special,
+                    offsets,
+                    &chars,
+                    &segment_of_char(chars.len(), &runs),
+                )
             }
         }
         Granularity::Sentence => {
             let sentences = sentence_spans_of(&chars);
-            by_segments(special, offsets, &segment_of_char(chars.len(), &sentences))
+            by_segments(
+                special,
+                offsets,
+                &chars,
+                &segment_of_char(chars.len(), &sentences),
+            )
         }
     };
     let spans = unit_spans(&token_to_unit, offsets);
@@ -262,9 +272,14 @@ fn by_word_ids(special: &[bool], word_ids: &[i64]) -> Vec<i64> {
 /// Non-special tokens go to the segment containing their first non-whitespace character; a token
 /// with none (whitespace only, or an empty offset) joins the previous non-special token's unit,
 /// or is a unit of its own if it is the first.
+///
+/// Only the first non-whitespace character decides: a token that starts on whitespace *inside* a
+/// segment (a sentence has inner spaces, a word has none) still follows that rule, so a
+/// whitespace-only token never opens a unit of its own after the first token.
 fn by_segments(
     special: &[bool],
     offsets: &[(usize, usize)],
+    chars: &[char],
     segment_of: &[Option<usize>],
 ) -> Vec<i64> {
     let mut unit_of_segment: HashMap<usize, i64> = HashMap::new();
@@ -277,7 +292,10 @@ fn by_segments(
             if sp {
                 return -1;
             }
-            let unit = match segment_of[s..e].iter().find_map(|seg| *seg) {
+            let first_visible = chars[s..e].iter().position(|c| !c.is_whitespace());
+            // Segments cover every non-whitespace character, so `segment_of` is `Some` there.
+            let segment = first_visible.and_then(|k| segment_of[s + k]);
+            let unit = match segment {
                 Some(seg) => *unit_of_segment.entry(seg).or_insert_with(|| {
                     next += 1;
                     next - 1
@@ -471,6 +489,30 @@ mod tests {
         .unwrap();
         assert_eq!(g.token_to_unit, vec![0, 0]);
         assert_eq!(g.spans, vec![(3, 3)]);
+    }
+
+    #[test]
+    fn sentence_whitespace_token_joins_the_previous_unit() {
+        // "Hi." then a token covering only the space inside "Yo there": it joins "Hi."'s unit,
+        // as for words, even though the space lies inside the second sentence.
+        let text = "Hi. Yo there";
+        let special = [false, false];
+        let offsets = [(0, 3), (6, 7)];
+        for gran in [Granularity::Word, Granularity::Sentence] {
+            let g = group(gran, &special, &offsets, None, text).unwrap();
+            assert_eq!(g.token_to_unit, vec![0, 0], "{gran:?}");
+            assert_eq!(g.spans, vec![(0, 7)], "{gran:?}");
+        }
+        // A token starting on an inner space goes to the sentence of its first visible character.
+        let offsets = [(0, 3), (3, 5), (6, 9)];
+        let g = group(Granularity::Sentence, &[false; 3], &offsets, None, text).unwrap();
+        assert_eq!(g.token_to_unit, vec![0, 1, 1]);
+        assert_eq!(g.spans, vec![(0, 3), (3, 9)]);
+        // First token whitespace-only: a unit of its own; later ones still join it.
+        let offsets = [(6, 7), (9, 9), (7, 12)];
+        let g = group(Granularity::Sentence, &[false; 3], &offsets, None, text).unwrap();
+        assert_eq!(g.token_to_unit, vec![0, 0, 1]);
+        assert_eq!(g.spans, vec![(6, 7), (7, 12)]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! knows about Python or torch.
 
 pub mod aggregate;
+mod buffer;
 pub mod error;
 pub mod estimators;
 pub mod expand;

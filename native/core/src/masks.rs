@@ -5,14 +5,23 @@
 use ndarray::Array2;
 use rayon::prelude::*;
 
+use crate::buffer::zeroed_array2;
 use crate::qmc::{self, Sampler};
 use crate::rng::Rng;
 use crate::{CoreError, Result};
 
 pub use crate::shap::{kernel_shap_masks, ShapDesign};
 
-/// Rows of work handed to one rayon task at least, so small masks stay cheap.
-const MIN_ROWS_PER_TASK: usize = 16;
+/// Cells of work handed to one rayon task at least, so small masks stay cheap.
+const MIN_CELLS_PER_TASK: usize = 1 << 14;
+
+/// Sobol masks of fewer cells are filled on the calling thread (see [`sobol_masks`]).
+const PARALLEL_FILL_CELLS: usize = 1 << 22;
+
+/// Rows of `g` cells per rayon task at least.
+fn min_rows(g: usize) -> usize {
+    MIN_CELLS_PER_TASK.div_ceil(g.max(1))
+}
 
 fn check_units(g: usize) -> Result<()> {
     if g == 0 {
@@ -22,37 +31,48 @@ fn check_units(g: usize) -> Result<()> {
     }
 }
 
-/// A zeroed `(rows, g)` mask, or `InvalidParameter` if it cannot be allocated.
-fn zeroed(rows: usize, g: usize) -> Result<Array2<u8>> {
-    match rows.checked_mul(g) {
-        Some(cells) if isize::try_from(cells).is_ok() => Ok(Array2::zeros((rows, g))),
-        _ => Err(CoreError::InvalidParameter(format!(
-            "a mask of {rows} rows by {g} units is too large"
-        ))),
-    }
+/// A zeroed `(rows, g)` mask, or `InvalidParameter` if it cannot be allocated: `rows * g`
+/// overflows, exceeds `isize::MAX` bytes, or the allocator refuses (docs/native.md, "Masks").
+pub(crate) fn zeroed(rows: usize, g: usize) -> Result<Array2<u8>> {
+    zeroed_array2(rows, g).ok_or_else(|| {
+        CoreError::InvalidParameter(format!("a mask of {rows} rows by {g} units is too large"))
+    })
 }
 
 /// Occlusion: the zero row then the identity, `(g + 1, g)`: row 0 keeps every unit, row `i + 1`
 /// replaces unit `i` alone.
 ///
-/// `g = 0` → [`CoreError::EmptyUnits`].
+/// `g = 0` → [`CoreError::EmptyUnits`]; a mask too large → [`CoreError::InvalidParameter`].
 pub fn occlusion_masks(g: usize) -> Result<Array2<u8>> {
     check_units(g)?;
     let rows = g.checked_add(1).ok_or_else(|| {
         CoreError::InvalidParameter(format!("{g} units are too many for an occlusion mask"))
     })?;
     let mut masks = zeroed(rows, g)?;
-    for i in 0..g {
-        masks[[i + 1, i]] = 1;
+    // Row i + 1 has its 1 at column i: flat index (i + 1) g + i = g + i (g + 1).
+    let flat = masks
+        .as_slice_mut()
+        .expect("a fresh array is in standard layout");
+    for cell in flat[g..].iter_mut().step_by(g + 1) {
+        *cell = 1;
     }
     Ok(masks)
 }
 
-/// LIME: `n` rows, each unit replaced with probability `prob`, `(n, g)`.
+/// The 16-bit threshold of a replacement probability: `round(prob * 65536)` (halves up), in
+/// `0..=65536`. `prob * 65536` is exact, so this is the nearest multiple of `2^-16`.
+#[must_use]
+pub fn bernoulli_threshold(prob: f64) -> u32 {
+    (prob * 65536.0).round() as u32
+}
+
+/// LIME: `n` rows, each unit replaced with probability `prob` (to 16 bits), `(n, g)`.
 ///
-/// Cell `(r, j)` is 1 iff `u < prob`, `u` the `j`-th `next_f64` of `Rng::for_stream(seed, r)`.
-/// `g = 0` → [`CoreError::EmptyUnits`]; `n = 0` or `prob` outside [0, 1] (or NaN) →
-/// [`CoreError::InvalidParameter`].
+/// Row `r` draws from `Rng::for_stream(seed, r)`; each `next_u64` gives four cells, in column
+/// order, from its 16-bit lanes (bits 0-15, 16-31, 32-47, 48-63), and a cell is 1 iff its lane is
+/// below `t = bernoulli_threshold(prob) = round(prob * 65536)`. The bits of the last draw of a row
+/// that no cell uses are discarded. `g = 0` → [`CoreError::EmptyUnits`]; `n = 0`, `prob` outside
+/// [0, 1] (or NaN) or a mask too large → [`CoreError::InvalidParameter`].
 pub fn bernoulli_masks(n: usize, g: usize, prob: f64, seed: u64) -> Result<Array2<u8>> {
     check_units(g)?;
     if n == 0 {
@@ -66,31 +86,51 @@ pub fn bernoulli_masks(n: usize, g: usize, prob: f64, seed: u64) -> Result<Array
         )));
     }
     let mut masks = zeroed(n, g)?;
-    // `next_f64` is `(x >> 11) * 2^-53`, so `u < prob` iff `x >> 11 < ceil(prob * 2^53)`,
-    // exactly (both sides are integers below 2^53 + 1, and `prob * 2^53` is exact).
-    let threshold = (prob * (1u64 << 53) as f64).ceil() as u64;
-    // When no draw, or every draw, is below the threshold the outcome is known; the streams are per
-    // row, so skipping them changes nothing.
+    let threshold = bernoulli_threshold(prob);
+    // With t = 0 no lane, with t = 65536 every lane, is below t: the outcome is known, and the
+    // streams are per row, so skipping them changes nothing.
     if threshold == 0 {
         return Ok(masks);
     }
-    if threshold >= 1 << 53 {
+    if threshold >= 1 << 16 {
         masks.fill(1);
         return Ok(masks);
     }
+    let t = threshold as u16;
     masks
         .as_slice_mut()
         .expect("a fresh array is in standard layout")
         .par_chunks_mut(g)
-        .with_min_len(MIN_ROWS_PER_TASK)
+        .with_min_len(min_rows(g))
         .enumerate()
-        .for_each(|(r, row)| {
-            let mut rng = Rng::for_stream(seed, r as u64);
-            for cell in row {
-                *cell = u8::from((rng.next_u64() >> 11) < threshold);
-            }
-        });
+        .for_each(|(r, row)| bernoulli_row(row, Rng::for_stream(seed, r as u64), t));
     Ok(masks)
+}
+
+/// Cells of a row handled per block: the lanes of a block's draws are spread into a buffer on
+/// the stack, then compared with the threshold in one pass the compiler vectorises.
+const BERNOULLI_BLOCK: usize = 256;
+
+/// One row of [`bernoulli_masks`]: cell `j` is lane `j % 4` of draw `j / 4` below `t`.
+fn bernoulli_row(row: &mut [u8], mut rng: Rng, t: u16) {
+    let mut lanes = [0u16; BERNOULLI_BLOCK];
+    for block in row.chunks_mut(BERNOULLI_BLOCK) {
+        // Blocks are a multiple of 4 cells long except the last, whose final draw is only partly
+        // used; its other lanes are computed and discarded.
+        let lanes = &mut lanes[..block.len().next_multiple_of(4)];
+        for quad in lanes.chunks_exact_mut(4) {
+            let x = rng.next_u64();
+            quad.copy_from_slice(&[
+                x as u16,
+                (x >> 16) as u16,
+                (x >> 32) as u16,
+                (x >> 48) as u16,
+            ]);
+        }
+        for (cell, &lane) in block.iter_mut().zip(lanes.iter()) {
+            *cell = u8::from(lane < t);
+        }
+    }
 }
 
 /// Sobol (Fel et al. 2021): rows `[A; B; C_1 .. C_g]`, `((g + 2) k, g)`.
@@ -114,18 +154,37 @@ pub fn sobol_masks(g: usize, k: usize, sampler: Sampler, seed: u64) -> Result<Ar
                 "a Sobol design of {k} points for {g} units is too large"
             ))
         })?;
+    let too_large =
+        || CoreError::InvalidParameter(format!("a mask of {rows} rows by {g} units is too large"));
+    let cells = rows.checked_mul(g).ok_or_else(too_large)?;
+    let dim = g.checked_mul(2).ok_or_else(too_large)?;
+    // The output is allocated before the design is computed, so a size too large fails at once.
+    // Row r of the design `ab` is [A_r, B_r] as bits, thresholded as the points are generated.
+    if cells < PARALLEL_FILL_CELLS {
+        // Small: appended row by row on this thread, each cell written once.
+        let mut data = Vec::new();
+        data.try_reserve_exact(cells).map_err(|_| too_large())?;
+        let ab = qmc::below_half(k, dim, sampler, seed)?;
+        let rows_ab = || ab.chunks_exact(dim).map(|row| row.split_at(g));
+        rows_ab().for_each(|(a, _)| data.extend_from_slice(a));
+        rows_ab().for_each(|(_, b)| data.extend_from_slice(b));
+        for i in 0..g {
+            for (a, b) in rows_ab() {
+                data.extend_from_slice(a);
+                let last = data.len() - g + i;
+                data[last] = b[i];
+            }
+        }
+        return Ok(Array2::from_shape_vec((rows, g), data).expect("rows * g cells"));
+    }
+    // Large: fresh (lazily zeroed, huge-page) memory filled by all threads.
     let mut masks = zeroed(rows, g)?;
-    let dim = g.checked_mul(2).ok_or_else(|| {
-        CoreError::InvalidParameter(format!("{g} units are too many for a Sobol design"))
-    })?;
-    let design = qmc::points(k, dim, sampler, seed)?;
-    // Row r of `ab` is [A_r, B_r] as bits.
-    let ab: Vec<u8> = design.iter().map(|&v| u8::from(v < 0.5)).collect();
+    let ab = qmc::below_half(k, dim, sampler, seed)?;
     masks
         .as_slice_mut()
         .expect("a fresh array is in standard layout")
         .par_chunks_mut(g)
-        .with_min_len(MIN_ROWS_PER_TASK)
+        .with_min_len(min_rows(g))
         .enumerate()
         .for_each(|(row_index, row)| {
             let (block, r) = (row_index / k, row_index % k);
@@ -163,16 +222,63 @@ mod tests {
         assert_eq!(occlusion_masks(0), Err(CoreError::EmptyUnits));
     }
 
-    #[test]
-    fn bernoulli_matches_row_streams() {
-        let (n, g, prob, seed) = (5, 7, 0.3, 42);
-        let masks = bernoulli_masks(n, g, prob, seed).unwrap();
+    /// The contract, cell by cell: lane `j % 4` of draw `j / 4` of row `r`'s stream below `t`.
+    fn bernoulli_naive(n: usize, g: usize, prob: f64, seed: u64) -> Array2<u8> {
+        let t = u64::from(bernoulli_threshold(prob));
+        let mut masks = Array2::zeros((n, g));
         for r in 0..n {
             let mut rng = Rng::for_stream(seed, r as u64);
+            let mut x = 0;
             for j in 0..g {
-                assert_eq!(masks[[r, j]], u8::from(rng.next_f64() < prob));
+                if j % 4 == 0 {
+                    x = rng.next_u64();
+                }
+                masks[[r, j]] = u8::from((x >> (16 * (j % 4))) & 0xFFFF < t);
             }
         }
+        masks
+    }
+
+    #[test]
+    fn bernoulli_matches_row_streams() {
+        for (n, g, prob, seed) in [
+            (5, 7, 0.3, 42),
+            (3, 8, 0.5, 1),
+            (4, 1, 0.9, 7),
+            (2, 13, 1e-5, 3),
+        ] {
+            assert_eq!(
+                bernoulli_masks(n, g, prob, seed).unwrap(),
+                bernoulli_naive(n, g, prob, seed)
+            );
+        }
+        // Row 0, seed 42: the first draw's four lanes are the first four cells.
+        let x = Rng::for_stream(42, 0).next_u64();
+        let masks = bernoulli_masks(1, 4, 0.5, 42).unwrap();
+        for l in 0..4 {
+            assert_eq!(masks[[0, l]], u8::from((x >> (16 * l)) & 0xFFFF < 32768));
+        }
+    }
+
+    #[test]
+    fn bernoulli_threshold_rounds_to_sixteen_bits() {
+        assert_eq!(bernoulli_threshold(0.0), 0);
+        assert_eq!(bernoulli_threshold(1.0), 65536);
+        assert_eq!(bernoulli_threshold(0.5), 32768);
+        assert_eq!(bernoulli_threshold(0.3), 19661); // 19660.8
+                                                     // Exactly half a step rounds up; just below it rounds down.
+        assert_eq!(bernoulli_threshold(0.5 / 65536.0), 1);
+        assert_eq!(bernoulli_threshold(0.49 / 65536.0), 0);
+        assert_eq!(bernoulli_threshold(1.0 - 0.5 / 65536.0), 65536);
+        // Below half a step nothing is replaced, within half a step of 1 everything is.
+        assert!(bernoulli_masks(20, 30, 0.4 / 65536.0, 5)
+            .unwrap()
+            .iter()
+            .all(|&m| m == 0));
+        assert!(bernoulli_masks(20, 30, 1.0 - 0.4 / 65536.0, 5)
+            .unwrap()
+            .iter()
+            .all(|&m| m == 1));
     }
 
     #[test]
@@ -221,6 +327,33 @@ mod tests {
         assert_eq!(c1.column(2), bits.column(2));
     }
 
+    /// The masks from the thresholded `f64` design, block by block, the slow way.
+    fn sobol_naive(g: usize, k: usize, sampler: Sampler, seed: u64) -> Array2<u8> {
+        let bits = qmc::points(k, 2 * g, sampler, seed)
+            .unwrap()
+            .mapv(|v| u8::from(v < 0.5));
+        Array2::from_shape_fn(((g + 2) * k, g), |(row, j)| {
+            let (block, r) = (row / k, row % k);
+            let from_b = block == 1 || (block >= 2 && block - 2 == j);
+            bits[[r, if from_b { g + j } else { j }]]
+        })
+    }
+
+    #[test]
+    fn sobol_masks_equal_the_thresholded_design_small_and_large() {
+        // The second size is past PARALLEL_FILL_CELLS (filled by all threads), the first not.
+        for (g, k) in [(9, 5), (1024, 4)] {
+            assert!(((g + 2) * k * g >= PARALLEL_FILL_CELLS) == (g == 1024));
+            for sampler in [Sampler::Sobol, Sampler::Halton, Sampler::LatinHypercube] {
+                assert_eq!(
+                    sobol_masks(g, k, sampler, 21).unwrap(),
+                    sobol_naive(g, k, sampler, 21),
+                    "{sampler:?} g = {g}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn sobol_masks_errors() {
         assert_eq!(
@@ -235,6 +368,25 @@ mod tests {
             sobol_masks(usize::MAX / 2, 4, Sampler::Halton, 1),
             Err(CoreError::InvalidParameter(_))
         ));
+    }
+
+    #[test]
+    fn sizes_too_large_are_invalid_parameters() {
+        let too_large = |r: Result<Array2<u8>>| matches!(r, Err(CoreError::InvalidParameter(ref m)) if m.contains("too large"));
+        assert!(matches!(
+            occlusion_masks(usize::MAX),
+            Err(CoreError::InvalidParameter(_))
+        ));
+        assert!(too_large(occlusion_masks(1 << 31)));
+        assert!(too_large(bernoulli_masks(1 << 40, 1 << 40, 0.5, 0)));
+        assert!(too_large(bernoulli_masks(1 << 31, 1 << 31, 0.5, 0)));
+        assert!(too_large(sobol_masks(
+            1 << 40,
+            1 << 10,
+            Sampler::LatinHypercube,
+            0
+        )));
+        assert!(too_large(sobol_masks(1 << 20, 1 << 10, Sampler::Halton, 0)));
     }
 
     fn sampler() -> impl Strategy<Value = Sampler> {
@@ -266,7 +418,7 @@ mod tests {
         ) {
             let masks = bernoulli_masks(n, g, prob, seed).unwrap();
             prop_assert_eq!(masks.dim(), (n, g));
-            prop_assert!(masks.iter().all(|&m| m <= 1));
+            prop_assert_eq!(&masks, &bernoulli_naive(n, g, prob, seed));
             prop_assert_eq!(&masks, &bernoulli_masks(n, g, prob, seed).unwrap());
         }
 

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use ndarray::Array2;
 use rayon::prelude::*;
 
+use crate::buffer::{zeroed, zeroed_array2, Zeroable};
 use crate::rng::Rng;
 use crate::{CoreError, Result};
 
@@ -50,6 +51,33 @@ const SOBOL_DIMS: usize = sobol_burley::NUM_DIMENSIONS as usize;
 /// `k = 0`, `d = 0`, a design too large to allocate, or `k > 65536` with the Sobol sampler
 /// → [`CoreError::InvalidParameter`].
 pub fn points(k: usize, d: usize, sampler: Sampler, seed: u64) -> Result<Array2<f64>> {
+    check_design(k, d, sampler)?;
+    let mut out = zeroed_array2::<f64>(k, d).ok_or_else(|| too_large(k, d))?;
+    let flat = out
+        .as_slice_mut()
+        .expect("a fresh array is in standard layout");
+    fill_design(flat, k, d, sampler, seed, |v| v).ok_or_else(|| too_large(k, d))?;
+    Ok(out)
+}
+
+/// The design of [`points`] thresholded at 0.5, without the `f64` array: `(k, d)` row-major
+/// bytes, `1` where the coordinate is `< 0.5`. Same errors as [`points`].
+pub(crate) fn below_half(k: usize, d: usize, sampler: Sampler, seed: u64) -> Result<Vec<u8>> {
+    check_design(k, d, sampler)?;
+    let cells = k.checked_mul(d).ok_or_else(|| too_large(k, d))?;
+    let mut out = zeroed::<u8>(cells).ok_or_else(|| too_large(k, d))?;
+    fill_design(&mut out, k, d, sampler, seed, |v| u8::from(v < 0.5))
+        .ok_or_else(|| too_large(k, d))?;
+    Ok(out)
+}
+
+fn too_large(k: usize, d: usize) -> CoreError {
+    CoreError::InvalidParameter(format!(
+        "a design of {k} points of dimension {d} is too large"
+    ))
+}
+
+fn check_design(k: usize, d: usize, sampler: Sampler) -> Result<()> {
     if k == 0 {
         return Err(CoreError::InvalidParameter(
             "the number of points must be at least 1, got 0".to_owned(),
@@ -60,20 +88,50 @@ pub fn points(k: usize, d: usize, sampler: Sampler, seed: u64) -> Result<Array2<
             "the dimension of the points must be at least 1, got 0".to_owned(),
         ));
     }
-    if k.checked_mul(d)
-        .is_none_or(|cells| cells > isize::MAX as usize / 8)
-    {
+    if sampler == Sampler::Sobol && k > MAX_SOBOL_POINTS {
         return Err(CoreError::InvalidParameter(format!(
-            "a design of {k} points of dimension {d} is too large"
+            "the sobol sampler supports at most {MAX_SOBOL_POINTS} points, got {k}"
         )));
     }
+    Ok(())
+}
+
+/// Cells of work handed to one rayon task at least: below this, threads cost more than they save.
+const MIN_CELLS_PER_TASK: usize = 1 << 14;
+
+/// Tasks of at least [`MIN_CELLS_PER_TASK`] cells, in items of `cells_per_item` cells.
+fn min_items(cells_per_item: usize) -> usize {
+    MIN_CELLS_PER_TASK.div_ceil(cells_per_item.max(1))
+}
+
+/// Writes `map(x[i, j])` to `out[i * d + j]` for the `(k, d)` design `x`; `None` if a working
+/// buffer cannot be allocated.
+fn fill_design<T, M>(
+    out: &mut [T],
+    k: usize,
+    d: usize,
+    sampler: Sampler,
+    seed: u64,
+    map: M,
+) -> Option<()>
+where
+    T: Zeroable + Send + Sync,
+    M: Fn(f64) -> T + Sync,
+{
     match sampler {
-        Sampler::Sobol => sobol(k, d, seed),
-        Sampler::Halton => {
-            let primes = first_primes(d);
-            Ok(from_columns(k, d, |j| halton_column(k, primes[j], j, seed)))
+        Sampler::Sobol => {
+            sobol(out, d, seed, map);
+            Some(())
         }
-        Sampler::LatinHypercube => Ok(from_columns(k, d, |j| latin_hypercube_column(k, j, seed))),
+        Sampler::Halton => {
+            let primes = first_primes(d)?;
+            by_columns(out, k, d, map, |j, scratch| {
+                halton_column(k, primes[j], j, seed, &mut scratch.values);
+            })
+        }
+        Sampler::LatinHypercube => by_columns(out, k, d, map, |j, scratch| {
+            latin_hypercube_column(k, j, seed, scratch);
+        }),
     }
 }
 
@@ -83,61 +141,120 @@ fn sobol_seed(seed: u64, block: usize) -> u32 {
     (Rng::for_stream(seed, block as u64).next_u64() >> 32) as u32
 }
 
-fn sobol(k: usize, d: usize, seed: u64) -> Result<Array2<f64>> {
-    if k > MAX_SOBOL_POINTS {
-        return Err(CoreError::InvalidParameter(format!(
-            "the sobol sampler supports at most {MAX_SOBOL_POINTS} points, got {k}"
-        )));
-    }
+/// Scrambled Sobol points, row by row (the caller checked `k <= MAX_SOBOL_POINTS`).
+fn sobol<T, M>(out: &mut [T], d: usize, seed: u64, map: M)
+where
+    T: Send,
+    M: Fn(f64) -> T + Sync,
+{
     let seeds: Vec<u32> = (0..d.div_ceil(SOBOL_DIMS))
         .map(|block| sobol_seed(seed, block))
         .collect();
-    let mut out = Array2::<f64>::zeros((k, d));
-    let flat = out
-        .as_slice_mut()
-        .expect("a fresh array is in standard layout");
-    flat.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+    let point = |(i, row): (usize, &mut [T])| {
         // Dimension j = 4 s + l lies in set s % 64 of block s / 64 (256 = 64 sets of 4), and
         // `sample_4d` equals four calls of `sample`.
         for (s, quad) in row.chunks_mut(4).enumerate() {
             let set = (s % (SOBOL_DIMS / 4)) as u32;
             let values = sobol_burley::sample_4d(i as u32, set, seeds[s / (SOBOL_DIMS / 4)]);
             for (x, v) in quad.iter_mut().zip(values) {
-                *x = f64::from(v);
+                *x = map(f64::from(v));
             }
         }
-    });
-    Ok(out)
+    };
+    if out.len() < MIN_PARALLEL_CELLS {
+        out.chunks_mut(d).enumerate().for_each(point);
+    } else {
+        out.par_chunks_mut(d)
+            .with_min_len(MIN_PARALLEL_CELLS.div_ceil(d))
+            .enumerate()
+            .for_each(point);
+    }
 }
 
-/// Builds a `(k, d)` array from columns computed independently (in parallel) by `column(j)`.
-fn from_columns<F>(k: usize, d: usize, column: F) -> Array2<f64>
+/// Per-thread working memory of the column generators.
+struct Scratch {
+    /// The `k` values of the column being generated.
+    values: Vec<f64>,
+    /// The strata of a Latin hypercube column.
+    strata: Vec<usize>,
+}
+
+impl Scratch {
+    /// Room for columns of `k` points (the generators never grow it), or `None` if it cannot be
+    /// allocated.
+    fn for_points(k: usize) -> Option<Self> {
+        let mut scratch = Self {
+            values: Vec::new(),
+            strata: Vec::new(),
+        };
+        scratch.values.try_reserve_exact(k).ok()?;
+        scratch.strata.try_reserve_exact(k).ok()?;
+        Some(scratch)
+    }
+}
+
+/// Designs of fewer cells than this are generated on the calling thread: handing them to the
+/// thread pool would cost more than it saves.
+const MIN_PARALLEL_CELLS: usize = 1 << 12;
+
+/// Fills the row-major `(k, d)` `out` with `map` of columns computed independently (in
+/// parallel) by `column(j, scratch)`, which leaves column `j` in `scratch.values`. The columns go
+/// through a column-major buffer of `k d` cells; `None` if it cannot be allocated.
+fn by_columns<T, M, C>(out: &mut [T], k: usize, d: usize, map: M, column: C) -> Option<()>
 where
-    F: Fn(usize) -> Vec<f64> + Sync + Send,
+    T: Zeroable + Send + Sync,
+    M: Fn(f64) -> T + Sync,
+    C: Fn(usize, &mut Scratch) + Sync,
 {
-    let columns: Vec<Vec<f64>> = (0..d).into_par_iter().map(column).collect();
-    let mut out = Array2::<f64>::zeros((k, d));
-    let flat = out
-        .as_slice_mut()
-        .expect("a fresh array is in standard layout");
-    flat.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-        for (x, col) in row.iter_mut().zip(&columns) {
-            *x = col[i];
+    let mut columns = zeroed::<T>(k * d)?;
+    let fill = |scratch: &mut Option<Scratch>, (j, col): (usize, &mut [T])| {
+        let scratch = scratch.as_mut()?;
+        column(j, scratch);
+        for (c, &v) in col.iter_mut().zip(&scratch.values) {
+            *c = map(v);
         }
-    });
-    out
+        Some(())
+    };
+    let transpose = |columns: &[T], (i, row): (usize, &mut [T])| {
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = columns[j * k + i];
+        }
+    };
+    if k * d < MIN_PARALLEL_CELLS {
+        let mut scratch = Scratch::for_points(k);
+        columns
+            .chunks_mut(k)
+            .enumerate()
+            .try_for_each(|item| fill(&mut scratch, item))?;
+        out.chunks_mut(d)
+            .enumerate()
+            .for_each(|item| transpose(&columns, item));
+    } else {
+        columns
+            .par_chunks_mut(k)
+            .with_min_len(MIN_PARALLEL_CELLS.div_ceil(k))
+            .enumerate()
+            .try_for_each_init(|| Scratch::for_points(k), fill)?;
+        let columns = &columns;
+        out.par_chunks_mut(d)
+            .with_min_len(min_items(d))
+            .enumerate()
+            .for_each(|item| transpose(columns, item));
+    }
+    Some(())
 }
 
 /// The first `d` primes, by a sieve of Eratosthenes up to Rosser's bound
-/// `p_d < d (ln d + ln ln d)` (d >= 6).
-fn first_primes(d: usize) -> Vec<u64> {
+/// `p_d < d (ln d + ln ln d)` (d >= 6); `None` if the sieve cannot be allocated.
+fn first_primes(d: usize) -> Option<Vec<u64>> {
     if d == 0 {
-        return Vec::new();
+        return Some(Vec::new());
     }
     let df = d.max(6) as f64;
-    let limit = (df * (df.ln() + df.ln().ln())).ceil() as usize + 1;
-    let mut composite = vec![false; limit + 1];
-    let mut primes = Vec::with_capacity(d);
+    let limit = ((df * (df.ln() + df.ln().ln())).ceil() as usize).saturating_add(1);
+    let mut composite = zeroed::<bool>(limit.checked_add(1)?)?;
+    let mut primes = Vec::new();
+    primes.try_reserve_exact(d).ok()?;
     for n in 2..=limit {
         if composite[n] {
             continue;
@@ -150,7 +267,7 @@ fn first_primes(d: usize) -> Vec<u64> {
             composite[multiple] = true;
         }
     }
-    primes
+    Some(primes)
 }
 
 /// Column `j` of a scrambled Halton design in base `b` (the `j`-th prime): digit position `l`
@@ -161,7 +278,7 @@ fn first_primes(d: usize) -> Vec<u64> {
 /// images of the digits that occur are drawn: at position `l` the indices `0..k` use the digits
 /// `0..m_l`, `m_l = min(b, ceil(k / b^l))`, and stream `j` of `seed` draws `pi_l(0..m_l)`, position
 /// after position, by a forward (partial) Fisher-Yates shuffle of `0..b`.
-fn halton_column(k: usize, b: u64, j: usize, seed: u64) -> Vec<f64> {
+fn halton_column(k: usize, b: u64, j: usize, seed: u64, out: &mut Vec<f64>) {
     let mut positions = 1usize;
     let mut scale = b;
     while let Some(next) = scale.checked_mul(b).filter(|&s| s <= 1 << 53) {
@@ -197,40 +314,39 @@ fn halton_column(k: usize, b: u64, j: usize, seed: u64) -> Vec<f64> {
     }
 
     let denominator = scale as f64;
-    (0..k as u64)
-        .map(|index| {
-            let mut n = tail;
-            let mut rest = index;
-            for table in &tables {
-                n += table[(rest % b) as usize];
-                rest /= b;
-            }
-            n as f64 / denominator
-        })
-        .collect()
+    out.clear();
+    out.extend((0..k as u64).map(|index| {
+        let mut n = tail;
+        let mut rest = index;
+        for table in &tables {
+            n += table[(rest % b) as usize];
+            rest /= b;
+        }
+        n as f64 / denominator
+    }));
 }
 
 /// Column `j` of a Latin hypercube: stream `j` of `seed` shuffles the strata `0..k`, then draws
 /// one uniform jitter per point; point `i` is `(stratum_i + u_i) / k`, kept inside its stratum
 /// `[s / k, (s + 1) / k)` (both bounds computed in f64) despite rounding.
-fn latin_hypercube_column(k: usize, j: usize, seed: u64) -> Vec<f64> {
+fn latin_hypercube_column(k: usize, j: usize, seed: u64, scratch: &mut Scratch) {
     let mut rng = Rng::for_stream(seed, j as u64);
-    let mut strata: Vec<usize> = (0..k).collect();
-    rng.shuffle(&mut strata);
+    let strata = &mut scratch.strata;
+    strata.clear();
+    strata.extend(0..k);
+    rng.shuffle(strata);
     let kf = k as f64;
-    strata
-        .iter()
-        .map(|&s| {
-            let x = (s as f64 + rng.next_f64()) / kf;
-            let hi = (s + 1) as f64 / kf;
-            if x < hi {
-                x
-            } else {
-                // The largest double below `hi` (hi > 0), still >= s / k since k < 2^52.
-                f64::from_bits(hi.to_bits() - 1)
-            }
-        })
-        .collect()
+    scratch.values.clear();
+    scratch.values.extend(strata.iter().map(|&s| {
+        let x = (s as f64 + rng.next_f64()) / kf;
+        let hi = (s + 1) as f64 / kf;
+        if x < hi {
+            x
+        } else {
+            // The largest double below `hi` (hi > 0), still >= s / k since k < 2^52.
+            f64::from_bits(hi.to_bits() - 1)
+        }
+    }));
 }
 
 #[cfg(test)]
@@ -291,10 +407,13 @@ mod tests {
 
     #[test]
     fn primes() {
-        assert_eq!(first_primes(10), vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
-        assert_eq!(first_primes(1024)[1023], 8161);
-        assert_eq!(first_primes(1), vec![2]);
-        assert!(first_primes(0).is_empty());
+        assert_eq!(
+            first_primes(10).unwrap(),
+            vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+        );
+        assert_eq!(first_primes(1024).unwrap()[1023], 8161);
+        assert_eq!(first_primes(1).unwrap(), vec![2]);
+        assert!(first_primes(0).unwrap().is_empty());
     }
 
     #[test]
@@ -314,6 +433,22 @@ mod tests {
         }
         // Blocks of 256 dimensions are scrambled differently.
         assert_ne!(x.column(0), x.column(256));
+    }
+
+    #[test]
+    fn below_half_thresholds_the_points() {
+        // Sizes on both sides of MIN_PARALLEL_CELLS: generated on one thread, then by the pool.
+        for (k, d) in [(3, 5), (7, 1024), (300, 40)] {
+            for s in [Sampler::Sobol, Sampler::Halton, Sampler::LatinHypercube] {
+                let bits = below_half(k, d, s, 5).unwrap();
+                let expected = points(k, d, s, 5).unwrap().mapv(|v| u8::from(v < 0.5));
+                assert_eq!(
+                    bits,
+                    expected.into_raw_vec_and_offset().0,
+                    "{s:?} ({k}, {d})"
+                );
+            }
+        }
     }
 
     #[test]
@@ -383,7 +518,7 @@ mod tests {
         fn halton_prime_powers_are_stratified(
             j in 0usize..6, m in 1u32..4, extra in 0usize..3, seed in any::<u64>()
         ) {
-            let b = first_primes(j + 1)[j] as usize;
+            let b = first_primes(j + 1).unwrap()[j] as usize;
             let k = b.pow(m);
             let x = points(k, j + 1 + extra, Sampler::Halton, seed).unwrap();
             prop_assert_eq!(strata_counts(x.column(j).iter().copied(), k), vec![1; k]);

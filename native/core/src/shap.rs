@@ -1,8 +1,10 @@
 //! KernelSHAP: the coalition design (enumerated or kernel-sampled) and its weights.
 
-use ndarray::{Array1, Array2};
+use ndarray::{s, Array1, Array2};
 use rayon::prelude::*;
 
+use crate::buffer::zeroed;
+use crate::masks;
 use crate::rng::Rng;
 use crate::{CoreError, Result};
 
@@ -24,6 +26,8 @@ const MAX_ENUMERATED_UNITS: usize = 30;
 /// bit is set in `r`) with Shapley-kernel weights; otherwise row 0 keeps everything, row 1
 /// replaces everything and the other rows are complementary pairs whose number of kept units is
 /// drawn from the Shapley kernel, each with weight 1. See docs/native.md, "KernelSHAP masks".
+/// `g = 0` → [`CoreError::EmptyUnits`]; `n < 2` or a design too large to allocate →
+/// [`CoreError::InvalidParameter`].
 pub fn kernel_shap_masks(n: usize, g: usize, seed: u64) -> Result<ShapDesign> {
     if g == 0 {
         return Err(CoreError::EmptyUnits);
@@ -34,9 +38,9 @@ pub fn kernel_shap_masks(n: usize, g: usize, seed: u64) -> Result<ShapDesign> {
         )));
     }
     if g <= MAX_ENUMERATED_UNITS && (1usize << g) <= n {
-        Ok(enumerated(g))
+        enumerated(g)
     } else {
-        Ok(sampled(n, g, seed))
+        sampled(n, g, seed)
     }
 }
 
@@ -56,51 +60,94 @@ fn shapley_kernel(g: usize, k: usize) -> f64 {
     }
 }
 
-fn enumerated(g: usize) -> ShapDesign {
-    let p = 1usize << g;
-    let masks = Array2::from_shape_fn((p, g), |(r, j)| ((r >> j) & 1) as u8);
-    let kernel: Vec<f64> = (0..=g).map(|k| shapley_kernel(g, k)).collect();
-    let weights = Array1::from_shape_fn(p, |r| kernel[g - r.count_ones() as usize]);
-    ShapDesign { masks, weights }
+/// `(p,)` weights, or the masks' `InvalidParameter` if they cannot be allocated.
+fn weights_buffer(p: usize, g: usize) -> Result<Array1<f64>> {
+    zeroed::<f64>(p).map(Array1::from_vec).ok_or_else(|| {
+        CoreError::InvalidParameter(format!(
+            "a KernelSHAP design of {p} rows by {g} units is too large"
+        ))
+    })
 }
 
-fn sampled(n: usize, g: usize, seed: u64) -> ShapDesign {
-    // Cumulative P(k) ∝ (g - 1) / (k (g - k)) for k = 1..g-1 (the constant g - 1 cancels).
-    let cdf: Vec<f64> = (1..g)
-        .scan(0.0, |acc, k| {
-            *acc += 1.0 / (k as f64 * (g - k) as f64);
-            Some(*acc)
-        })
-        .collect();
-    let total = cdf.last().copied().unwrap_or(0.0);
-    let mut data = vec![0u8; n * g];
-    data[g..2 * g].fill(1);
-    data[2 * g..]
-        .par_chunks_mut(2 * g)
+fn enumerated(g: usize) -> Result<ShapDesign> {
+    let p = 1usize << g;
+    let mut masks = masks::zeroed(p, g)?;
+    let mut weights = weights_buffer(p, g)?;
+    masks
+        .as_slice_mut()
+        .expect("a fresh array is in standard layout")
+        .par_chunks_mut(g)
+        .with_min_len(MIN_CELLS_PER_TASK.div_ceil(g))
         .enumerate()
-        .for_each(|(m, pair)| {
-            let row = 2 * m + 2;
-            let mut rng = Rng::for_stream(seed, row as u64);
-            let u = rng.next_f64() * total;
-            let kept = (1 + cdf.partition_point(|&c| c <= u)).min(g - 1);
-            let (first, complement) = pair.split_at_mut(g);
-            first.fill(1);
-            // The first `kept` entries of a partial Fisher-Yates shuffle: a uniform kept set.
-            let mut units: Vec<usize> = (0..g).collect();
-            for i in 0..kept {
-                let j = i + rng.below((g - i) as u64) as usize;
-                units.swap(i, j);
-                first[units[i]] = 0;
-            }
-            for (c, &f) in complement.iter_mut().zip(first.iter()) {
-                *c = 1 - f;
+        .for_each(|(r, row)| {
+            for (j, cell) in row.iter_mut().enumerate() {
+                *cell = ((r >> j) & 1) as u8;
             }
         });
-    let masks = Array2::from_shape_vec((n, g), data).expect("n * g cells");
-    let mut weights = Array1::ones(n);
-    weights[0] = 0.0;
-    weights[1] = 0.0;
-    ShapDesign { masks, weights }
+    let kernel: Vec<f64> = (0..=g).map(|k| shapley_kernel(g, k)).collect();
+    for (r, w) in weights.iter_mut().enumerate() {
+        *w = kernel[g - r.count_ones() as usize];
+    }
+    Ok(ShapDesign { masks, weights })
+}
+
+/// Cells of work handed to one rayon task at least.
+const MIN_CELLS_PER_TASK: usize = 1 << 14;
+
+fn sampled(n: usize, g: usize, seed: u64) -> Result<ShapDesign> {
+    let mut masks = masks::zeroed(n, g)?;
+    let mut weights = weights_buffer(n, g)?;
+    weights.slice_mut(s![2..]).fill(1.0);
+    let data = masks
+        .as_slice_mut()
+        .expect("a fresh array is in standard layout");
+    data[g..2 * g].fill(1);
+    if n == 2 {
+        return Ok(ShapDesign { masks, weights });
+    }
+    let too_large =
+        || CoreError::InvalidParameter(format!("a KernelSHAP design for {g} units is too large"));
+    // Cumulative P(k) ∝ (g - 1) / (k (g - k)) for k = 1..g-1 (the constant g - 1 cancels).
+    let mut cdf = zeroed::<f64>(g - 1).ok_or_else(too_large)?;
+    let mut acc = 0.0;
+    for (k, c) in (1..g).zip(cdf.iter_mut()) {
+        acc += 1.0 / (k as f64 * (g - k) as f64);
+        *c = acc;
+    }
+    let total = acc;
+    let cdf = &cdf;
+    data[2 * g..]
+        .par_chunks_mut(2 * g)
+        .with_min_len(MIN_CELLS_PER_TASK.div_ceil(2 * g))
+        .enumerate()
+        // Each task's shuffle buffer of the g units, allocated fallibly (it is 8 g bytes).
+        .try_for_each_init(
+            || zeroed::<usize>(g),
+            |units, (m, pair)| {
+                let units = units.as_mut().ok_or(())?;
+                let row = 2 * m + 2;
+                let mut rng = Rng::for_stream(seed, row as u64);
+                let u = rng.next_f64() * total;
+                let kept = (1 + cdf.partition_point(|&c| c <= u)).min(g - 1);
+                let (first, complement) = pair.split_at_mut(g);
+                first.fill(1);
+                // The first `kept` entries of a partial Fisher-Yates shuffle: a uniform kept set.
+                for (i, unit) in units.iter_mut().enumerate() {
+                    *unit = i;
+                }
+                for i in 0..kept {
+                    let j = i + rng.below((g - i) as u64) as usize;
+                    units.swap(i, j);
+                    first[units[i]] = 0;
+                }
+                for (c, &f) in complement.iter_mut().zip(first.iter()) {
+                    *c = 1 - f;
+                }
+                Ok(())
+            },
+        )
+        .map_err(|()| too_large())?;
+    Ok(ShapDesign { masks, weights })
 }
 
 #[cfg(test)]
@@ -143,6 +190,28 @@ mod tests {
         ));
         assert!(matches!(
             kernel_shap_masks(1, 1, 0),
+            Err(CoreError::InvalidParameter(_))
+        ));
+    }
+
+    #[test]
+    fn sizes_too_large_are_invalid_parameters() {
+        // n g overflows (it used to wrap and panic).
+        for (n, g) in [
+            (1 << 62, 40),
+            (usize::MAX, 31),
+            (2, usize::MAX),
+            (1 << 40, 1 << 40),
+        ] {
+            let err = kernel_shap_masks(n, g, 0).unwrap_err();
+            assert!(
+                matches!(err, CoreError::InvalidParameter(ref m) if m.contains("too large")),
+                "n = {n}, g = {g}: {err}"
+            );
+        }
+        // Representable, but beyond any machine's memory.
+        assert!(matches!(
+            kernel_shap_masks(1 << 56, 40, 0),
             Err(CoreError::InvalidParameter(_))
         ));
     }

@@ -1,12 +1,14 @@
-"""Proto messages <-> domain objects for the Explain service."""
+"""Proto messages <-> domain objects for ExplainService (explanations, activations, models)."""
 
 from __future__ import annotations
 
 from typing import TypeVar
 
+from explainserve.activations import params as act
+from explainserve.activations.tensors import RawTensor, encode
 from explainserve.errors import InvalidArgument
 from explainserve.explain import params as dom
-from explainserve.explain.units import Granularity
+from explainserve.explain.units import Granularity, Units
 from explainserve.models.registry import ServedModel
 from explainserve.scheduling.worker import InferenceMode
 from explainserve.v1 import explain_pb2 as pb
@@ -64,6 +66,14 @@ SAMPLER: dict[int, str] = {
     pb.SOBOL_SAMPLER_SOBOL: "sobol",
     pb.SOBOL_SAMPLER_HALTON: "halton",
     pb.SOBOL_SAMPLER_LATIN_HYPERCUBE: "latin_hypercube",
+}
+ACTIVATION_GRANULARITY: dict[int, act.ActivationGranularity] = {
+    pb.ACTIVATION_GRANULARITY_UNSPECIFIED: "cls_token",
+    pb.ACTIVATION_GRANULARITY_CLS_TOKEN: "cls_token",
+    pb.ACTIVATION_GRANULARITY_ALL_TOKENS: "all_tokens",
+    pb.ACTIVATION_GRANULARITY_TOKEN: "token",
+    pb.ACTIVATION_GRANULARITY_WORD: "word",
+    pb.ACTIVATION_GRANULARITY_SENTENCE: "sentence",
 }
 ORDER: dict[int, str] = {
     pb.SOBOL_ORDER_UNSPECIFIED: "total",
@@ -130,6 +140,20 @@ def method_from_proto(request: pb.ExplainRequest) -> dom.Method:
     return _gradient(which, m)
 
 
+def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> dom.InputSpec:
+    """One input's content (text or token ids) with the given targets."""
+    content = item.WhichOneof("content")
+    if content == "text":
+        return dom.InputSpec(text=item.text, targets=targets)
+    if content == "token_ids":
+        return dom.InputSpec(
+            ids=list(item.token_ids.ids),
+            attention=list(item.token_ids.attention_mask) or None,
+            targets=targets,
+        )
+    raise InvalidArgument(f"input {i} has neither text nor token_ids", field=f"inputs[{i}]")
+
+
 def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
     """A whole ExplainRequest to the domain form."""
     inputs = []
@@ -146,19 +170,7 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
                     f"target {j} of input {i} has neither index nor label",
                     field=f"inputs[{i}].targets[{j}]",
                 )
-        content = item.WhichOneof("content")
-        if content == "text":
-            inputs.append(dom.InputSpec(text=item.text, targets=targets))
-        elif content == "token_ids":
-            inputs.append(
-                dom.InputSpec(
-                    ids=list(item.token_ids.ids),
-                    attention=list(item.token_ids.attention_mask) or None,
-                    targets=targets,
-                )
-            )
-        else:
-            raise InvalidArgument(f"input {i} has neither text nor token_ids", field=f"inputs[{i}]")
+        inputs.append(_input_from_proto(item, i, targets))
     return dom.ExplainParams(
         model=request.model,
         inputs=inputs,
@@ -170,18 +182,22 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
     )
 
 
-def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
-    """One domain explanation to its message."""
-    units = [
+def _units_to_proto(units: Units) -> list[pb.Unit]:
+    """Units with their text, character span and token positions."""
+    return [
         pb.Unit(text=text, char_start=int(s), char_end=int(end), token_indices=tokens)
         for text, (s, end), tokens in zip(
-            e.units.texts, e.units.spans.tolist(), e.units.token_indices, strict=True
+            units.texts, units.spans.tolist(), units.token_indices, strict=True
         )
     ]
+
+
+def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
+    """One domain explanation to its message."""
     rows, cols = e.scores.shape
     return pb.Explanation(
         input_index=e.input_index,
-        units=units,
+        units=_units_to_proto(e.units),
         targets=[
             pb.ExplainedTarget(index=i, label=label)
             for i, label in zip(e.target_indices, e.target_labels, strict=True)
@@ -205,5 +221,63 @@ def model_to_proto(m: ServedModel) -> pb.ModelInfo:
         dtype=m.dtype_name,
         replacement=m.replacement.kind,
         replacement_token_id=m.replacement.token_id,
-        split_points=[pb.SplitPoint(name=name, shape=shape) for name, shape in m.split_points],
+        split_points=[
+            pb.SplitPoint(name=name, shape=shape, head_input=name == m.head_input)
+            for name, shape in m.split_points
+        ],
+    )
+
+
+def activation_params_from_proto(request: pb.GetActivationsRequest) -> act.ActivationParams:
+    """A GetActivationsRequest to the domain form (the inputs' targets are ignored)."""
+    return act.ActivationParams(
+        model=request.model,
+        inputs=[_input_from_proto(item, i, []) for i, item in enumerate(request.inputs)],
+        split_points=list(request.split_points),
+        granularity=_enum(ACTIVATION_GRANULARITY, request.granularity, "granularity"),
+        aggregation=_enum(AGGREGATION, request.aggregation, "aggregation"),
+        dtype=request.dtype,
+        predictions=request.include_predictions,
+    )
+
+
+def tensor_to_proto(t: RawTensor) -> pb.Tensor:
+    """A raw tensor to its message (the bytes are not copied again by the domain)."""
+    return pb.Tensor(dtype=t.dtype, shape=t.shape, data=t.data)
+
+
+def tensor_from_proto(t: pb.Tensor) -> RawTensor:
+    """A Tensor message to the domain form."""
+    return RawTensor(dtype=t.dtype, shape=tuple(int(d) for d in t.shape), data=t.data)
+
+
+def activation_chunk_to_proto(c: act.ActivationChunk) -> pb.GetActivationsResponse:
+    """One chunk of activations to its message."""
+    return pb.GetActivationsResponse(
+        input_start=c.input_start,
+        input_count=c.input_count,
+        row_offsets=c.row_offsets.tolist(),
+        activations=[
+            pb.SplitPointActivations(split_point=name, values=tensor_to_proto(t))
+            for name, t in c.activations
+        ],
+        units=[
+            pb.InputUnits(input_index=u.input_index, units=_units_to_proto(u.units), text=u.text)
+            for u in c.units
+        ],
+        logits=tensor_to_proto(c.logits) if c.logits is not None else None,
+        predicted_classes=c.predicted,
+    )
+
+
+def head_params_from_proto(request: pb.PredictFromActivationsRequest) -> act.HeadParams:
+    """A PredictFromActivationsRequest to the domain form."""
+    return act.HeadParams(model=request.model, activations=tensor_from_proto(request.activations))
+
+
+def head_prediction_to_proto(p: act.HeadPrediction) -> pb.PredictFromActivationsResponse:
+    """The head's outputs to their message."""
+    return pb.PredictFromActivationsResponse(
+        logits=tensor_to_proto(encode(p.logits, "float32")),
+        predicted_classes=p.predicted.tolist(),
     )

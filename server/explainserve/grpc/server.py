@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from explainserve.activations.service import Activator
 from explainserve.explain.service import Explainer
 from explainserve.grpc.servicer import ExplainServicer
 from explainserve.v1 import explain_pb2, explain_pb2_grpc
@@ -47,9 +48,14 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start(options: ServerOptions, explainer: Explainer | None = None) -> RunningServer:
+def start(
+    options: ServerOptions,
+    explainer: Explainer | None = None,
+    activator: Activator | None = None,
+) -> RunningServer:
     """Starts a server with health and reflection, and ExplainService when `explainer` is given
-    (its models already loaded); `port=0` binds a free port."""
+    (its models already loaded; `activator` defaults to one with default limits on the same
+    registry); `port=0` binds a free port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.workers),
         options=[
@@ -62,7 +68,7 @@ def start(options: ServerOptions, explainer: Explainer | None = None) -> Running
     service_names: list[str] = []
     if explainer is not None:
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ExplainServicer(explainer), server
+            ExplainServicer(explainer, activator), server
         )
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -77,9 +83,13 @@ def start(options: ServerOptions, explainer: Explainer | None = None) -> Running
     return RunningServer(server=server, port=port, health=health_servicer)
 
 
-def serve_forever(options: ServerOptions, explainer: Explainer | None = None) -> None:
+def serve_forever(
+    options: ServerOptions,
+    explainer: Explainer | None = None,
+    activator: Activator | None = None,
+) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight RPCs for the grace period."""
-    running = start(options, explainer)
+    running = start(options, explainer, activator)
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

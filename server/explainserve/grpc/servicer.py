@@ -5,9 +5,11 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 
 import grpc
 
+from explainserve.activations.service import Activator
 from explainserve.explain.params import Explanation
 from explainserve.explain.service import Explainer
 from explainserve.grpc import convert
@@ -17,10 +19,11 @@ from explainserve.v1 import explain_pb2_grpc
 
 
 class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
-    """The gRPC face of an `Explainer`."""
+    """The gRPC face of an `Explainer` and an `Activator` (on the same registry)."""
 
-    def __init__(self, explainer: Explainer) -> None:
+    def __init__(self, explainer: Explainer, activator: Activator | None = None) -> None:
         self.explainer = explainer
+        self.activator = activator or Activator(explainer.registry)
 
     def Explain(  # noqa: N802 (gRPC method name)
         self, request: pb.ExplainRequest, context: grpc.ServicerContext
@@ -95,5 +98,34 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
             return pb.GetModelResponse(
                 model=convert.model_to_proto(self.explainer.registry.get(request.name))
             )
+        except Exception as exc:
+            abort(context, exc)
+
+    def GetActivations(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetActivationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetActivationsResponse]:
+        """Chunks of consecutive inputs' activations, in request order. The domain generator
+        computes a bounded number of chunks ahead of the one gRPC is writing (backpressure)."""
+        try:
+            chunks = self.activator.get_activations(
+                convert.activation_params_from_proto(request),
+                is_cancelled=lambda: not context.is_active(),
+            )
+            with closing(chunks):
+                for chunk in chunks:
+                    yield convert.activation_chunk_to_proto(chunk)
+        except Exception as exc:
+            abort(context, exc)
+
+    def PredictFromActivations(  # noqa: N802 (gRPC method name)
+        self, request: pb.PredictFromActivationsRequest, context: grpc.ServicerContext
+    ) -> pb.PredictFromActivationsResponse:
+        """The classification head's logits for rows of activations at its input."""
+        try:
+            prediction = self.activator.predict_from_activations(
+                convert.head_params_from_proto(request),
+                is_cancelled=lambda: not context.is_active(),
+            )
+            return convert.head_prediction_to_proto(prediction)
         except Exception as exc:
             abort(context, exc)

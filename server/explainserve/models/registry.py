@@ -19,6 +19,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from explainserve.errors import InvalidArgument, NotFound
+from explainserve.models.capture import capture, find_head, first_tensor, head_input_name
 from explainserve.scheduling.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,26 @@ class ClassifierRunner:
     token and find it by looking for pad ids, which breaks when a replaced token is the pad token
     or when only embeddings are given; they run left-padded, from embeddings, with explicit
     position ids, so the last position is always the last real token.
+
+    `head` is the classification head's attribute name (None when the model has none);
+    `head_token_dim` says whether the head's input has a token dimension (RoBERTa's `classifier`,
+    GPT-2's `score`: they read one position of it) or not (BERT's `classifier` reads the pooler).
     """
 
-    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_id: int,
+        head: str | None = None,
+        head_token_dim: bool = False,
+    ) -> None:
         self.model = model
         self.pad_id = pad_id
         self._embeddings = model.get_input_embeddings()
         self.reads_last_token = hasattr(model, "score")
         self.padding_side = "left" if self.reads_last_token else "right"
+        self.head = head
+        self.head_token_dim = head_token_dim
 
     @property
     def device(self) -> torch.device:
@@ -108,6 +121,39 @@ class ClassifierRunner:
         logits: torch.Tensor = out.logits
         return logits
 
+    def capture(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        split_points: list[str],
+        with_logits: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The padded batch's activations at `split_points` (see `models.capture`), and its
+        `(b, C)` logits when `with_logits`; without them the pass stops once all are captured."""
+        return capture(
+            self.model,
+            split_points,
+            lambda: self.logits(ids, attention),
+            stop_early=not with_logits,
+        )
+
+    def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`(r, C)` logits of the classification head alone on `(r, *features)` rows of its input.
+
+        A head whose input has a token dimension gets each row as a one-token sequence: the
+        position it reads (the first for RoBERTa-style heads; `score` is applied per position).
+        """
+        if self.head is None:
+            raise InvalidArgument("the model has no classification head")
+        module: torch.nn.Module = getattr(self.model, self.head)
+        x = inputs.to(self.device, dtype=next(module.parameters()).dtype)
+        if self.head_token_dim:
+            x = x.unsqueeze(1)
+        out = first_tensor(module(x))
+        if out is None:
+            raise RuntimeError(f"the head '{self.head}' returned no tensor")
+        return out.reshape(inputs.shape[0], -1)
+
 
 @dataclass
 class ServedModel:
@@ -124,8 +170,16 @@ class ServedModel:
     replacement: Replacement
     runner: ClassifierRunner
     worker: Worker
-    #: Module names whose output can be captured, with output shapes (-1 = batch / sequence).
+    #: Module names whose output can be captured, with output shapes (-1 = batch / sequence),
+    #: and the head's input ("<head>:input") just before the head's own entry.
     split_points: list[tuple[str, list[int]]] = field(default_factory=list)
+    #: Attribute name of the classification head (`classifier`, `classification_head`, `score`).
+    head: str | None = None
+
+    @property
+    def head_input(self) -> str | None:
+        """The split point of the head's input (GetActivations' default), if there is a head."""
+        return None if self.head is None else head_input_name(self.head)
 
     @property
     def dtype_name(self) -> str:
@@ -177,34 +231,55 @@ def probe_split_points(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> list[tuple[str, list[int]]]:
     """Runs one short forward with hooks on every named module (it doubles as a warm-up) and
-    returns each module's output shape, batch and sequence dimensions written -1."""
+    returns each module's output shape, batch and sequence dimensions written -1; the input of
+    the classification head, if any, is listed as "<head>:input" just before the head."""
     shapes: dict[str, list[int]] = {}
     device = next(model.parameters()).device
     enc = tokenizer("a b c d e f g", return_tensors="pt")
     seq = int(enc["input_ids"].shape[1])
+    head = find_head(model)
+
+    def shape_of(tensor: torch.Tensor | None) -> list[int] | None:
+        if tensor is None or tensor.dim() < 1:
+            return None
+        dims = [int(d) for d in tensor.shape]
+        dims[0] = -1
+        if len(dims) > 2 and dims[1] == seq:
+            dims[1] = -1
+        return dims
 
     def hook(name: str) -> Any:
         def record(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            tensor = output[0] if isinstance(output, tuple) and output else output
-            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1:
-                dims = [int(d) for d in tensor.shape]
-                dims[0] = -1
-                if len(dims) > 2 and dims[1] == seq:
-                    dims[1] = -1
-                shapes[name] = dims
+            dims = shape_of(first_tensor(output))
+            if dims is not None:
+                shapes.setdefault(name, dims)
 
         return record
+
+    def head_hook(_module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
+        assert head is not None
+        dims = shape_of(first_tensor(inputs))
+        if dims is not None:
+            shapes.setdefault(head_input_name(head), dims)
 
     handles = [
         module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name
     ]
+    if head is not None:
+        handles.append(getattr(model, head).register_forward_pre_hook(head_hook))
     try:
         with torch.inference_mode():
             model(**{k: v.to(device) for k, v in enc.items()})
     finally:
         for handle in handles:
             handle.remove()
-    return [(name, shapes[name]) for name, _ in model.named_modules() if name in shapes]
+    out: list[tuple[str, list[int]]] = []
+    for name, _ in model.named_modules():
+        if head is not None and name == head and head_input_name(head) in shapes:
+            out.append((head_input_name(head), shapes[head_input_name(head)]))
+        if name in shapes:
+            out.append((name, shapes[name]))
+    return out
 
 
 def load_model(config: ModelConfig) -> ServedModel:
@@ -238,8 +313,15 @@ def load_model(config: ModelConfig) -> ServedModel:
     max_length = min(max_positions, tok_max)
     replacement = choose_replacement(tokenizer, config.replacement_fallback)
     split_points = probe_split_points(model, tokenizer)
+    head = find_head(model)
+    head_shape = dict(split_points).get(head_input_name(head)) if head is not None else None
     pad_id = tokenizer.pad_token_id
-    runner = ClassifierRunner(model, int(pad_id) if pad_id is not None else 0)
+    runner = ClassifierRunner(
+        model,
+        int(pad_id) if pad_id is not None else 0,
+        head=head,
+        head_token_dim=head_shape is not None and len(head_shape) > 2 and head_shape[1] == -1,
+    )
     worker = Worker(runner, config.worker, name=config.name)
     log.info(
         "loaded %s from %s on %s (%s), %d labels, replacement %s",
@@ -263,6 +345,7 @@ def load_model(config: ModelConfig) -> ServedModel:
         runner=runner,
         worker=worker,
         split_points=split_points,
+        head=head,
     )
 
 

@@ -1,11 +1,14 @@
 """The per-model worker: one thread that owns the model and runs every forward pass.
 
-Callers (the explain layer) submit jobs: a *forward job* is a block of token-id rows of one input
-(e.g. all perturbations of it) whose outputs are reduced to a few target scores per row; a
-*gradient job* is a block of input-embedding rows whose gradients are wanted. The worker packs
-rows from all pending jobs of one kind into batches cut by a token budget (padding counted), so
-the perturbations of every input of a request, and of concurrent requests, share batches. Results
-come back through `concurrent.futures.Future`s. Nothing here knows about gRPC.
+Callers (the explain and activations layers) submit jobs: a *forward job* is a block of token-id
+rows of one input (e.g. all perturbations of it) whose outputs are reduced to a few target scores
+per row; a *gradient job* is a block of input-embedding rows whose gradients are wanted; an
+*activation job* is one input whose activations at some split points are captured (the forward
+stops early when nothing later is needed); a *head job* is a block of rows of activations at the
+classification head's input, run through the head alone. The worker packs rows from all pending
+jobs of one kind into batches cut by a token budget (padding counted), so the perturbations of
+every input of a request, and of concurrent requests, share batches. Results come back through
+`concurrent.futures.Future`s. Nothing here knows about gRPC.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -52,6 +55,21 @@ class Runner(Protocol):
     @property
     def device(self) -> torch.device:
         """Where the model lives."""
+        ...
+
+    def capture(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        split_points: list[str],
+        with_logits: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Activations of a padded batch at `split_points`, and the logits when `with_logits`
+        (otherwise the pass may stop once everything is captured). Activation jobs only."""
+        ...
+
+    def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`(r, C)` logits of the classification head on `(r, *features)` rows. Head jobs only."""
         ...
 
 
@@ -127,7 +145,80 @@ class GradientJob:
         return int(self.embeds.shape[1])
 
 
-Job = ForwardJob | GradientJob
+#: Which positions of a capture with a token dimension an activation job keeps.
+Selection = Literal["head", "all"]
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    """What an activation job gives back: per split point, float32 rows `(rows, *features)` on
+    the CPU; and the `(C,)` float32 logits when they were asked for."""
+
+    values: list[NDArray[np.float32]]
+    logits: NDArray[np.float32] | None
+
+
+@dataclass(eq=False)
+class ActivationJob:
+    """One input `(n,)` (ids, attention) through the model, captured at `split_points`.
+
+    `token_dim[k]` says whether split point `k`'s capture has a token dimension (its second).
+    Such a capture is cut to the input's `n` positions (`select="all"`, padding removed) or to
+    the one position the classification head reads (`select="head"`: the first token for
+    right-padded runners, the last for left-padded ones, whose heads read the last token); a
+    capture without one gives its single row. With `logits`, the pass runs to the end and the
+    logits come back too; otherwise it stops once every split point of the batch is captured.
+    """
+
+    ids: NDArray[np.int64]
+    attention: NDArray[np.int64]
+    split_points: tuple[str, ...]
+    token_dim: tuple[bool, ...]
+    select: Selection = "head"
+    logits: bool = False
+    on_rows_done: Callable[[int], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    future: Future[ActivationResult] = field(default_factory=Future)
+    _next_row: int = 0
+    _rows_done: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        """One: the input."""
+        return 1
+
+    @property
+    def length(self) -> int:
+        """Tokens of the input."""
+        return int(self.ids.shape[0])
+
+
+@dataclass(eq=False)
+class HeadJob:
+    """Rows `(r, *features)` float32 of activations at the classification head's input, run
+    through the head alone; the result is the `(r, C)` float32 logits. A row counts as one token
+    against the budget."""
+
+    inputs: NDArray[np.float32]
+    on_rows_done: Callable[[int], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    future: Future[NDArray[np.float32]] = field(default_factory=Future)
+    _next_row: int = 0
+    _rows_done: int = 0
+    _out: NDArray[np.float32] | None = None
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows."""
+        return int(self.inputs.shape[0])
+
+    @property
+    def length(self) -> int:
+        """One position per row."""
+        return 1
+
+
+Job = ForwardJob | GradientJob | ActivationJob | HeadJob
 
 
 @dataclass(frozen=True)
@@ -140,6 +231,13 @@ class WorkerOptions:
     gradient_token_budget: int = 4096
     #: Hard cap on rows per batch.
     max_batch_rows: int = 512
+    #: Activation jobs are single inputs of every length, and a batch mixing short and long ones
+    #: computes much padding. Once an activation batch holds `activation_fill_tokens` real tokens,
+    #: it only takes jobs that keep its padded / real tokens at most `activation_max_padding`:
+    #: with many inputs waiting, batches are of (nearly) equal lengths; a small request still
+    #: goes in one batch.
+    activation_max_padding: float = 1.02
+    activation_fill_tokens: int = 256
 
 
 @dataclass
@@ -199,10 +297,12 @@ class Worker:
     def _finish_empty(job: Job) -> None:
         if isinstance(job, ForwardJob):
             job.future.set_result(np.zeros((0, len(job.targets)), dtype=np.float64))
-        else:
+        elif isinstance(job, GradientJob):
             job.future.set_result(
                 (torch.zeros_like(job.embeds, device="cpu"), np.zeros(0, dtype=np.float64))
             )
+        elif isinstance(job, HeadJob):
+            job.future.set_result(np.zeros((0, 0), dtype=np.float32))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -218,10 +318,15 @@ class Worker:
                     continue
                 batch = self._take_batch()
             try:
-                if isinstance(batch[0][0], ForwardJob):
+                first = batch[0][0]
+                if isinstance(first, ForwardJob):
                     self._run_forward(batch)  # type: ignore[arg-type]
-                else:
+                elif isinstance(first, GradientJob):
                     self._run_gradient(batch)  # type: ignore[arg-type]
+                elif isinstance(first, ActivationJob):
+                    self._run_activation(batch)  # type: ignore[arg-type]
+                else:
+                    self._run_head(batch)  # type: ignore[arg-type]
             except Exception as exc:  # a failed batch fails the jobs in it, never the worker
                 log.exception("batch failed")
                 self._fail_jobs({id(job): job for job, _, _ in batch}.values(), exc)
@@ -241,19 +346,21 @@ class Worker:
 
         The oldest job's kind and rows come first (no job waits behind newer ones forever); the
         rest of the batch is filled from the jobs of the same kind closest in length to it, to
-        limit padding. A job whose rows are all taken leaves the queue. Called with the lock
-        held.
+        limit padding (activation batches also cap it: `activation_max_padding`). A job whose
+        rows are all taken leaves the queue. Called with the lock held.
         """
         oldest = self._pending[0]
         kind = type(oldest)
         same_kind = [job for job in self._pending if type(job) is kind]
         candidates = [oldest, *sorted(same_kind[1:], key=lambda j: abs(j.length - oldest.length))]
         budget = (
-            self.options.token_budget if kind is ForwardJob else self.options.gradient_token_budget
+            self.options.gradient_token_budget if kind is GradientJob else self.options.token_budget
         )
+        max_padding = self.options.activation_max_padding if kind is ActivationJob else None
         batch: list[tuple[Job, int, int]] = []
         rows = 0
         width = 0
+        real = 0
         for job in candidates:
             new_width = max(width, job.length)
             fit = min(
@@ -266,10 +373,17 @@ class Worker:
                     fit = 1
                 else:
                     continue  # too long for what is left; a shorter job may still fit
+            if (
+                max_padding is not None
+                and real >= self.options.activation_fill_tokens
+                and (rows + fit) * new_width > max_padding * (real + fit * job.length)
+            ):
+                continue  # too much padding; a job closer in length may still fit
             start = job._next_row
             job._next_row += fit
             batch.append((job, start, start + fit))
             rows += fit
+            real += fit * job.length
             width = new_width
             if job._next_row >= job.n_rows:
                 self._pending.remove(job)
@@ -283,7 +397,9 @@ class Worker:
             return slice(width - length, width)
         return slice(0, length)
 
-    def _pad(self, pieces: list[tuple[Job, int, int]]) -> tuple[int, torch.Tensor]:
+    def _pad(
+        self, pieces: Sequence[tuple[ForwardJob | GradientJob | ActivationJob, int, int]]
+    ) -> tuple[int, torch.Tensor]:
         """The padded width and the `(b, L)` attention mask of a batch."""
         width = max(job.length for job, _, _ in pieces)
         rows = sum(stop - start for _, start, stop in pieces)
@@ -300,7 +416,7 @@ class Worker:
         return width, attention
 
     def _run_forward(self, pieces: list[tuple[ForwardJob, int, int]]) -> None:
-        width, attention = self._pad(pieces)  # type: ignore[arg-type]
+        width, attention = self._pad(pieces)
         rows = attention.shape[0]
         ids = torch.full((rows, width), self.runner.pad_id, dtype=torch.long)
         zero_mask = None
@@ -337,7 +453,7 @@ class Worker:
                 job.future.set_result(job._out)
 
     def _run_gradient(self, pieces: list[tuple[GradientJob, int, int]]) -> None:
-        width, attention = self._pad(pieces)  # type: ignore[arg-type]
+        width, attention = self._pad(pieces)
         rows = attention.shape[0]
         device = self.runner.device
         first = pieces[0][0].embeds
@@ -378,6 +494,90 @@ class Worker:
             at += n
             if self._rows_done(job, n):
                 job.future.set_result((job._grads, job._scores))
+
+    def _run_activation(self, pieces: list[tuple[ActivationJob, int, int]]) -> None:
+        """One padded forward for the batch's inputs, hooks on the union of their split points;
+        each job gets its own rows, cut on the device before the copy to the host."""
+        width, attention = self._pad(pieces)
+        rows = attention.shape[0]
+        ids = torch.full((rows, width), self.runner.pad_id, dtype=torch.long)
+        real = torch.zeros((rows, width), dtype=torch.bool)
+        head_pos = torch.empty(rows, dtype=torch.long)
+        starts = []  # each job's first row in the flattened real positions
+        n_real = 0
+        for at, (job, _, _) in enumerate(pieces):
+            cols = self._columns(width, job.length)
+            ids[at, cols] = torch.from_numpy(job.ids)
+            real[at, cols] = True
+            # Left-padded runners' heads read the last token; the others, the first.
+            head_pos[at] = cols.stop - 1 if self.runner.padding_side == "left" else cols.start
+            starts.append(n_real)
+            n_real += job.length
+        names = sorted({name for job, _, _ in pieces for name in job.split_points})
+        token_dim = {
+            name: tok
+            for job, _, _ in pieces
+            for name, tok in zip(job.split_points, job.token_dim, strict=True)
+        }
+        selections = {
+            (name, job.select if tok else "whole")
+            for job, _, _ in pieces
+            for name, tok in zip(job.split_points, job.token_dim, strict=True)
+        }
+        with_logits = any(job.logits for job, _, _ in pieces)
+        device = self.runner.device
+        host: dict[tuple[str, str], NDArray[np.float32]] = {}
+        with torch.inference_mode():
+            captured, logits = self.runner.capture(
+                ids.to(device, non_blocking=True),
+                attention.to(device, non_blocking=True),
+                names,
+                with_logits,
+            )
+            for name, how in sorted(selections):
+                t = captured[name]
+                if token_dim[name] and (t.dim() < 2 or t.shape[1] != width):
+                    raise RuntimeError(
+                        f"split point {name} has shape {list(t.shape)}: no token dimension of "
+                        f"{width} in second place"
+                    )
+                if how == "all":
+                    picked = t[real.to(device)]
+                elif how == "head":
+                    picked = t[torch.arange(rows, device=device), head_pos.to(device)]
+                else:
+                    picked = t
+                host[(name, how)] = picked.float().cpu().numpy()
+            logits_host = logits.float().cpu().numpy() if logits is not None else None
+        for at, (job, _, _) in enumerate(pieces):
+            values = []
+            for name, tok in zip(job.split_points, job.token_dim, strict=True):
+                if not tok:
+                    values.append(host[(name, "whole")][at : at + 1])
+                elif job.select == "head":
+                    values.append(host[(name, "head")][at : at + 1])
+                else:
+                    values.append(host[(name, "all")][starts[at] : starts[at] + job.length])
+            job_logits = logits_host[at] if job.logits and logits_host is not None else None
+            if self._rows_done(job, 1):
+                job.future.set_result(ActivationResult(values, job_logits))
+
+    def _run_head(self, pieces: list[tuple[HeadJob, int, int]]) -> None:
+        """The classification head alone on the batch's rows."""
+        x = torch.cat([torch.from_numpy(job.inputs[start:stop]) for job, start, stop in pieces])
+        self.stats.batches += 1
+        self.stats.rows += int(x.shape[0])
+        with torch.inference_mode():
+            out = self.runner.run_head(x).float().cpu().numpy()
+        at = 0
+        for job, start, stop in pieces:
+            n = stop - start
+            if job._out is None:
+                job._out = np.empty((job.n_rows, out.shape[1]), dtype=np.float32)
+            job._out[start:stop] = out[at : at + n]
+            at += n
+            if self._rows_done(job, n):
+                job.future.set_result(job._out)
 
     @staticmethod
     def _rows_done(job: Job, n: int) -> bool:

@@ -72,6 +72,15 @@ class SobolOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOBOL_ORDER_UNSPECIFIED: _ClassVar[SobolOrder]
     SOBOL_ORDER_FIRST: _ClassVar[SobolOrder]
     SOBOL_ORDER_TOTAL: _ClassVar[SobolOrder]
+
+class ActivationGranularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACTIVATION_GRANULARITY_UNSPECIFIED: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_CLS_TOKEN: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_ALL_TOKENS: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_TOKEN: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_WORD: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_SENTENCE: _ClassVar[ActivationGranularity]
 GRANULARITY_UNSPECIFIED: Granularity
 GRANULARITY_ALL_TOKENS: Granularity
 GRANULARITY_TOKEN: Granularity
@@ -111,6 +120,12 @@ SOBOL_SAMPLER_LATIN_HYPERCUBE: SobolSampler
 SOBOL_ORDER_UNSPECIFIED: SobolOrder
 SOBOL_ORDER_FIRST: SobolOrder
 SOBOL_ORDER_TOTAL: SobolOrder
+ACTIVATION_GRANULARITY_UNSPECIFIED: ActivationGranularity
+ACTIVATION_GRANULARITY_CLS_TOKEN: ActivationGranularity
+ACTIVATION_GRANULARITY_ALL_TOKENS: ActivationGranularity
+ACTIVATION_GRANULARITY_TOKEN: ActivationGranularity
+ACTIVATION_GRANULARITY_WORD: ActivationGranularity
+ACTIVATION_GRANULARITY_SENTENCE: ActivationGranularity
 
 class TokenIds(_message.Message):
     __slots__ = ("ids", "attention_mask")
@@ -387,12 +402,14 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class SplitPoint(_message.Message):
-    __slots__ = ("name", "shape")
+    __slots__ = ("name", "shape", "head_input")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_INPUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    head_input: bool
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., head_input: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "task", "labels", "max_length", "device", "dtype", "replacement", "replacement_token_id", "split_points")
@@ -415,3 +432,83 @@ class ModelInfo(_message.Message):
     replacement_token_id: int
     split_points: _containers.RepeatedCompositeFieldContainer[SplitPoint]
     def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., replacement: _Optional[str] = ..., replacement_token_id: _Optional[int] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class GetActivationsRequest(_message.Message):
+    __slots__ = ("model", "inputs", "split_points", "granularity", "aggregation", "dtype", "include_predictions")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    split_points: _containers.RepeatedScalarFieldContainer[str]
+    granularity: ActivationGranularity
+    aggregation: Aggregation
+    dtype: str
+    include_predictions: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., split_points: _Optional[_Iterable[str]] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dtype: _Optional[str] = ..., include_predictions: _Optional[bool] = ...) -> None: ...
+
+class SplitPointActivations(_message.Message):
+    __slots__ = ("split_point", "values")
+    SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    split_point: str
+    values: Tensor
+    def __init__(self, split_point: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class InputUnits(_message.Message):
+    __slots__ = ("input_index", "units", "text")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    text: str
+    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class GetActivationsResponse(_message.Message):
+    __slots__ = ("input_start", "input_count", "row_offsets", "activations", "units", "logits", "predicted_classes")
+    INPUT_START_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    input_start: int
+    input_count: int
+    row_offsets: _containers.RepeatedScalarFieldContainer[int]
+    activations: _containers.RepeatedCompositeFieldContainer[SplitPointActivations]
+    units: _containers.RepeatedCompositeFieldContainer[InputUnits]
+    logits: Tensor
+    predicted_classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, input_start: _Optional[int] = ..., input_count: _Optional[int] = ..., row_offsets: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[SplitPointActivations, _Mapping]]] = ..., units: _Optional[_Iterable[_Union[InputUnits, _Mapping]]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PredictFromActivationsRequest(_message.Message):
+    __slots__ = ("model", "activations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    activations: Tensor
+    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PredictFromActivationsResponse(_message.Message):
+    __slots__ = ("logits", "predicted_classes")
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    logits: Tensor
+    predicted_classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, logits: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ExplainServiceStub:
-    """Explanations and model metadata.
+    """Explanations, activations and model metadata.
     """
 
     def __init__(self, channel):
@@ -55,10 +55,20 @@ class ExplainServiceStub:
                 request_serializer=explainserve_dot_v1_dot_explain__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=explainserve_dot_v1_dot_explain__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.GetActivations = channel.unary_stream(
+                '/explainserve.v1.ExplainService/GetActivations',
+                request_serializer=explainserve_dot_v1_dot_explain__pb2.GetActivationsRequest.SerializeToString,
+                response_deserializer=explainserve_dot_v1_dot_explain__pb2.GetActivationsResponse.FromString,
+                _registered_method=True)
+        self.PredictFromActivations = channel.unary_unary(
+                '/explainserve.v1.ExplainService/PredictFromActivations',
+                request_serializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsRequest.SerializeToString,
+                response_deserializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainServiceServicer:
-    """Explanations and model metadata.
+    """Explanations, activations and model metadata.
     """
 
     def Explain(self, request, context):
@@ -89,6 +99,23 @@ class ExplainServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetActivations(self, request, context):
+        """Latent activations of many inputs: by default what the classification head sees, or the
+        output of any split point GetModel lists; optionally with the model's predictions. Streamed
+        in chunks of consecutive inputs, in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictFromActivations(self, request, context):
+        """The classification head applied to activations at its input (as GetActivations returns them
+        by default): edit activations (concept interventions) and see the logits change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +139,16 @@ def add_ExplainServiceServicer_to_server(servicer, server):
                     request_deserializer=explainserve_dot_v1_dot_explain__pb2.GetModelRequest.FromString,
                     response_serializer=explainserve_dot_v1_dot_explain__pb2.GetModelResponse.SerializeToString,
             ),
+            'GetActivations': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetActivations,
+                    request_deserializer=explainserve_dot_v1_dot_explain__pb2.GetActivationsRequest.FromString,
+                    response_serializer=explainserve_dot_v1_dot_explain__pb2.GetActivationsResponse.SerializeToString,
+            ),
+            'PredictFromActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictFromActivations,
+                    request_deserializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsRequest.FromString,
+                    response_serializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'explainserve.v1.ExplainService', rpc_method_handlers)
@@ -121,7 +158,7 @@ def add_ExplainServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ExplainService:
-    """Explanations and model metadata.
+    """Explanations, activations and model metadata.
     """
 
     @staticmethod
@@ -222,6 +259,60 @@ class ExplainService:
             '/explainserve.v1.ExplainService/GetModel',
             explainserve_dot_v1_dot_explain__pb2.GetModelRequest.SerializeToString,
             explainserve_dot_v1_dot_explain__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/explainserve.v1.ExplainService/GetActivations',
+            explainserve_dot_v1_dot_explain__pb2.GetActivationsRequest.SerializeToString,
+            explainserve_dot_v1_dot_explain__pb2.GetActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictFromActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explainserve.v1.ExplainService/PredictFromActivations',
+            explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsRequest.SerializeToString,
+            explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

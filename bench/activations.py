@@ -1,0 +1,244 @@
+"""GetActivations end to end through gRPC vs the model alone to the same depth, in one run.
+
+For each configuration, a request with N realistic sentences (the default model's shipped
+sentiment sentences, cycled) streams through a live server on loopback; the client reads every
+chunk (it counts the bytes, it does not decode them). Then the same token sequences go straight
+through the bare model, sorted by length and packed into padded batches, stopped by a hook at the
+same split point as the server (no layer after it runs). The model-only batches use whichever
+token budget (the server's, or a smaller one: on a CPU, smaller batches can be faster) was
+fastest in the warm-up: the best the model alone can do. Repeats are interleaved and medians
+reported (shared, noisy machines).
+
+    efficiency = model-only time / end-to-end time   (1.0 = the service adds nothing)
+    inputs/s   = N / end-to-end time
+    stream     = bytes of tensor data received / end-to-end time
+
+    .venv/bin/python bench/activations.py [--quick] [--inputs N] [--repeats R]
+                                           [--model-dir DIR] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import grpc
+import torch
+
+from explainserve.activations.service import Activator
+from explainserve.explain.service import Explainer, Limits
+from explainserve.grpc.server import ServerOptions, start
+from explainserve.models.capture import INPUT_SUFFIX, StopForward
+from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
+from explainserve.scheduling.worker import WorkerOptions
+from explainserve.v1 import explain_pb2 as pb
+from explainserve.v1 import explain_pb2_grpc
+
+BUDGET = 8192
+MAX_ROWS = 512
+#: Token budgets the model-only baseline tries; it keeps the fastest.
+BASELINE_BUDGETS = (8192, 4096, 2048, 1024)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmarked request shape."""
+
+    label: str
+    split_points: list[str]
+    granularity: int = pb.ACTIVATION_GRANULARITY_CLS_TOKEN
+    predictions: bool = False
+
+
+def configs(served: ServedModel) -> list[Config]:
+    """The head input (the default), half depth at two granularities, words at the last layer,
+    and the head input with predictions (a whole forward pass)."""
+    layers = sorted(
+        {n for n, _ in served.split_points if n.count(".") == 3 and ".layer." in n},
+        key=lambda n: int(n.rsplit(".", 1)[1]),
+    )
+    mid, last = layers[len(layers) // 2 - 1], layers[-1]
+    head = served.head_input or layers[-1]
+    return [
+        Config(f"{head} (default), cls_token", []),
+        Config(f"{mid}, cls_token", [mid]),
+        Config(f"{mid}, all_tokens", [mid], pb.ACTIVATION_GRANULARITY_ALL_TOKENS),
+        Config(f"{last}, word (mean)", [last], pb.ACTIVATION_GRANULARITY_WORD),
+        Config(f"{head} + predictions", [], predictions=True),
+    ]
+
+
+def sentences(n: int) -> list[str]:
+    """`n` sentences: the default model's training and held-out sentences, cycled."""
+    from explainserve.models.default_model import HELDOUT_FILE, TRAIN_FILE, read_dataset
+
+    pool = [*read_dataset(TRAIN_FILE).texts, *read_dataset(HELDOUT_FILE).texts]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def model_only(
+    served: ServedModel, texts: list[str], config: Config, budget: int
+) -> Callable[[], None]:
+    """A closure running the inputs through the bare model, packed by length into full batches
+    of `budget` tokens, stopped right after the split point (unless predictions)."""
+    model = served.model
+    device = served.device
+    rows = sorted(
+        (served.tokenizer(t)["input_ids"] for t in texts),
+        key=len,
+    )
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    at = 0
+    while at < len(rows):
+        take = 1
+        while (
+            at + take < len(rows)
+            and take < MAX_ROWS
+            and (take + 1) * len(rows[at + take]) <= budget
+        ):
+            take += 1
+        chunk = rows[at : at + take]
+        width = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), width), served.runner.pad_id, dtype=torch.long)
+        att = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, r in enumerate(chunk):
+            ids[i, : len(r)] = torch.as_tensor(r)
+            att[i, : len(r)] = 1
+        batches.append((ids, att))
+        at += take
+    point = (config.split_points or [served.head_input or ""])[0]
+    modules = dict(model.named_modules())
+
+    def stop(*_args: Any) -> None:
+        raise StopForward
+
+    def run() -> None:
+        handle = None
+        if not config.predictions:
+            if point.endswith(INPUT_SUFFIX):
+                handle = modules[point.removesuffix(INPUT_SUFFIX)].register_forward_pre_hook(stop)
+            else:
+                handle = modules[point].register_forward_hook(stop)
+        try:
+            with torch.inference_mode():
+                for ids, att in batches:
+                    with contextlib.suppress(StopForward):
+                        model(input_ids=ids.to(device), attention_mask=att.to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    return run
+
+
+def end_to_end(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.GetActivationsRequest
+) -> tuple[float, int, int]:
+    """Seconds, chunks and tensor bytes of one streamed request."""
+    t0 = time.perf_counter()
+    n_bytes = 0
+    n_chunks = 0
+    for chunk in stub.GetActivations(request, timeout=3600):
+        n_chunks += 1
+        n_bytes += sum(len(a.values.data) for a in chunk.activations)
+    return time.perf_counter() - t0, n_chunks, n_bytes
+
+
+def main() -> int:
+    """Runs the benchmark and prints a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="300 inputs, 2 repeats")
+    parser.add_argument("--inputs", type=int, default=0, help="default 2000 (300 with --quick)")
+    parser.add_argument("--repeats", type=int, default=0, help="default 3 (2 with --quick)")
+    parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    n_inputs = args.inputs or (300 if args.quick else 2000)
+    repeats = args.repeats or (2 if args.quick else 3)
+    if args.model_dir is None:
+        from explainserve.models.default_model import default_model_dir
+
+        args.model_dir = default_model_dir()
+    registry = Registry()
+    served = load_model(
+        ModelConfig(
+            "bench",
+            args.model_dir,
+            device=args.device,
+            worker=WorkerOptions(token_budget=BUDGET, max_batch_rows=MAX_ROWS),
+        )
+    )
+    registry.add(served)
+    running = start(ServerOptions(port=0), Explainer(registry, Limits()), Activator(registry))
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{running.port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+    )
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+    texts = sentences(n_inputs)
+    tokens = sum(len(served.tokenizer(t)["input_ids"]) for t in texts)
+    print(
+        f"# bench/activations.py on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"device {args.device}, {n_inputs} inputs ({tokens} tokens), token budget {BUDGET}, "
+        f"{repeats} interleaved repeats, medians"
+    )
+    print()
+    print(
+        "| split point, granularity | chunks | MiB streamed | end-to-end (s) | model only (s) "
+        "| model-only budget | efficiency | inputs/s | stream MiB/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    try:
+        for config in configs(served):
+            request = pb.GetActivationsRequest(
+                model="bench",
+                inputs=[pb.Input(text=t) for t in texts],
+                split_points=config.split_points,
+                granularity=config.granularity,  # type: ignore[arg-type]
+                include_predictions=config.predictions,
+            )
+            end_to_end(stub, request)  # warm-up
+            timed = []
+            for budget in BASELINE_BUDGETS:
+                candidate = model_only(served, texts, config, budget)
+                candidate()  # warm-up
+                t0 = time.perf_counter()
+                candidate()
+                timed.append((time.perf_counter() - t0, budget, candidate))
+            _, best_budget, bare = min(timed, key=lambda t: t[0])
+            e2e, alone = [], []
+            n_chunks = n_bytes = 0
+            for _ in range(repeats):
+                seconds, n_chunks, n_bytes = end_to_end(stub, request)
+                e2e.append(seconds)
+                t0 = time.perf_counter()
+                bare()
+                alone.append(time.perf_counter() - t0)
+            m_e2e, m_alone = statistics.median(e2e), statistics.median(alone)
+            print(
+                f"| {config.label} | {n_chunks} | {n_bytes / 2**20:.1f} | {m_e2e:.3f} "
+                f"| {m_alone:.3f} | {best_budget} | {m_alone / m_e2e:.2f} | {n_inputs / m_e2e:.0f} "
+                f"| {n_bytes / 2**20 / m_e2e:.1f} |",
+                flush=True,
+            )
+    finally:
+        channel.close()
+        running.stop(grace=None)
+        registry.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

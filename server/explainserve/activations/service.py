@@ -1,0 +1,473 @@
+"""GetActivations and PredictFromActivations.
+
+`Activator.get_activations` validates the whole request first (model, split points, dtype,
+granularity, every input: texts are tokenized in batches, and only their token ids are kept, 4
+bytes a token), then returns a generator of chunks: consecutive inputs, in request order, each cut
+to at most `chunk_inputs` inputs and `chunk_bytes` bytes of tensors. The generator submits one
+activation job per input to the model's worker, a few chunks ahead of the one it is waiting for,
+and no further: a consumer that does not pull (a gRPC client that does not read) stops the work,
+so a request holds at most `prefetch_chunks + 1` chunks of results, however many inputs it has.
+What only units need (offsets, words) is computed per chunk. Closing the generator (or
+`is_cancelled()` turning true) drops the jobs not yet run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from explainserve import _native
+from explainserve.activations.params import (
+    ActivationChunk,
+    ActivationParams,
+    HeadParams,
+    HeadPrediction,
+    InputUnits,
+)
+from explainserve.activations.tensors import check_dtype, decode, encode
+from explainserve.errors import InvalidArgument, NotFound
+from explainserve.explain.params import InputSpec
+from explainserve.explain.units import (
+    Encoded,
+    Units,
+    check_ids,
+    count_tokens,
+    encode_ids,
+    encode_texts,
+    make_units,
+)
+from explainserve.models.capture import HEAD_ATTRIBUTES
+from explainserve.models.registry import Registry, ServedModel
+from explainserve.scheduling.worker import ActivationJob, ActivationResult, HeadJob, Selection
+
+
+@dataclass(frozen=True)
+class ActivationLimits:
+    """Sizes and limits of GetActivations and PredictFromActivations requests."""
+
+    #: Inputs of one GetActivations request.
+    max_inputs: int = 100_000
+    #: Inputs per chunk at most.
+    chunk_inputs: int = 256
+    #: Tensor bytes per chunk at most (estimated as float32 before aggregation); an input bigger
+    #: than this gets a chunk of its own. Well under the 4 MiB that gRPC clients accept by
+    #: default.
+    chunk_bytes: int = 1024 * 1024
+    #: Chunks computed ahead of the one the consumer waits for. A request holds at most
+    #: `prefetch_chunks + 1` chunks of results (plus the one chunk being written).
+    prefetch_chunks: int = 4
+    #: Bytes of activations one input may produce (they travel in one message).
+    max_input_bytes: int = 32 * 1024 * 1024
+    #: Rows of one PredictFromActivations request.
+    max_head_rows: int = 65_536
+    #: Valid split points named by the "unknown split point" message (GetModel lists them all).
+    listed_split_points: int = 20
+    #: Texts per batched tokenizer call while validating a request (bounds its transient memory).
+    tokenize_batch: int = 1024
+
+
+class InputTokens:
+    """A request's inputs, validated, kept as compactly as they can be: the token ids of the
+    text inputs in one flat int32 array; token-id inputs are the request's own lists."""
+
+    def __init__(
+        self,
+        specs: list[InputSpec],
+        text_slot: NDArray[np.int64],
+        flat: NDArray[np.int32],
+        starts: NDArray[np.int64],
+    ) -> None:
+        self.specs = specs
+        #: Input index -> index among the text inputs, or -1 for a token-id input.
+        self._text_slot = text_slot
+        self._flat = flat
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def ids(self, i: int) -> NDArray[np.int64]:
+        """Input `i`'s token ids, special tokens included."""
+        slot = int(self._text_slot[i])
+        if slot < 0:
+            return np.asarray(self.specs[i].ids, dtype=np.int64)
+        return self._flat[self._starts[slot] : self._starts[slot + 1]].astype(np.int64)
+
+    def attention(self, i: int) -> NDArray[np.int64]:
+        """Input `i`'s attention mask (all ones unless a token-id input gave one)."""
+        mask = self.specs[i].attention if self._text_slot[i] < 0 else None
+        if mask:
+            return np.asarray(mask, dtype=np.int64)
+        return np.ones(self.length(i), dtype=np.int64)
+
+    def length(self, i: int) -> int:
+        """Input `i`'s number of tokens."""
+        slot = int(self._text_slot[i])
+        if slot < 0:
+            return len(self.specs[i].ids or [])
+        return int(self._starts[slot + 1] - self._starts[slot])
+
+
+def scan_inputs(model: ServedModel, specs: list[InputSpec], batch: int = 1024) -> InputTokens:
+    """Validates every input as `Explain` does (empty text, missing content, bad ids, in input
+    order; then over-long texts) and keeps their token ids."""
+    tokenizer = model.tokenizer
+    text_slot = np.full(len(specs), -1, dtype=np.int64)
+    texts: list[int] = []
+    for i, spec in enumerate(specs):
+        field = f"inputs[{i}]"
+        if spec.text is not None:
+            if not spec.text.strip():
+                raise InvalidArgument(f"input {i} is an empty string", field=f"{field}.text")
+            text_slot[i] = len(texts)
+            texts.append(i)
+        elif spec.ids is not None:
+            check_ids(tokenizer, spec.ids, spec.attention, model.max_length, field)
+        else:
+            raise InvalidArgument(f"input {i} has neither text nor token_ids", field=field)
+    flats = []
+    starts = [np.zeros(1, dtype=np.int64)]
+    for lo in range(0, len(texts), batch):
+        part = texts[lo : lo + batch]
+        flat, offsets = count_tokens(
+            tokenizer,
+            [str(specs[i].text) for i in part],
+            model.max_length,
+            [f"inputs[{i}]" for i in part],
+        )
+        flats.append(flat)
+        starts.append(offsets[1:] + starts[-1][-1])
+    return InputTokens(
+        specs,
+        text_slot,
+        np.concatenate(flats) if flats else np.zeros(0, dtype=np.int32),
+        np.concatenate(starts),
+    )
+
+
+def encode_range(model: ServedModel, tokens: InputTokens, lo: int, hi: int) -> list[Encoded]:
+    """Inputs `[lo, hi)` encoded with offsets and words (for their units); the texts in one
+    batched call."""
+    specs = tokens.specs
+    texts = [i for i in range(lo, hi) if specs[i].text is not None]
+    encoded_texts = iter(
+        encode_texts(
+            model.tokenizer,
+            [str(specs[i].text) for i in texts],
+            model.max_length,
+            [f"inputs[{i}]" for i in texts],
+        )
+    )
+    out = []
+    for i in range(lo, hi):
+        spec = specs[i]
+        if spec.text is not None:
+            e = next(encoded_texts)
+        else:
+            e = encode_ids(
+                model.tokenizer, spec.ids or [], spec.attention, model.max_length, f"inputs[{i}]"
+            )
+        if not np.array_equal(e.ids, tokens.ids(i)):
+            raise RuntimeError(f"input {i} tokenized differently twice")
+        out.append(e)
+    return out
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    """A resolved split point: its name, whether its capture has a token dimension, and the
+    shape of one row (the capture's shape without batch and token dimensions)."""
+
+    name: str
+    token_dim: bool
+    features: tuple[int, ...]
+
+    @property
+    def row_size(self) -> int:
+        """Elements of one row."""
+        return int(np.prod(self.features, dtype=np.int64))
+
+
+def split_point_of(name: str, shape: list[int]) -> SplitPoint:
+    """A probed split point (GetModel's shape, -1 for batch and token dimensions) resolved."""
+    token_dim = len(shape) > 2 and shape[1] == -1
+    features = tuple(shape[2:] if token_dim else shape[1:])
+    return SplitPoint(name=name, token_dim=token_dim, features=features)
+
+
+def _unknown_split_point(model: ServedModel, name: str, listed: int) -> NotFound:
+    names = [n for n, _ in model.split_points]
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    shown = ", ".join(names[:listed])
+    more = f", ... and {len(names) - listed} more (GetModel lists them all)"
+    return NotFound(
+        f"model '{model.name}' has no split point '{name}'{hint}; split points are: {shown}"
+        f"{more if len(names) > listed else ''}"
+    )
+
+
+def resolve_split_points(
+    model: ServedModel, names: list[str], listed: int = 20
+) -> list[SplitPoint]:
+    """The requested split points, or the head's input when none is named; NotFound names the
+    valid ones (the first `listed`, and how many more)."""
+    shapes = dict(model.split_points)
+    if not names:
+        if model.head_input is None or model.head_input not in shapes:
+            raise InvalidArgument(
+                f"model '{model.name}' has no classification head (no module "
+                f"{', '.join(HEAD_ATTRIBUTES)}): name the split points to capture",
+                field="split_points",
+            )
+        return [split_point_of(model.head_input, shapes[model.head_input])]
+    out = []
+    seen: set[str] = set()
+    for j, name in enumerate(names):
+        if name in seen:
+            raise InvalidArgument(
+                f"split point '{name}' is asked for twice", field=f"split_points[{j}]"
+            )
+        seen.add(name)
+        if name not in shapes:
+            raise _unknown_split_point(model, name, listed)
+        out.append(split_point_of(name, shapes[name]))
+    return out
+
+
+class Activator:
+    """Runs GetActivations and PredictFromActivations requests against the registry's models."""
+
+    def __init__(self, registry: Registry, limits: ActivationLimits | None = None) -> None:
+        self.registry = registry
+        self.limits = limits or ActivationLimits()
+
+    # -- GetActivations ---------------------------------------------------------------------
+
+    def get_activations(
+        self, params: ActivationParams, *, is_cancelled: Callable[[], bool] | None = None
+    ) -> Generator[ActivationChunk, None, None]:
+        """Validates the request now (domain errors raise here), then returns the chunks'
+        generator: every input exactly once, in request order."""
+        limits = self.limits
+        model = self.registry.get(params.model)
+        if not params.inputs:
+            raise InvalidArgument("the request has no inputs", field="inputs")
+        if len(params.inputs) > limits.max_inputs:
+            raise InvalidArgument(
+                f"the request has {len(params.inputs)} inputs, the limit is {limits.max_inputs}",
+                field="inputs",
+            )
+        dtype = check_dtype(params.dtype, "dtype")
+        points = resolve_split_points(model, params.split_points, limits.listed_split_points)
+        if params.granularity != "cls_token":
+            for j, point in enumerate(points):
+                if not point.token_dim:
+                    raise InvalidArgument(
+                        f"split point '{point.name}' has no token dimension (rows of shape "
+                        f"{list(point.features)}, one per input): only granularity cls_token "
+                        f"applies to it, not {params.granularity}",
+                        field="granularity" if not params.split_points else f"split_points[{j}]",
+                    )
+        tokens = scan_inputs(model, params.inputs, limits.tokenize_batch)
+        plan = self._plan(tokens, points, params.granularity)
+        return self._stream(model, params, dtype, points, tokens, plan, is_cancelled)
+
+    def _plan(
+        self, tokens: InputTokens, points: list[SplitPoint], granularity: str
+    ) -> list[tuple[int, int]]:
+        """Chunks as `[start, stop)` input ranges under the chunk limits (bytes estimated from
+        an upper bound of the rows: one, or one per token)."""
+        row_bytes = 4 * sum(p.row_size for p in points)
+        chunks: list[tuple[int, int]] = []
+        start, size = 0, 0
+        for i in range(len(tokens)):
+            rows = 1 if granularity == "cls_token" else tokens.length(i)
+            n_bytes = rows * row_bytes
+            if n_bytes > self.limits.max_input_bytes:
+                raise InvalidArgument(
+                    f"input {i}'s activations would take {n_bytes} bytes, more than the limit "
+                    f"of {self.limits.max_input_bytes}: ask for fewer split points or a coarser "
+                    "granularity",
+                    field=f"inputs[{i}]",
+                )
+            count = i - start
+            if count and (
+                count >= self.limits.chunk_inputs or size + n_bytes > self.limits.chunk_bytes
+            ):
+                chunks.append((start, i))
+                start, size = i, 0
+            size += n_bytes
+        chunks.append((start, len(tokens)))
+        return chunks
+
+    def _stream(
+        self,
+        model: ServedModel,
+        params: ActivationParams,
+        dtype: str,
+        points: list[SplitPoint],
+        tokens: InputTokens,
+        plan: list[tuple[int, int]],
+        is_cancelled: Callable[[], bool] | None,
+    ) -> Generator[ActivationChunk, None, None]:
+        stopped = threading.Event()
+
+        def cancelled() -> bool:
+            return stopped.is_set() or (is_cancelled is not None and is_cancelled())
+
+        names = tuple(p.name for p in points)
+        token_dim = tuple(p.token_dim for p in points)
+        select: Selection = "head" if params.granularity == "cls_token" else "all"
+        window: deque[list[ActivationJob]] = deque()
+        submitted = 0
+        try:
+            for k, (start, _) in enumerate(plan):
+                while submitted < len(plan) and submitted <= k + self.limits.prefetch_chunks:
+                    lo, hi = plan[submitted]
+                    jobs = [
+                        ActivationJob(
+                            ids=tokens.ids(i),
+                            attention=tokens.attention(i),
+                            split_points=names,
+                            token_dim=token_dim,
+                            select=select,
+                            logits=params.predictions,
+                            is_cancelled=cancelled,
+                        )
+                        for i in range(lo, hi)
+                    ]
+                    model.worker.submit_all(jobs)
+                    window.append(jobs)
+                    submitted += 1
+                jobs = window.popleft()
+                results = [job.future.result() for job in jobs]
+                yield self._chunk(model, params, dtype, points, tokens, start, results)
+        finally:
+            stopped.set()
+
+    def _chunk(
+        self,
+        model: ServedModel,
+        params: ActivationParams,
+        dtype: str,
+        points: list[SplitPoint],
+        tokens: InputTokens,
+        start: int,
+        results: list[ActivationResult],
+    ) -> ActivationChunk:
+        """Granularity applied to each input's rows, inputs stacked, tensors encoded."""
+        per_point: list[list[NDArray[np.float32]]] = [[] for _ in points]
+        counts = []
+        units_out = []
+        encoded: list[Encoded] = []
+        if params.granularity != "cls_token":
+            encoded = encode_range(model, tokens, start, start + len(results))
+        for i, result in enumerate(results):
+            units = None
+            if params.granularity != "cls_token":
+                e = encoded[i]
+                units = make_units(e, params.granularity, model.tokenizer)
+                units_out.append(InputUnits(input_index=start + i, units=units, text=e.text))
+            for k, (point, values) in enumerate(zip(points, result.values, strict=True)):
+                if tuple(values.shape[1:]) != point.features:
+                    raise InvalidArgument(
+                        f"split point '{point.name}' gave rows of shape {list(values.shape[1:])} "
+                        f"for input {start + i}, not {list(point.features)}: its output shape "
+                        "depends on the input, it cannot be returned as rows"
+                    )
+                per_point[k].append(self._rows(values, point, units, params))
+            counts.append(int(per_point[0][-1].shape[0]))
+        offsets = np.zeros(len(results) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        activations = [
+            (point.name, encode(np.concatenate(rows), dtype))
+            for point, rows in zip(points, per_point, strict=True)
+        ]
+        logits = None
+        predicted: list[int] = []
+        if params.predictions:
+            stacked = np.stack([r.logits for r in results if r.logits is not None])
+            logits = encode(stacked, "float32")
+            predicted = [int(c) for c in stacked.argmax(axis=1)]
+        return ActivationChunk(
+            input_start=start,
+            input_count=len(results),
+            row_offsets=offsets,
+            activations=activations,
+            units=units_out,
+            logits=logits,
+            predicted=predicted,
+        )
+
+    @staticmethod
+    def _rows(
+        values: NDArray[np.float32],
+        point: SplitPoint,
+        units: Units | None,
+        params: ActivationParams,
+    ) -> NDArray[np.float32]:
+        """One input's rows at one split point: `values` are the head token's row (cls_token,
+        or a split point without token dimension) or every position's (`(n, *features)`)."""
+        if units is None or params.granularity == "all_tokens":
+            return values
+        if units.n_units == 0:
+            return np.zeros((0, *point.features), dtype=np.float32)
+        if params.granularity == "token":
+            return values[[positions[0] for positions in units.token_indices]]
+        flat = values.reshape(values.shape[0], -1)
+        unit_rows = _native.aggregate(
+            np.ascontiguousarray(flat.T),
+            units.token_to_unit,
+            units.n_units,
+            params.aggregation,
+        )
+        return np.ascontiguousarray(unit_rows.T).reshape(units.n_units, *point.features)
+
+    # -- PredictFromActivations -------------------------------------------------------------
+
+    def predict_from_activations(
+        self, params: HeadParams, *, is_cancelled: Callable[[], bool] | None = None
+    ) -> HeadPrediction:
+        """The classification head alone on rows of activations at its input, through the
+        model's worker."""
+        model = self.registry.get(params.model)
+        head_input = model.head_input
+        shapes = dict(model.split_points)
+        if head_input is None or head_input not in shapes:
+            raise InvalidArgument(
+                f"model '{model.name}' has no classification head (no module "
+                f"{', '.join(HEAD_ATTRIBUTES)})",
+                field="model",
+            )
+        point = split_point_of(head_input, shapes[head_input])
+        tensor = params.activations
+        check_dtype(tensor.dtype, "activations.dtype")
+        if len(tensor.shape) != 1 + len(point.features) or (
+            tuple(tensor.shape[1:]) != point.features
+        ):
+            wanted = ", ".join(["rows", *(str(d) for d in point.features)])
+            raise InvalidArgument(
+                f"activations have shape {list(tensor.shape)}; the head of model "
+                f"'{model.name}' takes its input '{head_input}' as [{wanted}]",
+                field="activations.shape",
+            )
+        rows = tensor.shape[0]
+        if rows == 0:
+            raise InvalidArgument("activations have no rows", field="activations.shape")
+        if rows > self.limits.max_head_rows:
+            raise InvalidArgument(
+                f"activations have {rows} rows, the limit is {self.limits.max_head_rows}",
+                field="activations.shape",
+            )
+        inputs = np.ascontiguousarray(decode(tensor, "activations"))
+        job = HeadJob(inputs=inputs, is_cancelled=is_cancelled)
+        model.worker.submit(job)
+        logits = job.future.result()
+        return HeadPrediction(logits=logits, predicted=logits.argmax(axis=1).astype(np.int64))
