@@ -13,6 +13,11 @@ The floor of a case is the time numpy takes, on one core, to write a fresh array
 output size (`np.full`) plus to read the inputs the case must scan (`np.max`): no implementation
 that returns a fresh output can beat it by much, so `numpy / floor` bounds the speed-up a
 memory-bound case can show.
+
+numpy's BLAS is pinned to one thread (`--blas-threads`, through threadpoolctl when installed):
+OpenBLAS's worker threads busy-wait after each call, and on a 2-core machine that took one of the
+native side's two cores in the cases measured right after the BLAS-backed estimator references
+(bernoulli_masks ran about 2x slower in the interleaved loop than alone).
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from explainserve import _native as native
+
+try:  # numpy's BLAS thread pool (see `--blas-threads`); optional
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - the bench still runs, unpinned
+    threadpool_limits = None
 
 # ---------------------------------------------------------------------------------------------
 # Vectorised numpy references (the fast ones; tests/native/reference.py has the slow, exact ones)
@@ -476,7 +486,22 @@ def main() -> None:
     parser.add_argument(
         "--floors", action="store_true", help="also time the memory floor of the target cases"
     )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="threads of numpy's BLAS (default 1; 0 = leave as is). OpenBLAS workers busy-wait "
+        "for a while after each call, so with more than one they take a core away from the "
+        "cases measured after the BLAS-backed estimator references",
+    )
     args = parser.parse_args()
+    if args.blas_threads > 0 and threadpool_limits is not None:
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
+    blas = (
+        f"BLAS threads {args.blas_threads}"
+        if args.blas_threads > 0 and threadpool_limits is not None
+        else "BLAS threads as configured"
+    )
     repeats = args.repeats or (5 if args.quick else 21)
     min_seconds = 0.005 if args.quick else 0.02
 
@@ -485,7 +510,7 @@ def main() -> None:
     print(
         f"explainserve._native {native.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{repeats} interleaved repeats, medians"
+        f"{blas}, {repeats} interleaved repeats, medians"
     )
     print()
     print(table(cases))

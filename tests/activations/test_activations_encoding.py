@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 from activation_refs import TEXTS
 
-from explainserve.activations.service import encode_range, scan_inputs
+from explainserve.activations.service import scan_inputs
 from explainserve.errors import InvalidArgument
 from explainserve.explain.params import InputSpec
-from explainserve.explain.units import count_tokens, encode_ids, encode_text, encode_texts
+from explainserve.explain.units import (
+    TokenTable,
+    encode_ids,
+    encode_text,
+    encode_texts,
+    tokenize_table,
+)
 from explainserve.models.registry import Registry
 
 MORE = [
@@ -42,32 +48,51 @@ def test_batched_encoding_equals_one_by_one(
     assert encode_texts(tokenizer, [], 10, []) == []
 
 
-def test_count_tokens_gives_encode_texts_ids(bert_tokenizer: Any) -> None:
+@pytest.mark.parametrize("with_offsets", [False, True])
+def test_token_table_gives_encode_texts_ids(bert_tokenizer: Any, with_offsets: bool) -> None:
     texts = [*TEXTS, *MORE]
     fields = [f"inputs[{i}]" for i in range(len(texts))]
-    flat, starts = count_tokens(bert_tokenizer, texts, 10**6, fields)
-    assert flat.dtype == np.int32
-    for i, e in enumerate(encode_texts(bert_tokenizer, texts, 10**6, fields)):
-        np.testing.assert_array_equal(flat[starts[i] : starts[i + 1]], e.ids)
+    half = len(texts) // 2
+    table = TokenTable.concatenate(
+        [
+            tokenize_table(
+                bert_tokenizer, texts[:half], 10**6, fields[:half], with_offsets=with_offsets
+            ),
+            tokenize_table(
+                bert_tokenizer, texts[half:], 10**6, fields[half:], with_offsets=with_offsets
+            ),
+        ]
+    )
+    assert table.ids.dtype == np.int32
+    assert len(table) == len(texts)
+    assert (table.offsets is not None) == with_offsets
+    for k, e in enumerate(encode_texts(bert_tokenizer, texts, 10**6, fields)):
+        np.testing.assert_array_equal(table.token_ids(k), e.ids)
     with pytest.raises(InvalidArgument) as err:
-        count_tokens(bert_tokenizer, ["fine", "word " * 200], 128, ["inputs[4]", "inputs[7]"])
+        tokenize_table(
+            bert_tokenizer,
+            ["fine", "word " * 200],
+            128,
+            ["inputs[4]", "inputs[7]"],
+            with_offsets=False,
+        )
     assert (err.value.message, err.value.field) == (
         "input has 202 tokens, more than the model's maximum of 128",
         "inputs[7]",
     )
 
 
-def test_scanned_inputs_keep_ids_and_masks(registry: Registry) -> None:
+@pytest.mark.parametrize("with_offsets", [False, True])
+def test_scanned_inputs_keep_ids_and_masks(registry: Registry, with_offsets: bool) -> None:
     model = registry.get("bert")
     ids = model.tokenizer("Token ids here.")["input_ids"]
     specs = [
         InputSpec(text="First."),
         InputSpec(ids=ids, attention=[1] * (len(ids) - 1) + [0]),
-        InputSpec(text="Third one."),
+        InputSpec(text="Third one, the longest of them."),
     ]
-    tokens = scan_inputs(model, specs, batch=1)
+    tokens = scan_inputs(model, specs, batch=1, with_offsets=with_offsets)
     assert len(tokens) == 3
-    encoded = encode_range(model, tokens, 0, 3)
     for i, spec in enumerate(specs):
         one = (
             encode_text(model.tokenizer, spec.text, 128, "x")
@@ -77,8 +102,15 @@ def test_scanned_inputs_keep_ids_and_masks(registry: Registry) -> None:
         np.testing.assert_array_equal(tokens.ids(i), one.ids)
         np.testing.assert_array_equal(tokens.attention(i), one.attention)
         assert tokens.length(i) == one.n_tokens
-        np.testing.assert_array_equal(encoded[i].offsets, one.offsets)
+        if with_offsets or spec.text is None:
+            again = tokens.encoded(model, i)
+            for name in ("ids", "attention", "special", "offsets", "word_ids"):
+                np.testing.assert_array_equal(getattr(again, name), getattr(one, name))
+            assert again.text == one.text
     assert tokens.attention(1)[-1] == 0
+    if not with_offsets:
+        with pytest.raises(ValueError, match="without offsets"):
+            tokens.encoded(model, 0)
 
 
 def test_scan_errors_come_in_input_order_then_lengths(registry: Registry) -> None:

@@ -1,14 +1,14 @@
 """GetActivations and PredictFromActivations.
 
 `Activator.get_activations` validates the whole request first (model, split points, dtype,
-granularity, every input: texts are tokenized in batches, and only their token ids are kept, 4
-bytes a token), then returns a generator of chunks: consecutive inputs, in request order, each cut
-to at most `chunk_inputs` inputs and `chunk_bytes` bytes of tensors. The generator submits one
-activation job per input to the model's worker, a few chunks ahead of the one it is waiting for,
-and no further: a consumer that does not pull (a gRPC client that does not read) stops the work,
-so a request holds at most `prefetch_chunks + 1` chunks of results, however many inputs it has.
-What only units need (offsets, words) is computed per chunk. Closing the generator (or
-`is_cancelled()` turning true) drops the jobs not yet run.
+granularity, every input: texts are tokenized in batches into flat arrays, 4 bytes a token, or 17
+with the offsets and words that units need), then returns a generator of chunks: consecutive
+inputs, in request order, each cut to at most `chunk_inputs` inputs and `chunk_bytes` bytes of
+tensors. The generator submits one activation job per input to the model's worker, a few chunks
+ahead of the one it is waiting for, and no further: a consumer that does not pull (a gRPC client
+that does not read) stops the work, so a request holds at most `prefetch_chunks + 1` chunks of
+results, however many inputs it has. Units (text, spans) are made per chunk. Closing the
+generator (or `is_cancelled()` turning true) drops the jobs not yet run.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from explainserve.errors import InvalidArgument, NotFound
 from explainserve.explain.params import InputSpec
 from explainserve.explain.units import (
     Encoded,
+    TokenTable,
     Units,
     check_ids,
-    count_tokens,
     encode_ids,
-    encode_texts,
     make_units,
+    tokenize_table,
 )
 from explainserve.models.capture import HEAD_ATTRIBUTES
 from explainserve.models.registry import Registry, ServedModel
@@ -73,21 +73,17 @@ class ActivationLimits:
 
 
 class InputTokens:
-    """A request's inputs, validated, kept as compactly as they can be: the token ids of the
-    text inputs in one flat int32 array; token-id inputs are the request's own lists."""
+    """A request's inputs, validated, kept as compactly as they can be: the text inputs' tokens
+    in one `TokenTable` (ids, and offsets and words when units are wanted); token-id inputs are
+    the request's own lists."""
 
     def __init__(
-        self,
-        specs: list[InputSpec],
-        text_slot: NDArray[np.int64],
-        flat: NDArray[np.int32],
-        starts: NDArray[np.int64],
+        self, specs: list[InputSpec], text_slot: NDArray[np.int64], table: TokenTable
     ) -> None:
         self.specs = specs
         #: Input index -> index among the text inputs, or -1 for a token-id input.
         self._text_slot = text_slot
-        self._flat = flat
-        self._starts = starts
+        self._table = table
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -97,7 +93,7 @@ class InputTokens:
         slot = int(self._text_slot[i])
         if slot < 0:
             return np.asarray(self.specs[i].ids, dtype=np.int64)
-        return self._flat[self._starts[slot] : self._starts[slot + 1]].astype(np.int64)
+        return self._table.token_ids(slot)
 
     def attention(self, i: int) -> NDArray[np.int64]:
         """Input `i`'s attention mask (all ones unless a token-id input gave one)."""
@@ -111,12 +107,26 @@ class InputTokens:
         slot = int(self._text_slot[i])
         if slot < 0:
             return len(self.specs[i].ids or [])
-        return int(self._starts[slot + 1] - self._starts[slot])
+        return int(self._table.starts[slot + 1] - self._table.starts[slot])
+
+    def encoded(self, model: ServedModel, i: int) -> Encoded:
+        """Input `i` with offsets and words, for its units: from the table for a text (scanned
+        with offsets), decoded for token ids (as `encode_ids` does)."""
+        spec = self.specs[i]
+        slot = int(self._text_slot[i])
+        if slot >= 0:
+            return self._table.encoded(slot, str(spec.text))
+        return encode_ids(
+            model.tokenizer, spec.ids or [], spec.attention, model.max_length, f"inputs[{i}]"
+        )
 
 
-def scan_inputs(model: ServedModel, specs: list[InputSpec], batch: int = 1024) -> InputTokens:
+def scan_inputs(
+    model: ServedModel, specs: list[InputSpec], batch: int = 1024, *, with_offsets: bool = False
+) -> InputTokens:
     """Validates every input as `Explain` does (empty text, missing content, bad ids, in input
-    order; then over-long texts) and keeps their token ids."""
+    order; then over-long texts) and keeps their tokens; the texts are tokenized `batch` at a
+    time (bounding the tokenizer's transient memory), with offsets and words if asked for."""
     tokenizer = model.tokenizer
     text_slot = np.full(len(specs), -1, dtype=np.int64)
     texts: list[int] = []
@@ -131,52 +141,17 @@ def scan_inputs(model: ServedModel, specs: list[InputSpec], batch: int = 1024) -
             check_ids(tokenizer, spec.ids, spec.attention, model.max_length, field)
         else:
             raise InvalidArgument(f"input {i} has neither text nor token_ids", field=field)
-    flats = []
-    starts = [np.zeros(1, dtype=np.int64)]
-    for lo in range(0, len(texts), batch):
-        part = texts[lo : lo + batch]
-        flat, offsets = count_tokens(
+    tables = [
+        tokenize_table(
             tokenizer,
-            [str(specs[i].text) for i in part],
+            [str(specs[i].text) for i in texts[lo : lo + batch]],
             model.max_length,
-            [f"inputs[{i}]" for i in part],
+            [f"inputs[{i}]" for i in texts[lo : lo + batch]],
+            with_offsets=with_offsets,
         )
-        flats.append(flat)
-        starts.append(offsets[1:] + starts[-1][-1])
-    return InputTokens(
-        specs,
-        text_slot,
-        np.concatenate(flats) if flats else np.zeros(0, dtype=np.int32),
-        np.concatenate(starts),
-    )
-
-
-def encode_range(model: ServedModel, tokens: InputTokens, lo: int, hi: int) -> list[Encoded]:
-    """Inputs `[lo, hi)` encoded with offsets and words (for their units); the texts in one
-    batched call."""
-    specs = tokens.specs
-    texts = [i for i in range(lo, hi) if specs[i].text is not None]
-    encoded_texts = iter(
-        encode_texts(
-            model.tokenizer,
-            [str(specs[i].text) for i in texts],
-            model.max_length,
-            [f"inputs[{i}]" for i in texts],
-        )
-    )
-    out = []
-    for i in range(lo, hi):
-        spec = specs[i]
-        if spec.text is not None:
-            e = next(encoded_texts)
-        else:
-            e = encode_ids(
-                model.tokenizer, spec.ids or [], spec.attention, model.max_length, f"inputs[{i}]"
-            )
-        if not np.array_equal(e.ids, tokens.ids(i)):
-            raise RuntimeError(f"input {i} tokenized differently twice")
-        out.append(e)
-    return out
+        for lo in range(0, len(texts), batch)
+    ]
+    return InputTokens(specs, text_slot, TokenTable.concatenate(tables))
 
 
 @dataclass(frozen=True)
@@ -275,7 +250,12 @@ class Activator:
                         f"applies to it, not {params.granularity}",
                         field="granularity" if not params.split_points else f"split_points[{j}]",
                     )
-        tokens = scan_inputs(model, params.inputs, limits.tokenize_batch)
+        tokens = scan_inputs(
+            model,
+            params.inputs,
+            limits.tokenize_batch,
+            with_offsets=params.granularity != "cls_token",
+        )
         plan = self._plan(tokens, points, params.granularity)
         return self._stream(model, params, dtype, points, tokens, plan, is_cancelled)
 
@@ -362,34 +342,38 @@ class Activator:
         start: int,
         results: list[ActivationResult],
     ) -> ActivationChunk:
-        """Granularity applied to each input's rows, inputs stacked, tensors encoded."""
-        per_point: list[list[NDArray[np.float32]]] = [[] for _ in points]
-        counts = []
+        """Granularity applied to the chunk's rows, tensors encoded. Token, word and sentence
+        rows come from one gather or one native aggregation per split point for the whole chunk
+        (unit ids offset per input), not one call per input."""
+        granularity = params.granularity
+        units: list[Units] = []
         units_out = []
-        encoded: list[Encoded] = []
-        if params.granularity != "cls_token":
-            encoded = encode_range(model, tokens, start, start + len(results))
+        if granularity != "cls_token":
+            for i in range(len(results)):
+                e = tokens.encoded(model, start + i)
+                units.append(make_units(e, granularity, model.tokenizer))
+                units_out.append(InputUnits(input_index=start + i, units=units[-1], text=e.text))
         for i, result in enumerate(results):
-            units = None
-            if params.granularity != "cls_token":
-                e = encoded[i]
-                units = make_units(e, params.granularity, model.tokenizer)
-                units_out.append(InputUnits(input_index=start + i, units=units, text=e.text))
-            for k, (point, values) in enumerate(zip(points, result.values, strict=True)):
+            for point, values in zip(points, result.values, strict=True):
                 if tuple(values.shape[1:]) != point.features:
                     raise InvalidArgument(
                         f"split point '{point.name}' gave rows of shape {list(values.shape[1:])} "
                         f"for input {start + i}, not {list(point.features)}: its output shape "
                         "depends on the input, it cannot be returned as rows"
                     )
-                per_point[k].append(self._rows(values, point, units, params))
-            counts.append(int(per_point[0][-1].shape[0]))
+        if granularity in ("cls_token", "all_tokens"):
+            counts = [int(r.values[0].shape[0]) for r in results]
+        else:
+            counts = [u.n_units for u in units]
         offsets = np.zeros(len(results) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        activations = [
-            (point.name, encode(np.concatenate(rows), dtype))
-            for point, rows in zip(points, per_point, strict=True)
-        ]
+        token_to_unit = self._chunk_units(units, granularity)
+        activations = []
+        for k, point in enumerate(points):
+            rows = np.concatenate([r.values[k] for r in results])
+            if granularity in ("token", "word", "sentence"):
+                rows = self._unit_rows(rows, point, token_to_unit, int(offsets[-1]), params)
+            activations.append((point.name, encode(rows, dtype)))
         logits = None
         predicted: list[int] = []
         if params.predictions:
@@ -407,28 +391,40 @@ class Activator:
         )
 
     @staticmethod
-    def _rows(
-        values: NDArray[np.float32],
+    def _chunk_units(units: list[Units], granularity: str) -> NDArray[np.int64]:
+        """Token -> unit map of the chunk's tokens laid end to end (-1 = no unit): each input's
+        unit ids offset by the units of the inputs before it."""
+        if granularity not in ("token", "word", "sentence"):
+            return np.zeros(0, dtype=np.int64)
+        maps = []
+        before = 0
+        for u in units:
+            maps.append(np.where(u.token_to_unit >= 0, u.token_to_unit + before, -1))
+            before += u.n_units
+        return np.concatenate(maps) if maps else np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _unit_rows(
+        rows: NDArray[np.float32],
         point: SplitPoint,
-        units: Units | None,
+        token_to_unit: NDArray[np.int64],
+        n_units: int,
         params: ActivationParams,
     ) -> NDArray[np.float32]:
-        """One input's rows at one split point: `values` are the head token's row (cls_token,
-        or a split point without token dimension) or every position's (`(n, *features)`)."""
-        if units is None or params.granularity == "all_tokens":
-            return values
-        if units.n_units == 0:
+        """The chunk's unit rows from its token rows `(tokens, *features)`: a gather for TOKEN
+        units (one token each), the Rust core's aggregation for words and sentences."""
+        if n_units == 0:
             return np.zeros((0, *point.features), dtype=np.float32)
         if params.granularity == "token":
-            return values[[positions[0] for positions in units.token_indices]]
-        flat = values.reshape(values.shape[0], -1)
+            order = np.empty(n_units, dtype=np.int64)
+            has_unit = token_to_unit >= 0
+            order[token_to_unit[has_unit]] = np.flatnonzero(has_unit)
+            return rows[order]
+        flat = rows.reshape(rows.shape[0], -1)
         unit_rows = _native.aggregate(
-            np.ascontiguousarray(flat.T),
-            units.token_to_unit,
-            units.n_units,
-            params.aggregation,
+            np.ascontiguousarray(flat.T), token_to_unit, n_units, params.aggregation
         )
-        return np.ascontiguousarray(unit_rows.T).reshape(units.n_units, *point.features)
+        return np.ascontiguousarray(unit_rows.T).reshape(n_units, *point.features)
 
     # -- PredictFromActivations -------------------------------------------------------------
 

@@ -84,37 +84,116 @@ def encode_text(
     )
 
 
-def encode_texts(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, fields: list[str]
-) -> list[Encoded]:
-    """`encode_text` of many texts in one batched tokenizer call (the fast tokenizer spreads it
-    over the cores): the same `Encoded` values, the same length errors."""
+@dataclass(frozen=True)
+class TokenTable:
+    """Many texts' tokens laid end to end, as `encode_text` gives them: text `k` owns
+    `[starts[k], starts[k + 1])`. Ids always (4 bytes a token); character offsets, word ids
+    (-1 = none) and special-token flags (13 more bytes a token) when asked for."""
+
+    ids: NDArray[np.int32]
+    starts: NDArray[np.int64]
+    offsets: NDArray[np.int32] | None = None
+    word_ids: NDArray[np.int32] | None = None
+    special: NDArray[np.bool_] | None = None
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def token_ids(self, k: int) -> NDArray[np.int64]:
+        """Text `k`'s token ids."""
+        return self.ids[self.starts[k] : self.starts[k + 1]].astype(np.int64)
+
+    def encoded(self, k: int, text: str) -> Encoded:
+        """Text `k` (which is `text`) as `encode_text` encodes it; needs the offsets."""
+        if self.offsets is None or self.word_ids is None or self.special is None:
+            raise ValueError("this token table was built without offsets")
+        lo, hi = int(self.starts[k]), int(self.starts[k + 1])
+        return Encoded(
+            text=text,
+            ids=self.ids[lo:hi].astype(np.int64),
+            attention=np.ones(hi - lo, dtype=np.int64),
+            special=self.special[lo:hi].copy(),
+            offsets=self.offsets[lo:hi].astype(np.int64),
+            word_ids=self.word_ids[lo:hi].astype(np.int64),
+        )
+
+    @staticmethod
+    def concatenate(tables: list[TokenTable]) -> TokenTable:
+        """The tables' texts one after the other."""
+        if not tables:
+            return TokenTable(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64))
+        starts = [np.zeros(1, dtype=np.int64)]
+        for t in tables:
+            starts.append(t.starts[1:] + starts[-1][-1])
+        with_offsets = all(t.offsets is not None for t in tables)
+        return TokenTable(
+            ids=np.concatenate([t.ids for t in tables]),
+            starts=np.concatenate(starts),
+            offsets=np.concatenate([t.offsets for t in tables if t.offsets is not None])
+            if with_offsets
+            else None,
+            word_ids=np.concatenate([t.word_ids for t in tables if t.word_ids is not None])
+            if with_offsets
+            else None,
+            special=np.concatenate([t.special for t in tables if t.special is not None])
+            if with_offsets
+            else None,
+        )
+
+
+def tokenize_table(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+    fields: list[str],
+    *,
+    with_offsets: bool,
+) -> TokenTable:
+    """Tokenizes many texts in one batched call (the fast tokenizer spreads it over the cores)
+    into a `TokenTable`; raises the length error `encode_text` would, naming `fields[k]`."""
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
     if not texts:
-        return []
+        return TokenTable(np.zeros(0, dtype=np.int32), starts)
     enc = tokenizer(
         texts,
         add_special_tokens=True,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        return_attention_mask=True,
         truncation=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_offsets_mapping=with_offsets,
+        return_special_tokens_mask=with_offsets,
     )
-    out = []
-    for i, (text, field) in enumerate(zip(texts, fields, strict=True)):
-        ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
-        _check_length(len(ids), max_length, field)
-        word_ids = np.asarray([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
-        out.append(
-            Encoded(
-                text=text,
-                ids=ids,
-                attention=np.asarray(enc["attention_mask"][i], dtype=np.int64),
-                special=np.asarray(enc["special_tokens_mask"][i], dtype=bool),
-                offsets=np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2),
-                word_ids=word_ids,
-            )
-        )
-    return out
+    rows = enc["input_ids"]
+    for k, (row, field) in enumerate(zip(rows, fields, strict=True)):
+        _check_length(len(row), max_length, field)
+        starts[k + 1] = starts[k] + len(row)
+    total = int(starts[-1])
+    ids = np.fromiter((t for row in rows for t in row), dtype=np.int32, count=total)
+    if not with_offsets:
+        return TokenTable(ids, starts)
+    offsets = np.fromiter(
+        (x for row in enc["offset_mapping"] for span in row for x in span),
+        dtype=np.int32,
+        count=2 * total,
+    ).reshape(-1, 2)
+    special = np.fromiter(
+        (f for row in enc["special_tokens_mask"] for f in row), dtype=bool, count=total
+    )
+    word_ids = np.fromiter(
+        (-1 if w is None else w for k in range(len(texts)) for w in enc.word_ids(k)),
+        dtype=np.int32,
+        count=total,
+    )
+    return TokenTable(ids, starts, offsets, word_ids, special)
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, fields: list[str]
+) -> list[Encoded]:
+    """`encode_text` of many texts in one batched tokenizer call: the same `Encoded` values,
+    the same length errors."""
+    table = tokenize_table(tokenizer, texts, max_length, fields, with_offsets=True)
+    return [table.encoded(k, text) for k, text in enumerate(texts)]
 
 
 def template_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -155,31 +234,6 @@ def check_ids(
             raise InvalidArgument(
                 "attention_mask values must be 0 or 1", field=f"{field}.token_ids.attention_mask"
             )
-
-
-def count_tokens(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, fields: list[str]
-) -> tuple[NDArray[np.int32], NDArray[np.int64]]:
-    """The token ids `encode_text` gives each text (special tokens added), in one batched call,
-    as one flat int32 array and `(len(texts) + 1,)` start offsets: 4 bytes a token, nothing
-    else kept. Raises the length error `encode_text` would."""
-    starts = np.zeros(len(texts) + 1, dtype=np.int64)
-    if not texts:
-        return np.zeros(0, dtype=np.int32), starts
-    rows = tokenizer(
-        texts,
-        add_special_tokens=True,
-        truncation=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )["input_ids"]
-    for i, (row, field) in enumerate(zip(rows, fields, strict=True)):
-        _check_length(len(row), max_length, field)
-        starts[i + 1] = starts[i] + len(row)
-    flat = np.fromiter(
-        (token for row in rows for token in row), dtype=np.int32, count=int(starts[-1])
-    )
-    return flat, starts
 
 
 def encode_ids(

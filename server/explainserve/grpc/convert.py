@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from explainserve.activations import params as act
 from explainserve.activations.tensors import RawTensor, encode
@@ -182,22 +182,20 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
     )
 
 
-def _units_to_proto(units: Units) -> list[pb.Unit]:
-    """Units with their text, character span and token positions."""
-    return [
-        pb.Unit(text=text, char_start=int(s), char_end=int(end), token_indices=tokens)
-        for text, (s, end), tokens in zip(
-            units.texts, units.spans.tolist(), units.token_indices, strict=True
-        )
-    ]
+def _add_units(target: Any, units: Units) -> None:
+    """Appends units (text, character span, token positions) to a repeated Unit field (in place:
+    about twice as fast as building Unit messages and copying them in)."""
+    for text, (start, end), tokens in zip(
+        units.texts, units.spans.tolist(), units.token_indices, strict=True
+    ):
+        target.add(text=text, char_start=start, char_end=end, token_indices=tokens)
 
 
 def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
     """One domain explanation to its message."""
     rows, cols = e.scores.shape
-    return pb.Explanation(
+    out = pb.Explanation(
         input_index=e.input_index,
-        units=_units_to_proto(e.units),
         targets=[
             pb.ExplainedTarget(index=i, label=label)
             for i, label in zip(e.target_indices, e.target_labels, strict=True)
@@ -208,6 +206,8 @@ def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
         token_ids=e.token_ids.tolist(),
         text=e.text,
     )
+    _add_units(out.units, e.units)
+    return out
 
 
 def model_to_proto(m: ServedModel) -> pb.ModelInfo:
@@ -253,7 +253,7 @@ def tensor_from_proto(t: pb.Tensor) -> RawTensor:
 
 def activation_chunk_to_proto(c: act.ActivationChunk) -> pb.GetActivationsResponse:
     """One chunk of activations to its message."""
-    return pb.GetActivationsResponse(
+    out = pb.GetActivationsResponse(
         input_start=c.input_start,
         input_count=c.input_count,
         row_offsets=c.row_offsets.tolist(),
@@ -261,13 +261,12 @@ def activation_chunk_to_proto(c: act.ActivationChunk) -> pb.GetActivationsRespon
             pb.SplitPointActivations(split_point=name, values=tensor_to_proto(t))
             for name, t in c.activations
         ],
-        units=[
-            pb.InputUnits(input_index=u.input_index, units=_units_to_proto(u.units), text=u.text)
-            for u in c.units
-        ],
         logits=tensor_to_proto(c.logits) if c.logits is not None else None,
         predicted_classes=c.predicted,
     )
+    for u in c.units:
+        _add_units(out.units.add(input_index=u.input_index, text=u.text).units, u.units)
+    return out
 
 
 def head_params_from_proto(request: pb.PredictFromActivationsRequest) -> act.HeadParams:
