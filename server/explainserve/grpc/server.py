@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -46,6 +47,7 @@ class RunningServer:
         """Marks every service NOT_SERVING, then stops, letting in-flight RPCs finish."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        gc.unfreeze()
 
 
 def start(
@@ -76,6 +78,10 @@ def start(
     port = server.add_insecure_port(f"{options.host}:{options.port}")
     if port == 0:
         raise OSError(f"could not bind {options.host}:{options.port}")
+    # The loaded models and libraries are hundreds of thousands of long-lived objects: without
+    # this, every few requests a full collection walks them all and stops every thread, the model
+    # workers included, for a quarter of a second (measured with MiniLM on 2 cores).
+    gc.freeze()
     server.start()
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
