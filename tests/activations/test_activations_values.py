@@ -292,3 +292,14 @@ def test_forward_stops_for_a_decoder_too(registry: Registry, activator: Activato
     assert calls["transformer.h.0"] >= 1
     assert calls["transformer.h.1"] == 0
     assert calls["score"] == 0
+
+
+@pytest.mark.parametrize("granularity", ["all_tokens", "token", "word"])
+def test_rows_without_units_are_the_same_rows(activator: Activator, granularity: str) -> None:
+    fields: dict[str, Any] = {"split_points": ["bert.encoder.layer.1"], "granularity": granularity}
+    described = run_texts(activator, "bert", TEXTS, **fields)
+    bare = run_texts(activator, "bert", TEXTS, units=False, **fields)
+    assert all(chunk.units for chunk in described.chunks)
+    assert not any(chunk.units for chunk in bare.chunks)
+    np.testing.assert_array_equal(bare.offsets, described.offsets)
+    close(bare.values["bert.encoder.layer.1"], described.values["bert.encoder.layer.1"])

@@ -180,6 +180,20 @@ def test_all_tokens_are_ragged_with_offsets(
         assert [list(u.token_indices) for u in units.units] == [[k] for k in range(n)]
 
 
+def test_omit_units(stub: explain_pb2_grpc.ExplainServiceStub) -> None:
+    fields = {
+        "model": "bert",
+        "inputs": texts(*TEXTS),
+        "split_points": ["bert.encoder.layer.0"],
+        "granularity": pb.ACTIVATION_GRANULARITY_ALL_TOKENS,
+    }
+    described = get(stub, **fields)
+    bare = get(stub, omit_units=True, **fields)
+    assert len(described.units) == len(TEXTS)
+    assert bare.units == []
+    assert bare.offsets == described.offsets
+
+
 def test_word_units_describe_the_rows(stub: explain_pb2_grpc.ExplainServiceStub) -> None:
     reply = get(
         stub,

@@ -28,6 +28,8 @@ class ActivationParams:
     aggregation: Aggregation = "mean"
     dtype: str = "float32"
     predictions: bool = False
+    #: Describe each input's rows (units: text, span, tokens); False leaves them out.
+    units: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ActivationChunk:
     row_offsets: NDArray[np.int64]
     #: One `(split point name, rows x features tensor)` per split point, in request order.
     activations: list[tuple[str, RawTensor]]
-    #: One per input, empty for cls_token.
+    #: One per input, empty for cls_token or when units were not asked for.
     units: list[InputUnits]
     #: `[input_count, classes]` float32 logits, when predictions were asked for.
     logits: RawTensor | None = None

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +36,7 @@ from explainserve.errors import InvalidArgument, NotFound
 from explainserve.explain.params import InputSpec
 from explainserve.explain.units import (
     Encoded,
+    Granularity,
     TokenTable,
     Units,
     check_ids,
@@ -254,7 +256,7 @@ class Activator:
             model,
             params.inputs,
             limits.tokenize_batch,
-            with_offsets=params.granularity != "cls_token",
+            with_offsets=self._needs_units(params),
         )
         plan = self._plan(tokens, points, params.granularity)
         return self._stream(model, params, dtype, points, tokens, plan, is_cancelled)
@@ -348,11 +350,14 @@ class Activator:
         granularity = params.granularity
         units: list[Units] = []
         units_out = []
-        if granularity != "cls_token":
+        if self._needs_units(params):
             for i in range(len(results)):
                 e = tokens.encoded(model, start + i)
-                units.append(make_units(e, granularity, model.tokenizer))
-                units_out.append(InputUnits(input_index=start + i, units=units[-1], text=e.text))
+                units.append(make_units(e, cast(Granularity, granularity), model.tokenizer))
+                if params.units:
+                    units_out.append(
+                        InputUnits(input_index=start + i, units=units[-1], text=e.text)
+                    )
         for i, result in enumerate(results):
             for point, values in zip(points, result.values, strict=True):
                 if tuple(values.shape[1:]) != point.features:
@@ -389,6 +394,14 @@ class Activator:
             logits=logits,
             predicted=predicted,
         )
+
+    @staticmethod
+    def _needs_units(params: ActivationParams) -> bool:
+        """Whether the chunks need each input's units: to make token, word and sentence rows,
+        or to describe all-token rows when asked to."""
+        if params.granularity == "cls_token":
+            return False
+        return params.units or params.granularity != "all_tokens"
 
     @staticmethod
     def _chunk_units(units: list[Units], granularity: str) -> NDArray[np.int64]:

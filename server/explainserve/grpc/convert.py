@@ -238,6 +238,7 @@ def activation_params_from_proto(request: pb.GetActivationsRequest) -> act.Activ
         aggregation=_enum(AGGREGATION, request.aggregation, "aggregation"),
         dtype=request.dtype,
         predictions=request.include_predictions,
+        units=not request.omit_units,
     )
 
 

@@ -444,7 +444,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class GetActivationsRequest(_message.Message):
-    __slots__ = ("model", "inputs", "split_points", "granularity", "aggregation", "dtype", "include_predictions")
+    __slots__ = ("model", "inputs", "split_points", "granularity", "aggregation", "dtype", "include_predictions", "omit_units")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -452,6 +452,7 @@ class GetActivationsRequest(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    OMIT_UNITS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     split_points: _containers.RepeatedScalarFieldContainer[str]
@@ -459,7 +460,8 @@ class GetActivationsRequest(_message.Message):
     aggregation: Aggregation
     dtype: str
     include_predictions: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., split_points: _Optional[_Iterable[str]] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dtype: _Optional[str] = ..., include_predictions: _Optional[bool] = ...) -> None: ...
+    omit_units: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., split_points: _Optional[_Iterable[str]] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dtype: _Optional[str] = ..., include_predictions: _Optional[bool] = ..., omit_units: _Optional[bool] = ...) -> None: ...
 
 class SplitPointActivations(_message.Message):
     __slots__ = ("split_point", "values")
