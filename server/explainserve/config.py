@@ -38,8 +38,9 @@ class ServeConfig:
     activation_chunk_inputs: int = 256
     #: GetActivations: tensor bytes per streamed chunk at most.
     activation_chunk_bytes: int = 1024 * 1024
-    #: GetActivations: chunks computed ahead of the one being sent (memory: this + 1 chunks).
-    activation_prefetch_chunks: int = 4
+    #: GetActivations: chunks computed ahead of the one being sent (memory: this + 1 chunks;
+    #: the worker packs the inputs of all these chunks by length, so more means less padding).
+    activation_prefetch_chunks: int = 12
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
 

@@ -62,8 +62,10 @@ class ActivationLimits:
     #: default.
     chunk_bytes: int = 1024 * 1024
     #: Chunks computed ahead of the one the consumer waits for. A request holds at most
-    #: `prefetch_chunks + 1` chunks of results (plus the one chunk being written).
-    prefetch_chunks: int = 4
+    #: `prefetch_chunks + 1` chunks of results (plus the one chunk being written). The worker
+    #: packs the inputs of every submitted chunk by length: all-token rows of 1000 sentences on the
+    #: default model ran 5.7% padding tokens at 4, 3.4% at 12, for 8 MiB more held.
+    prefetch_chunks: int = 12
     #: Bytes of activations one input may produce (they travel in one message).
     max_input_bytes: int = 32 * 1024 * 1024
     #: Rows of one PredictFromActivations request.
