@@ -1,8 +1,9 @@
 """GetActivations end to end through gRPC vs the model alone to the same depth, in one run.
 
 For each configuration, a request with N realistic sentences (the default model's shipped
-sentiment sentences, cycled) streams through a live server on loopback; the client reads every
-chunk (it counts the bytes, it does not decode them). Then the same token sequences go straight
+sentiment sentences, cycled) streams through a live server on loopback; the client, in a process
+of its own as a sidecar's client would be, reads every chunk (it counts the bytes, it does not
+decode them). Then the same token sequences go straight
 through the bare model, sorted by length and packed into padded batches, stopped by a hook at the
 same split point (no layer after it runs). The model-only batches use the token budget (of 8192,
 4096, 2048, 1024) at which the bare model is fastest for that configuration, picked before the
@@ -14,9 +15,9 @@ median of the R pairs' ratios, so a burst of load from another process on a shar
 it less than the times.
 
     efficiency = model-only time / end-to-end time   (1.0 = the service adds nothing)
-    CPU eff.   = the same with the CPU time this process used (all threads: server, client and
-                 model): less sensitive to other processes on a shared machine (not immune:
-                 they share the caches)
+    CPU eff.   = the same with the CPU time the server's process used (all its threads, the
+                 model's included; not the client's): less sensitive to other processes on a
+                 shared machine (not immune: they share the caches)
     inputs/s   = N / end-to-end time
     stream     = bytes of tensor data received / end-to-end time
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import platform
 import statistics
@@ -35,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +168,29 @@ def timed(run: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def end_to_end(
-    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.GetActivationsRequest
-) -> tuple[int, int]:
-    """Chunks and tensor bytes of one streamed request, read to the end."""
-    n_bytes = 0
-    n_chunks = 0
-    for chunk in stub.GetActivations(request, timeout=3600):
-        n_chunks += 1
-        n_bytes += sum(len(a.values.data) for a in chunk.activations)
-    return n_chunks, n_bytes
+def client_loop(conn: Connection, port: int) -> None:
+    """The client process: for each serialized request received, streams it to the end and
+    sends back (chunks, tensor bytes); stops on an empty message."""
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+    )
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+    while payload := conn.recv_bytes():
+        request = pb.GetActivationsRequest.FromString(payload)
+        n_bytes = 0
+        n_chunks = 0
+        for chunk in stub.GetActivations(request, timeout=3600):
+            n_chunks += 1
+            n_bytes += sum(len(a.values.data) for a in chunk.activations)
+        conn.send((n_chunks, n_bytes))
+    channel.close()
+
+
+def end_to_end(conn: Connection, request: pb.GetActivationsRequest) -> tuple[int, int]:
+    """Chunks and tensor bytes of one streamed request, read to the end by the client process."""
+    conn.send_bytes(request.SerializeToString())
+    result: tuple[int, int] = conn.recv()
+    return result
 
 
 def calibrate(served: ServedModel, texts: list[str], config: Config, quiet: bool = False) -> int:
@@ -230,10 +246,11 @@ def main() -> int:
     )
     registry.add(served)
     running = start(ServerOptions(port=0), Explainer(registry, Limits()), Activator(registry))
-    channel = grpc.insecure_channel(
-        f"127.0.0.1:{running.port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+    conn, child_conn = multiprocessing.Pipe()
+    client = multiprocessing.get_context("spawn").Process(
+        target=client_loop, args=(child_conn, running.port), daemon=True
     )
-    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+    client.start()
     tokens = sum(len(served.tokenizer(t)["input_ids"]) for t in texts)
     print(
         f"# bench/activations.py on {platform.processor() or platform.machine()}, "
@@ -257,13 +274,13 @@ def main() -> int:
                 include_predictions=config.predictions,
                 omit_units=config.omit_units,
             )
-            end_to_end(stub, request)  # warm-up
+            end_to_end(conn, request)  # warm-up
             bare_budget = calibrate(served, texts, config, quiet=True)
             bare = model_only(served, texts, config, bare_budget)
             e2e, alone, e2e_cpu, alone_cpu = [], [], [], []
             n_chunks = n_bytes = 0
             for _ in range(repeats):
-                wall, cpu, (n_chunks, n_bytes) = timed(partial(end_to_end, stub, request))
+                wall, cpu, (n_chunks, n_bytes) = timed(partial(end_to_end, conn, request))
                 e2e.append(wall)
                 e2e_cpu.append(cpu)
                 wall, cpu, _ = timed(bare)
@@ -279,7 +296,8 @@ def main() -> int:
                 flush=True,
             )
     finally:
-        channel.close()
+        conn.send_bytes(b"")
+        client.join(timeout=30)
         running.stop(grace=None)
         registry.close()
     return 0
