@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--gradient-token-budget", type=int, help="tokens per gradient batch (default 4096)"
     )
     serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        help="how long a queued job may wait for others to share its batch (default 2)",
+    )
+    serve.add_argument(
+        "--max-queued-rows",
+        type=int,
+        help="sequences waiting per model before RESOURCE_EXHAUSTED (default 200000)",
+    )
+    serve.add_argument(
         "--activation-chunk-inputs", type=int, help="GetActivations: inputs per chunk (default 256)"
     )
     serve.add_argument(

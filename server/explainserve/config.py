@@ -34,6 +34,10 @@ class ServeConfig:
     replacement_fallback: ReplacementFallback = "unk"
     token_budget: int = 8192
     gradient_token_budget: int = 4096
+    #: How long a queued job may wait for others to share its batch (milliseconds).
+    batch_wait_ms: float = 2.0
+    #: Sequences waiting per model at most; beyond, requests get RESOURCE_EXHAUSTED at once.
+    max_queued_rows: int = 200_000
     #: GetActivations: inputs per streamed chunk at most.
     activation_chunk_inputs: int = 256
     #: GetActivations: tensor bytes per streamed chunk at most.
@@ -51,7 +55,10 @@ class ServeConfig:
 
             models = {DEFAULT_MODEL_NAME: default_model_dir()}
         worker = WorkerOptions(
-            token_budget=self.token_budget, gradient_token_budget=self.gradient_token_budget
+            token_budget=self.token_budget,
+            gradient_token_budget=self.gradient_token_budget,
+            batch_wait_seconds=self.batch_wait_ms / 1000.0,
+            max_queued_rows=self.max_queued_rows,
         )
         return [
             ModelConfig(
