@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--gradient-token-budget", type=int, help="tokens per gradient batch (default 4096)"
     )
+    for flag, what, default in [
+        ("--max-inputs", "Explain: inputs per request", "256"),
+        ("--max-rows-per-input", "Explain: sequences per input (perturbations, steps)", "50000"),
+        ("--max-targets", "Explain: targets per input", "64"),
+        ("--max-tokens-per-input", "tokens per input, 0 = the model's maximum", "0"),
+        ("--max-activation-inputs", "GetActivations: inputs per request", "100000"),
+    ]:
+        serve.add_argument(flag, type=int, help=f"{what} at most (default {default})")
     serve.add_argument(
         "--batch-wait-ms",
         type=float,
@@ -102,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = config_from_args(args)
         limits = config.activation_limits()
+        explain_limits = config.explain_limits()
         registry = Registry()
         for model_config in config.model_configs():
             registry.add(load_model(model_config))
@@ -112,8 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workers=config.workers,
                 max_message_bytes=config.max_message_bytes,
                 grace_seconds=config.grace_seconds,
+                max_tokens_per_input=config.max_tokens_per_input,
             ),
-            Explainer(registry),
+            Explainer(registry, explain_limits),
             Activator(registry, limits),
         )
     return 0

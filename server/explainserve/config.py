@@ -9,6 +9,7 @@ from typing import Any
 
 from explainserve.activations.service import ActivationLimits
 from explainserve.errors import InvalidArgument
+from explainserve.explain.service import Limits
 from explainserve.models.registry import ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
 
@@ -38,6 +39,17 @@ class ServeConfig:
     batch_wait_ms: float = 2.0
     #: Sequences waiting per model at most; beyond, requests get RESOURCE_EXHAUSTED at once.
     max_queued_rows: int = 200_000
+    #: Explain: inputs per request at most.
+    max_inputs: int = 256
+    #: Explain: sequences one input may send through the model (perturbations, steps, samples).
+    max_rows_per_input: int = 50_000
+    #: Explain: targets per input at most.
+    max_targets: int = 64
+    #: Tokens per input at most (0 = each model's maximum); longer inputs are rejected, or cut
+    #: when the request sets `truncate`.
+    max_tokens_per_input: int = 0
+    #: GetActivations: inputs per request at most.
+    max_activation_inputs: int = 100_000
     #: GetActivations: inputs per streamed chunk at most.
     activation_chunk_inputs: int = 256
     #: GetActivations: tensor bytes per streamed chunk at most.
@@ -72,6 +84,21 @@ class ServeConfig:
             for name, path in models.items()
         ]
 
+    def explain_limits(self) -> Limits:
+        """Explain's limits, as configured."""
+        for name in ("max_inputs", "max_rows_per_input", "max_targets", "max_activation_inputs"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens_per_input < 0:
+            raise InvalidArgument(
+                f"max_tokens_per_input must be at least 0, got {self.max_tokens_per_input}"
+            )
+        return Limits(
+            max_inputs=self.max_inputs,
+            max_rows_per_input=self.max_rows_per_input,
+            max_targets=self.max_targets,
+        )
+
     def activation_limits(self) -> ActivationLimits:
         """GetActivations' chunking, as configured."""
         for name in ("activation_chunk_inputs", "activation_chunk_bytes"):
@@ -83,6 +110,7 @@ class ServeConfig:
                 f"{self.activation_prefetch_chunks}"
             )
         return ActivationLimits(
+            max_inputs=self.max_activation_inputs,
             chunk_inputs=self.activation_chunk_inputs,
             chunk_bytes=self.activation_chunk_bytes,
             prefetch_chunks=self.activation_prefetch_chunks,

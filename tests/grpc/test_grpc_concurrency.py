@@ -24,8 +24,15 @@ def small_request(model: str, method: str) -> pb.ExplainRequest:
     methods = {
         "occlusion": {"occlusion": pb.Occlusion()},
         "lime": {"lime": pb.Lime(n_perturbations=24)},
+        "kernel_shap": {"kernel_shap": pb.KernelShap(n_perturbations=20)},
+        "sobol": {"sobol": pb.Sobol(n_points=3)},
         "saliency": {"saliency": pb.Saliency()},
+        "input_x_gradient": {"input_x_gradient": pb.InputXGradient()},
         "integrated_gradients": {"integrated_gradients": pb.IntegratedGradients(n_steps=6)},
+        "smooth_grad": {"smooth_grad": pb.SmoothGrad(n_samples=3)},
+        "square_grad": {"square_grad": pb.SquareGrad(n_samples=3)},
+        "var_grad": {"var_grad": pb.VarGrad(n_samples=3)},
+        "gradient_shap": {"gradient_shap": pb.GradientShap(n_samples=3)},
     }
     texts = ["Unbelievably good film. I hated the ending!", "Hello there, world of words."]
     return pb.ExplainRequest(
@@ -37,14 +44,31 @@ def small_request(model: str, method: str) -> pb.ExplainRequest:
     )
 
 
+METHODS = [
+    "occlusion",
+    "lime",
+    "kernel_shap",
+    "sobol",
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "smooth_grad",
+    "square_grad",
+    "var_grad",
+    "gradient_shap",
+]
+
+
 def test_concurrent_requests_get_their_own_answers(
     stub: explain_pb2_grpc.ExplainServiceStub,
 ) -> None:
-    requests = [
-        small_request(model, method)
-        for model in ("bert", "gpt2")
-        for method in ("occlusion", "lime", "saliency", "integrated_gradients")
-    ]
+    """Every method, both models, all at once (twice): each request gets what it got alone.
+
+    Rows of concurrent requests share batches padded to the longest row in them, so a row's
+    float32 sums run over a different padded length than alone: results agree to float32
+    rounding (the tolerance), not bit for bit. Everything discrete (units, targets, counts)
+    is identical."""
+    requests = [small_request(model, method) for model in ("bert", "gpt2") for method in METHODS]
     alone = [stub.Explain(r, timeout=60) for r in requests]
     for _round in range(2):
         futures = [stub.Explain.future(r, timeout=60) for r in requests]

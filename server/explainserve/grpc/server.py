@@ -33,6 +33,8 @@ class ServerOptions:
     workers: int = 8
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_seconds: float = 30.0
+    #: Tokens per input at most (0 = each model's maximum); see `explainserve.inputs`.
+    max_tokens_per_input: int = 0
 
 
 @dataclass
@@ -70,7 +72,7 @@ def start(
     service_names: list[str] = []
     if explainer is not None:
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ExplainServicer(explainer, activator), server
+            ExplainServicer(explainer, activator, options.max_tokens_per_input), server
         )
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
