@@ -56,6 +56,28 @@ class ServeConfig:
     activation_chunk_bytes: int = 1024 * 1024
     #: GetActivations: chunks computed ahead of the one being sent (memory: this + 1 chunks).
     activation_prefetch_chunks: int = 4
+    #: Bearer tokens accepted; none (and no file) = no authentication. Health stays open.
+    auth_tokens: list[str] = field(default_factory=list)
+    #: A file of bearer tokens, one per line (kept out of the command line and the TOML).
+    auth_token_file: Path | None = None
+    #: PEM certificate chain and key of the server: TLS when both are set.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: PEM CA bundle that signs the clients' certificates: mutual TLS.
+    tls_client_ca: Path | None = None
+    #: Keepalive and connection management (seconds; 0 = gRPC's default / never).
+    keepalive_time_s: float = 0.0
+    keepalive_timeout_s: float = 0.0
+    min_client_ping_interval_s: float = 0.0
+    keepalive_permit_without_calls: bool = False
+    max_connection_idle_s: float = 0.0
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 0.0
+    #: Prometheus metrics port (None = off; 0 = any free port) and address.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: Log lines as "text" or "json" (one object per line, with the request id).
+    log_format: str = "text"
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
 
@@ -83,6 +105,16 @@ class ServeConfig:
             )
             for name, path in models.items()
         ]
+
+    def tokens(self) -> tuple[str, ...]:
+        """Every accepted bearer token: the configured ones and the token file's lines."""
+        tokens = list(self.auth_tokens)
+        if self.auth_token_file is not None:
+            lines = self.auth_token_file.read_text().splitlines()
+            tokens += [line.strip() for line in lines if line.strip()]
+        if any(not t or any(c.isspace() for c in t) for t in tokens):
+            raise InvalidArgument("bearer tokens must be non-empty and without spaces")
+        return tuple(tokens)
 
     def explain_limits(self) -> Limits:
         """Explain's limits, as configured."""
@@ -136,4 +168,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise InvalidArgument(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
     if "models" in data:
         data["models"] = {k: Path(v).expanduser() for k, v in data["models"].items()}
+    for key in ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca"):
+        if key in data:
+            data[key] = (path.parent / Path(data[key]).expanduser()).resolve()
     return data

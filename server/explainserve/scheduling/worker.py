@@ -289,6 +289,30 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError)
 
 
+class Observer(Protocol):
+    """Receives the worker's timings (metrics); called on the worker thread, must be quick."""
+
+    def queued(self, kind: str, seconds: float) -> None:
+        """A job's first rows start running `seconds` after it was queued."""
+        ...
+
+    def batch(
+        self, kind: str, rows: int, padded: int, real: int, budget: int, seconds: float
+    ) -> None:
+        """A batch of `rows` rows, `padded` tokens (padding counted) of which `real` are
+        tokens of the inputs, under a budget of `budget` tokens, ran in `seconds`."""
+        ...
+
+
+#: Job kind names, for metrics and logs.
+KIND_NAMES = {"ForwardJob": "forward", "GradientJob": "gradient", "ActivationJob": "activation"}
+
+
+def kind_name(job: Job) -> str:
+    """ "forward", "gradient", "activation" or "head"."""
+    return KIND_NAMES.get(type(job).__name__, "head")
+
+
 #: A batch: row ranges `(job, start, stop)` of jobs of one kind.
 Pieces = list[tuple["Job", int, int]]
 
@@ -317,6 +341,8 @@ class Worker:
         self.stats = WorkerStats()
         #: Called with every batch (and every retried part of one) before it runs.
         self.fault_hook: Callable[[Sequence[tuple[Job, int, int]]], None] | None = None
+        #: Told about queueing and batch timings (metrics), when set.
+        self.observer: Observer | None = None
         self._pending: deque[Job] = deque()
         self._queued_rows = 0
         self._seq = 0
@@ -507,6 +533,8 @@ class Worker:
             ):
                 continue  # too much padding; a job closer in length may still fit
             start = job._next_row
+            if start == 0 and self.observer is not None:
+                self.observer.queued(kind_name(job), time.monotonic() - job._enqueued)
             job._next_row += fit
             batch.append((job, start, start + fit))
             rows += fit
@@ -533,6 +561,7 @@ class Worker:
             for part in self._split(pieces, max(1, cap // width)):
                 self._execute(part)
             return
+        started = time.perf_counter()
         try:
             if self.fault_hook is not None:
                 self.fault_hook(pieces)
@@ -553,6 +582,21 @@ class Worker:
                 self.stats.failed_jobs += 1
                 self._fail_jobs([job], exc)
         else:
+            if self.observer is not None:
+                kind = type(pieces[0][0])
+                budget = (
+                    self.options.gradient_token_budget
+                    if kind is GradientJob
+                    else self.options.token_budget
+                )
+                self.observer.batch(
+                    kind_name(pieces[0][0]),
+                    rows,
+                    rows * width,
+                    sum((stop - start) * job.length for job, start, stop in pieces),
+                    budget,
+                    time.perf_counter() - started,
+                )
             self._note_success(pieces)
 
     def _on_out_of_memory(self, pieces: Pieces, exc: Exception) -> None:
