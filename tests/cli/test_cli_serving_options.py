@@ -25,3 +25,31 @@ def test_worker_defaults() -> None:
     (model,) = parse("--model", "m=/m").model_configs()
     assert model.worker.batch_wait_seconds == 0.002
     assert model.worker.max_queued_rows == 200_000
+
+
+def test_security_metrics_and_keepalive_options(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("alpha\n\n  beta  \n")
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        'auth_tokens = ["gamma"]\nauth_token_file = "tokens"\ntls_cert = "certs/server.pem"\n'
+        'tls_key = "certs/server.key"\nmetrics_port = 9100\nlog_format = "json"\n'
+        "max_connection_age_s = 1800\n"
+    )
+    config = parse(
+        "--config", str(toml), "--keepalive-time-s", "30", "--max-tokens-per-input", "64"
+    )
+    assert config.tokens() == ("gamma", "alpha", "beta")
+    assert config.tls_cert == (tmp_path / "certs/server.pem").resolve()  # relative to the file
+    assert config.tls_key == (tmp_path / "certs/server.key").resolve()
+    assert config.tls_client_ca is None
+    assert (config.metrics_port, config.log_format) == (9100, "json")
+    assert (config.keepalive_time_s, config.max_connection_age_s) == (30.0, 1800.0)
+    assert config.max_tokens_per_input == 64
+    assert config.explain_limits().max_inputs == 256
+
+
+def test_security_defaults_are_off() -> None:
+    config = parse()
+    assert config.tokens() == ()
+    assert (config.tls_cert, config.tls_key, config.metrics_port) == (None, None, None)
+    assert config.log_format == "text"

@@ -47,15 +47,23 @@ class RequestIdFilter(logging.Filter):
 
 
 class ServingState:
-    """starting -> serving -> draining; ExplainService takes work only while serving."""
+    """starting -> serving -> draining; ExplainService takes work only while serving. Counts
+    the ExplainService calls in flight, so a drain can wait for them."""
 
     def __init__(self, serving: bool = False) -> None:
         self._state = "serving" if serving else "starting"
+        self._in_flight = 0
+        self._cond = threading.Condition()
 
     @property
     def state(self) -> str:
-        """ "starting", "serving" or "draining"."""
+        """One of "starting", "serving" or "draining"."""
         return self._state
+
+    @property
+    def in_flight(self) -> int:
+        """ExplainService calls running now."""
+        return self._in_flight
 
     def set_serving(self) -> None:
         """Models loaded and warmed up."""
@@ -65,6 +73,25 @@ class ServingState:
     def set_draining(self) -> None:
         """No new work from now on."""
         self._state = "draining"
+
+    def enter(self) -> bool:
+        """Counts a call in, unless the server is not serving (False)."""
+        with self._cond:
+            if self._state != "serving":
+                return False
+            self._in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        """Counts a call out."""
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Waits until no call is in flight (True) or `timeout` seconds pass (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
 
 
 def _abort_handler(
@@ -161,8 +188,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
         state = self.state.state
         if state != "serving":
-            why = "starting: models are loading" if state == "starting" else "draining"
-            return _abort_handler(handler, grpc.StatusCode.UNAVAILABLE, f"the server is {why}")
+            return _abort_handler(handler, grpc.StatusCode.UNAVAILABLE, _unavailable(state))
         client_id = ""
         for key, value in metadata or ():
             if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
@@ -186,7 +212,11 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
             h = h._replace(response_serializer=serialize)
 
+        state = self.state
+
         def begin(request: Any, context: grpc.ServicerContext) -> tuple[str, float]:
+            if not state.enter():  # started draining since the handler was chosen
+                context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
             request_id = client_id or uuid.uuid4().hex[:16]
             _local.request_id = request_id
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
@@ -215,6 +245,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 },
             )
             _local.request_id = None
+            state.leave()
 
         if h.unary_unary is not None:
             behavior = h.unary_unary
@@ -244,6 +275,11 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
             return h._replace(unary_stream=unary_stream)
         return h
+
+
+def _unavailable(state: str) -> str:
+    why = "starting: models are loading" if state == "starting" else "draining"
+    return f"the server is {why}; retry on another replica or later"
 
 
 def _code(context: grpc.ServicerContext) -> grpc.StatusCode | None:

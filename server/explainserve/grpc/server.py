@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -139,10 +140,16 @@ class RunningServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None) -> None:
-        """Drains: new work gets UNAVAILABLE, every service NOT_SERVING; then stops, letting
-        in-flight RPCs finish within `grace` seconds."""
+        """Drains, then stops. Draining: every service NOT_SERVING (health checks still
+        answered, so load balancers see it), new ExplainService calls UNAVAILABLE at once, and
+        the calls in flight get up to `grace` seconds to finish; then the server stops
+        (cancelling what is left). `grace=None`: stop at once."""
+        started = time.monotonic()
         self.state.set_draining()
         self.health.enter_graceful_shutdown()
+        if grace is not None:
+            self.state.wait_idle(grace)
+            grace = max(0.0, grace - (time.monotonic() - started))
         self.server.stop(grace).wait()
         if self.metrics is not None:
             self.metrics.close()
