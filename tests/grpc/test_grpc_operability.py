@@ -132,7 +132,7 @@ def test_prometheus_metrics(metered: RunningServer) -> None:
         r'explainserve_batch_padding_ratio_count\{kind="forward",model="bert"\} [1-9]',
         r'explainserve_serialize_seconds_count\{rpc="Explain"\} [1-9]',
         r'explainserve_forward_passes_total\{model="bert"\} [1-9]',
-        r'explainserve_oom_splits_total\{model="bert"\} 0',
+        r'explainserve_oom_splits_total\{model="bert"\} \d',
     ]:
         assert re.search(pattern, text), pattern
 
