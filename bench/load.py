@@ -101,15 +101,14 @@ def run_ghz(
         str(args.connections),
         "--timeout",
         "60s",
-        "--max-duration",
-        f"{args.max_seconds}s",
         "--format",
         "json",
         f"127.0.0.1:{port}",
     ]
-    out = subprocess.run(
-        command, check=True, capture_output=True, text=True, timeout=args.max_seconds + 120
-    )
+    # Bounded by the number of calls, and in time by the subprocess timeout.
+    out = subprocess.run(command, capture_output=True, text=True, timeout=args.max_seconds)
+    if out.returncode != 0 and not out.stdout.strip():
+        sys.exit(f"ghz failed: {out.stderr.strip()}")
     return dict(json.loads(out.stdout))
 
 
@@ -126,7 +125,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=400, help="calls per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--max-seconds", type=int, default=120, help="time limit per scenario")
+    parser.add_argument("--max-seconds", type=int, default=300, help="time limit per scenario")
     parser.add_argument("--model", help="NAME=DIR (default: the embedded default model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="100 calls per scenario")

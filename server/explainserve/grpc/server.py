@@ -12,8 +12,10 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -118,6 +120,31 @@ def server_credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
     )
 
 
+class _MethodAwarePool:
+    """The default descriptor pool for server reflection, also finding the file of a method
+    symbol ("pkg.Service.Method"), which the Python pool does not, and which some clients
+    (ghz) ask for."""
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, name: str) -> Any:  # noqa: N802 (the pool's API)
+        try:
+            return self._pool.FindFileContainingSymbol(name)
+        except KeyError:
+            parent, _, method = name.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(parent)
+            except KeyError:
+                raise KeyError(name) from None
+            if method not in service.methods_by_name:
+                raise KeyError(name) from None
+            return service.file
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._pool, attr)
+
+
 @dataclass
 class RunningServer:
     """A started server, the port it is bound to, its health servicer and serving state."""
@@ -185,7 +212,7 @@ def start(
         )
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection(names, server, pool=_MethodAwarePool())
     address = f"{options.host}:{options.port}"
     credentials = server_credentials(options)
     if credentials is None:
