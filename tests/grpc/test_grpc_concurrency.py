@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 
@@ -115,3 +117,22 @@ def test_cancelled_stream_stops_the_work(
     reply = stub.Explain(small_request("bert", "occlusion"), timeout=60)
     assert reply.explanations[0].scores.cols == 9
     assert rows_run(explainer) - before < HEAVY_ROWS // 2
+
+
+def test_a_huge_request_does_not_starve_small_ones(
+    stub: explain_pb2_grpc.ExplainServiceStub, explainer: Explainer
+) -> None:
+    """Small requests sent while a huge one runs finish long before it: batches interleave."""
+    before = rows_run(explainer)
+    heavy = stub.Explain.future(HEAVY, timeout=120)
+    try:
+        while rows_run(explainer) - before < 200:  # the huge request is running
+            assert not heavy.done(), heavy.exception()
+            time.sleep(0.005)
+        for method in ("occlusion", "saliency"):
+            reply = stub.Explain(small_request("bert", method), timeout=60)
+            assert reply.explanations[0].scores.cols == 9
+        assert not heavy.done()
+        assert rows_run(explainer) - before < HEAVY_ROWS // 2
+    finally:
+        heavy.cancel()
