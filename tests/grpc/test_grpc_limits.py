@@ -114,3 +114,31 @@ def test_the_server_token_limit(limited: explain_pb2_grpc.ExplainServiceStub) ->
             timeout=30,
         )
         assert list(chunk.row_offsets) == [0, 1]
+
+
+def test_message_size_limits_both_ways(live_server: Any) -> None:
+    """Requests and responses over `max_message_bytes` get RESOURCE_EXHAUSTED naming the sizes
+    (the client here allows 64 MiB both ways, as the README tells clients to)."""
+    running = start(
+        ServerOptions(port=0, workers=2, max_message_bytes=20_000), live_server.explainer
+    )
+    big = 64 * 1024 * 1024
+    options = [("grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}", options=options) as channel:
+            stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Explain(explain("x " * 20_000), timeout=30)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "Received message larger than max" in err.value.details()
+            many = pb.ExplainRequest(
+                model="bert",
+                inputs=[pb.Input(text="Good food and a nice view.")] * 200,
+                occlusion=pb.Occlusion(),
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Explain(many, timeout=60)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "Sent message larger than max" in err.value.details()
+    finally:
+        running.stop(grace=None)

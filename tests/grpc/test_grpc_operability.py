@@ -31,6 +31,13 @@ HEAVY = pb.ExplainRequest(
     sobol=pb.Sobol(n_points=8),
     granularity=pb.GRANULARITY_TOKEN,
 )
+# Many seconds of work if nothing stops it.
+HUGE = pb.ExplainRequest(
+    model="bert",
+    inputs=[pb.Input(text="The quick brown fox jumps over the lazy dog. " * 10)] * 40,
+    sobol=pb.Sobol(n_points=9),
+    granularity=pb.GRANULARITY_TOKEN,
+)
 
 
 def connect(running: RunningServer) -> tuple[grpc.Channel, explain_pb2_grpc.ExplainServiceStub]:
@@ -223,3 +230,16 @@ def test_connections_are_closed_at_their_max_age(explainer: Explainer) -> None:
                 time.sleep(0.15)
     finally:
         running.stop(grace=None)
+
+
+def test_a_missed_deadline_is_counted_as_deadline_exceeded(metered: RunningServer) -> None:
+    channel, stub = connect(metered)
+    with channel:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Explain(HUGE, timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    label = 'explainserve_requests_total{code="DEADLINE_EXCEEDED",method="sobol",model="bert"'
+    deadline = time.monotonic() + 10  # the handler notices at its next batch boundary
+    while label not in scrape(metered) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert label in scrape(metered)

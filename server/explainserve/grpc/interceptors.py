@@ -283,8 +283,15 @@ def _unavailable(state: str) -> str:
 
 
 def _code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The status the handler ended with; for a call the client gave up on, why."""
     try:
         code = context.code()
     except Exception:
-        return None
+        code = None
+    if code is grpc.StatusCode.CANCELLED or not isinstance(code, grpc.StatusCode):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        if not context.is_active():
+            return grpc.StatusCode.CANCELLED
     return code if isinstance(code, grpc.StatusCode) else None

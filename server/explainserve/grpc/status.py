@@ -36,6 +36,10 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     if isinstance(exc, errors.ExplainServeError):
         code = STATUS_OF.get(type(exc), grpc.StatusCode.INTERNAL)
         message = exc.message
+        remaining = context.time_remaining()
+        if code == grpc.StatusCode.CANCELLED and remaining is not None and remaining <= 0:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED  # the work stopped because time ran out
+            message = "deadline exceeded: the request's remaining work was dropped"
         details = []
         if exc.field is not None and code == grpc.StatusCode.INVALID_ARGUMENT:
             bad = error_details_pb2.BadRequest(
