@@ -63,6 +63,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
     ]
     if args.model:
         command += ["--model", args.model]
+    if args.max_queued_rows:
+        command += ["--max-queued-rows", str(args.max_queued_rows)]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -129,6 +131,14 @@ def main() -> int:
     parser.add_argument("--model", help="NAME=DIR (default: the embedded default model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="100 calls per scenario")
+    parser.add_argument(
+        "--max-queued-rows",
+        type=int,
+        help="the server's queue bound (default: its own); a small one shows the refusals",
+    )
+    parser.add_argument(
+        "--only", help="run the scenarios whose request contains this text (e.g. lime)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.calls = 100
@@ -151,11 +161,14 @@ def main() -> int:
             f"# bench/load.py: ghz {GHZ_VERSION}, {args.calls} calls per scenario, concurrency "
             f"{args.concurrency}, {args.connections} connections, {os.cpu_count()} cpus, "
             f"device {args.device}, model {name}, loopback"
+            + (f", queue bound {args.max_queued_rows} sequences" if args.max_queued_rows else "")
         )
         print()
         print("| RPC | request | calls | requests/s | p50 (ms) | p99 (ms) | status codes |")
         print("|---|---|---:|---:|---:|---:|---|")
         for method, what, data in scenarios:
+            if args.only and args.only not in what:
+                continue
             report = run_ghz(ghz, port, method, data, args)
             codes = report.get("statusCodeDistribution") or {}
             spread = ", ".join(f"{k} {v}" for k, v in sorted(codes.items()))  # type: ignore[attr-defined]

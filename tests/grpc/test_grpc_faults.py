@@ -117,7 +117,7 @@ def test_a_full_queue_is_resource_exhausted_at_once(
     worker: Worker,
     assert_serving: Callable[[], None],
 ) -> None:
-    worker.options = dataclasses.replace(worker.options, max_queued_rows=60)
+    worker.options = dataclasses.replace(worker.options, max_queued_rows=305)
     hold = threading.Event()
     held = threading.Event()
 
@@ -129,24 +129,33 @@ def test_a_full_queue_is_resource_exhausted_at_once(
     try:
         first = stub.Explain.future(request("The first request holds the worker."), timeout=30)
         assert held.wait(10)
-        waiting = stub.Explain.future(request(GOOD[1]), timeout=30)  # 1 base row queued
-        deadline = time.monotonic() + 10
-        while worker.queued_rows == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        big = pb.ExplainRequest(
-            model="bert",
-            inputs=[pb.Input(text=GOOD[1])] * 60,
-            occlusion=pb.Occlusion(),
+        # 300 activation inputs wait behind it: 300 of the 305 queued sequences.
+        filler = stub.GetActivations(
+            pb.GetActivationsRequest(model="bert", inputs=[pb.Input(text=GOOD[0])] * 300),
+            timeout=30,
         )
+        deadline = time.monotonic() + 10
+        while worker.queued_rows < 300 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert worker.queued_rows == 300
         started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Explain(request(GOOD[1]), timeout=30)  # 11 sequences (10 words + 1): too many
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue of model bert is full (300 sequences waiting" in err.value.details()
+        assert time.perf_counter() - started < 2.0
+        # A request bigger than the whole bound says so.
+        big = pb.ExplainRequest(
+            model="bert", inputs=[pb.Input(text=GOOD[1])] * 30, occlusion=pb.Occlusion()
+        )
         with pytest.raises(grpc.RpcError) as err:
             stub.Explain(big, timeout=30)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "queue of model bert is full" in err.value.details()
-        assert time.perf_counter() - started < 2.0
+        assert "more than the queue bound of 305" in err.value.details()
+        assert worker.queued_rows == 300  # nothing of the refused requests was queued
     finally:
         worker.fault_hook = None
         hold.set()
     assert first.result().explanations
-    assert waiting.result().explanations
+    assert sum(len(chunk.row_offsets) - 1 for chunk in filler) == 300
     assert_serving()

@@ -363,6 +363,30 @@ class Worker:
         """Rows waiting in the queue."""
         return self._queued_rows
 
+    def admit(self, rows: int) -> None:
+        """Raises ResourceExhausted (or Unavailable) now if `rows` more sequences would not be
+        queued: a request checks its whole size up front, before its first forward pass, so a
+        full queue refuses it at once. Reserves nothing: `submit_all` checks again."""
+        with self._cond:
+            self._check_room(rows)
+
+    def _check_room(self, rows: int) -> None:
+        bound = self.options.max_queued_rows
+        if self._closed:
+            raise Unavailable(f"model {self.name or '?'} is shutting down")
+        if rows > bound:
+            self.stats.rejected += 1
+            raise ResourceExhausted(
+                f"the request needs {rows} sequences through the model at once, more than "
+                f"the queue bound of {bound}: send fewer inputs or perturbations per request"
+            )
+        if self._queued_rows + rows > bound:
+            self.stats.rejected += 1
+            raise ResourceExhausted(
+                f"the queue of model {self.name or '?'} is full ({self._queued_rows} "
+                f"sequences waiting, bound {bound}): retry later"
+            )
+
     def submit(self, job: Job) -> None:
         """Queues a job; its `future` resolves when all its rows are done."""
         self.submit_all([job])
@@ -381,22 +405,8 @@ class Worker:
             else:
                 queued.append(job)
         rows = sum(job.n_rows for job in queued)
-        bound = self.options.max_queued_rows
         with self._cond:
-            if self._closed:
-                raise Unavailable(f"model {self.name or '?'} is shutting down")
-            if rows > bound:
-                self.stats.rejected += 1
-                raise ResourceExhausted(
-                    f"the request needs {rows} sequences through the model at once, more than "
-                    f"the queue bound of {bound}: send fewer inputs or perturbations per request"
-                )
-            if self._queued_rows + rows > bound:
-                self.stats.rejected += 1
-                raise ResourceExhausted(
-                    f"the queue of model {self.name or '?'} is full ({self._queued_rows} "
-                    f"sequences waiting, bound {bound}): retry later"
-                )
+            self._check_room(rows)
             submission = object()
             now = time.monotonic()
             for job in queued:
