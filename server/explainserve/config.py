@@ -9,6 +9,7 @@ from typing import Any
 
 from explainserve.activations.service import ActivationLimits
 from explainserve.errors import InvalidArgument
+from explainserve.explain.service import Limits
 from explainserve.models.registry import ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
 
@@ -34,6 +35,21 @@ class ServeConfig:
     replacement_fallback: ReplacementFallback = "unk"
     token_budget: int = 8192
     gradient_token_budget: int = 4096
+    #: How long a queued job may wait for others to share its batch (milliseconds).
+    batch_wait_ms: float = 2.0
+    #: Sequences waiting per model at most; beyond, requests get RESOURCE_EXHAUSTED at once.
+    max_queued_rows: int = 200_000
+    #: Explain: inputs per request at most.
+    max_inputs: int = 256
+    #: Explain: sequences one input may send through the model (perturbations, steps, samples).
+    max_rows_per_input: int = 50_000
+    #: Explain: targets per input at most.
+    max_targets: int = 64
+    #: Tokens per input at most (0 = each model's maximum); longer inputs are rejected, or cut
+    #: when the request sets `truncate`.
+    max_tokens_per_input: int = 0
+    #: GetActivations: inputs per request at most.
+    max_activation_inputs: int = 100_000
     #: GetActivations: inputs per streamed chunk at most.
     activation_chunk_inputs: int = 256
     #: GetActivations: tensor bytes per streamed chunk at most.
@@ -41,6 +57,28 @@ class ServeConfig:
     #: GetActivations: chunks computed ahead of the one being sent (memory: this + 1 chunks;
     #: the worker packs the inputs of all these chunks by length, so more means less padding).
     activation_prefetch_chunks: int = 12
+    #: Bearer tokens accepted; none (and no file) = no authentication. Health stays open.
+    auth_tokens: list[str] = field(default_factory=list)
+    #: A file of bearer tokens, one per line (kept out of the command line and the TOML).
+    auth_token_file: Path | None = None
+    #: PEM certificate chain and key of the server: TLS when both are set.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: PEM CA bundle that signs the clients' certificates: mutual TLS.
+    tls_client_ca: Path | None = None
+    #: Keepalive and connection management (seconds; 0 = gRPC's default / never).
+    keepalive_time_s: float = 0.0
+    keepalive_timeout_s: float = 0.0
+    min_client_ping_interval_s: float = 0.0
+    keepalive_permit_without_calls: bool = False
+    max_connection_idle_s: float = 0.0
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 0.0
+    #: Prometheus metrics port (None = off; 0 = any free port) and address.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: Log lines as "text" or "json" (one object per line, with the request id).
+    log_format: str = "text"
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
 
@@ -52,7 +90,10 @@ class ServeConfig:
 
             models = {DEFAULT_MODEL_NAME: default_model_dir()}
         worker = WorkerOptions(
-            token_budget=self.token_budget, gradient_token_budget=self.gradient_token_budget
+            token_budget=self.token_budget,
+            gradient_token_budget=self.gradient_token_budget,
+            batch_wait_seconds=self.batch_wait_ms / 1000.0,
+            max_queued_rows=self.max_queued_rows,
         )
         return [
             ModelConfig(
@@ -66,6 +107,31 @@ class ServeConfig:
             for name, path in models.items()
         ]
 
+    def tokens(self) -> tuple[str, ...]:
+        """Every accepted bearer token: the configured ones and the token file's lines."""
+        tokens = list(self.auth_tokens)
+        if self.auth_token_file is not None:
+            lines = self.auth_token_file.read_text().splitlines()
+            tokens += [line.strip() for line in lines if line.strip()]
+        if any(not t or any(c.isspace() for c in t) for t in tokens):
+            raise InvalidArgument("bearer tokens must be non-empty and without spaces")
+        return tuple(tokens)
+
+    def explain_limits(self) -> Limits:
+        """Explain's limits, as configured."""
+        for name in ("max_inputs", "max_rows_per_input", "max_targets", "max_activation_inputs"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens_per_input < 0:
+            raise InvalidArgument(
+                f"max_tokens_per_input must be at least 0, got {self.max_tokens_per_input}"
+            )
+        return Limits(
+            max_inputs=self.max_inputs,
+            max_rows_per_input=self.max_rows_per_input,
+            max_targets=self.max_targets,
+        )
+
     def activation_limits(self) -> ActivationLimits:
         """GetActivations' chunking, as configured."""
         for name in ("activation_chunk_inputs", "activation_chunk_bytes"):
@@ -77,6 +143,7 @@ class ServeConfig:
                 f"{self.activation_prefetch_chunks}"
             )
         return ActivationLimits(
+            max_inputs=self.max_activation_inputs,
             chunk_inputs=self.activation_chunk_inputs,
             chunk_bytes=self.activation_chunk_bytes,
             prefetch_chunks=self.activation_prefetch_chunks,
@@ -102,4 +169,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise InvalidArgument(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
     if "models" in data:
         data["models"] = {k: Path(v).expanduser() for k, v in data["models"].items()}
+    for key in ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca"):
+        if key in data:
+            data[key] = (path.parent / Path(data[key]).expanduser()).resolve()
     return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 
@@ -24,8 +26,15 @@ def small_request(model: str, method: str) -> pb.ExplainRequest:
     methods = {
         "occlusion": {"occlusion": pb.Occlusion()},
         "lime": {"lime": pb.Lime(n_perturbations=24)},
+        "kernel_shap": {"kernel_shap": pb.KernelShap(n_perturbations=20)},
+        "sobol": {"sobol": pb.Sobol(n_points=3)},
         "saliency": {"saliency": pb.Saliency()},
+        "input_x_gradient": {"input_x_gradient": pb.InputXGradient()},
         "integrated_gradients": {"integrated_gradients": pb.IntegratedGradients(n_steps=6)},
+        "smooth_grad": {"smooth_grad": pb.SmoothGrad(n_samples=3)},
+        "square_grad": {"square_grad": pb.SquareGrad(n_samples=3)},
+        "var_grad": {"var_grad": pb.VarGrad(n_samples=3)},
+        "gradient_shap": {"gradient_shap": pb.GradientShap(n_samples=3)},
     }
     texts = ["Unbelievably good film. I hated the ending!", "Hello there, world of words."]
     return pb.ExplainRequest(
@@ -37,14 +46,31 @@ def small_request(model: str, method: str) -> pb.ExplainRequest:
     )
 
 
+METHODS = [
+    "occlusion",
+    "lime",
+    "kernel_shap",
+    "sobol",
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "smooth_grad",
+    "square_grad",
+    "var_grad",
+    "gradient_shap",
+]
+
+
 def test_concurrent_requests_get_their_own_answers(
     stub: explain_pb2_grpc.ExplainServiceStub,
 ) -> None:
-    requests = [
-        small_request(model, method)
-        for model in ("bert", "gpt2")
-        for method in ("occlusion", "lime", "saliency", "integrated_gradients")
-    ]
+    """Every method, both models, all at once (twice): each request gets what it got alone.
+
+    Rows of concurrent requests share batches padded to the longest row in them, so a row's
+    float32 sums run over a different padded length than alone: results agree to float32
+    rounding (the tolerance), not bit for bit. Everything discrete (units, targets, counts)
+    is identical."""
+    requests = [small_request(model, method) for model in ("bert", "gpt2") for method in METHODS]
     alone = [stub.Explain(r, timeout=60) for r in requests]
     for _round in range(2):
         futures = [stub.Explain.future(r, timeout=60) for r in requests]
@@ -91,3 +117,22 @@ def test_cancelled_stream_stops_the_work(
     reply = stub.Explain(small_request("bert", "occlusion"), timeout=60)
     assert reply.explanations[0].scores.cols == 9
     assert rows_run(explainer) - before < HEAVY_ROWS // 2
+
+
+def test_a_huge_request_does_not_starve_small_ones(
+    stub: explain_pb2_grpc.ExplainServiceStub, explainer: Explainer
+) -> None:
+    """Small requests sent while a huge one runs finish long before it: batches interleave."""
+    before = rows_run(explainer)
+    heavy = stub.Explain.future(HEAVY, timeout=120)
+    try:
+        while rows_run(explainer) - before < 200:  # the huge request is running
+            assert not heavy.done(), heavy.exception()
+            time.sleep(0.005)
+        for method in ("occlusion", "saliency"):
+            reply = stub.Explain(small_request("bert", method), timeout=60)
+            assert reply.explanations[0].scores.cols == 9
+        assert not heavy.done()
+        assert rows_run(explainer) - before < HEAVY_ROWS // 2
+    finally:
+        heavy.cancel()

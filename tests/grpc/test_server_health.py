@@ -116,3 +116,18 @@ def test_cli_serves_then_exits_zero_on_sigterm(tiny_bert_dir: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_reflection_finds_a_method_symbol(server: RunningServer) -> None:
+    """Some clients (ghz) ask for the file of "package.Service.Method"."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        for symbol, found in [
+            ("grpc.health.v1.Health.Check", True),
+            ("grpc.health.v1.Health", True),
+            ("grpc.health.v1.Health.Nope", False),
+            ("no.such.Service.Method", False),
+        ]:
+            request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+            (reply,) = stub.ServerReflectionInfo(iter([request]), timeout=5)
+            assert reply.HasField("file_descriptor_response") == found, symbol

@@ -313,6 +313,9 @@ class Activator:
         submitted = 0
         try:
             for k, (start, _) in enumerate(plan):
+                # The chunks that enter the window go to the worker together, so its next
+                # batches can already group all of their inputs by length.
+                entering: list[ActivationJob] = []
                 while submitted < len(plan) and submitted <= k + self.limits.prefetch_chunks:
                     lo, hi = plan[submitted]
                     jobs = [
@@ -327,9 +330,10 @@ class Activator:
                         )
                         for i in range(lo, hi)
                     ]
-                    model.worker.submit_all(jobs)
+                    entering.extend(jobs)
                     window.append(jobs)
                     submitted += 1
+                model.worker.submit_all(entering)
                 jobs = window.popleft()
                 results = [job.future.result() for job in jobs]
                 yield self._chunk(model, params, dtype, points, tokens, start, results)

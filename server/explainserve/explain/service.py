@@ -203,6 +203,7 @@ class Explainer:
             )
             for e in encoded
         ]
+        model.worker.admit(progress.total)  # a full queue refuses the request at once
         model.worker.submit_all(base_jobs)
         logits = [job.future.result()[0] for job in base_jobs]
         items = [

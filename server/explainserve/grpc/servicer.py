@@ -2,35 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from typing import TypeVar
 
 import grpc
 
+from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import Activator
-from explainserve.explain.params import Explanation
+from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.grpc import convert
 from explainserve.grpc.status import abort
+from explainserve.inputs import fit_inputs
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
+
+P = TypeVar("P", ExplainParams, ActivationParams)
 
 
 class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
     """The gRPC face of an `Explainer` and an `Activator` (on the same registry)."""
 
-    def __init__(self, explainer: Explainer, activator: Activator | None = None) -> None:
+    def __init__(
+        self,
+        explainer: Explainer,
+        activator: Activator | None = None,
+        max_tokens_per_input: int = 0,
+    ) -> None:
         self.explainer = explainer
         self.activator = activator or Activator(explainer.registry)
+        #: The server's token limit per input (0 = each model's maximum).
+        self.max_tokens_per_input = max_tokens_per_input
+
+    def _fit(self, params: P, truncate: bool) -> P:
+        """`params` with its inputs within the token limit (cut when `truncate`)."""
+        if not truncate and self.max_tokens_per_input <= 0:
+            return params
+        model = self.explainer.registry.get(params.model)
+        inputs = fit_inputs(model, params.inputs, self.max_tokens_per_input, truncate=truncate)
+        return dataclasses.replace(params, inputs=inputs)
 
     def Explain(  # noqa: N802 (gRPC method name)
         self, request: pb.ExplainRequest, context: grpc.ServicerContext
     ) -> pb.ExplainResponse:
         """All inputs' explanations, in request order."""
         try:
-            params = convert.params_from_proto(request)
+            params = self._fit(convert.params_from_proto(request), request.truncate)
             done = sorted(
                 self.explainer.explain(params, is_cancelled=lambda: not context.is_active()),
                 key=lambda e: e.input_index,
@@ -56,7 +77,9 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
 
         def produce() -> None:
             try:
-                params = convert.params_from_proto(request.request)
+                params = self._fit(
+                    convert.params_from_proto(request.request), request.request.truncate
+                )
                 explanation: Explanation
                 for explanation in self.explainer.explain(
                     params,
@@ -107,8 +130,9 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
         """Chunks of consecutive inputs' activations, in request order. The domain generator
         computes a bounded number of chunks ahead of the one gRPC is writing (backpressure)."""
         try:
+            params = self._fit(convert.activation_params_from_proto(request), request.truncate)
             chunks = self.activator.get_activations(
-                convert.activation_params_from_proto(request),
+                params,
                 is_cancelled=lambda: not context.is_active(),
             )
             with closing(chunks):

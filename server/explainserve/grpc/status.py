@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from explainserve import errors
+from explainserve.grpc.interceptors import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     if isinstance(exc, errors.ExplainServeError):
         code = STATUS_OF.get(type(exc), grpc.StatusCode.INTERNAL)
         message = exc.message
+        remaining = context.time_remaining()
+        if code == grpc.StatusCode.CANCELLED and remaining is not None and remaining <= 0:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED  # the work stopped because time ran out
+            message = "deadline exceeded: the request's remaining work was dropped"
         details = []
         if exc.field is not None and code == grpc.StatusCode.INVALID_ARGUMENT:
             bad = error_details_pb2.BadRequest(
@@ -51,7 +56,7 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
             code=getattr(code_pb2, code.name), message=message, details=details
         )
         context.abort_with_status(rpc_status.to_status(status))
-    request_id = uuid.uuid4().hex[:16]
+    request_id = current_request_id() or uuid.uuid4().hex[:16]
     log.error("internal error, request id %s", request_id, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
     raise AssertionError("context.abort returned")  # it raises; this keeps the types honest

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from explainserve.errors import Cancelled
+from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ class ForwardJob:
     is_cancelled: Callable[[], bool] | None = None
     future: Future[NDArray[np.float64]] = field(default_factory=Future)
     _next_row: int = 0
+    _key: object = None
+    _seq: int = 0
+    _enqueued: float = 0.0
     _out: NDArray[np.float64] | None = None
     _rows_done: int = 0
 
@@ -130,6 +134,9 @@ class GradientJob:
     is_cancelled: Callable[[], bool] | None = None
     future: Future[tuple[torch.Tensor, NDArray[np.float64]]] = field(default_factory=Future)
     _next_row: int = 0
+    _key: object = None
+    _seq: int = 0
+    _enqueued: float = 0.0
     _grads: torch.Tensor | None = None
     _scores: NDArray[np.float64] | None = None
     _rows_done: int = 0
@@ -180,6 +187,9 @@ class ActivationJob:
     is_cancelled: Callable[[], bool] | None = None
     future: Future[ActivationResult] = field(default_factory=Future)
     _next_row: int = 0
+    _key: object = None
+    _seq: int = 0
+    _enqueued: float = 0.0
     _rows_done: int = 0
 
     @property
@@ -204,6 +214,9 @@ class HeadJob:
     is_cancelled: Callable[[], bool] | None = None
     future: Future[NDArray[np.float32]] = field(default_factory=Future)
     _next_row: int = 0
+    _key: object = None
+    _seq: int = 0
+    _enqueued: float = 0.0
     _rows_done: int = 0
     _out: NDArray[np.float32] | None = None
 
@@ -223,7 +236,7 @@ Job = ForwardJob | GradientJob | ActivationJob | HeadJob
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """Batching knobs."""
+    """Batching, queueing and out-of-memory knobs."""
 
     #: Rows x padded length of one no-grad batch.
     token_budget: int = 8192
@@ -238,28 +251,106 @@ class WorkerOptions:
     #: goes in one batch.
     activation_max_padding: float = 1.02
     activation_fill_tokens: int = 256
+    #: How long the oldest queued job may wait for others to share its batch (seconds), unless
+    #: a full batch is already queued. Under load the queue is never empty and nothing waits.
+    batch_wait_seconds: float = 0.002
+    #: Rows (sequences) waiting at most; a submission that would go beyond is refused with
+    #: ResourceExhausted at once.
+    max_queued_rows: int = 200_000
+    #: After an out-of-memory error the batch size is capped at what worked; the cap grows by
+    #: an eighth after this many batches in a row that ran at the cap.
+    oom_grow_after: int = 32
 
 
 @dataclass
 class WorkerStats:
-    """Counters, read by tests and metrics."""
+    """Counters, read by tests and metrics. Only the worker thread writes them."""
 
     batches: int = 0
     rows: int = 0
     padded_tokens: int = 0
     real_tokens: int = 0
+    #: Batches that ran out of memory and were split.
+    oom_splits: int = 0
+    #: Jobs failed with an error of their own (the rest of their batch retried without them).
+    failed_jobs: int = 0
+    #: Jobs dropped from the queue because their request was cancelled or timed out.
+    cancelled_jobs: int = 0
+    #: Rows of cancelled jobs that never ran.
+    cancelled_rows: int = 0
+    #: Submissions refused because the queue was full.
+    rejected: int = 0
+    #: Seconds spent in batches (forward and backward passes, copies to the host).
+    busy_seconds: float = 0.0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a device out-of-memory error (CUDA's, or an injected one)."""
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+class Observer(Protocol):
+    """Receives the worker's timings (metrics); called on the worker thread, must be quick."""
+
+    def queued(self, kind: str, seconds: float) -> None:
+        """A job's first rows start running `seconds` after it was queued."""
+        ...
+
+    def batch(
+        self, kind: str, rows: int, padded: int, real: int, budget: int, seconds: float
+    ) -> None:
+        """A batch of `rows` rows, `padded` tokens (padding counted) of which `real` are
+        tokens of the inputs, under a budget of `budget` tokens, ran in `seconds`."""
+        ...
+
+
+#: Job kind names, for metrics and logs.
+KIND_NAMES = {"ForwardJob": "forward", "GradientJob": "gradient", "ActivationJob": "activation"}
+
+
+def kind_name(job: Job) -> str:
+    """ "forward", "gradient", "activation" or "head"."""
+    return KIND_NAMES.get(type(job).__name__, "head")
+
+
+#: A batch: row ranges `(job, start, stop)` of jobs of one kind.
+Pieces = list[tuple["Job", int, int]]
 
 
 class Worker:
-    """Owns one model; runs its batches on a dedicated thread."""
+    """Owns one model; runs its batches on a dedicated thread.
+
+    Fairness: jobs belong to a request, keyed by their `is_cancelled` callback (every job of a
+    request shares it; jobs without one are keyed by their submission). Each batch is led by the
+    oldest job of the request that led a batch least recently, and filled with rows of the jobs
+    closest in length, so a huge request and small ones interleave batch by batch.
+
+    Faults: a batch that runs out of device memory is split in halves and retried (the cache
+    freed first); the batch size is then capped at what worked, growing back slowly. A row that
+    does not fit alone fails its job with ResourceExhausted. Any other error retries the batch's
+    jobs one by one, so only the job that raises fails. `fault_hook`, when set, is called with
+    each batch before it runs: tests inject errors with it.
+    """
 
     def __init__(
         self, runner: Runner, options: WorkerOptions | None = None, name: str = ""
     ) -> None:
         self.runner = runner
+        self.name = name
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
+        #: Called with every batch (and every retried part of one) before it runs.
+        self.fault_hook: Callable[[Sequence[tuple[Job, int, int]]], None] | None = None
+        #: Told about queueing and batch timings (metrics), when set.
+        self.observer: Observer | None = None
         self._pending: deque[Job] = deque()
+        self._queued_rows = 0
+        self._seq = 0
+        self._batch_seq = 0
+        self._last_lead: dict[object, int] = {}
+        #: Padded tokens per batch that fitted after an out-of-memory error, per job kind.
+        self._token_cap: dict[type, int] = {}
+        self._at_cap: dict[type, int] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
@@ -267,31 +358,78 @@ class Worker:
 
     # -- submission -------------------------------------------------------------------------
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue."""
+        return self._queued_rows
+
+    def admit(self, rows: int) -> None:
+        """Raises ResourceExhausted (or Unavailable) now if `rows` more sequences would not be
+        queued: a request checks its whole size up front, before its first forward pass, so a
+        full queue refuses it at once. Reserves nothing: `submit_all` checks again."""
+        with self._cond:
+            self._check_room(rows)
+
+    def _check_room(self, rows: int) -> None:
+        bound = self.options.max_queued_rows
+        if self._closed:
+            raise Unavailable(f"model {self.name or '?'} is shutting down")
+        if rows > bound:
+            self.stats.rejected += 1
+            raise ResourceExhausted(
+                f"the request needs {rows} sequences through the model at once, more than "
+                f"the queue bound of {bound}: send fewer inputs or perturbations per request"
+            )
+        if self._queued_rows + rows > bound:
+            self.stats.rejected += 1
+            raise ResourceExhausted(
+                f"the queue of model {self.name or '?'} is full ({self._queued_rows} "
+                f"sequences waiting, bound {bound}): retry later"
+            )
+
     def submit(self, job: Job) -> None:
         """Queues a job; its `future` resolves when all its rows are done."""
         self.submit_all([job])
 
     def submit_all(self, jobs: Iterable[Job]) -> None:
         """Queues jobs together, so the next batch can already mix them (a request's inputs
-        are batched the same way whenever the worker is otherwise idle)."""
+        are batched the same way whenever the worker is otherwise idle).
+
+        Raises ResourceExhausted, queueing nothing, when the rows would go beyond the queue
+        bound, and Unavailable once the worker is closing.
+        """
         queued = []
         for job in jobs:
             if job.n_rows == 0:
                 self._finish_empty(job)
             else:
                 queued.append(job)
+        rows = sum(job.n_rows for job in queued)
         with self._cond:
-            if self._closed:
-                raise RuntimeError("worker is closed")
+            self._check_room(rows)
+            submission = object()
+            now = time.monotonic()
+            for job in queued:
+                job._key = job.is_cancelled if job.is_cancelled is not None else submission
+                job._seq = self._seq
+                job._enqueued = now
+                self._seq += 1
             self._pending.extend(queued)
+            self._queued_rows += rows
             self._cond.notify()
 
     def close(self) -> None:
-        """Stops the thread after the queued work is done."""
+        """Stops the thread after the queued work is done; later submissions are refused."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._thread.join()
+
+    def reset_memory_caps(self) -> None:
+        """Forgets the batch sizes learnt from out-of-memory errors."""
+        with self._cond:
+            self._token_cap.clear()
+            self._at_cap.clear()
 
     @staticmethod
     def _finish_empty(job: Job) -> None:
@@ -313,49 +451,74 @@ class Worker:
                     self._cond.wait()
                 if not self._pending and self._closed:
                     return
+                self._wait_for_company()
                 self._drop_cancelled()
                 if not self._pending:
                     continue
                 batch = self._take_batch()
-            try:
-                first = batch[0][0]
-                if isinstance(first, ForwardJob):
-                    self._run_forward(batch)  # type: ignore[arg-type]
-                elif isinstance(first, GradientJob):
-                    self._run_gradient(batch)  # type: ignore[arg-type]
-                elif isinstance(first, ActivationJob):
-                    self._run_activation(batch)  # type: ignore[arg-type]
-                else:
-                    self._run_head(batch)  # type: ignore[arg-type]
-            except Exception as exc:  # a failed batch fails the jobs in it, never the worker
-                log.exception("batch failed")
-                self._fail_jobs({id(job): job for job, _, _ in batch}.values(), exc)
+            started = time.perf_counter()
+            self._execute(batch)
+            self.stats.busy_seconds += time.perf_counter() - started
+
+    def _wait_for_company(self) -> None:
+        """Lets the oldest job wait up to `batch_wait_seconds` (since it was queued) for others
+        to share its batch, unless a full batch is already waiting. Called with the lock held."""
+        wait = self.options.batch_wait_seconds
+        if wait <= 0:
+            return
+        deadline = min(job._enqueued for job in self._pending) + wait
+        while not self._closed:
+            tokens = sum((job.n_rows - job._next_row) * job.length for job in self._pending)
+            left = deadline - time.monotonic()
+            if (
+                left <= 0
+                or tokens >= self.options.token_budget
+                or self._queued_rows >= self.options.max_batch_rows
+            ):
+                return
+            self._cond.wait(left)
 
     def _drop_cancelled(self) -> None:
         keep: deque[Job] = deque()
         for job in self._pending:
             if job.is_cancelled is not None and job.is_cancelled():
+                left = job.n_rows - job._next_row
+                self._queued_rows -= left
+                self.stats.cancelled_jobs += 1
+                self.stats.cancelled_rows += left
                 if not job.future.done():
                     job.future.set_exception(Cancelled("request cancelled"))
             else:
                 keep.append(job)
         self._pending = keep
 
+    def _lead(self) -> Job:
+        """The oldest job of the request that led a batch least recently."""
+        first: dict[object, Job] = {}
+        for job in self._pending:
+            first.setdefault(job._key, job)
+        self._last_lead = {k: v for k, v in self._last_lead.items() if k in first}
+        key = min(first, key=lambda k: (self._last_lead.get(k, -1), first[k]._seq))
+        self._batch_seq += 1
+        self._last_lead[key] = self._batch_seq
+        return first[key]
+
     def _take_batch(self) -> list[tuple[Job, int, int]]:
         """Pops row ranges `(job, start, stop)` of one kind under the token budget.
 
-        The oldest job's kind and rows come first (no job waits behind newer ones forever); the
-        rest of the batch is filled from the jobs of the same kind closest in length to it, to
-        limit padding (activation batches also cap it: `activation_max_padding`). A job whose
-        rows are all taken leaves the queue. Called with the lock held.
+        The lead job's kind and rows come first (see the class docstring); the rest of the
+        batch is filled from the jobs of the same kind closest in length to it, to limit padding
+        (activation batches also cap it: `activation_max_padding`). A job whose rows are all
+        taken leaves the queue. Called with the lock held.
         """
-        oldest = self._pending[0]
-        kind = type(oldest)
-        same_kind = [job for job in self._pending if type(job) is kind]
-        candidates = [oldest, *sorted(same_kind[1:], key=lambda j: abs(j.length - oldest.length))]
+        lead = self._lead()
+        kind = type(lead)
+        same_kind = [job for job in self._pending if type(job) is kind and job is not lead]
+        candidates = [lead, *sorted(same_kind, key=lambda j: abs(j.length - lead.length))]
         budget = (
             self.options.gradient_token_budget if kind is GradientJob else self.options.token_budget
         )
+        budget = min(budget, self._token_cap.get(kind, budget))
         max_padding = self.options.activation_max_padding if kind is ActivationJob else None
         batch: list[tuple[Job, int, int]] = []
         rows = 0
@@ -380,16 +543,143 @@ class Worker:
             ):
                 continue  # too much padding; a job closer in length may still fit
             start = job._next_row
+            if start == 0 and self.observer is not None:
+                self.observer.queued(kind_name(job), time.monotonic() - job._enqueued)
             job._next_row += fit
             batch.append((job, start, start + fit))
             rows += fit
             real += fit * job.length
             width = new_width
+            self._queued_rows -= fit
             if job._next_row >= job.n_rows:
                 self._pending.remove(job)
             if rows >= self.options.max_batch_rows or rows * width >= budget:
                 break
         return batch
+
+    # -- running a batch, with out-of-memory splitting and fault isolation --------------------
+
+    def _execute(self, pieces: Pieces) -> None:
+        """Runs a batch; never raises. Splits it on out-of-memory, isolates failing jobs."""
+        pieces = [p for p in pieces if not p[0].future.done()]  # a failed job's other rows
+        if not pieces:
+            return
+        cap = self._token_cap.get(type(pieces[0][0]))
+        rows = sum(stop - start for _, start, stop in pieces)
+        width = max(job.length for job, _, _ in pieces)
+        if cap is not None and rows > 1 and rows * width > cap:
+            for part in self._split(pieces, max(1, cap // width)):
+                self._execute(part)
+            return
+        started = time.perf_counter()
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(pieces)
+            self._run(pieces)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                self._on_out_of_memory(pieces, exc)
+            elif len({id(job) for job, _, _ in pieces}) > 1:
+                # Someone's input breaks the model: find whose, the others still get answers.
+                by_job: dict[int, Pieces] = {}
+                for piece in pieces:
+                    by_job.setdefault(id(piece[0]), []).append(piece)
+                for part in by_job.values():
+                    self._execute(part)
+            else:
+                job = pieces[0][0]
+                log.error("a job of model %s failed", self.name, exc_info=exc)
+                self.stats.failed_jobs += 1
+                self._fail_jobs([job], exc)
+        else:
+            if self.observer is not None:
+                kind = type(pieces[0][0])
+                budget = (
+                    self.options.gradient_token_budget
+                    if kind is GradientJob
+                    else self.options.token_budget
+                )
+                self.observer.batch(
+                    kind_name(pieces[0][0]),
+                    rows,
+                    rows * width,
+                    sum((stop - start) * job.length for job, start, stop in pieces),
+                    budget,
+                    time.perf_counter() - started,
+                )
+            self._note_success(pieces)
+
+    def _on_out_of_memory(self, pieces: Pieces, exc: Exception) -> None:
+        kind = type(pieces[0][0])
+        rows = sum(stop - start for _, start, stop in pieces)
+        width = max(job.length for job, _, _ in pieces)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if rows <= 1:
+            job = pieces[0][0]
+            log.warning("model %s: one sequence of %d tokens does not fit", self.name, width)
+            self.stats.failed_jobs += 1
+            self._fail_jobs(
+                [job],
+                ResourceExhausted(
+                    f"an input of {width} tokens does not fit in device memory even alone "
+                    f"(model {self.name or '?'}): send shorter inputs"
+                ),
+            )
+            return
+        self.stats.oom_splits += 1
+        self._token_cap[kind] = max(1, rows // 2) * width
+        self._at_cap[kind] = 0
+        log.warning(
+            "model %s: out of memory on %d rows x %d tokens; retrying in halves (%s)",
+            self.name,
+            rows,
+            width,
+            exc,
+        )
+        self._execute(pieces)  # split under the new cap
+
+    @staticmethod
+    def _split(pieces: Pieces, size: int) -> list[Pieces]:
+        """Consecutive parts of at most `size` rows (a job's range may be cut)."""
+        parts: list[Pieces] = [[]]
+        taken = 0
+        for job, start, stop in pieces:
+            while start < stop:
+                if taken == size:
+                    parts.append([])
+                    taken = 0
+                cut = min(stop, start + size - taken)
+                parts[-1].append((job, start, cut))
+                taken += cut - start
+                start = cut
+        return parts
+
+    def _note_success(self, pieces: Pieces) -> None:
+        """Grows an out-of-memory cap back by an eighth after enough batches ran at it."""
+        kind = type(pieces[0][0])
+        cap = self._token_cap.get(kind)
+        if cap is None:
+            return
+        width = max(job.length for job, _, _ in pieces)
+        rows = sum(stop - start for _, start, stop in pieces)
+        if rows * width * 2 < cap:
+            return  # a small batch says nothing about the cap
+        self._at_cap[kind] = self._at_cap.get(kind, 0) + 1
+        if self._at_cap[kind] >= self.options.oom_grow_after:
+            self._at_cap[kind] = 0
+            self._token_cap[kind] = cap + max(1, cap // 8)
+
+    def _run(self, pieces: Pieces) -> None:
+        first = pieces[0][0]
+        if isinstance(first, ForwardJob):
+            self._run_forward(pieces)  # type: ignore[arg-type]
+        elif isinstance(first, GradientJob):
+            self._run_gradient(pieces)  # type: ignore[arg-type]
+        elif isinstance(first, ActivationJob):
+            self._run_activation(pieces)  # type: ignore[arg-type]
+        else:
+            self._run_head(pieces)  # type: ignore[arg-type]
 
     def _columns(self, width: int, length: int) -> slice:
         """Where a row of `length` tokens sits in a batch of `width` (the runner's side)."""
@@ -592,5 +882,6 @@ class Worker:
             for job in jobs:
                 if job in self._pending:
                     self._pending.remove(job)
+                    self._queued_rows -= job.n_rows - job._next_row
                 if not job.future.done():
                     job.future.set_exception(exc)

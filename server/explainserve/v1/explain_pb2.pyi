@@ -254,7 +254,7 @@ class GradientShap(_message.Message):
     def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed")
+    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "truncate")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +272,7 @@ class ExplainRequest(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MODE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     occlusion: Occlusion
@@ -289,7 +290,8 @@ class ExplainRequest(_message.Message):
     aggregation: Aggregation
     inference_mode: InferenceMode
     seed: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+    truncate: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class ExplainStreamRequest(_message.Message):
     __slots__ = ("request",)
@@ -444,7 +446,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class GetActivationsRequest(_message.Message):
-    __slots__ = ("model", "inputs", "split_points", "granularity", "aggregation", "dtype", "include_predictions", "omit_units")
+    __slots__ = ("model", "inputs", "split_points", "granularity", "aggregation", "dtype", "include_predictions", "omit_units", "truncate")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +455,7 @@ class GetActivationsRequest(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     OMIT_UNITS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     split_points: _containers.RepeatedScalarFieldContainer[str]
@@ -461,7 +464,8 @@ class GetActivationsRequest(_message.Message):
     dtype: str
     include_predictions: bool
     omit_units: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., split_points: _Optional[_Iterable[str]] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dtype: _Optional[str] = ..., include_predictions: _Optional[bool] = ..., omit_units: _Optional[bool] = ...) -> None: ...
+    truncate: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., split_points: _Optional[_Iterable[str]] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dtype: _Optional[str] = ..., include_predictions: _Optional[bool] = ..., omit_units: _Optional[bool] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class SplitPointActivations(_message.Message):
     __slots__ = ("split_point", "values")

@@ -1,0 +1,55 @@
+"""The production-serving options of `explainserve serve`: batching wait, queue bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from explainserve.cli import build_parser, config_from_args
+from explainserve.config import ServeConfig
+
+
+def parse(*argv: str) -> ServeConfig:
+    return config_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_worker_options_from_toml_and_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text("batch_wait_ms = 5\nmax_queued_rows = 1000\n[models]\nm = '/m'\n")
+    config = parse("--config", str(toml), "--max-queued-rows", "2000")
+    (model,) = config.model_configs()
+    assert model.worker.batch_wait_seconds == 0.005
+    assert model.worker.max_queued_rows == 2000
+
+
+def test_worker_defaults() -> None:
+    (model,) = parse("--model", "m=/m").model_configs()
+    assert model.worker.batch_wait_seconds == 0.002
+    assert model.worker.max_queued_rows == 200_000
+
+
+def test_security_metrics_and_keepalive_options(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("alpha\n\n  beta  \n")
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        'auth_tokens = ["gamma"]\nauth_token_file = "tokens"\ntls_cert = "certs/server.pem"\n'
+        'tls_key = "certs/server.key"\nmetrics_port = 9100\nlog_format = "json"\n'
+        "max_connection_age_s = 1800\n"
+    )
+    config = parse(
+        "--config", str(toml), "--keepalive-time-s", "30", "--max-tokens-per-input", "64"
+    )
+    assert config.tokens() == ("gamma", "alpha", "beta")
+    assert config.tls_cert == (tmp_path / "certs/server.pem").resolve()  # relative to the file
+    assert config.tls_key == (tmp_path / "certs/server.key").resolve()
+    assert config.tls_client_ca is None
+    assert (config.metrics_port, config.log_format) == (9100, "json")
+    assert (config.keepalive_time_s, config.max_connection_age_s) == (30.0, 1800.0)
+    assert config.max_tokens_per_input == 64
+    assert config.explain_limits().max_inputs == 256
+
+
+def test_security_defaults_are_off() -> None:
+    config = parse()
+    assert config.tokens() == ()
+    assert (config.tls_cert, config.tls_key, config.metrics_port) == (None, None, None)
+    assert config.log_format == "text"

@@ -1,0 +1,177 @@
+"""Fuzz of the request surface: hypothesis builds Explain, GetActivations and
+PredictFromActivations requests over every proto field (unknown models and enum values, NaN and
+infinite floats, empty and odd texts, ids outside the vocabulary, ragged masks, bad tensors,
+truncation). The server answers each with a result or a client-error status: never INTERNAL or
+UNKNOWN, never a crash (the session server keeps serving)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from explainserve.v1 import explain_pb2 as pb
+from explainserve.v1 import explain_pb2_grpc
+
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+
+# Mostly plausible values, so that most requests reach the model; sometimes anything.
+models = st.sampled_from(["bert", "bert", "gpt2", "gpt2", "gpt2", "", "nope"])
+enums = st.integers(0, 3) | st.integers(0, 3) | st.integers(-2, 9)
+floats = st.sampled_from([0.1, 0.5, 1.0, 2.0]) | st.floats(width=32)
+small = st.integers(0, 40)
+words = st.sampled_from(["Hello", "world", "good", "bad", ".", "!", "é", "😀", "我", " ", "\n"])
+texts = (
+    st.lists(words, min_size=1, max_size=12).map(" ".join)
+    | st.lists(words, max_size=12).map("".join)
+    | st.text(max_size=30)
+)
+ids = st.lists(st.integers(100, 2000), min_size=1, max_size=14) | st.lists(
+    st.integers(-3, 60_000), max_size=14
+)
+masks = st.just([]) | st.lists(st.integers(0, 1), max_size=14) | st.lists(st.integers(-1, 2))
+targets = st.lists(
+    st.builds(pb.Target, index=st.integers(-2, 4))
+    | st.builds(pb.Target, label=st.sampled_from(["positive", "neutral", "nope", ""])),
+    max_size=3,
+) | st.just([])
+inputs = st.lists(
+    st.builds(pb.Input, text=texts, targets=targets)
+    | st.builds(
+        pb.Input,
+        token_ids=st.builds(pb.TokenIds, ids=ids, attention_mask=masks),
+        targets=targets,
+    )
+    | st.just(pb.Input()),
+    min_size=1,
+    max_size=3,
+) | st.lists(st.builds(pb.Input, text=texts), max_size=2)
+
+
+def opt(**strategies: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
+    """Each field set or left unset."""
+    return st.fixed_dictionaries({}, optional=strategies)
+
+
+methods = st.one_of(
+    st.just({"occlusion": pb.Occlusion()}),
+    opt(
+        n_perturbations=small,
+        perturb_probability=floats,
+        distance=enums,
+        kernel_width=floats,
+        alpha=floats,
+    ).map(lambda f: {"lime": pb.Lime(**f)}),
+    opt(n_perturbations=small).map(lambda f: {"kernel_shap": pb.KernelShap(**f)}),
+    opt(n_points=st.integers(0, 6), order=enums, sampler=enums).map(
+        lambda f: {"sobol": pb.Sobol(**f)}
+    ),
+    opt(reduction=enums).map(lambda f: {"saliency": pb.Saliency(**f)}),
+    opt(reduction=enums).map(lambda f: {"input_x_gradient": pb.InputXGradient(**f)}),
+    opt(n_steps=small, baseline=enums, rule=enums, reduction=enums).map(
+        lambda f: {"integrated_gradients": pb.IntegratedGradients(**f)}
+    ),
+    *[
+        opt(n_samples=st.integers(0, 6), noise_std=floats, reduction=enums).map(
+            lambda f, name=name, message=message: {name: message(**f)}
+        )
+        for name, message in [
+            ("smooth_grad", pb.SmoothGrad),
+            ("square_grad", pb.SquareGrad),
+            ("var_grad", pb.VarGrad),
+        ]
+    ],
+    opt(n_samples=st.integers(0, 6), noise_std=floats, baseline=enums, reduction=enums).map(
+        lambda f: {"gradient_shap": pb.GradientShap(**f)}
+    ),
+    st.just({}),
+)
+
+explain_requests = st.builds(
+    lambda model, inputs, method, rest: pb.ExplainRequest(
+        model=model, inputs=inputs, **method, **rest
+    ),
+    models,
+    inputs,
+    methods,
+    opt(
+        granularity=enums,
+        aggregation=enums,
+        inference_mode=enums,
+        seed=st.integers(0, 2**64 - 1),
+        truncate=st.booleans(),
+    ),
+)
+
+activation_requests = st.builds(
+    lambda model, inputs, rest: pb.GetActivationsRequest(model=model, inputs=inputs, **rest),
+    models,
+    inputs,
+    opt(
+        split_points=st.lists(
+            st.sampled_from(["bert.encoder.layer.0", "classifier:input", "score:input", "x", ""]),
+            max_size=2,
+        ),
+        granularity=enums,
+        aggregation=enums,
+        dtype=st.sampled_from(["", "float32", "float16", "bfloat16", "int8", "f4"]),
+        include_predictions=st.booleans(),
+        omit_units=st.booleans(),
+        truncate=st.booleans(),
+    ),
+)
+
+tensors = st.builds(
+    pb.Tensor,
+    dtype=st.sampled_from(["", "float32", "float16", "bfloat16", "int64"]),
+    shape=st.lists(st.integers(0, 40), max_size=3),
+    data=st.binary(max_size=300),
+)
+head_requests = st.builds(
+    lambda model, t: pb.PredictFromActivationsRequest(model=model, activations=t),
+    models,
+    tensors,
+)
+
+
+def answered(call: Callable[[], object]) -> None:
+    code, details = grpc.StatusCode.OK, ""
+    try:
+        call()
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details()
+    event(code.name)  # pytest --hypothesis-show-statistics: the spread of outcomes
+    assert code == grpc.StatusCode.OK or code in CLIENT_ERRORS, (code, details)
+
+
+@given(request=explain_requests)
+def test_explain_never_fails_internally(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainRequest
+) -> None:
+    answered(lambda: stub.Explain(request, timeout=60))
+
+
+@given(request=activation_requests)
+def test_get_activations_never_fails_internally(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.GetActivationsRequest
+) -> None:
+    answered(lambda: list(stub.GetActivations(request, timeout=60)))
+
+
+@given(request=head_requests)
+def test_predict_from_activations_never_fails_internally(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.PredictFromActivationsRequest
+) -> None:
+    answered(lambda: stub.PredictFromActivations(request, timeout=60))
+
+
+def test_the_server_still_serves_after_the_fuzz(assert_serving: Callable[[], None]) -> None:
+    assert_serving()

@@ -1,0 +1,284 @@
+"""The worker under faults and load, on a toy runner whose rows do not depend on their batch:
+out-of-memory splitting (injected), per-job fault isolation, the queue bound, fairness between a
+huge request and small ones, the batching wait window and dropping cancelled work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
+from explainserve.scheduling.worker import ForwardJob, Job, Worker, WorkerOptions
+
+VOCAB = 64
+
+
+class ToyRunner:
+    """Logits = sum of the real positions' embeddings: exact whatever the batch and padding.
+    `gate`, while cleared, holds every batch (to fill the queue)."""
+
+    pad_id = 0
+    padding_side = "right"
+
+    def __init__(self) -> None:
+        self.table = torch.randn(VOCAB, 3, generator=torch.Generator().manual_seed(0))
+        self.gate = threading.Event()
+        self.gate.set()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table[ids]
+
+    def logits(
+        self, ids: torch.Tensor, attention: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.gate.wait()
+        embeds = self.embed(ids) if inputs_embeds is None else inputs_embeds
+        return (embeds * attention[..., None]).sum(1)
+
+    def expected(self, job: ForwardJob) -> np.ndarray:
+        full = self.table[torch.from_numpy(job.ids)].sum(1).double().numpy()
+        return full[:, job.targets]
+
+
+def make_job(rows: int, length: int, seed: int, **kwargs: object) -> ForwardJob:
+    rng = np.random.default_rng(seed)
+    return ForwardJob(
+        ids=rng.integers(1, VOCAB, size=(rows, length)),
+        attention=np.ones(length, dtype=np.int64),
+        targets=np.array([0, 2]),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def runner() -> ToyRunner:
+    return ToyRunner()
+
+
+def start(runner: ToyRunner, **options: object) -> Worker:
+    defaults: dict[str, object] = {"batch_wait_seconds": 0.0}
+    return Worker(runner, WorkerOptions(**{**defaults, **options}), name="toy")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def batches() -> list[list[tuple[int, int, int]]]:
+    """Filled by `record`: each batch attempt as (job id, start, stop) pieces."""
+    return []
+
+
+def record(into: list[list[tuple[int, int, int]]]):  # type: ignore[no-untyped-def]
+    def hook(pieces: Sequence[tuple[Job, int, int]]) -> None:
+        into.append([(id(job), start, stop) for job, start, stop in pieces])
+
+    return hook
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Worker]]:
+    workers: list[Worker] = []
+    yield workers
+    for w in workers:
+        w.close()
+
+
+def test_out_of_memory_halves_the_batch_then_grows_back(
+    runner: ToyRunner, closing: list[Worker]
+) -> None:
+    worker = start(runner, token_budget=64 * 8, oom_grow_after=2)
+    closing.append(worker)
+    sizes: list[int] = []
+
+    def oom_above_16_rows(pieces: Sequence[tuple[Job, int, int]]) -> None:
+        rows = sum(stop - start for _, start, stop in pieces)
+        sizes.append(rows)
+        if rows > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    worker.fault_hook = oom_above_16_rows
+    job = make_job(200, 8, seed=1)
+    worker.submit(job)
+    np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    assert worker.stats.oom_splits >= 2  # 64 -> 32 -> 16
+    assert worker.stats.rows == 200  # failed attempts run nothing
+    after_first = sizes[sizes.index(16) :]
+    # The cap is remembered: later batches start at the size that worked ...
+    assert max(after_first) <= 18
+    # ... and grow back slowly (by an eighth after `oom_grow_after` batches at the cap).
+    worker.fault_hook = None
+    more = make_job(400, 8, seed=2)
+    sizes.clear()
+    worker.fault_hook = lambda pieces: sizes.append(sum(b - a for _, a, b in pieces))
+    worker.submit(more)
+    np.testing.assert_array_equal(more.future.result(timeout=10), runner.expected(more))
+    assert sizes[0] <= 18
+    assert max(sizes) > sizes[0]
+    assert max(sizes) <= 64
+
+
+def test_a_row_too_big_even_alone_fails_only_its_job(
+    runner: ToyRunner, closing: list[Worker]
+) -> None:
+    worker = start(runner, batch_wait_seconds=0.05)
+    closing.append(worker)
+
+    def oom_when_long(pieces: Sequence[tuple[Job, int, int]]) -> None:
+        if any(job.length > 20 for job, _, _ in pieces):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    worker.fault_hook = oom_when_long
+    small = [make_job(5, 6, seed=s) for s in range(3)]
+    huge = make_job(2, 30, seed=9)
+    worker.submit_all([small[0], huge, *small[1:]])
+    with pytest.raises(ResourceExhausted, match="does not fit in device memory even alone"):
+        huge.future.result(timeout=10)
+    for job in small:
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    assert worker.stats.failed_jobs == 1
+    # The worker lives on.
+    again = make_job(3, 6, seed=4)
+    worker.submit(again)
+    np.testing.assert_array_equal(again.future.result(timeout=10), runner.expected(again))
+
+
+def test_a_job_that_breaks_the_model_fails_alone(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    worker = start(runner, batch_wait_seconds=0.05)
+    closing.append(worker)
+    good = [make_job(7, 5 + s, seed=s) for s in range(4)]
+    poison = make_job(3, 6, seed=99)
+    seen = record(batches)
+
+    def raise_on_poison(pieces: Sequence[tuple[Job, int, int]]) -> None:
+        seen(pieces)
+        if any(job is poison for job, _, _ in pieces):
+            raise ValueError("this input breaks the model")
+
+    worker.fault_hook = raise_on_poison
+    worker.submit_all([good[0], good[1], poison, good[2], good[3]])
+    with pytest.raises(ValueError, match="breaks the model"):
+        poison.future.result(timeout=10)
+    for job in good:
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    assert len(batches[0]) == 5  # they did share the failing batch
+    assert worker.stats.failed_jobs == 1
+
+
+def test_a_full_queue_refuses_at_once_and_drains(runner: ToyRunner, closing: list[Worker]) -> None:
+    worker = start(runner, max_queued_rows=100, token_budget=40)
+    closing.append(worker)
+    runner.gate.clear()
+    try:
+        first = make_job(10, 4, seed=0)  # taken by the worker, held at the gate
+        worker.submit(first)
+        deadline = time.monotonic() + 5
+        while worker.queued_rows and time.monotonic() < deadline:
+            time.sleep(0.001)
+        queued = [make_job(30, 4, seed=s) for s in range(3)]
+        worker.submit_all(queued)
+        assert worker.queued_rows == 90
+        started = time.perf_counter()
+        with pytest.raises(ResourceExhausted, match="queue of model toy is full"):
+            worker.submit(make_job(11, 4, seed=5))
+        with pytest.raises(ResourceExhausted, match="more than the queue bound of 100"):
+            worker.submit(make_job(101, 4, seed=6))
+        assert time.perf_counter() - started < 0.5
+        worker.submit(make_job(10, 4, seed=7))  # what fits still goes in
+        assert worker.stats.rejected == 2
+    finally:
+        runner.gate.set()
+    for job in [first, *queued]:
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    deadline = time.monotonic() + 5
+    while worker.queued_rows and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert worker.queued_rows == 0
+
+
+def test_a_closed_worker_is_unavailable(runner: ToyRunner) -> None:
+    worker = start(runner)
+    worker.close()
+    with pytest.raises(Unavailable, match="shutting down"):
+        worker.submit(make_job(1, 3, seed=0))
+
+
+def test_a_huge_request_does_not_starve_small_ones(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    worker = start(runner, max_batch_rows=8)
+    closing.append(worker)
+    worker.fault_hook = record(batches)
+    runner.gate.clear()
+    try:
+        huge_key = threading.Event().is_set  # one request: its jobs share a cancel callback
+        huge = [make_job(40, 6, seed=s, is_cancelled=huge_key) for s in range(10)]
+        worker.submit_all(huge)
+        time.sleep(0.01)
+        small = [make_job(3, 6, seed=100 + s) for s in range(3)]  # three separate requests
+        for job in small:
+            worker.submit(job)
+    finally:
+        runner.gate.set()
+    for job in small:
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    for job in huge:
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    small_ids = {id(job) for job in small}
+    served = [i for i, b in enumerate(batches) if any(j in small_ids for j, _, _ in b)]
+    # 400 rows of the huge request take 50 batches; each small request leads one of the first
+    # few, interleaved with the huge one's.
+    assert len(batches) >= 50
+    assert max(served) <= 6
+
+
+def test_the_wait_window_lets_close_arrivals_share_a_batch(
+    runner: ToyRunner, closing: list[Worker]
+) -> None:
+    worker = start(runner, batch_wait_seconds=0.2)
+    closing.append(worker)
+    a, b = make_job(3, 5, seed=1), make_job(3, 5, seed=2)
+    worker.submit(a)
+    time.sleep(0.02)
+    worker.submit(b)
+    a.future.result(timeout=10)
+    b.future.result(timeout=10)
+    assert worker.stats.batches == 1
+
+
+def test_a_full_batch_does_not_wait(runner: ToyRunner, closing: list[Worker]) -> None:
+    worker = start(runner, batch_wait_seconds=5.0, token_budget=40)
+    closing.append(worker)
+    job = make_job(10, 4, seed=1)  # 40 tokens: a full batch
+    started = time.perf_counter()
+    worker.submit(job)
+    job.future.result(timeout=10)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_cancelled_jobs_are_dropped_unrun(runner: ToyRunner, closing: list[Worker]) -> None:
+    worker = start(runner, max_batch_rows=4)
+    closing.append(worker)
+    cancelled = threading.Event()
+    runner.gate.clear()
+    try:
+        job = make_job(100, 4, seed=3, is_cancelled=cancelled.is_set)
+        worker.submit(job)
+        time.sleep(0.01)
+        cancelled.set()
+    finally:
+        runner.gate.set()
+    with pytest.raises(Cancelled):
+        job.future.result(timeout=10)
+    assert worker.stats.cancelled_jobs == 1
+    assert worker.stats.rows <= 8  # at most the batch in flight and one more boundary
+    assert worker.stats.cancelled_rows >= 92
+    assert worker.queued_rows == 0
