@@ -133,12 +133,14 @@ class GradientRun:
         # Rows are target-major: all points of target 0, then of target 1, ...
         embeds = points.repeat(n_targets, 1, 1).to(model.dtype)
         targets = np.repeat(item.targets, self._per_target)
+        positions = None if item.positions is None else np.repeat(item.positions, self._per_target)
         self.n_rows = int(embeds.shape[0])
         self._job = GradientJob(
             embeds=embeds,
             attention=item.encoded.attention,
             targets=targets,
             mode=mode,
+            positions=positions,
             on_rows_done=progress.add,
             is_cancelled=is_cancelled,
         )

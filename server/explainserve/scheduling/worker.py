@@ -89,6 +89,10 @@ class ForwardJob:
     `ids` is `(p, n)`; every row shares the attention mask `attention` `(n,)`. The result is
     `(p, t)` float64: `mode(logits)[row, targets]`. `replaced` `(p, n)` marks positions whose
     input embedding is zeroed (the zero-embedding replacement), or is None.
+
+    Causal LMs (teacher forcing): `positions` `(t,)` gives, for each target token id in
+    `targets`, the position of the row whose next-token logits score it; the result is then
+    `mode(logits[row, positions[k]])[targets[k]]` (the mode applied over the vocabulary).
     """
 
     ids: NDArray[np.int64]
@@ -96,6 +100,7 @@ class ForwardJob:
     targets: NDArray[np.int64]
     mode: InferenceMode = "logits"
     replaced: NDArray[np.bool_] | None = None
+    positions: NDArray[np.int64] | None = None
     on_rows_done: Callable[[int], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
     future: Future[NDArray[np.float64]] = field(default_factory=Future)
@@ -113,19 +118,26 @@ class ForwardJob:
         """Tokens per row."""
         return int(self.ids.shape[1])
 
+    @property
+    def keep(self) -> int:
+        """How many last positions' logits the job reads (causal LMs), 0 for classifiers."""
+        return 0 if self.positions is None else self.length - int(self.positions.min())
+
 
 @dataclass(eq=False)
 class GradientJob:
     """Rows of input embeddings `(r, n, h)` whose gradients are wanted.
 
     Row `i` is scored by `mode(logits)[i, targets[i]]`; the result is the pair
-    `(gradients (r, n, h) float32 on CPU, scores (r,) float64)`.
+    `(gradients (r, n, h) float32 on CPU, scores (r,) float64)`. Causal LMs: with `positions`
+    `(r,)`, row `i` is scored by `mode(logits[i, positions[i]])[targets[i]]`.
     """
 
     embeds: torch.Tensor
     attention: NDArray[np.int64]
     targets: NDArray[np.int64]
     mode: InferenceMode = "logits"
+    positions: NDArray[np.int64] | None = None
     on_rows_done: Callable[[int], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
     future: Future[tuple[torch.Tensor, NDArray[np.float64]]] = field(default_factory=Future)
@@ -143,6 +155,11 @@ class GradientJob:
     def length(self) -> int:
         """Tokens per row."""
         return int(self.embeds.shape[1])
+
+    @property
+    def keep(self) -> int:
+        """How many last positions' logits the job reads (causal LMs), 0 for classifiers."""
+        return 0 if self.positions is None else self.length - int(self.positions.min())
 
 
 #: Which positions of a capture with a token dimension an activation job keeps.
@@ -218,7 +235,45 @@ class HeadJob:
         return 1
 
 
-Job = ForwardJob | GradientJob | ActivationJob | HeadJob
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How a causal LM continues a prompt: greedy, or sampled (temperature, nucleus top_p) with
+    a seeded generator; at most `max_new_tokens` tokens."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(eq=False)
+class GenerateJob:
+    """One prompt `(n,)` continued by a causal LM (runs alone, on the worker thread that owns the
+    model); the result is the generated token ids, end of sequence excluded. `on_rows_done` is
+    called once per generated token, and with what is left of `max_new_tokens` at the end."""
+
+    prompt: NDArray[np.int64]
+    options: GenerationOptions
+    stop_ids: frozenset[int] = frozenset()
+    on_rows_done: Callable[[int], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    future: Future[list[int]] = field(default_factory=Future)
+    _next_row: int = 0
+    _rows_done: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        """One: the prompt."""
+        return 1
+
+    @property
+    def length(self) -> int:
+        """Tokens of the prompt."""
+        return int(self.prompt.shape[0])
+
+
+Job = ForwardJob | GradientJob | ActivationJob | HeadJob | GenerateJob
 
 
 @dataclass(frozen=True)
@@ -238,6 +293,9 @@ class WorkerOptions:
     #: goes in one batch.
     activation_max_padding: float = 1.02
     activation_fill_tokens: int = 256
+    #: Causal LMs: positions x vocabulary of the logits one batch may hold (the vocab-sized
+    #: logits of the continuation's positions, reduced to the target scores in the batch).
+    logits_budget: int = 1 << 26
 
 
 @dataclass
@@ -325,6 +383,8 @@ class Worker:
                     self._run_gradient(batch)  # type: ignore[arg-type]
                 elif isinstance(first, ActivationJob):
                     self._run_activation(batch)  # type: ignore[arg-type]
+                elif isinstance(first, GenerateJob):
+                    self._run_generate(first)
                 else:
                     self._run_head(batch)  # type: ignore[arg-type]
             except Exception as exc:  # a failed batch fails the jobs in it, never the worker
@@ -351,6 +411,12 @@ class Worker:
         """
         oldest = self._pending[0]
         kind = type(oldest)
+        if kind is GenerateJob:
+            self._pending.popleft()
+            oldest._next_row = 1
+            return [(oldest, 0, 1)]
+        vocab = int(getattr(self.runner, "vocab_size", 0))
+        keep = 0
         same_kind = [job for job in self._pending if type(job) is kind]
         candidates = [oldest, *sorted(same_kind[1:], key=lambda j: abs(j.length - oldest.length))]
         budget = (
@@ -363,11 +429,14 @@ class Worker:
         real = 0
         for job in candidates:
             new_width = max(width, job.length)
+            new_keep = max(keep, getattr(job, "keep", 0))
             fit = min(
                 budget // max(new_width, 1) - rows,
                 self.options.max_batch_rows - rows,
                 job.n_rows - job._next_row,
             )
+            if new_keep and vocab:
+                fit = min(fit, self.options.logits_budget // (new_keep * vocab) - rows)
             if fit <= 0:
                 if rows == 0:  # one row always goes, whatever its length
                     fit = 1
@@ -385,6 +454,7 @@ class Worker:
             rows += fit
             real += fit * job.length
             width = new_width
+            keep = new_keep
             if job._next_row >= job.n_rows:
                 self._pending.remove(job)
             if rows >= self.options.max_batch_rows or rows * width >= budget:
@@ -437,13 +507,17 @@ class Worker:
             if zero_mask is not None:
                 embeds = self.runner.embed(ids_d)
                 embeds = embeds.masked_fill(zero_mask.to(device).unsqueeze(-1), 0.0)
-            logits = self.runner.logits(ids_d, att_d, embeds)
-            at = 0
-            outputs = []
-            for job, start, stop in pieces:
-                scores = apply_mode(logits[at : at + stop - start], job.mode)
-                outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
-                at += stop - start
+            keep = max(job.keep for job, _, _ in pieces)
+            if keep:
+                outputs = self._token_scores(pieces, ids_d, att_d, embeds, keep)
+            else:
+                logits = self.runner.logits(ids_d, att_d, embeds)
+                at = 0
+                outputs = []
+                for job, start, stop in pieces:
+                    scores = apply_mode(logits[at : at + stop - start], job.mode)
+                    outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
+                    at += stop - start
             host = [o.double().cpu().numpy() for o in outputs]
         for (job, start, stop), out in zip(pieces, host, strict=True):
             if job._out is None:
@@ -451,6 +525,35 @@ class Worker:
             job._out[start:stop] = out
             if self._rows_done(job, stop - start):
                 job.future.set_result(job._out)
+
+    def _token_scores(
+        self,
+        pieces: list[tuple[ForwardJob, int, int]],
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        embeds: torch.Tensor | None,
+        keep: int,
+    ) -> list[torch.Tensor]:
+        """Causal LMs: each job's `(rows, t)` target-token scores from the `(b, keep, V)` logits
+        of the batch's last positions (rows are left-padded: a job's positions are the same
+        distance from the end in all its rows). Only these scores leave the batch."""
+        token_logits = getattr(self.runner, "token_logits", None)
+        if token_logits is None:
+            raise RuntimeError("the model's runner has no next-token logits")
+        logits = token_logits(ids, attention, embeds, keep)
+        device = logits.device
+        at = 0
+        outputs = []
+        for job, start, stop in pieces:
+            assert job.positions is not None
+            n = stop - start
+            cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
+            scores = apply_mode(logits[at : at + n, cols], job.mode)  # (n, t, V)
+            index = torch.from_numpy(job.targets).to(device).view(1, -1, 1).expand(n, -1, 1)
+            outputs.append(scores.gather(2, index)[..., 0])
+            del scores
+            at += n
+        return outputs
 
     def _run_gradient(self, pieces: list[tuple[GradientJob, int, int]]) -> None:
         width, attention = self._pad(pieces)
@@ -467,13 +570,29 @@ class Worker:
             targets[at : at + stop - start] = torch.from_numpy(job.targets[start:stop])
             modes.append((at, at + stop - start, job.mode))
             at += stop - start
+        keep = max(job.keep for job, _, _ in pieces)
+        columns = None
+        if keep:
+            # Causal LMs: row i is scored at its own position, `keep - (length - position)`
+            # among the batch's last `keep` positions (rows are left-padded).
+            columns = torch.cat(
+                [
+                    torch.from_numpy(keep - (job.length - job.positions[start:stop]))
+                    for job, start, stop in pieces
+                    if job.positions is not None
+                ]
+            ).to(device)
         embeds.requires_grad_(True)
         with torch.enable_grad():
-            logits = self.runner.logits(
-                torch.zeros((rows, width), dtype=torch.long, device=device),
-                attention.to(device),
-                embeds,
-            )
+            no_ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+            if columns is not None:
+                token_logits = getattr(self.runner, "token_logits", None)
+                if token_logits is None:
+                    raise RuntimeError("the model's runner has no next-token logits")
+                kept = token_logits(no_ids, attention.to(device), embeds, keep)
+                logits = kept[torch.arange(rows, device=device), columns]
+            else:
+                logits = self.runner.logits(no_ids, attention.to(device), embeds)
             picked = []
             for lo, hi, mode in modes:
                 scored = apply_mode(logits[lo:hi], mode)
@@ -578,6 +697,30 @@ class Worker:
             at += n
             if self._rows_done(job, n):
                 job.future.set_result(job._out)
+
+    def _run_generate(self, job: GenerateJob) -> None:
+        """Continues one prompt (a causal LM's own continuation, when no target is given)."""
+        generate = getattr(self.runner, "generate", None)
+        if generate is None:
+            raise RuntimeError("the model cannot generate")
+        self.stats.batches += 1
+        done = 0
+
+        def on_token() -> None:
+            nonlocal done
+            done += 1
+            if job.on_rows_done is not None:
+                job.on_rows_done(1)
+
+        tokens: list[int] = generate(
+            torch.from_numpy(job.prompt), job.options, set(job.stop_ids), on_token, job.is_cancelled
+        )
+        left = job.options.max_new_tokens - done
+        job._rows_done = 1
+        if left > 0 and job.on_rows_done is not None:
+            job.on_rows_done(left)
+        if not job.future.done():
+            job.future.set_result(tokens)
 
     @staticmethod
     def _rows_done(job: Job, n: int) -> bool:
