@@ -9,7 +9,7 @@ from typing import Any
 
 from explainserve.activations.service import ActivationLimits
 from explainserve.errors import InvalidArgument
-from explainserve.models.registry import ModelConfig, ReplacementFallback
+from explainserve.models.registry import TASKS, ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
 
 if sys.version_info >= (3, 11):
@@ -40,8 +40,13 @@ class ServeConfig:
     activation_chunk_bytes: int = 1024 * 1024
     #: GetActivations: chunks computed ahead of the one being sent (memory: this + 1 chunks).
     activation_prefetch_chunks: int = 4
+    #: Causal LMs: positions x vocabulary of the logits one forward batch may hold.
+    logits_budget: int = 1 << 26
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
+    #: name -> task ("sequence-classification" or "causal-lm"); unlisted models: detected from
+    #: their config's architectures.
+    tasks: dict[str, str] = field(default_factory=dict)
 
     def model_configs(self) -> list[ModelConfig]:
         """One ModelConfig per served model (the default one when none is configured)."""
@@ -51,8 +56,18 @@ class ServeConfig:
 
             models = {DEFAULT_MODEL_NAME: default_model_dir()}
         worker = WorkerOptions(
-            token_budget=self.token_budget, gradient_token_budget=self.gradient_token_budget
+            token_budget=self.token_budget,
+            gradient_token_budget=self.gradient_token_budget,
+            logits_budget=self.logits_budget,
         )
+        for name, task in self.tasks.items():
+            if name not in models:
+                raise InvalidArgument(f"[tasks] names '{name}', which is not a served model")
+            if task not in TASKS or task == "auto":
+                raise InvalidArgument(
+                    f"unknown task '{task}' for model '{name}': sequence-classification or "
+                    "causal-lm"
+                )
         return [
             ModelConfig(
                 name=name,
@@ -61,6 +76,7 @@ class ServeConfig:
                 dtype=self.dtype,
                 replacement_fallback=self.replacement_fallback,
                 worker=worker,
+                task=self.tasks.get(name, "auto"),  # type: ignore[arg-type]
             )
             for name, path in models.items()
         ]

@@ -482,3 +482,12 @@ def test_task_is_detected(lm_registry: Registry) -> None:
     assert served.task == "causal-lm"
     assert served.labels == []
     assert served.replacement.kind == "unk_token"
+
+
+def test_explicit_task_must_match_the_architecture(
+    tiny_gpt2_lm_dir: Path, tiny_gpt2_dir: Path
+) -> None:
+    with pytest.raises(InvalidArgument, match="is not a sequence classifier"):
+        load_model(ModelConfig("x", tiny_gpt2_lm_dir, device="cpu", task="sequence-classification"))
+    with pytest.raises(InvalidArgument, match="is not a causal LM"):
+        load_model(ModelConfig("x", tiny_gpt2_dir, device="cpu", task="causal-lm"))

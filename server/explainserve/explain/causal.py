@@ -24,6 +24,8 @@ from explainserve.explain.params import Aggregation, Generation, InputSpec
 from explainserve.explain.units import Encoded, Granularity, Units, encode_ids, make_units
 from explainserve.scheduling.worker import GenerationOptions
 
+#: Tokens generated when the request does not say (or the server's limit when lower).
+DEFAULT_MAX_NEW_TOKENS = 32
 # Huge on purpose: the continuation's length is checked against its own limit and the model's.
 _NO_LIMIT = 1 << 40
 
@@ -42,10 +44,12 @@ def generation_options(
 ) -> GenerationOptions:
     """Checks the generation parameters (ranges, NaN) and returns the worker's options."""
     g = generation
-    if not 1 <= g.max_new_tokens <= limits.max_new_tokens:
+    max_new = min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens)
+    if g.max_new_tokens is not None:
+        max_new = g.max_new_tokens
+    if not 1 <= max_new <= limits.max_new_tokens:
         raise InvalidArgument(
-            f"generation.max_new_tokens must be in [1, {limits.max_new_tokens}], got "
-            f"{g.max_new_tokens}",
+            f"generation.max_new_tokens must be in [1, {limits.max_new_tokens}], got {max_new}",
             field="generation.max_new_tokens",
         )
     if not (math.isfinite(g.temperature) and 0.0 < g.temperature <= limits.max_temperature):
@@ -59,7 +63,7 @@ def generation_options(
             f"generation.top_p must be in (0, 1], got {g.top_p}", field="generation.top_p"
         )
     return GenerationOptions(
-        max_new_tokens=g.max_new_tokens,
+        max_new_tokens=max_new,
         do_sample=g.do_sample,
         temperature=g.temperature,
         top_p=g.top_p,

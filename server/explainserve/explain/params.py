@@ -99,9 +99,10 @@ class InputSpec:
 @dataclass(frozen=True)
 class Generation:
     """How a causal LM's continuation is generated when an input has none (the seed is the
-    request's): greedy by default, or sampled with `temperature` and nucleus `top_p`."""
+    request's): greedy by default, or sampled with `temperature` and nucleus `top_p`.
+    `max_new_tokens` None = 32, or the server's limit when lower."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = None
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

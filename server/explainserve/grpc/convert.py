@@ -180,7 +180,7 @@ def generation_from_proto(request: pb.ExplainRequest) -> dom.Generation | None:
         return None
     g = request.generation
     return dom.Generation(
-        max_new_tokens=g.max_new_tokens or 32,
+        max_new_tokens=g.max_new_tokens or None,
         do_sample=g.do_sample,
         temperature=_opt(g, "temperature", 1.0),
         top_p=_opt(g, "top_p", 1.0),

@@ -434,6 +434,10 @@ def detect_task(config: ModelConfig, architectures: list[str]) -> str:
         raise InvalidArgument(
             f"model '{config.name}' ({', '.join(architectures)}) is not a sequence classifier"
         )
+    if config.task == "causal-lm" and architectures and not causal:
+        raise InvalidArgument(
+            f"model '{config.name}' ({', '.join(architectures)}) is not a causal LM"
+        )
     return config.task
 
 
