@@ -181,3 +181,28 @@ def test_bad_requests_are_invalid_argument(
     assert [v.field for v in bad.field_violations] == [field]
     ok = lm_stub.Explain(request(with_text(" of words.")), timeout=30)
     assert ok.explanations[0].scores.rows == 3
+
+
+def test_activations_of_a_causal_lm(lm_stub: explain_pb2_grpc.ExplainServiceStub) -> None:
+    req = pb.GetActivationsRequest(
+        model="gpt2-lm",
+        inputs=[pb.Input(text=PROMPT)],
+        split_points=["transformer.h.1"],
+        granularity=pb.ACTIVATION_GRANULARITY_ALL_TOKENS,
+        include_predictions=True,
+    )
+    (chunk,) = lm_stub.GetActivations(req, timeout=30)
+    values = chunk.activations[0].values
+    assert list(values.shape) == [chunk.row_offsets[1], 32]
+    # The predictions are the next-token logits after the prompt.
+    assert chunk.logits.shape[0] == 1
+    assert chunk.predicted_classes[0] < chunk.logits.shape[1]
+    with pytest.raises(grpc.RpcError) as info:
+        list(
+            lm_stub.GetActivations(
+                pb.GetActivationsRequest(model="gpt2-lm", inputs=[pb.Input(text=PROMPT)]),
+                timeout=30,
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "no classification head" in info.value.details()  # type: ignore[attr-defined]
