@@ -491,3 +491,31 @@ def test_explicit_task_must_match_the_architecture(
         load_model(ModelConfig("x", tiny_gpt2_lm_dir, device="cpu", task="sequence-classification"))
     with pytest.raises(InvalidArgument, match="is not a causal LM"):
         load_model(ModelConfig("x", tiny_gpt2_dir, device="cpu", task="causal-lm"))
+
+
+def test_gradient_rows_share_points_and_keep_only_sums(lm_registry: Registry) -> None:
+    from explainserve.explain import causal
+    from explainserve.explain.common import Item, Progress
+    from explainserve.explain.gradient import GradientRun
+    from explainserve.explain.units import encode_text
+
+    served = lm_registry.get("gpt2-lm")
+    tok = served.tokenizer
+    prompt = causal.strip_end_of_sequence(tok, encode_text(tok, PROMPT, 128, "p"))
+    spec = InputSpec(text=PROMPT, continuation_text=CONTINUATION)
+    cont = causal.encode_continuation(tok, spec, 0, CausalLimits())
+    full = causal.join(prompt, cont)
+    layout = causal.causal_units(prompt, cont, full, "word", tok, True)
+    p, t = prompt.n_tokens, cont.n_tokens
+    item = Item(0, full, layout.inputs, cont.ids, np.arange(p - 1, p - 1 + t))
+    method = Gradient(kind="integrated_gradients", n_steps=5)
+    run = GradientRun(served, item, method, "logits", "mean", 0, Progress(0), None)
+    (job,) = run.jobs
+    assert job.n_rows == 5 * t
+    assert job.embeds.shape[0] == 5  # the points, shared by the t targets
+    served.worker.submit_all([job])
+    scores = run.finish()
+    assert scores.shape == (t, layout.inputs.n_units)
+    grads, rows = job.future.result()
+    assert grads.numel() == 0  # summed per target as batches finished, never kept
+    assert rows.shape == (5 * t,)

@@ -126,11 +126,17 @@ class ForwardJob:
 
 @dataclass(eq=False)
 class GradientJob:
-    """Rows of input embeddings `(r, n, h)` whose gradients are wanted.
+    """`r = len(targets)` rows of input embeddings whose gradients are wanted.
 
-    Row `i` is scored by `mode(logits)[i, targets[i]]`; the result is the pair
-    `(gradients (r, n, h) float32 on CPU, scores (r,) float64)`. Causal LMs: with `positions`
-    `(r,)`, row `i` is scored by `mode(logits[i, positions[i]])[targets[i]]`.
+    `embeds` holds `(p, n, h)` points and row `i` is `embeds[i % p]` (the rows of several
+    targets share their points without copies). Row `i` is scored by
+    `mode(logits)[i, targets[i]]`; the result is the pair `(gradients (r, n, h) float32 on CPU,
+    scores (r,) float64)`. Causal LMs: with `positions` `(r,)`, row `i` is scored by
+    `mode(logits[i, positions[i]])[targets[i]]`.
+
+    With `accumulate`, the worker hands it each batch's gradients instead of keeping them all
+    (`accumulate(start, stop, grads)`, `grads` `(stop - start, n, h)` float32 on CPU: the caller
+    reduces them as they come), and the result's gradients are an empty tensor.
     """
 
     embeds: torch.Tensor
@@ -138,6 +144,7 @@ class GradientJob:
     targets: NDArray[np.int64]
     mode: InferenceMode = "logits"
     positions: NDArray[np.int64] | None = None
+    accumulate: Callable[[int, int, torch.Tensor], None] | None = None
     on_rows_done: Callable[[int], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
     future: Future[tuple[torch.Tensor, NDArray[np.float64]]] = field(default_factory=Future)
@@ -149,7 +156,14 @@ class GradientJob:
     @property
     def n_rows(self) -> int:
         """Number of rows."""
-        return int(self.embeds.shape[0])
+        return len(self.targets)
+
+    def points(self, start: int, stop: int) -> torch.Tensor:
+        """Rows `start..stop` of input embeddings."""
+        p = int(self.embeds.shape[0])
+        if start // p == (stop - 1) // p:
+            return self.embeds[start % p : (stop - 1) % p + 1]
+        return self.embeds[torch.arange(start, stop) % p]
 
     @property
     def length(self) -> int:
@@ -566,7 +580,7 @@ class Worker:
         at = 0
         for job, start, stop in pieces:
             cols = self._columns(width, job.length)
-            embeds[at : at + stop - start, cols] = job.embeds[start:stop].to(device)
+            embeds[at : at + stop - start, cols] = job.points(start, stop).to(device)
             targets[at : at + stop - start] = torch.from_numpy(job.targets[start:stop])
             modes.append((at, at + stop - start, job.mode))
             at += stop - start
@@ -603,15 +617,21 @@ class Worker:
         score_host = score.detach().double().cpu().numpy()
         at = 0
         for job, start, stop in pieces:
-            if job._grads is None:
-                job._grads = torch.empty(tuple(job.embeds.shape), dtype=torch.float32)
+            if job._scores is None:
+                shape = (job.n_rows, *job.embeds.shape[1:]) if job.accumulate is None else (0,)
+                job._grads = torch.empty(shape, dtype=torch.float32)
                 job._scores = np.empty(job.n_rows, dtype=np.float64)
             n = stop - start
-            job._grads[start:stop] = grads_host[at : at + n, self._columns(width, job.length)]
-            assert job._scores is not None
+            piece = grads_host[at : at + n, self._columns(width, job.length)]
+            if job.accumulate is not None:
+                job.accumulate(start, stop, piece)
+            else:
+                assert job._grads is not None
+                job._grads[start:stop] = piece
             job._scores[start:stop] = score_host[at : at + n]
             at += n
             if self._rows_done(job, n):
+                assert job._grads is not None
                 job.future.set_result((job._grads, job._scores))
 
     def _run_activation(self, pieces: list[tuple[ActivationJob, int, int]]) -> None:
