@@ -185,7 +185,7 @@ def expected_valid(e: Explanation) -> NDArray[np.bool_]:
 
 
 @pytest.mark.parametrize("model", [*MODELS, "gpt2-zero", "gpt2-small-logits"])
-@pytest.mark.parametrize("mode", ["logits", "log_softmax"])
+@pytest.mark.parametrize("mode", ["logits", "softmax", "log_softmax"])
 def test_occlusion_matches_direct_teacher_forcing(
     lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str, mode: str
 ) -> None:

@@ -145,6 +145,18 @@ def test_stream_reports_generation_progress(lm_stub: explain_pb2_grpc.ExplainSer
             "neither text nor token_ids",
         ),
         (
+            request(
+                pb.Input(
+                    text=PROMPT,
+                    continuation=pb.Continuation(
+                        token_ids=pb.TokenIds(ids=[5], attention_mask=[1])
+                    ),
+                )
+            ),
+            "inputs[0].continuation.token_ids.attention_mask",
+            "leave it empty",
+        ),
+        (
             request(pb.Input(text=PROMPT), generation=pb.Generation(max_new_tokens=21)),
             "generation.max_new_tokens",
             "must be in [1, 20], got 21",

@@ -150,6 +150,12 @@ def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> dom.I
         if which == "text":
             continuation_text = item.continuation.text
         elif which == "token_ids":
+            if item.continuation.token_ids.attention_mask:
+                raise InvalidArgument(
+                    f"the continuation of input {i} has an attention_mask: every continuation "
+                    "token is attended, leave it empty",
+                    field=f"inputs[{i}].continuation.token_ids.attention_mask",
+                )
             continuation_ids = list(item.continuation.token_ids.ids)
         else:
             raise InvalidArgument(
