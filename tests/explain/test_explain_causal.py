@@ -519,3 +519,23 @@ def test_gradient_rows_share_points_and_keep_only_sums(lm_registry: Registry) ->
     grads, rows = job.future.result()
     assert grads.numel() == 0  # summed per target as batches finished, never kept
     assert rows.shape == (5 * t,)
+
+
+def test_sentences_of_a_continuation_that_starts_with_a_lone_space(
+    lm_explainer: Explainer,
+) -> None:
+    # The BPE has no "ĠH": " He" starts with a whitespace-only token, which joins the sentence.
+    tokenizer = lm_explainer.registry.get("llama-lm").tokenizer
+    ids = tokenizer(" He sat down!", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids[0]) == "Ġ"
+    specs = [
+        InputSpec(text="Dr. Smith arrived.", continuation_text=" He sat down!"),
+        InputSpec(text="Dr. Smith arrived.", continuation_ids=ids),
+    ]
+    for e in explain(lm_explainer, "llama-lm", specs, Occlusion(), granularity="sentence"):
+        assert e.units.texts == ["Dr. Smith arrived.", "He sat down!"]
+        assert e.target_units is not None
+        assert e.target_units.texts == ["He sat down!"]
+        assert e.target_units.token_indices == [list(range(e.prompt_tokens, len(e.token_ids)))]
+        assert e.valid is not None
+        assert e.valid.tolist() == [[True, False]]

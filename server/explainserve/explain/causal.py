@@ -117,9 +117,6 @@ def encode_continuation(
             )
         words = np.asarray([-1 if w is None else w for w in enc.word_ids()], dtype=np.int64)
         offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)[content]
-        for span in offsets:  # some tokenizers keep the first token's leading space
-            while span[0] < span[1] and text[span[0]].isspace():
-                span[0] += 1
         encoded = Encoded(
             text=text,
             ids=ids,
@@ -131,6 +128,7 @@ def encode_continuation(
     else:
         assert spec.continuation_ids is not None
         encoded = encode_ids(tokenizer, list(spec.continuation_ids), None, _NO_LIMIT, f"{field}")
+    encoded = _place_blank_tokens(encoded)
     if encoded.n_tokens > limits.max_continuation_tokens:
         raise InvalidArgument(
             f"the continuation of input {index} has {encoded.n_tokens} tokens, the limit is "
@@ -142,7 +140,25 @@ def encode_continuation(
 
 def generated_continuation(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> Encoded:
     """A generated continuation, decoded to text with offsets."""
-    return encode_ids(tokenizer, ids, None, _NO_LIMIT, "continuation")
+    return _place_blank_tokens(encode_ids(tokenizer, ids, None, _NO_LIMIT, "continuation"))
+
+
+def _place_blank_tokens(encoded: Encoded) -> Encoded:
+    """A continuation's token spans without their leading whitespace (as the prompt's are; some
+    tokenizers keep it on the first token, or without special tokens); a whitespace-only token
+    (e.g. the space before " He") gets the empty span where the next word starts, so it joins
+    that word's unit (a continuation " He sat." is one sentence, not an empty one before it)."""
+    text = encoded.text
+    offsets = encoded.offsets.copy()
+    for span in offsets:
+        while span[0] < span[1] and text[span[0]].isspace():
+            span[0] += 1
+        if span[0] == span[1]:
+            at = int(span[0])
+            while at < len(text) and text[at].isspace():
+                at += 1
+            span[0] = span[1] = at
+    return replace(encoded, offsets=offsets)
 
 
 def join(prompt: Encoded, continuation: Encoded) -> Encoded:
@@ -161,6 +177,21 @@ def join(prompt: Encoded, continuation: Encoded) -> Encoded:
         special=np.concatenate([prompt.special, continuation.special]),
         offsets=np.concatenate([prompt.offsets, continuation.offsets + shift]),
         word_ids=word_ids,
+    )
+
+
+def _merge_leading_blank(units: Units) -> Units:
+    """The continuation's first unit joined to the next one when it has no characters (a
+    whitespace-only first token, which the native grouping makes a unit of its own since it
+    has no previous token to join)."""
+    if units.n_units < 2 or units.spans[0, 0] != units.spans[0, 1]:
+        return units
+    t2u = np.where(units.token_to_unit > 0, units.token_to_unit - 1, units.token_to_unit)
+    return Units(
+        token_to_unit=t2u,
+        spans=units.spans[1:].copy(),
+        texts=units.texts[1:],
+        token_indices=[units.token_indices[0] + units.token_indices[1], *units.token_indices[2:]],
     )
 
 
@@ -196,6 +227,8 @@ def causal_units(
         granularity,
         tokenizer,
     )
+    if granularity in ("word", "sentence"):
+        tail = _merge_leading_blank(tail)
     targets = replace(
         tail, token_indices=[[p + i for i in tokens] for tokens in tail.token_indices]
     )
