@@ -539,3 +539,27 @@ def test_sentences_of_a_continuation_that_starts_with_a_lone_space(
         assert e.target_units.token_indices == [list(range(e.prompt_tokens, len(e.token_ids)))]
         assert e.valid is not None
         assert e.valid.tolist() == [[True, False]]
+
+
+def test_cancellation_stops_generation(lm_explainer: Explainer) -> None:
+    from explainserve.errors import Cancelled
+
+    served = lm_explainer.registry.get("gpt2-lm")
+    steps: list[int] = []
+    params = ExplainParams(
+        model="gpt2-lm",
+        inputs=[InputSpec(text=PROMPT)],
+        method=Occlusion(),
+        generation=Generation(max_new_tokens=16),
+    )
+    before = served.worker.stats.batches
+    with pytest.raises(Cancelled):
+        list(
+            lm_explainer.explain(
+                params,
+                on_progress=lambda done, _total: steps.append(done),
+                is_cancelled=lambda: len(steps) >= 3,
+            )
+        )
+    assert len(steps) == 3  # three tokens generated, then the generation stopped
+    assert served.worker.stats.batches == before + 1  # no explanation forward ran
