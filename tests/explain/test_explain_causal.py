@@ -563,3 +563,25 @@ def test_cancellation_stops_generation(lm_explainer: Explainer) -> None:
         )
     assert len(steps) == 3  # three tokens generated, then the generation stopped
     assert served.worker.stats.batches == before + 1  # no explanation forward ran
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("sample", [False, True])
+def test_prompts_generated_together_equal_one_by_one(
+    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str, sample: bool
+) -> None:
+    prompts = ["Hello", "The quick brown fox jumps over", "Deep learning models need"]
+    gen = Generation(max_new_tokens=6, do_sample=sample, temperature=2.0)
+    served = lm_explainer.registry.get(model)
+    before = served.worker.stats.batches
+    specs = [InputSpec(text=p) for p in prompts]
+    together = explain(lm_explainer, model, specs, Occlusion(), generation=gen, seed=7)
+    assert served.worker.stats.batches - before <= 3  # one generation batch + the explanations
+    for spec, e in zip(specs, together, strict=True):
+        (alone,) = explain(lm_explainer, model, [spec], Occlusion(), generation=gen, seed=7)
+        assert e.continuation_ids is not None
+        assert alone.continuation_ids is not None
+        assert list(e.continuation_ids) == list(alone.continuation_ids)
+        if not sample:
+            prompt_ids = e.token_ids[: e.prompt_tokens]
+            assert list(e.continuation_ids) == direct_lm[model].greedy(prompt_ids, 6)

@@ -20,7 +20,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from explainserve.errors import Cancelled, InvalidArgument, NotFound
+from explainserve.errors import InvalidArgument, NotFound
 from explainserve.models.capture import capture, find_head, first_tensor, head_input_name
 from explainserve.scheduling.worker import GenerationOptions, Worker, WorkerOptions
 
@@ -242,37 +242,73 @@ class CausalLMRunner:
 
     def generate(
         self,
-        prompt: torch.Tensor,
+        prompts: list[torch.Tensor],
         options: GenerationOptions,
         stop_ids: set[int],
-        on_token: Callable[[], None] | None = None,
-        is_cancelled: Callable[[], bool] | None = None,
-    ) -> list[int]:
-        """Continues the `(n,)` prompt token by token (with the KV cache): greedy, or sampled with
-        `options.temperature` / `options.top_p` from a generator seeded with `options.seed`
-        (sampling runs on the CPU, so a seed gives the same tokens on every device). Stops after
-        `options.max_new_tokens` or before a stop id (end of sequence), which is not returned."""
-        generator = torch.Generator().manual_seed(options.seed)
-        out: list[int] = []
-        ids = prompt.to(self.device).unsqueeze(0)
+        on_token: Callable[[int], None] | None = None,
+        is_cancelled: Callable[[int], bool] | None = None,
+    ) -> list[list[int] | None]:
+        """Continues the `(n_i,)` prompts together, token by token with the KV cache (left-padded,
+        explicit position ids): greedy, or sampled with `options.temperature` / `options.top_p`
+        from one generator per prompt seeded with `options.seed` (on the CPU, so a seed gives
+        the same draws on every device and in every batch). A prompt stops after
+        `options.max_new_tokens` or before a stop id (end of sequence, not returned);
+        `on_token(i)` is called for each token prompt `i` draws. A prompt whose
+        `is_cancelled(i)` turns true stops and gets None."""
+        b = len(prompts)
+        width = max(int(p.shape[0]) for p in prompts)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((b, width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - prompt.shape[0] :] = prompt
+            attention[i, width - prompt.shape[0] :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generators = [torch.Generator().manual_seed(options.seed) for _ in range(b)]
+        out: list[list[int] | None] = [[] for _ in range(b)]
+        active = [True] * b
         past: Any = None
+        device = self.device
         with torch.inference_mode():
             for _ in range(options.max_new_tokens):
-                if is_cancelled is not None and is_cancelled():
-                    raise Cancelled("request cancelled")
-                result = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-                past = result.past_key_values
-                logits = result.logits[0, -1].float().cpu()
-                if options.do_sample:
-                    token = sample_token(logits, options.temperature, options.top_p, generator)
-                else:
-                    token = int(torch.argmax(logits))
-                if on_token is not None:
-                    on_token()
-                if token in stop_ids:
+                for i in range(b):
+                    if active[i] and is_cancelled is not None and is_cancelled(i):
+                        active[i] = False
+                        out[i] = None
+                if not any(active):
                     break
-                out.append(token)
-                ids = torch.tensor([[token]], device=self.device)
+                result = self.model(
+                    input_ids=ids.to(device),
+                    attention_mask=attention.to(device),
+                    position_ids=positions.to(device),
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = result.past_key_values
+                logits = result.logits[:, -1].float().cpu()
+                step = torch.full((b, 1), self.pad_id, dtype=torch.long)
+                for i in range(b):
+                    if not active[i]:
+                        continue
+                    if options.do_sample:
+                        token = sample_token(
+                            logits[i], options.temperature, options.top_p, generators[i]
+                        )
+                    else:
+                        token = int(torch.argmax(logits[i]))
+                    if on_token is not None:
+                        on_token(i)
+                    if token in stop_ids:
+                        active[i] = False
+                        continue
+                    tokens = out[i]
+                    assert tokens is not None
+                    tokens.append(token)
+                    step[i, 0] = token
+                # Stopped prompts append a masked pad: the cache stays aligned.
+                grown = torch.tensor([[int(a)] for a in active], dtype=torch.long)
+                attention = torch.cat([attention, grown], dim=1)
+                positions = positions[:, -1:] + 1
+                ids = step
         return out
 
 

@@ -398,7 +398,7 @@ class Worker:
                 elif isinstance(first, ActivationJob):
                     self._run_activation(batch)  # type: ignore[arg-type]
                 elif isinstance(first, GenerateJob):
-                    self._run_generate(first)
+                    self._run_generate([job for job, _, _ in batch])  # type: ignore[misc]
                 else:
                     self._run_head(batch)  # type: ignore[arg-type]
             except Exception as exc:  # a failed batch fails the jobs in it, never the worker
@@ -426,9 +426,7 @@ class Worker:
         oldest = self._pending[0]
         kind = type(oldest)
         if kind is GenerateJob:
-            self._pending.popleft()
-            oldest._next_row = 1
-            return [(oldest, 0, 1)]
+            return self._take_generation(oldest)  # type: ignore[arg-type]
         vocab = int(getattr(self.runner, "vocab_size", 0))
         keep = 0
         same_kind = [job for job in self._pending if type(job) is kind]
@@ -473,6 +471,28 @@ class Worker:
                 self._pending.remove(job)
             if rows >= self.options.max_batch_rows or rows * width >= budget:
                 break
+        return batch
+
+    def _take_generation(self, oldest: GenerateJob) -> list[tuple[Job, int, int]]:
+        """The oldest generation job and the others that generate the same way (a request's
+        prompts), as many as fit the token budget (prompt width + new tokens per row)."""
+        batch: list[tuple[Job, int, int]] = []
+        width = 0
+        for job in list(self._pending):
+            if not isinstance(job, GenerateJob):
+                continue
+            if job.options != oldest.options or job.stop_ids != oldest.stop_ids:
+                continue
+            new_width = max(width, job.length + job.options.max_new_tokens)
+            rows = len(batch) + 1
+            if batch and (
+                rows * new_width > self.options.token_budget or rows > self.options.max_batch_rows
+            ):
+                break
+            self._pending.remove(job)
+            job._next_row = 1
+            batch.append((job, 0, 1))
+            width = new_width
         return batch
 
     def _columns(self, width: int, length: int) -> slice:
@@ -718,28 +738,43 @@ class Worker:
             if self._rows_done(job, n):
                 job.future.set_result(job._out)
 
-    def _run_generate(self, job: GenerateJob) -> None:
-        """Continues one prompt (a causal LM's own continuation, when no target is given)."""
+    def _run_generate(self, jobs: list[GenerateJob]) -> None:
+        """Continues prompts together (causal LMs' own continuations, when no target is given)."""
         generate = getattr(self.runner, "generate", None)
         if generate is None:
             raise RuntimeError("the model cannot generate")
         self.stats.batches += 1
-        done = 0
+        self.stats.rows += len(jobs)
+        done = [0] * len(jobs)
 
-        def on_token() -> None:
-            nonlocal done
-            done += 1
-            if job.on_rows_done is not None:
-                job.on_rows_done(1)
+        def on_token(i: int) -> None:
+            done[i] += 1
+            callback = jobs[i].on_rows_done
+            if callback is not None:
+                callback(1)
 
-        tokens: list[int] = generate(
-            torch.from_numpy(job.prompt), job.options, set(job.stop_ids), on_token, job.is_cancelled
+        def is_cancelled(i: int) -> bool:
+            check = jobs[i].is_cancelled
+            return check is not None and check()
+
+        first = jobs[0]
+        results: list[list[int] | None] = generate(
+            [torch.from_numpy(job.prompt) for job in jobs],
+            first.options,
+            set(first.stop_ids),
+            on_token,
+            is_cancelled,
         )
-        left = job.options.max_new_tokens - done
-        job._rows_done = 1
-        if left > 0 and job.on_rows_done is not None:
-            job.on_rows_done(left)
-        if not job.future.done():
+        for i, (job, tokens) in enumerate(zip(jobs, results, strict=True)):
+            job._rows_done = 1
+            if job.future.done():
+                continue
+            if tokens is None:
+                job.future.set_exception(Cancelled("request cancelled"))
+                continue
+            left = job.options.max_new_tokens - done[i]
+            if left > 0 and job.on_rows_done is not None:
+                job.on_rows_done(left)
             job.future.set_result(tokens)
 
     @staticmethod
