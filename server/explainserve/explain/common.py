@@ -23,6 +23,8 @@ class Item:
     encoded: Encoded
     units: Units
     targets: NDArray[np.int64]
+    #: Causal LMs: per target token id, the position whose next-token logits score it.
+    positions: NDArray[np.int64] | None = None
 
 
 class Progress:
@@ -41,6 +43,11 @@ class Progress:
             done = self.done
         if self._listener is not None:
             self._listener(done, self.total)
+
+    def extend(self, n: int) -> None:
+        """Adds `n` rows to the total (work planned once generated continuations are known)."""
+        with self._lock:
+            self.total += n
 
 
 class Pending(Protocol):

@@ -12,7 +12,10 @@
 
 Only positions that belong to a unit are moved (baseline, noise): special tokens keep their
 embedding, so they get zero path attributions, as they get no perturbation in the other methods.
-Every row (sample x target) is one sequence in the model worker's gradient batches.
+Every row (sample x target) is one sequence in the model worker's gradient batches. The rows of
+all targets share the same points (no copy per target), and each batch's gradients are added to
+their target's running sums as the batch finishes: an input holds `(targets, n, h)` sums, never
+`(samples x targets, n, h)` gradients (a causal LM has one target per continuation token).
 """
 
 from __future__ import annotations
@@ -129,19 +132,53 @@ class GradientRun:
             points = noisy_baseline + a * (x - noisy_baseline)
         else:
             points = x + self._noise(x, moved, method, generator)
-        self._per_target = int(points.shape[0])
-        # Rows are target-major: all points of target 0, then of target 1, ...
-        embeds = points.repeat(n_targets, 1, 1).to(model.dtype)
-        targets = np.repeat(item.targets, self._per_target)
-        self.n_rows = int(embeds.shape[0])
+        per_target = int(points.shape[0])
+        self._per_target = per_target
+        # Per-point weight of each row's gradient in its target's running sum (and, for
+        # GradientShap, the factor x - baseline' of each point).
+        if kind == "integrated_gradients":
+            self._row_weights = torch.from_numpy(weights).double()
+        else:
+            self._row_weights = torch.full((per_target,), 1.0 / per_target, dtype=torch.float64)
+        hidden = tuple(x.shape)
+        self._sum = torch.zeros((n_targets, *hidden), dtype=torch.float64)
+        sq_shape = (n_targets, *hidden) if kind == "var_grad" else (0,)
+        self._sum_sq = torch.zeros(sq_shape, dtype=torch.float64)
+        # Rows are target-major: all points of target 0, then of target 1, ... They share the
+        # points (no copy per target), and the worker hands each batch's gradients to
+        # `_accumulate`, so memory holds (targets, n, h) sums, never every row's gradients.
+        targets = np.repeat(item.targets, per_target)
+        positions = None if item.positions is None else np.repeat(item.positions, per_target)
+        self.n_rows = len(targets)
         self._job = GradientJob(
-            embeds=embeds,
+            embeds=points.to(model.dtype),
             attention=item.encoded.attention,
             targets=targets,
             mode=mode,
+            positions=positions,
+            accumulate=self._accumulate,
             on_rows_done=progress.add,
             is_cancelled=is_cancelled,
         )
+
+    def _accumulate(self, start: int, stop: int, grads: torch.Tensor) -> None:
+        """Adds rows `start..stop`'s gradients `(rows, n, h)` to their targets' sums (worker
+        thread; `finish` reads the sums once the job is done)."""
+        rows = torch.arange(start, stop)
+        target = rows // self._per_target
+        point = rows % self._per_target
+        g = grads.double()
+        w = self._row_weights[point].view(-1, 1, 1)
+        kind = self._method.kind
+        if kind == "gradient_shap":
+            factor = (self._x - self._shap_baselines[point]).double()
+            self._sum.index_add_(0, target, g * factor * w)
+        elif kind == "square_grad":
+            self._sum.index_add_(0, target, g * g * w)
+        else:
+            self._sum.index_add_(0, target, g * w)
+            if kind == "var_grad":
+                self._sum_sq.index_add_(0, target, g * g * w)
 
     @property
     def jobs(self) -> list[GradientJob]:
@@ -177,26 +214,17 @@ class GradientRun:
 
     def finish(self) -> NDArray[np.float64]:
         """`(targets, units)` scores."""
-        grads, _scores = self._job.future.result()
-        n_targets = len(self._item.targets)
-        g = grads.view(n_targets, self._per_target, *grads.shape[1:])  # (T, S, n, h)
+        self._job.future.result()  # raises what the job raised
         kind = self._method.kind
-        x = self._x
-        if kind == "saliency":
-            per_dim = g[:, 0]
-        elif kind == "input_x_gradient":
-            per_dim = g[:, 0] * x
+        x = self._x.double()
+        if kind == "input_x_gradient":
+            per_dim = self._sum * x
         elif kind == "integrated_gradients":
-            avg = (g * self._weights.view(1, -1, 1, 1)).sum(dim=1)
-            per_dim = (x - self._baseline_x) * avg
-        elif kind == "gradient_shap":
-            per_dim = (g * (x - self._shap_baselines).unsqueeze(0)).mean(dim=1)
-        elif kind == "smooth_grad":
-            per_dim = g.mean(dim=1)
-        elif kind == "square_grad":
-            per_dim = (g * g).mean(dim=1)
-        else:
-            per_dim = g.var(dim=1, unbiased=False)
+            per_dim = (x - self._baseline_x.double()) * self._sum
+        elif kind == "var_grad":
+            per_dim = (self._sum_sq - self._sum * self._sum).clamp(min=0.0)
+        else:  # saliency (one point), smooth_grad, square_grad, gradient_shap: the mean
+            per_dim = self._sum
         token_scores = reduce_hidden(per_dim, self._reduction).float().numpy()
         unit_scores = _native.aggregate(
             np.ascontiguousarray(token_scores, dtype=np.float32),

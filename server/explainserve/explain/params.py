@@ -77,12 +77,35 @@ Method = Occlusion | Lime | KernelShap | Sobol | Gradient
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input: text, or token ids (+ optional attention mask); targets by index or label."""
+    """One input: text, or token ids (+ optional attention mask); targets by index or label.
+
+    Causal LMs: the input is the prompt, and the target is a continuation given as text or token
+    ids (at most one of the two); with neither, the model's own continuation is generated.
+    """
 
     text: str | None = None
     ids: list[int] | None = None
     attention: list[int] | None = None
     targets: list[int | str] = field(default_factory=list)
+    continuation_text: str | None = None
+    continuation_ids: list[int] | None = None
+
+    @property
+    def has_continuation(self) -> bool:
+        """True when a continuation is given (text or ids)."""
+        return self.continuation_text is not None or self.continuation_ids is not None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How a causal LM's continuation is generated when an input has none (the seed is the
+    request's): greedy by default, or sampled with `temperature` and nucleus `top_p`.
+    `max_new_tokens` None = 32, or the server's limit when lower."""
+
+    max_new_tokens: int | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,11 @@ class ExplainParams:
     aggregation: Aggregation = "mean"
     mode: InferenceMode = "logits"
     seed: int = 0
+    #: Causal LMs: how continuations are generated for inputs without one.
+    generation: Generation | None = None
+    #: Causal LMs: the continuation's tokens before the explained one are units too (as in
+    #: Interpreto); False = prompt units only.
+    target_context: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,3 +143,18 @@ class Explanation:
     text: str
     forward_passes: int
     elapsed_ms: float
+    #: Causal LMs: the continuation's units, one per row of `scores` (token indices and spans
+    #: into `token_ids` and `text`, which hold prompt + continuation); None for classifiers.
+    target_units: Units | None = None
+    #: Causal LMs: `scores`' shape; False where the unit is at or after the row's target unit
+    #: (it cannot influence it: its score is 0 and meaningless).
+    valid: NDArray[np.bool_] | None = None
+    #: Causal LMs: the continuation's text and token ids, and whether the server generated it.
+    continuation: str = ""
+    continuation_ids: NDArray[np.int64] | None = None
+    generated: bool = False
+    #: Causal LMs: tokens of the prompt at the start of `token_ids`.
+    prompt_tokens: int = 0
+    #: Causal LMs: the explained function (inference mode of the logits) of each continuation
+    #: token, teacher-forced on the unperturbed input.
+    continuation_scores: NDArray[np.float32] | None = None

@@ -101,6 +101,7 @@ class PerturbationRun:
             targets=item.targets,
             mode=mode,
             replaced=replaced,
+            positions=item.positions,
             on_rows_done=progress.add,
             is_cancelled=is_cancelled,
         )

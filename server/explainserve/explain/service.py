@@ -7,17 +7,18 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.errors import InvalidArgument
-from explainserve.explain import gradient, perturbation
+from explainserve.explain import causal, gradient, perturbation
 from explainserve.explain.common import Item, Pending, Progress
 from explainserve.explain.params import (
     ExplainParams,
     Explanation,
+    Generation,
     Gradient,
     InputSpec,
     KernelShap,
@@ -26,7 +27,7 @@ from explainserve.explain.params import (
 )
 from explainserve.explain.units import Encoded, encode_ids, encode_text, make_units
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import ForwardJob
+from explainserve.scheduling.worker import ForwardJob, GenerateJob, InferenceMode
 
 # Noise beyond this many standard deviations of the embeddings only measures the noise (and
 # overflows float16/bfloat16 models).
@@ -41,6 +42,8 @@ class Limits:
     #: Sequences one input may send through the model (perturbations, steps x targets, ...).
     max_rows_per_input: int = 50_000
     max_targets: int = 64
+    #: Causal LMs: generation and continuation lengths.
+    causal: causal.CausalLimits = field(default_factory=causal.CausalLimits)
 
 
 def _finite_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
@@ -167,6 +170,21 @@ class Explainer:
                 field="inputs",
             )
         validate_method(params)
+        if model.is_causal_lm:
+            yield from self._explain_causal(model, params, started, on_progress, is_cancelled)
+            return
+        for i, spec in enumerate(params.inputs):
+            if spec.has_continuation:
+                raise InvalidArgument(
+                    f"input {i} has a continuation, but model '{model.name}' is a sequence "
+                    "classifier: continuations are for causal LMs",
+                    field=f"inputs[{i}].continuation",
+                )
+        if params.generation is not None:
+            raise InvalidArgument(
+                f"model '{model.name}' is a sequence classifier: generation is for causal LMs",
+                field="generation",
+            )
         encoded = [_encode(model, spec, i) for i, spec in enumerate(params.inputs)]
         units = [make_units(e, params.granularity, model.tokenizer) for e in encoded]
         for i, u in enumerate(units):
@@ -215,45 +233,239 @@ class Explainer:
             )
             for i in range(len(encoded))
         ]
-        runs: dict[int, Pending] = {}
-        for item in items:
-            if isinstance(method, Gradient):
-                runs[item.index] = gradient.GradientRun(
-                    model,
-                    item,
-                    method,
-                    params.mode,
-                    params.aggregation,
-                    params.seed,
-                    progress,
-                    is_cancelled,
+        runs = _start_runs(model, items, params, progress, is_cancelled)
+        for i, scores in _finished(runs):
+            item = items[i]
+            yield Explanation(
+                input_index=i,
+                units=item.units,
+                target_indices=[int(t) for t in item.targets],
+                target_labels=[model.labels[int(t)] for t in item.targets],
+                scores=np.ascontiguousarray(scores, dtype=np.float32),
+                logits=logits[i].astype(np.float32),
+                token_ids=item.encoded.ids,
+                text=item.encoded.text,
+                forward_passes=runs[i].n_rows + 1,
+                elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            )
+
+    def _explain_causal(
+        self,
+        model: ServedModel,
+        params: ExplainParams,
+        started: float,
+        on_progress: Callable[[int, int], None] | None,
+        is_cancelled: Callable[[], bool] | None,
+    ) -> Iterator[Explanation]:
+        """Explain for a causal LM: each input is a prompt, explained for its continuation
+        (given, or generated first on the model's worker); see `explain.causal`."""
+        limits = self.limits.causal
+        tokenizer = model.tokenizer
+        for i, spec in enumerate(params.inputs):
+            if spec.targets:
+                raise InvalidArgument(
+                    f"input {i} has class targets, but model '{model.name}' is a causal LM: give "
+                    "a continuation (text or token ids) or none to explain the generated one",
+                    field=f"inputs[{i}].targets",
                 )
+        to_generate = [i for i, spec in enumerate(params.inputs) if not spec.has_continuation]
+        options = None
+        if to_generate or params.generation is not None:
+            options = causal.generation_options(
+                params.generation or Generation(), params.seed, limits
+            )
+        prompts = []
+        for i, spec in enumerate(params.inputs):
+            prompt = _encode(model, spec, i)
+            if spec.text is not None:
+                prompt = causal.strip_end_of_sequence(tokenizer, prompt)
+            prompts.append(prompt)
+        continuations: dict[int, Encoded] = {}
+        for i, spec in enumerate(params.inputs):
+            if spec.has_continuation:
+                continuations[i] = causal.encode_continuation(tokenizer, spec, i, limits)
+                n = prompts[i].n_tokens + continuations[i].n_tokens
+                if n > model.max_length:
+                    raise InvalidArgument(
+                        f"input {i}'s prompt and continuation have {n} tokens, more than the "
+                        f"model's maximum of {model.max_length}",
+                        field=f"inputs[{i}].continuation",
+                    )
             else:
-                runs[item.index] = perturbation.PerturbationRun(
-                    model, item, method, params.mode, params.seed, progress, is_cancelled
+                assert options is not None
+                n = prompts[i].n_tokens + options.max_new_tokens
+                if n > model.max_length:
+                    raise InvalidArgument(
+                        f"input {i}'s prompt ({prompts[i].n_tokens} tokens) and "
+                        f"generation.max_new_tokens ({options.max_new_tokens}) exceed the "
+                        f"model's maximum of {model.max_length} tokens",
+                        field="generation.max_new_tokens",
+                    )
+        planned = len(to_generate) * (options.max_new_tokens if options else 0)
+        progress = Progress(planned + len(prompts), on_progress)
+        if to_generate:
+            assert options is not None
+            stop_ids = _stop_ids(model)
+            jobs = {
+                i: GenerateJob(
+                    prompt=prompts[i].ids,
+                    options=options,
+                    stop_ids=stop_ids,
+                    on_rows_done=progress.add,
+                    is_cancelled=is_cancelled,
                 )
-        model.worker.submit_all(job for run in runs.values() for job in run.jobs)
-        waiting = {f: i for i, run in runs.items() for f in run.futures}
-        finished: set[int] = set()
-        while waiting:
-            done, _ = wait(list(waiting), return_when=FIRST_COMPLETED)
-            for f in done:
-                waiting.pop(f)
-            for i, run in runs.items():
-                if i in finished or not all(f.done() for f in run.futures):
-                    continue
-                finished.add(i)
-                scores = run.finish()
-                item = items[i]
-                yield Explanation(
-                    input_index=i,
-                    units=item.units,
-                    target_indices=[int(t) for t in item.targets],
-                    target_labels=[model.labels[int(t)] for t in item.targets],
-                    scores=np.ascontiguousarray(scores, dtype=np.float32),
-                    logits=logits[i].astype(np.float32),
-                    token_ids=item.encoded.ids,
-                    text=item.encoded.text,
-                    forward_passes=run.n_rows + 1,
-                    elapsed_ms=(time.perf_counter() - started) * 1000.0,
+                for i in to_generate
+            }
+            model.worker.submit_all(jobs.values())
+            for i, job in jobs.items():
+                tokens = job.future.result()
+                if not tokens:
+                    raise InvalidArgument(
+                        f"the model ended input {i}'s continuation at once (end of sequence): "
+                        "there is nothing to explain; give a continuation",
+                        field=f"inputs[{i}]",
+                    )
+                continuations[i] = causal.generated_continuation(tokenizer, tokens)
+        items = []
+        layouts = []
+        rows = []
+        method = params.method
+        for i, prompt in enumerate(prompts):
+            cont = continuations[i]
+            full = causal.join(prompt, cont)
+            layout = causal.causal_units(
+                prompt, cont, full, params.granularity, tokenizer, params.target_context
+            )
+            if layout.inputs.n_units == 0 or layout.targets.n_units == 0:
+                what = "prompt" if layout.inputs.n_units == 0 else "continuation"
+                raise InvalidArgument(
+                    f"input {i}'s {what} has no {params.granularity} units to explain",
+                    field=f"inputs[{i}]",
                 )
+            n_targets = cont.n_tokens
+            if isinstance(method, Gradient):
+                n = gradient.n_rows(method, n_targets)
+            else:
+                n = perturbation.n_rows(method, layout.inputs.n_units)
+            if n > self.limits.max_rows_per_input:
+                raise InvalidArgument(
+                    f"input {i} would need {n} forward passes, the limit is "
+                    f"{self.limits.max_rows_per_input}: lower the number of perturbations, "
+                    "steps or samples, shorten the continuation or use a coarser granularity",
+                    field=f"inputs[{i}]",
+                )
+            rows.append(n)
+            layouts.append(layout)
+            p = prompt.n_tokens
+            items.append(
+                Item(
+                    index=i,
+                    encoded=full,
+                    units=layout.inputs,
+                    targets=cont.ids,
+                    positions=np.arange(p - 1, p - 1 + cont.n_tokens, dtype=np.int64),
+                )
+            )
+        progress.extend(sum(rows))
+        base_jobs = [_teacher_forced(item, params.mode, progress, is_cancelled) for item in items]
+        model.worker.submit_all(base_jobs)
+        runs = _start_runs(model, items, params, progress, is_cancelled)
+        for i, token_scores in _finished(runs):
+            item = items[i]
+            cont = continuations[i]
+            yield Explanation(
+                input_index=i,
+                units=item.units,
+                target_indices=[],
+                target_labels=[],
+                scores=causal.to_target_units(token_scores, layouts[i], params.aggregation),
+                logits=np.zeros(0, dtype=np.float32),
+                token_ids=item.encoded.ids,
+                text=item.encoded.text,
+                forward_passes=runs[i].n_rows + 1,
+                elapsed_ms=(time.perf_counter() - started) * 1000.0,
+                target_units=layouts[i].targets,
+                valid=layouts[i].valid,
+                continuation=cont.text,
+                continuation_ids=cont.ids,
+                generated=i in to_generate,
+                prompt_tokens=prompts[i].n_tokens,
+                continuation_scores=base_jobs[i].future.result()[0].astype(np.float32),
+            )
+
+
+def _stop_ids(model: ServedModel) -> frozenset[int]:
+    """Token ids that end a generation: the tokenizer's and the generation config's EOS."""
+    ids = set()
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(int(model.tokenizer.eos_token_id))
+    config = getattr(model.model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(int(e) for e in eos)
+    return frozenset(ids)
+
+
+def _teacher_forced(
+    item: Item,
+    mode: InferenceMode,
+    progress: Progress,
+    is_cancelled: Callable[[], bool] | None,
+) -> ForwardJob:
+    """The unperturbed prompt + continuation: the score of every continuation token."""
+    return ForwardJob(
+        ids=item.encoded.ids[None, :],
+        attention=item.encoded.attention,
+        targets=item.targets,
+        mode=mode,
+        positions=item.positions,
+        on_rows_done=progress.add,
+        is_cancelled=is_cancelled,
+    )
+
+
+def _start_runs(
+    model: ServedModel,
+    items: list[Item],
+    params: ExplainParams,
+    progress: Progress,
+    is_cancelled: Callable[[], bool] | None,
+) -> dict[int, Pending]:
+    """One run per item, their jobs submitted together (so inputs share batches)."""
+    method = params.method
+    runs: dict[int, Pending] = {}
+    for item in items:
+        if isinstance(method, Gradient):
+            runs[item.index] = gradient.GradientRun(
+                model,
+                item,
+                method,
+                params.mode,
+                params.aggregation,
+                params.seed,
+                progress,
+                is_cancelled,
+            )
+        else:
+            runs[item.index] = perturbation.PerturbationRun(
+                model, item, method, params.mode, params.seed, progress, is_cancelled
+            )
+    model.worker.submit_all(job for run in runs.values() for job in run.jobs)
+    return runs
+
+
+def _finished(runs: dict[int, Pending]) -> Iterator[tuple[int, NDArray[np.float64]]]:
+    """Each run's index and scores, in the order they finish."""
+    waiting = {f: i for i, run in runs.items() for f in run.futures}
+    finished: set[int] = set()
+    while waiting:
+        done, _ = wait(list(waiting), return_when=FIRST_COMPLETED)
+        for f in done:
+            waiting.pop(f)
+        for i, run in runs.items():
+            if i in finished or not all(f.done() for f in run.futures):
+                continue
+            finished.add(i)
+            yield i, run.finish()

@@ -141,17 +141,56 @@ def method_from_proto(request: pb.ExplainRequest) -> dom.Method:
 
 
 def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> dom.InputSpec:
-    """One input's content (text or token ids) with the given targets."""
+    """One input's content (text or token ids) with the given targets and continuation."""
     content = item.WhichOneof("content")
+    continuation_text = None
+    continuation_ids = None
+    if item.HasField("continuation"):
+        which = item.continuation.WhichOneof("content")
+        if which == "text":
+            continuation_text = item.continuation.text
+        elif which == "token_ids":
+            if item.continuation.token_ids.attention_mask:
+                raise InvalidArgument(
+                    f"the continuation of input {i} has an attention_mask: every continuation "
+                    "token is attended, leave it empty",
+                    field=f"inputs[{i}].continuation.token_ids.attention_mask",
+                )
+            continuation_ids = list(item.continuation.token_ids.ids)
+        else:
+            raise InvalidArgument(
+                f"the continuation of input {i} has neither text nor token_ids",
+                field=f"inputs[{i}].continuation",
+            )
     if content == "text":
-        return dom.InputSpec(text=item.text, targets=targets)
+        return dom.InputSpec(
+            text=item.text,
+            targets=targets,
+            continuation_text=continuation_text,
+            continuation_ids=continuation_ids,
+        )
     if content == "token_ids":
         return dom.InputSpec(
             ids=list(item.token_ids.ids),
             attention=list(item.token_ids.attention_mask) or None,
             targets=targets,
+            continuation_text=continuation_text,
+            continuation_ids=continuation_ids,
         )
     raise InvalidArgument(f"input {i} has neither text nor token_ids", field=f"inputs[{i}]")
+
+
+def generation_from_proto(request: pb.ExplainRequest) -> dom.Generation | None:
+    """The request's generation parameters (defaults for unset fields), None when unset."""
+    if not request.HasField("generation"):
+        return None
+    g = request.generation
+    return dom.Generation(
+        max_new_tokens=g.max_new_tokens or None,
+        do_sample=g.do_sample,
+        temperature=_opt(g, "temperature", 1.0),
+        top_p=_opt(g, "top_p", 1.0),
+    )
 
 
 def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
@@ -179,6 +218,8 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
         aggregation=_enum(AGGREGATION, request.aggregation, "aggregation"),
         mode=_enum(MODE, request.inference_mode, "inference_mode"),
         seed=int(request.seed),
+        generation=generation_from_proto(request),
+        target_context=not request.prompt_units_only,
     )
 
 
@@ -207,6 +248,17 @@ def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
         text=e.text,
     )
     _add_units(out.units, e.units)
+    if e.target_units is not None:
+        _add_units(out.target_units, e.target_units)
+        out.continuation = e.continuation
+        out.generated = e.generated
+        out.prompt_token_count = e.prompt_tokens
+        if e.valid is not None:
+            out.valid.extend(e.valid.ravel().tolist())
+        if e.continuation_ids is not None:
+            out.continuation_token_ids.extend(e.continuation_ids.tolist())
+        if e.continuation_scores is not None:
+            out.continuation_scores.extend(e.continuation_scores.tolist())
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from typing import Any, Literal
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -20,13 +22,16 @@ from transformers.utils import logging as hf_logging
 
 from explainserve.errors import InvalidArgument, NotFound
 from explainserve.models.capture import capture, find_head, first_tensor, head_input_name
-from explainserve.scheduling.worker import Worker, WorkerOptions
+from explainserve.scheduling.worker import GenerationOptions, Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 # Loading prints per-weight progress bars otherwise; the server logs what it loaded itself.
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 ReplacementFallback = Literal["unk", "pad", "eos", "zero_embedding"]
+#: What a served model does; "auto" detects it from the config's architectures.
+Task = Literal["auto", "sequence-classification", "causal-lm"]
+TASKS: tuple[str, ...] = ("auto", "sequence-classification", "causal-lm")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -46,6 +51,7 @@ class ModelConfig:
     dtype: str = "float32"
     replacement_fallback: ReplacementFallback = "unk"
     worker: WorkerOptions = field(default_factory=WorkerOptions)
+    task: Task = "auto"
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,171 @@ class ClassifierRunner:
         return out.reshape(inputs.shape[0], -1)
 
 
+class CausalLMRunner:
+    """The worker's view of a causal language model (AutoModelForCausalLM).
+
+    Batches are left-padded, so every row ends at the last column and the positions whose
+    next-token logits are wanted (the continuation's) are the same distance from the end in every
+    row of a job; position ids are explicit (cumulative attention - 1, clamped at 0), so a left-
+    padded row sees the positions it would see alone. Only the last `keep` positions' logits are
+    computed (`logits_to_keep`), never the whole `(b, L, V)`.
+    """
+
+    padding_side = "left"
+
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self._embeddings = model.get_input_embeddings()
+        head: Any = getattr(model, "get_output_embeddings")()  # noqa: B009 (untyped in HF)
+        self.vocab_size = int(head.weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return next(self.model.parameters()).device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input (word) embeddings of `ids`."""
+        out: torch.Tensor = self._embeddings(ids)
+        return out
+
+    def token_logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
+        keep: int,
+    ) -> torch.Tensor:
+        """`(b, keep, V)` next-token logits of the last `keep` positions of a left-padded batch."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(ids)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention,
+            position_ids=positions,
+            logits_to_keep=keep,
+            use_cache=False,
+        )
+        logits: torch.Tensor = out.logits
+        return logits
+
+    def logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(b, V)` next-token logits after the last position."""
+        return self.token_logits(ids, attention, inputs_embeds, 1)[:, -1]
+
+    def capture(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        split_points: list[str],
+        with_logits: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Activations at `split_points` (see `models.capture`), and the `(b, V)` next-token
+        logits when `with_logits`."""
+        return capture(
+            self.model,
+            split_points,
+            lambda: self.logits(ids, attention),
+            stop_early=not with_logits,
+        )
+
+    def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Causal LMs have no classification head."""
+        raise InvalidArgument("the model is a causal LM: it has no classification head")
+
+    def generate(
+        self,
+        prompts: list[torch.Tensor],
+        options: GenerationOptions,
+        stop_ids: set[int],
+        on_token: Callable[[int], None] | None = None,
+        is_cancelled: Callable[[int], bool] | None = None,
+    ) -> list[list[int] | None]:
+        """Continues the `(n_i,)` prompts together, token by token with the KV cache (left-padded,
+        explicit position ids): greedy, or sampled with `options.temperature` / `options.top_p`
+        from one generator per prompt seeded with `options.seed` (on the CPU, so a seed gives
+        the same draws on every device and in every batch). A prompt stops after
+        `options.max_new_tokens` or before a stop id (end of sequence, not returned);
+        `on_token(i)` is called for each token prompt `i` draws. A prompt whose
+        `is_cancelled(i)` turns true stops and gets None."""
+        b = len(prompts)
+        width = max(int(p.shape[0]) for p in prompts)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((b, width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - prompt.shape[0] :] = prompt
+            attention[i, width - prompt.shape[0] :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generators = [torch.Generator().manual_seed(options.seed) for _ in range(b)]
+        out: list[list[int] | None] = [[] for _ in range(b)]
+        active = [True] * b
+        past: Any = None
+        device = self.device
+        with torch.inference_mode():
+            for _ in range(options.max_new_tokens):
+                for i in range(b):
+                    if active[i] and is_cancelled is not None and is_cancelled(i):
+                        active[i] = False
+                        out[i] = None
+                if not any(active):
+                    break
+                result = self.model(
+                    input_ids=ids.to(device),
+                    attention_mask=attention.to(device),
+                    position_ids=positions.to(device),
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = result.past_key_values
+                logits = result.logits[:, -1].float().cpu()
+                step = torch.full((b, 1), self.pad_id, dtype=torch.long)
+                for i in range(b):
+                    if not active[i]:
+                        continue
+                    if options.do_sample:
+                        token = sample_token(
+                            logits[i], options.temperature, options.top_p, generators[i]
+                        )
+                    else:
+                        token = int(torch.argmax(logits[i]))
+                    if on_token is not None:
+                        on_token(i)
+                    if token in stop_ids:
+                        active[i] = False
+                        continue
+                    tokens = out[i]
+                    assert tokens is not None
+                    tokens.append(token)
+                    step[i, 0] = token
+                # Stopped prompts append a masked pad: the cache stays aligned.
+                grown = torch.tensor([[int(a)] for a in active], dtype=torch.long)
+                attention = torch.cat([attention, grown], dim=1)
+                positions = positions[:, -1:] + 1
+                ids = step
+        return out
+
+
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> int:
+    """One token drawn from `softmax(logits / temperature)` restricted to the smallest set of most
+    likely tokens whose probability reaches `top_p` (nucleus sampling)."""
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=0) - sorted_probs
+        sorted_probs[before >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator)[0])
+
+
 @dataclass
 class ServedModel:
     """A loaded model, its tokenizer, its metadata and its worker."""
@@ -168,13 +339,18 @@ class ServedModel:
     device: torch.device
     dtype: torch.dtype
     replacement: Replacement
-    runner: ClassifierRunner
+    runner: ClassifierRunner | CausalLMRunner
     worker: Worker
     #: Module names whose output can be captured, with output shapes (-1 = batch / sequence),
     #: and the head's input ("<head>:input") just before the head's own entry.
     split_points: list[tuple[str, list[int]]] = field(default_factory=list)
     #: Attribute name of the classification head (`classifier`, `classification_head`, `score`).
     head: str | None = None
+
+    @property
+    def is_causal_lm(self) -> bool:
+        """True for causal language models (explained for a continuation of the input)."""
+        return self.task == "causal-lm"
 
     @property
     def head_input(self) -> str | None:
@@ -282,15 +458,40 @@ def probe_split_points(
     return out
 
 
+def detect_task(config: ModelConfig, architectures: list[str]) -> str:
+    """The model's task: the configured one, else from the config's architectures (a
+    `...ForCausalLM` / `...LMHeadModel` is a causal LM; anything else, or none, a classifier)."""
+    if config.task not in TASKS:
+        raise InvalidArgument(f"unknown task '{config.task}', expected one of {list(TASKS)}")
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if config.task == "auto":
+        return "causal-lm" if causal else "sequence-classification"
+    if config.task == "sequence-classification" and causal:
+        raise InvalidArgument(
+            f"model '{config.name}' ({', '.join(architectures)}) is not a sequence classifier"
+        )
+    if config.task == "causal-lm" and architectures and not causal:
+        raise InvalidArgument(
+            f"model '{config.name}' ({', '.join(architectures)}) is not a causal LM"
+        )
+    return config.task
+
+
 def load_model(config: ModelConfig) -> ServedModel:
-    """Loads a sequence classifier from a local directory; never touches the network."""
+    """Loads a sequence classifier or a causal LM from a local directory; never touches the
+    network."""
     if config.dtype not in DTYPES:
         raise InvalidArgument(f"unknown dtype '{config.dtype}', expected one of {list(DTYPES)}")
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     hf_config = AutoConfig.from_pretrained(config.path, local_files_only=True)
     architectures: list[str] = list(getattr(hf_config, "architectures", None) or [])
-    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+    task = detect_task(config, architectures)
+    if (
+        task == "sequence-classification"
+        and architectures
+        and not any(a.endswith("ForSequenceClassification") for a in architectures)
+    ):
         raise InvalidArgument(
             f"model '{config.name}' ({', '.join(architectures)}) is not a sequence classifier"
         )
@@ -300,41 +501,55 @@ def load_model(config: ModelConfig) -> ServedModel:
             f"model '{config.name}' needs a fast tokenizer (tokenizer.json) for character offsets"
         )
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
-    model = AutoModelForSequenceClassification.from_pretrained(config.path, **kwargs)
+    model: Any
+    if task == "causal-lm":
+        model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(config.path, **kwargs)
     model.to(device)
     model.eval()
     # Gradients are only ever taken with respect to the inputs.
     model.requires_grad_(False)
-    n_labels = int(model.config.num_labels)
-    id2label = dict(model.config.id2label or {})
-    labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n_labels)]
+    labels: list[str] = []
+    if task == "sequence-classification":
+        n_labels = int(model.config.num_labels)
+        id2label = dict(model.config.id2label or {})
+        labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n_labels)]
     max_positions = int(getattr(model.config, "max_position_embeddings", 0) or _HUGE_MAX_LENGTH)
     tok_max = int(tokenizer.model_max_length or _HUGE_MAX_LENGTH)
     max_length = min(max_positions, tok_max)
     replacement = choose_replacement(tokenizer, config.replacement_fallback)
     split_points = probe_split_points(model, tokenizer)
-    head = find_head(model)
-    head_shape = dict(split_points).get(head_input_name(head)) if head is not None else None
     pad_id = tokenizer.pad_token_id
-    runner = ClassifierRunner(
-        model,
-        int(pad_id) if pad_id is not None else 0,
-        head=head,
-        head_token_dim=head_shape is not None and len(head_shape) > 2 and head_shape[1] == -1,
-    )
+    runner: ClassifierRunner | CausalLMRunner
+    head = None
+    if task == "causal-lm":
+        # Padding is masked out; GPT-2 and Llama tokenizers often have no pad token.
+        fill = pad_id if pad_id is not None else tokenizer.eos_token_id
+        runner = CausalLMRunner(model, int(fill) if isinstance(fill, int) else 0)
+    else:
+        head = find_head(model)
+        head_shape = dict(split_points).get(head_input_name(head)) if head is not None else None
+        runner = ClassifierRunner(
+            model,
+            int(pad_id) if pad_id is not None else 0,
+            head=head,
+            head_token_dim=head_shape is not None and len(head_shape) > 2 and head_shape[1] == -1,
+        )
     worker = Worker(runner, config.worker, name=config.name)
     log.info(
-        "loaded %s from %s on %s (%s), %d labels, replacement %s",
+        "loaded %s (%s) from %s on %s (%s), %d labels, replacement %s",
         config.name,
+        task,
         config.path,
         device,
         config.dtype,
-        n_labels,
+        len(labels),
         replacement.kind,
     )
     return ServedModel(
         name=config.name,
-        task="sequence-classification",
+        task=task,
         model=model,
         tokenizer=tokenizer,
         labels=labels,

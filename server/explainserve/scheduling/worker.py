@@ -90,6 +90,10 @@ class ForwardJob:
     `ids` is `(p, n)`; every row shares the attention mask `attention` `(n,)`. The result is
     `(p, t)` float64: `mode(logits)[row, targets]`. `replaced` `(p, n)` marks positions whose
     input embedding is zeroed (the zero-embedding replacement), or is None.
+
+    Causal LMs (teacher forcing): `positions` `(t,)` gives, for each target token id in
+    `targets`, the position of the row whose next-token logits score it; the result is then
+    `mode(logits[row, positions[k]])[targets[k]]` (the mode applied over the vocabulary).
     """
 
     ids: NDArray[np.int64]
@@ -97,6 +101,7 @@ class ForwardJob:
     targets: NDArray[np.int64]
     mode: InferenceMode = "logits"
     replaced: NDArray[np.bool_] | None = None
+    positions: NDArray[np.int64] | None = None
     on_rows_done: Callable[[int], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
     future: Future[NDArray[np.float64]] = field(default_factory=Future)
@@ -117,19 +122,33 @@ class ForwardJob:
         """Tokens per row."""
         return int(self.ids.shape[1])
 
+    @property
+    def keep(self) -> int:
+        """How many last positions' logits the job reads (causal LMs), 0 for classifiers."""
+        return 0 if self.positions is None else self.length - int(self.positions.min())
+
 
 @dataclass(eq=False)
 class GradientJob:
-    """Rows of input embeddings `(r, n, h)` whose gradients are wanted.
+    """`r = len(targets)` rows of input embeddings whose gradients are wanted.
 
-    Row `i` is scored by `mode(logits)[i, targets[i]]`; the result is the pair
-    `(gradients (r, n, h) float32 on CPU, scores (r,) float64)`.
+    `embeds` holds `(p, n, h)` points and row `i` is `embeds[i % p]` (the rows of several
+    targets share their points without copies). Row `i` is scored by
+    `mode(logits)[i, targets[i]]`; the result is the pair `(gradients (r, n, h) float32 on CPU,
+    scores (r,) float64)`. Causal LMs: with `positions` `(r,)`, row `i` is scored by
+    `mode(logits[i, positions[i]])[targets[i]]`.
+
+    With `accumulate`, the worker hands it each batch's gradients instead of keeping them all
+    (`accumulate(start, stop, grads)`, `grads` `(stop - start, n, h)` float32 on CPU: the caller
+    reduces them as they come), and the result's gradients are an empty tensor.
     """
 
     embeds: torch.Tensor
     attention: NDArray[np.int64]
     targets: NDArray[np.int64]
     mode: InferenceMode = "logits"
+    positions: NDArray[np.int64] | None = None
+    accumulate: Callable[[int, int, torch.Tensor], None] | None = None
     on_rows_done: Callable[[int], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
     future: Future[tuple[torch.Tensor, NDArray[np.float64]]] = field(default_factory=Future)
@@ -144,12 +163,24 @@ class GradientJob:
     @property
     def n_rows(self) -> int:
         """Number of rows."""
-        return int(self.embeds.shape[0])
+        return len(self.targets)
+
+    def points(self, start: int, stop: int) -> torch.Tensor:
+        """Rows `start..stop` of input embeddings."""
+        p = int(self.embeds.shape[0])
+        if start // p == (stop - 1) // p:
+            return self.embeds[start % p : (stop - 1) % p + 1]
+        return self.embeds[torch.arange(start, stop) % p]
 
     @property
     def length(self) -> int:
         """Tokens per row."""
         return int(self.embeds.shape[1])
+
+    @property
+    def keep(self) -> int:
+        """How many last positions' logits the job reads (causal LMs), 0 for classifiers."""
+        return 0 if self.positions is None else self.length - int(self.positions.min())
 
 
 #: Which positions of a capture with a token dimension an activation job keeps.
@@ -231,7 +262,48 @@ class HeadJob:
         return 1
 
 
-Job = ForwardJob | GradientJob | ActivationJob | HeadJob
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How a causal LM continues a prompt: greedy, or sampled (temperature, nucleus top_p) with
+    a seeded generator; at most `max_new_tokens` tokens."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(eq=False)
+class GenerateJob:
+    """One prompt `(n,)` continued by a causal LM (runs alone, on the worker thread that owns the
+    model); the result is the generated token ids, end of sequence excluded. `on_rows_done` is
+    called once per generated token, and with what is left of `max_new_tokens` at the end."""
+
+    prompt: NDArray[np.int64]
+    options: GenerationOptions
+    stop_ids: frozenset[int] = frozenset()
+    on_rows_done: Callable[[int], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    future: Future[list[int]] = field(default_factory=Future)
+    _next_row: int = 0
+    _rows_done: int = 0
+    _key: object = None
+    _seq: int = 0
+    _enqueued: float = 0.0
+
+    @property
+    def n_rows(self) -> int:
+        """One: the prompt."""
+        return 1
+
+    @property
+    def length(self) -> int:
+        """Tokens of the prompt."""
+        return int(self.prompt.shape[0])
+
+
+Job = ForwardJob | GradientJob | ActivationJob | HeadJob | GenerateJob
 
 
 @dataclass(frozen=True)
@@ -260,6 +332,9 @@ class WorkerOptions:
     #: After an out-of-memory error the batch size is capped at what worked; the cap grows by
     #: an eighth after this many batches in a row that ran at the cap.
     oom_grow_after: int = 32
+    #: Causal LMs: positions x vocabulary of the logits one batch may hold (the vocab-sized
+    #: logits of the continuation's positions, reduced to the target scores in the batch).
+    logits_budget: int = 1 << 26
 
 
 @dataclass
@@ -305,11 +380,16 @@ class Observer(Protocol):
 
 
 #: Job kind names, for metrics and logs.
-KIND_NAMES = {"ForwardJob": "forward", "GradientJob": "gradient", "ActivationJob": "activation"}
+KIND_NAMES = {
+    "ForwardJob": "forward",
+    "GradientJob": "gradient",
+    "ActivationJob": "activation",
+    "GenerateJob": "generate",
+}
 
 
 def kind_name(job: Job) -> str:
-    """ "forward", "gradient", "activation" or "head"."""
+    """ "forward", "gradient", "activation", "generate" or "head"."""
     return KIND_NAMES.get(type(job).__name__, "head")
 
 
@@ -513,6 +593,10 @@ class Worker:
         """
         lead = self._lead()
         kind = type(lead)
+        if kind is GenerateJob:
+            return self._take_generation(lead)  # type: ignore[arg-type]
+        vocab = int(getattr(self.runner, "vocab_size", 0))
+        keep = 0
         same_kind = [job for job in self._pending if type(job) is kind and job is not lead]
         candidates = [lead, *sorted(same_kind, key=lambda j: abs(j.length - lead.length))]
         budget = (
@@ -526,11 +610,14 @@ class Worker:
         real = 0
         for job in candidates:
             new_width = max(width, job.length)
+            new_keep = max(keep, getattr(job, "keep", 0))
             fit = min(
                 budget // max(new_width, 1) - rows,
                 self.options.max_batch_rows - rows,
                 job.n_rows - job._next_row,
             )
+            if new_keep and vocab:
+                fit = min(fit, self.options.logits_budget // (new_keep * vocab) - rows)
             if fit <= 0:
                 if rows == 0:  # one row always goes, whatever its length
                     fit = 1
@@ -551,6 +638,7 @@ class Worker:
             real += fit * job.length
             width = new_width
             self._queued_rows -= fit
+            keep = new_keep
             if job._next_row >= job.n_rows:
                 self._pending.remove(job)
             if rows >= self.options.max_batch_rows or rows * width >= budget:
@@ -678,8 +766,39 @@ class Worker:
             self._run_gradient(pieces)  # type: ignore[arg-type]
         elif isinstance(first, ActivationJob):
             self._run_activation(pieces)  # type: ignore[arg-type]
+        elif isinstance(first, GenerateJob):
+            self._run_generate([job for job, _, _ in pieces])  # type: ignore[misc]
         else:
             self._run_head(pieces)  # type: ignore[arg-type]
+
+    def _take_generation(self, lead: GenerateJob) -> list[tuple[Job, int, int]]:
+        """The lead generation job and the others that generate the same way (a request's
+        prompts), as many as fit the token budget (prompt width + new tokens per row)."""
+        same = [
+            job
+            for job in self._pending
+            if isinstance(job, GenerateJob)
+            and job is not lead
+            and job.options == lead.options
+            and job.stop_ids == lead.stop_ids
+        ]
+        batch: list[tuple[Job, int, int]] = []
+        width = 0
+        for job in [lead, *same]:
+            new_width = max(width, job.length + job.options.max_new_tokens)
+            rows = len(batch) + 1
+            if batch and (
+                rows * new_width > self.options.token_budget or rows > self.options.max_batch_rows
+            ):
+                break
+            if self.observer is not None:
+                self.observer.queued(kind_name(job), time.monotonic() - job._enqueued)
+            self._pending.remove(job)
+            self._queued_rows -= job.n_rows - job._next_row
+            job._next_row = job.n_rows
+            batch.append((job, 0, job.n_rows))
+            width = new_width
+        return batch
 
     def _columns(self, width: int, length: int) -> slice:
         """Where a row of `length` tokens sits in a batch of `width` (the runner's side)."""
@@ -727,13 +846,17 @@ class Worker:
             if zero_mask is not None:
                 embeds = self.runner.embed(ids_d)
                 embeds = embeds.masked_fill(zero_mask.to(device).unsqueeze(-1), 0.0)
-            logits = self.runner.logits(ids_d, att_d, embeds)
-            at = 0
-            outputs = []
-            for job, start, stop in pieces:
-                scores = apply_mode(logits[at : at + stop - start], job.mode)
-                outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
-                at += stop - start
+            keep = max(job.keep for job, _, _ in pieces)
+            if keep:
+                outputs = self._token_scores(pieces, ids_d, att_d, embeds, keep)
+            else:
+                logits = self.runner.logits(ids_d, att_d, embeds)
+                at = 0
+                outputs = []
+                for job, start, stop in pieces:
+                    scores = apply_mode(logits[at : at + stop - start], job.mode)
+                    outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
+                    at += stop - start
             host = [o.double().cpu().numpy() for o in outputs]
         for (job, start, stop), out in zip(pieces, host, strict=True):
             if job._out is None:
@@ -741,6 +864,35 @@ class Worker:
             job._out[start:stop] = out
             if self._rows_done(job, stop - start):
                 job.future.set_result(job._out)
+
+    def _token_scores(
+        self,
+        pieces: list[tuple[ForwardJob, int, int]],
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        embeds: torch.Tensor | None,
+        keep: int,
+    ) -> list[torch.Tensor]:
+        """Causal LMs: each job's `(rows, t)` target-token scores from the `(b, keep, V)` logits
+        of the batch's last positions (rows are left-padded: a job's positions are the same
+        distance from the end in all its rows). Only these scores leave the batch."""
+        token_logits = getattr(self.runner, "token_logits", None)
+        if token_logits is None:
+            raise RuntimeError("the model's runner has no next-token logits")
+        logits = token_logits(ids, attention, embeds, keep)
+        device = logits.device
+        at = 0
+        outputs = []
+        for job, start, stop in pieces:
+            assert job.positions is not None
+            n = stop - start
+            cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
+            scores = apply_mode(logits[at : at + n, cols], job.mode)  # (n, t, V)
+            index = torch.from_numpy(job.targets).to(device).view(1, -1, 1).expand(n, -1, 1)
+            outputs.append(scores.gather(2, index)[..., 0])
+            del scores
+            at += n
+        return outputs
 
     def _run_gradient(self, pieces: list[tuple[GradientJob, int, int]]) -> None:
         width, attention = self._pad(pieces)
@@ -753,17 +905,33 @@ class Worker:
         at = 0
         for job, start, stop in pieces:
             cols = self._columns(width, job.length)
-            embeds[at : at + stop - start, cols] = job.embeds[start:stop].to(device)
+            embeds[at : at + stop - start, cols] = job.points(start, stop).to(device)
             targets[at : at + stop - start] = torch.from_numpy(job.targets[start:stop])
             modes.append((at, at + stop - start, job.mode))
             at += stop - start
+        keep = max(job.keep for job, _, _ in pieces)
+        columns = None
+        if keep:
+            # Causal LMs: row i is scored at its own position, `keep - (length - position)`
+            # among the batch's last `keep` positions (rows are left-padded).
+            columns = torch.cat(
+                [
+                    torch.from_numpy(keep - (job.length - job.positions[start:stop]))
+                    for job, start, stop in pieces
+                    if job.positions is not None
+                ]
+            ).to(device)
         embeds.requires_grad_(True)
         with torch.enable_grad():
-            logits = self.runner.logits(
-                torch.zeros((rows, width), dtype=torch.long, device=device),
-                attention.to(device),
-                embeds,
-            )
+            no_ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+            if columns is not None:
+                token_logits = getattr(self.runner, "token_logits", None)
+                if token_logits is None:
+                    raise RuntimeError("the model's runner has no next-token logits")
+                kept = token_logits(no_ids, attention.to(device), embeds, keep)
+                logits = kept[torch.arange(rows, device=device), columns]
+            else:
+                logits = self.runner.logits(no_ids, attention.to(device), embeds)
             picked = []
             for lo, hi, mode in modes:
                 scored = apply_mode(logits[lo:hi], mode)
@@ -774,15 +942,21 @@ class Worker:
         score_host = score.detach().double().cpu().numpy()
         at = 0
         for job, start, stop in pieces:
-            if job._grads is None:
-                job._grads = torch.empty(tuple(job.embeds.shape), dtype=torch.float32)
+            if job._scores is None:
+                shape = (job.n_rows, *job.embeds.shape[1:]) if job.accumulate is None else (0,)
+                job._grads = torch.empty(shape, dtype=torch.float32)
                 job._scores = np.empty(job.n_rows, dtype=np.float64)
             n = stop - start
-            job._grads[start:stop] = grads_host[at : at + n, self._columns(width, job.length)]
-            assert job._scores is not None
+            piece = grads_host[at : at + n, self._columns(width, job.length)]
+            if job.accumulate is not None:
+                job.accumulate(start, stop, piece)
+            else:
+                assert job._grads is not None
+                job._grads[start:stop] = piece
             job._scores[start:stop] = score_host[at : at + n]
             at += n
             if self._rows_done(job, n):
+                assert job._grads is not None
                 job.future.set_result((job._grads, job._scores))
 
     def _run_activation(self, pieces: list[tuple[ActivationJob, int, int]]) -> None:
@@ -868,6 +1042,45 @@ class Worker:
             at += n
             if self._rows_done(job, n):
                 job.future.set_result(job._out)
+
+    def _run_generate(self, jobs: list[GenerateJob]) -> None:
+        """Continues prompts together (causal LMs' own continuations, when no target is given)."""
+        generate = getattr(self.runner, "generate", None)
+        if generate is None:
+            raise RuntimeError("the model cannot generate")
+        self.stats.batches += 1
+        self.stats.rows += len(jobs)
+        done = [0] * len(jobs)
+
+        def on_token(i: int) -> None:
+            done[i] += 1
+            callback = jobs[i].on_rows_done
+            if callback is not None:
+                callback(1)
+
+        def is_cancelled(i: int) -> bool:
+            check = jobs[i].is_cancelled
+            return check is not None and check()
+
+        first = jobs[0]
+        results: list[list[int] | None] = generate(
+            [torch.from_numpy(job.prompt) for job in jobs],
+            first.options,
+            set(first.stop_ids),
+            on_token,
+            is_cancelled,
+        )
+        for i, (job, tokens) in enumerate(zip(jobs, results, strict=True)):
+            job._rows_done = 1
+            if job.future.done():
+                continue
+            if tokens is None:
+                job.future.set_exception(Cancelled("request cancelled"))
+                continue
+            left = job.options.max_new_tokens - done[i]
+            if left > 0 and job.on_rows_done is not None:
+                job.on_rows_done(left)
+            job.future.set_result(tokens)
 
     @staticmethod
     def _rows_done(job: Job, n: int) -> bool:

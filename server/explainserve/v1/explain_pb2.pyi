@@ -143,15 +143,37 @@ class Target(_message.Message):
     label: str
     def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
+class Continuation(_message.Message):
+    __slots__ = ("text", "token_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIds
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
 class Input(_message.Message):
-    __slots__ = ("text", "token_ids", "targets")
+    __slots__ = ("text", "token_ids", "targets", "continuation")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: TokenIds
     targets: _containers.RepeatedCompositeFieldContainer[Target]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ...) -> None: ...
+    continuation: Continuation
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ...) -> None: ...
+
+class Generation(_message.Message):
+    __slots__ = ("max_new_tokens", "do_sample", "temperature", "top_p")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DO_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    def __init__(self, max_new_tokens: _Optional[int] = ..., do_sample: _Optional[bool] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ...) -> None: ...
 
 class Occlusion(_message.Message):
     __slots__ = ()
@@ -254,7 +276,7 @@ class GradientShap(_message.Message):
     def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "truncate")
+    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +294,8 @@ class ExplainRequest(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MODE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_UNITS_ONLY_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
@@ -290,8 +314,10 @@ class ExplainRequest(_message.Message):
     aggregation: Aggregation
     inference_mode: InferenceMode
     seed: int
+    generation: Generation
+    prompt_units_only: bool
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class ExplainStreamRequest(_message.Message):
     __slots__ = ("request",)
@@ -338,7 +364,7 @@ class Counters(_message.Message):
     def __init__(self, forward_passes: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids", "text")
+    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids", "text", "target_units", "valid", "continuation", "continuation_token_ids", "generated", "prompt_token_count", "continuation_scores")
     INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +373,13 @@ class Explanation(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UNITS_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_SCORES_FIELD_NUMBER: _ClassVar[int]
     input_index: int
     units: _containers.RepeatedCompositeFieldContainer[Unit]
     targets: _containers.RepeatedCompositeFieldContainer[ExplainedTarget]
@@ -355,7 +388,14 @@ class Explanation(_message.Message):
     counters: Counters
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
-    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
+    target_units: _containers.RepeatedCompositeFieldContainer[Unit]
+    valid: _containers.RepeatedScalarFieldContainer[bool]
+    continuation: str
+    continuation_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    generated: bool
+    prompt_token_count: int
+    continuation_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., target_units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., valid: _Optional[_Iterable[bool]] = ..., continuation: _Optional[str] = ..., continuation_token_ids: _Optional[_Iterable[int]] = ..., generated: _Optional[bool] = ..., prompt_token_count: _Optional[int] = ..., continuation_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "explanations")
