@@ -32,7 +32,7 @@ from explainserve.explain.params import (
 )
 from explainserve.explain.service import Explainer, Limits
 from explainserve.models.registry import ModelConfig, Registry, load_model
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.worker import GenerateJob, WorkerOptions
 
 MODELS = ["gpt2-lm", "llama-lm"]
 PROMPT = "Hello there, world"
@@ -585,3 +585,42 @@ def test_prompts_generated_together_equal_one_by_one(
         if not sample:
             prompt_ids = e.token_ids[: e.prompt_tokens]
             assert list(e.continuation_ids) == direct_lm[model].greedy(prompt_ids, 6)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_generation_survives_out_of_memory_and_leaves_the_queue_empty(
+    lm_explainer: Explainer, model: str
+) -> None:
+    """A generation batch that runs out of memory is split and retried like any other (the
+    prompts then generate apart, with the same continuations), and the queue's row count
+    comes back to zero (generation and explanation rows are accounted for alike)."""
+    prompts = ["Hello", "The quick brown fox jumps over", "Deep learning models need"]
+    gen = Generation(max_new_tokens=5)
+    specs = [InputSpec(text=p) for p in prompts]
+    served = lm_explainer.registry.get(model)
+    worker = served.worker
+    clean = explain(lm_explainer, model, specs, Occlusion(), generation=gen)
+    generation_batches: list[int] = []
+
+    def oom_on_joint_generation(pieces: list[tuple[GenerateJob, int, int]]) -> None:
+        if isinstance(pieces[0][0], GenerateJob):
+            generation_batches.append(len(pieces))
+            if len(pieces) > 1:
+                raise torch.OutOfMemoryError("injected")
+
+    splits = worker.stats.oom_splits
+    worker.fault_hook = oom_on_joint_generation  # type: ignore[assignment]
+    try:
+        faulty = explain(lm_explainer, model, specs, Occlusion(), generation=gen)
+    finally:
+        worker.fault_hook = None
+        worker.reset_memory_caps()
+    assert generation_batches[0] == len(prompts)
+    assert max(generation_batches[1:]) == 1  # then one prompt at a time
+    assert worker.stats.oom_splits > splits
+    for a, b in zip(clean, faulty, strict=True):
+        assert a.continuation_ids is not None
+        assert b.continuation_ids is not None
+        assert list(a.continuation_ids) == list(b.continuation_ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    assert worker.queued_rows == 0
