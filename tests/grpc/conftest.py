@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from explainserve.explain.causal import CausalLimits
 from explainserve.explain.service import Explainer, Limits
 from explainserve.grpc.server import RunningServer, ServerOptions, start
 from explainserve.models.registry import ModelConfig, Registry, load_model
@@ -90,3 +91,25 @@ def assert_serving(stub: explain_pb2_grpc.ExplainServiceStub) -> Callable[[], No
             assert len(explanation.logits) == 3
 
     return check
+
+
+@pytest.fixture(scope="module")
+def lm_stub(
+    tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path
+) -> Iterator[explain_pb2_grpc.ExplainServiceStub]:
+    """A server of the two tiny causal LMs ("gpt2-lm", "llama-lm") on a free port, one per test
+    module, with continuations and generations limited to 20 tokens."""
+    registry = Registry()
+    try:
+        registry.add(load_model(ModelConfig(name="gpt2-lm", path=tiny_gpt2_lm_dir, device="cpu")))
+        registry.add(load_model(ModelConfig(name="llama-lm", path=tiny_llama_lm_dir, device="cpu")))
+        limits = Limits(causal=CausalLimits(max_new_tokens=20, max_continuation_tokens=20))
+        running = start(ServerOptions(port=0), Explainer(registry, limits))
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=10)
+                yield explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+        finally:
+            running.stop(grace=None)
+    finally:
+        registry.close()

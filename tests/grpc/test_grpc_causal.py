@@ -6,8 +6,6 @@ parameters."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,35 +13,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from explainserve.explain.causal import CausalLimits
-from explainserve.explain.service import Explainer, Limits
-from explainserve.grpc.server import ServerOptions, start
-from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
 PROMPT = "Hello there, world"
-
-
-@pytest.fixture(scope="module")
-def lm_stub(
-    tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path
-) -> Iterator[explain_pb2_grpc.ExplainServiceStub]:
-    """A server of the two tiny LMs and a tiny classifier-free registry, on a free port."""
-    registry = Registry()
-    try:
-        registry.add(load_model(ModelConfig(name="gpt2-lm", path=tiny_gpt2_lm_dir, device="cpu")))
-        registry.add(load_model(ModelConfig(name="llama-lm", path=tiny_llama_lm_dir, device="cpu")))
-        limits = Limits(causal=CausalLimits(max_new_tokens=20, max_continuation_tokens=20))
-        running = start(ServerOptions(port=0), Explainer(registry, limits))
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                grpc.channel_ready_future(channel).result(timeout=10)
-                yield explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
-        finally:
-            running.stop(grace=None)
-    finally:
-        registry.close()
 
 
 def request(*inputs: pb.Input, model: str = "gpt2-lm", **fields: object) -> pb.ExplainRequest:

@@ -1,8 +1,9 @@
 """Fuzz of the request surface: hypothesis builds Explain, GetActivations and
 PredictFromActivations requests over every proto field (unknown models and enum values, NaN and
 infinite floats, empty and odd texts, ids outside the vocabulary, ragged masks, bad tensors,
-truncation). The server answers each with a result or a client-error status: never INTERNAL or
-UNKNOWN, never a crash (the session server keeps serving)."""
+truncation), and Explain requests for causal LMs (continuations as text or ids or none,
+generation parameters, targets where none belong). The server answers each with a result or a
+client-error status: never INTERNAL or UNKNOWN, never a crash (the servers keep serving)."""
 
 from __future__ import annotations
 
@@ -142,6 +143,60 @@ head_requests = st.builds(
 )
 
 
+lm_models = st.sampled_from(["gpt2-lm", "gpt2-lm", "llama-lm", "llama-lm", "bert", "nope"])
+continuations = (
+    st.builds(pb.Continuation, text=texts)
+    | st.builds(pb.Continuation, token_ids=st.builds(pb.TokenIds, ids=ids, attention_mask=masks))
+    | st.just(pb.Continuation())
+)
+lm_inputs = st.lists(
+    st.builds(
+        lambda prompt, continuation, with_continuation, t: pb.Input(
+            text=prompt,
+            targets=t,
+            **({"continuation": continuation} if with_continuation else {}),
+        ),
+        texts,
+        continuations,
+        st.booleans(),
+        st.just([]) | targets,
+    )
+    | st.builds(
+        pb.Input,
+        token_ids=st.builds(pb.TokenIds, ids=ids, attention_mask=masks),
+        continuation=continuations,
+    ),
+    min_size=1,
+    max_size=3,
+)
+generations = st.builds(
+    lambda f: pb.Generation(**f),
+    opt(
+        max_new_tokens=st.integers(0, 40),
+        do_sample=st.booleans(),
+        temperature=floats,
+        top_p=floats,
+    ),
+)
+causal_requests = st.builds(
+    lambda model, inputs, method, rest: pb.ExplainRequest(
+        model=model, inputs=inputs, **method, **rest
+    ),
+    lm_models,
+    lm_inputs,
+    methods,
+    opt(
+        granularity=enums,
+        aggregation=enums,
+        inference_mode=enums,
+        seed=st.integers(0, 2**64 - 1),
+        generation=generations,
+        prompt_units_only=st.booleans(),
+        truncate=st.booleans(),
+    ),
+)
+
+
 def answered(call: Callable[[], object]) -> None:
     code, details = grpc.StatusCode.OK, ""
     try:
@@ -171,6 +226,15 @@ def test_predict_from_activations_never_fails_internally(
     stub: explain_pb2_grpc.ExplainServiceStub, request: pb.PredictFromActivationsRequest
 ) -> None:
     answered(lambda: stub.PredictFromActivations(request, timeout=60))
+
+
+@given(request=causal_requests)
+def test_causal_explain_never_fails_internally(
+    lm_stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainRequest
+) -> None:
+    answered(lambda: lm_stub.Explain(request, timeout=60))
+    reply = lm_stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert {m.name for m in reply.models} == {"gpt2-lm", "llama-lm"}  # still serving
 
 
 def test_the_server_still_serves_after_the_fuzz(assert_serving: Callable[[], None]) -> None:
