@@ -58,6 +58,10 @@ class _WorkerCollector(Collector):
                 "explainserve_cancelled_rows",
                 "Sequences dropped unrun because their request was cancelled or timed out",
             ),
+            "dropped_rows": (
+                "explainserve_dropped_rows",
+                "Sequences dropped unrun because another input of their request failed",
+            ),
             "rejected": ("explainserve_rejected", "Submissions refused because the queue was full"),
         }
         families = {

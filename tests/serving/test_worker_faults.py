@@ -173,6 +173,39 @@ def test_a_job_that_breaks_the_model_fails_alone(
     assert worker.stats.failed_jobs == 1
 
 
+def test_a_failed_input_drops_the_rest_of_its_request(
+    runner: ToyRunner, closing: list[Worker]
+) -> None:
+    """Once one input of a request breaks the model the request fails as a whole: its other
+    queued rows are dropped unrun (they would be wasted), other requests are untouched."""
+    worker = start(runner, token_budget=8 * 10)
+    closing.append(worker)
+
+    def request() -> bool:  # a request's jobs share their `is_cancelled` callback
+        return False
+
+    poison = make_job(2, 8, seed=99, is_cancelled=request)
+    big = make_job(400, 8, seed=1, is_cancelled=request)
+    other = make_job(40, 8, seed=2, is_cancelled=lambda: False)
+
+    def raise_on_poison(pieces: Sequence[tuple[Job, int, int]]) -> None:
+        if any(job is poison for job, _, _ in pieces):
+            raise ValueError("this input breaks the model")
+
+    worker.fault_hook = raise_on_poison
+    worker.submit_all([poison, big])
+    worker.submit(other)
+    with pytest.raises(ValueError, match="breaks the model"):
+        poison.future.result(timeout=10)
+    with pytest.raises(ValueError, match="breaks the model"):
+        big.future.result(timeout=10)
+    np.testing.assert_array_equal(other.future.result(timeout=10), runner.expected(other))
+    assert worker.stats.dropped_jobs == 1
+    assert worker.stats.dropped_rows > 300  # at most a batch or two of `big` ran
+    assert worker.stats.rows < 40 + 100
+    assert worker.queued_rows == 0
+
+
 def test_a_full_queue_refuses_at_once_and_drains(runner: ToyRunner, closing: list[Worker]) -> None:
     worker = start(runner, max_queued_rows=100, token_budget=40)
     closing.append(worker)

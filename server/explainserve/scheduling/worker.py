@@ -353,6 +353,9 @@ class WorkerStats:
     cancelled_jobs: int = 0
     #: Rows of cancelled jobs that never ran.
     cancelled_rows: int = 0
+    #: Queued jobs of a request that failed, and their rows, dropped unrun.
+    dropped_jobs: int = 0
+    dropped_rows: int = 0
     #: Submissions refused because the queue was full.
     rejected: int = 0
     #: Seconds spent in batches (forward and backward passes, copies to the host).
@@ -677,8 +680,7 @@ class Worker:
             else:
                 job = pieces[0][0]
                 log.error("a job of model %s failed", self.name, exc_info=exc)
-                self.stats.failed_jobs += 1
-                self._fail_jobs([job], exc)
+                self._fail_request(job, exc)
         else:
             if self.observer is not None:
                 kind = type(pieces[0][0])
@@ -706,9 +708,8 @@ class Worker:
         if rows <= 1:
             job = pieces[0][0]
             log.warning("model %s: one sequence of %d tokens does not fit", self.name, width)
-            self.stats.failed_jobs += 1
-            self._fail_jobs(
-                [job],
+            self._fail_request(
+                job,
                 ResourceExhausted(
                     f"an input of {width} tokens does not fit in device memory even alone "
                     f"(model {self.name or '?'}): send shorter inputs"
@@ -1089,6 +1090,17 @@ class Worker:
         if job.on_rows_done is not None:
             job.on_rows_done(n)
         return job._rows_done >= job.n_rows and not job.future.done()
+
+    def _fail_request(self, job: Job, exc: Exception) -> None:
+        """Fails `job` and every queued job of the same request with `exc`: the request fails
+        as a whole, so the rest of its work would be wasted (its rows in the running batch are
+        skipped too, their futures being done)."""
+        self.stats.failed_jobs += 1
+        with self._cond:
+            siblings = [other for other in self._pending if other._key is job._key]
+            self.stats.dropped_jobs += len(siblings)
+            self.stats.dropped_rows += sum(other.n_rows - other._next_row for other in siblings)
+        self._fail_jobs([job, *siblings], exc)
 
     def _fail_jobs(self, jobs: Iterable[Job], exc: Exception) -> None:
         with self._cond:
