@@ -139,6 +139,7 @@ def test_message_size_limits_both_ways(live_server: Any) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 stub.Explain(many, timeout=60)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "Sent message larger than max" in err.value.details()
+            assert "over the server's max_message_bytes (20000)" in err.value.details()
+            assert "ExplainStream" in err.value.details()
     finally:
         running.stop(grace=None)

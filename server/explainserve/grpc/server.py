@@ -208,7 +208,13 @@ def start(
     service_names: list[str] = []
     if explainer is not None:
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ExplainServicer(explainer, activator, options.max_tokens_per_input), server
+            ExplainServicer(
+                explainer,
+                activator,
+                options.max_tokens_per_input,
+                max_response_bytes=options.max_message_bytes,
+            ),
+            server,
         )
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]

@@ -13,6 +13,7 @@ import grpc
 
 from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import Activator
+from explainserve.errors import ResourceExhausted
 from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.grpc import convert
@@ -32,11 +33,25 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
         explainer: Explainer,
         activator: Activator | None = None,
         max_tokens_per_input: int = 0,
+        max_response_bytes: int = 0,
     ) -> None:
         self.explainer = explainer
         self.activator = activator or Activator(explainer.registry)
         #: The server's token limit per input (0 = each model's maximum).
         self.max_tokens_per_input = max_tokens_per_input
+        #: The largest message the server sends (its max_message_bytes; 0 = unchecked here).
+        self.max_response_bytes = max_response_bytes
+
+    def _check_size(self, message: pb.ExplainResponse | pb.ExplainStreamResponse) -> None:
+        """A clear RESOURCE_EXHAUSTED (and an error in the metrics, not an OK) for a reply
+        gRPC would refuse to send."""
+        size = message.ByteSize()
+        if self.max_response_bytes and size > self.max_response_bytes:
+            raise ResourceExhausted(
+                f"the response is {size} bytes, over the server's max_message_bytes "
+                f"({self.max_response_bytes}): explain fewer inputs per request, or use "
+                "ExplainStream (one message per input)"
+            )
 
     def _fit(self, params: P, truncate: bool) -> P:
         """`params` with its inputs within the token limit (cut when `truncate`)."""
@@ -56,9 +71,11 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
                 self.explainer.explain(params, is_cancelled=lambda: not context.is_active()),
                 key=lambda e: e.input_index,
             )
-            return pb.ExplainResponse(
+            response = pb.ExplainResponse(
                 model=request.model, explanations=[convert.explanation_to_proto(e) for e in done]
             )
+            self._check_size(response)
+            return response
         except Exception as exc:
             abort(context, exc)
 
@@ -86,11 +103,11 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
                     on_progress=on_progress,
                     is_cancelled=lambda: not context.is_active(),
                 ):
-                    events.put(
-                        pb.ExplainStreamResponse(
-                            explanation=convert.explanation_to_proto(explanation)
-                        )
+                    message = pb.ExplainStreamResponse(
+                        explanation=convert.explanation_to_proto(explanation)
                     )
+                    self._check_size(message)
+                    events.put(message)
             except BaseException as exc:
                 events.put(exc)
             finally:
