@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-targets", "Explain: targets per input", "64"),
         ("--max-tokens-per-input", "tokens per input, 0 = the model's maximum", "0"),
         ("--max-activation-inputs", "GetActivations: inputs per request", "100000"),
+        ("--max-new-tokens", "causal LMs: tokens generated per input", "256"),
+        ("--max-continuation-tokens", "causal LMs: tokens of a given continuation", "256"),
+        ("--logits-budget", "causal LMs: positions x vocabulary of logits per batch", "2^26"),
     ]:
         serve.add_argument(flag, type=int, help=f"{what} at most (default {default})")
     serve.add_argument(

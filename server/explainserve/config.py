@@ -9,6 +9,7 @@ from typing import Any
 
 from explainserve.activations.service import ActivationLimits
 from explainserve.errors import InvalidArgument
+from explainserve.explain.causal import CausalLimits
 from explainserve.explain.service import Limits
 from explainserve.models.registry import TASKS, ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
@@ -50,6 +51,9 @@ class ServeConfig:
     max_tokens_per_input: int = 0
     #: GetActivations: inputs per request at most.
     max_activation_inputs: int = 100_000
+    #: Causal LMs: tokens the server may generate per input, and tokens of a given continuation.
+    max_new_tokens: int = 256
+    max_continuation_tokens: int = 256
     #: GetActivations: inputs per streamed chunk at most.
     activation_chunk_inputs: int = 256
     #: GetActivations: tensor bytes per streamed chunk at most.
@@ -134,7 +138,14 @@ class ServeConfig:
 
     def explain_limits(self) -> Limits:
         """Explain's limits, as configured."""
-        for name in ("max_inputs", "max_rows_per_input", "max_targets", "max_activation_inputs"):
+        for name in (
+            "max_inputs",
+            "max_rows_per_input",
+            "max_targets",
+            "max_activation_inputs",
+            "max_new_tokens",
+            "max_continuation_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_tokens_per_input < 0:
@@ -145,6 +156,10 @@ class ServeConfig:
             max_inputs=self.max_inputs,
             max_rows_per_input=self.max_rows_per_input,
             max_targets=self.max_targets,
+            causal=CausalLimits(
+                max_new_tokens=self.max_new_tokens,
+                max_continuation_tokens=self.max_continuation_tokens,
+            ),
         )
 
     def activation_limits(self) -> ActivationLimits:

@@ -94,3 +94,20 @@ def test_bad_toml_tasks(tmp_path: Path, tasks: str, message: str) -> None:
     toml.write_text(f'[models]\nwriter = "/srv/models/writer"\n[tasks]\n{tasks}\n')
     with pytest.raises(InvalidArgument, match=message):
         parse("--config", str(toml)).model_configs()
+
+
+def test_causal_limits_from_toml_and_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text("max_new_tokens = 64\nmax_continuation_tokens = 100\n")
+    config = parse("--config", str(toml), "--max-continuation-tokens", "50", "--logits-budget", "8")
+    causal = config.explain_limits().causal
+    assert (causal.max_new_tokens, causal.max_continuation_tokens) == (64, 50)
+    assert config.model_configs()[0].worker.logits_budget == 8
+    defaults = parse().explain_limits().causal
+    assert (defaults.max_new_tokens, defaults.max_continuation_tokens) == (256, 256)
+
+
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--max-continuation-tokens"])
+def test_causal_limits_must_be_positive(flag: str) -> None:
+    with pytest.raises(InvalidArgument, match="must be at least 1"):
+        parse(flag, "0").explain_limits()
