@@ -214,6 +214,14 @@ def test_explain_never_fails_internally(
     answered(lambda: stub.Explain(request, timeout=60))
 
 
+@given(request=explain_requests)
+def test_explain_stream_never_fails_internally(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainRequest
+) -> None:
+    stream = pb.ExplainStreamRequest(request=request)
+    answered(lambda: list(stub.ExplainStream(stream, timeout=60)))
+
+
 @given(request=activation_requests)
 def test_get_activations_never_fails_internally(
     stub: explain_pb2_grpc.ExplainServiceStub, request: pb.GetActivationsRequest
