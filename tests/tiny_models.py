@@ -7,6 +7,7 @@ visibly on the input: explanation tests need non-trivial differences between per
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -19,6 +20,7 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     RobertaConfig,
     RobertaForSequenceClassification,
@@ -35,9 +37,41 @@ def _label_maps() -> dict[str, object]:
     }
 
 
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    return {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _save(
+    out: Path, tokenizer: PreTrainedTokenizerBase, seed: int, model_class: Any, config: Any
+) -> Path:
+    """Initialises `model_class(config)` from `seed` and saves it with `tokenizer` under `out`."""
+    assert isinstance(config, PretrainedConfig)
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _gpt2_config(tokenizer: PreTrainedTokenizerBase, **extra: Any) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        initializer_range=0.3,
+        **_special_ids(tokenizer),
+        **extra,
+    )
+
+
 def build_bert_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
     """A 2-layer BERT sequence classifier (3 labels) for `tokenizer`, saved under `out`."""
-    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -49,37 +83,18 @@ def build_bert_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed: i
         pad_token_id=tokenizer.pad_token_id or 0,
         **_label_maps(),
     )
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(out, tokenizer, seed, BertForSequenceClassification, config)
 
 
 def build_gpt2_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
     """A 2-layer GPT-2 sequence classifier (head on the last non-pad token), no mask token."""
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=128,
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **_label_maps(),
-    )
-    model = GPT2ForSequenceClassification(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    config = _gpt2_config(tokenizer, **_label_maps())
+    return _save(out, tokenizer, seed, GPT2ForSequenceClassification, config)
 
 
 def build_roberta_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
     """A 2-layer RoBERTa sequence classifier: its `classifier` head takes the whole sequence
     output and reads the first token (`<s>`) through `classifier.dense`."""
-    torch.manual_seed(seed)
     pad = tokenizer.pad_token_id
     config = RobertaConfig(
         vocab_size=len(tokenizer),
@@ -91,15 +106,10 @@ def build_roberta_classifier(out: Path, tokenizer: PreTrainedTokenizerBase, seed
         max_position_embeddings=128 + pad + 1,
         type_vocab_size=1,
         initializer_range=0.3,
-        pad_token_id=pad,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **_special_ids(tokenizer),
         **_label_maps(),
     )
-    model = RobertaForSequenceClassification(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(out, tokenizer, seed, RobertaForSequenceClassification, config)
 
 
 def build_distilbert_classifier(
@@ -107,7 +117,6 @@ def build_distilbert_classifier(
 ) -> Path:
     """A 2-layer DistilBERT sequence classifier: `classifier` reads `pre_classifier`'s output of
     the first token ([CLS])."""
-    torch.manual_seed(seed)
     config = DistilBertConfig(
         vocab_size=len(tokenizer),
         dim=32,
@@ -119,35 +128,16 @@ def build_distilbert_classifier(
         pad_token_id=tokenizer.pad_token_id or 0,
         **_label_maps(),
     )
-    model = DistilBertForSequenceClassification(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(out, tokenizer, seed, DistilBertForSequenceClassification, config)
 
 
 def build_gpt2_lm(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
     """A 2-layer GPT-2 causal LM (tied embeddings, learned positions), no mask token."""
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=128,
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(out, tokenizer, seed, GPT2LMHeadModel, _gpt2_config(tokenizer))
 
 
 def build_llama_lm(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
     """A 2-layer Llama-style causal LM (RoPE, RMSNorm, grouped-query attention, untied head)."""
-    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -158,11 +148,6 @@ def build_llama_lm(out: Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0)
         max_position_embeddings=128,
         initializer_range=0.3,
         tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **_special_ids(tokenizer),
     )
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(out, tokenizer, seed, LlamaForCausalLM, config)
