@@ -96,21 +96,32 @@ methods = st.one_of(
     st.just({}),
 )
 
-explain_requests = st.builds(
-    lambda model, inputs, method, rest: pb.ExplainRequest(
-        model=model, inputs=inputs, **method, **rest
-    ),
-    models,
-    inputs,
-    methods,
-    opt(
-        granularity=enums,
-        aggregation=enums,
-        inference_mode=enums,
-        seed=st.integers(0, 2**64 - 1),
-        truncate=st.booleans(),
-    ),
-)
+
+def explain_requests_of(
+    model_names: st.SearchStrategy[str],
+    request_inputs: st.SearchStrategy[list[pb.Input]],
+    **fields: st.SearchStrategy[object],
+) -> st.SearchStrategy[pb.ExplainRequest]:
+    """Explain requests: a model, inputs, a method and any of the common fields (and `fields`)."""
+    return st.builds(
+        lambda model, inputs, method, rest: pb.ExplainRequest(
+            model=model, inputs=inputs, **method, **rest
+        ),
+        model_names,
+        request_inputs,
+        methods,
+        opt(
+            granularity=enums,
+            aggregation=enums,
+            inference_mode=enums,
+            seed=st.integers(0, 2**64 - 1),
+            truncate=st.booleans(),
+            **fields,
+        ),
+    )
+
+
+explain_requests = explain_requests_of(models, inputs)
 
 activation_requests = st.builds(
     lambda model, inputs, rest: pb.GetActivationsRequest(model=model, inputs=inputs, **rest),
@@ -178,22 +189,8 @@ generations = st.builds(
         top_p=floats,
     ),
 )
-causal_requests = st.builds(
-    lambda model, inputs, method, rest: pb.ExplainRequest(
-        model=model, inputs=inputs, **method, **rest
-    ),
-    lm_models,
-    lm_inputs,
-    methods,
-    opt(
-        granularity=enums,
-        aggregation=enums,
-        inference_mode=enums,
-        seed=st.integers(0, 2**64 - 1),
-        generation=generations,
-        prompt_units_only=st.booleans(),
-        truncate=st.booleans(),
-    ),
+causal_requests = explain_requests_of(
+    lm_models, lm_inputs, generation=generations, prompt_units_only=st.booleans()
 )
 
 

@@ -67,7 +67,26 @@ class Replacement:
         return self.kind == "zero_embedding"
 
 
-class ClassifierRunner:
+class _ModelRunner:
+    """What every runner shares: the model, its pad id, its device and input embeddings."""
+
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self._embeddings = model.get_input_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return next(self.model.parameters()).device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input (word) embeddings of `ids`."""
+        out: torch.Tensor = self._embeddings(ids)
+        return out
+
+
+class ClassifierRunner(_ModelRunner):
     """The worker's view of a sequence classifier.
 
     Encoder classifiers (BERT, RoBERTa, ...) read the first token: batches are right-padded and
@@ -88,23 +107,11 @@ class ClassifierRunner:
         head: str | None = None,
         head_token_dim: bool = False,
     ) -> None:
-        self.model = model
-        self.pad_id = pad_id
-        self._embeddings = model.get_input_embeddings()
+        super().__init__(model, pad_id)
         self.reads_last_token = hasattr(model, "score")
         self.padding_side = "left" if self.reads_last_token else "right"
         self.head = head
         self.head_token_dim = head_token_dim
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model's parameters live."""
-        return next(self.model.parameters()).device
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input (word) embeddings of `ids`."""
-        out: torch.Tensor = self._embeddings(ids)
-        return out
 
     def logits(
         self,
@@ -161,7 +168,7 @@ class ClassifierRunner:
         return out.reshape(inputs.shape[0], -1)
 
 
-class CausalLMRunner:
+class CausalLMRunner(_ModelRunner):
     """The worker's view of a causal language model (AutoModelForCausalLM).
 
     Batches are left-padded, so every row ends at the last column and the positions whose
@@ -174,21 +181,9 @@ class CausalLMRunner:
     padding_side = "left"
 
     def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
-        self.model = model
-        self.pad_id = pad_id
-        self._embeddings = model.get_input_embeddings()
+        super().__init__(model, pad_id)
         head: Any = getattr(model, "get_output_embeddings")()  # noqa: B009 (untyped in HF)
         self.vocab_size = int(head.weight.shape[0])
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model's parameters live."""
-        return next(self.model.parameters()).device
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input (word) embeddings of `ids`."""
-        out: torch.Tensor = self._embeddings(ids)
-        return out
 
     def token_logits(
         self,
