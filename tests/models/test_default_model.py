@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,29 @@ def test_main_prints_directory_and_accuracy(
     out = capsys.readouterr().out
     assert str(model_dir) in out
     assert "held-out accuracy: " in out
+
+
+def test_a_new_build_removes_superseded_ones(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = tmp_path / "default-model"
+    old = parent / "minilm-sentiment-0123456789abcdef"
+    old.mkdir(parents=True)
+    (old / BUILD_INFO_FILE).write_text("{}")
+    dead = parent / ".minilm-sentiment-0123456789abcdef.xyz.partial"
+    dead.mkdir()
+    os.utime(dead, (time.time() - 2 * 3600,) * 2)
+    running = parent / ".minilm-sentiment-fedcba9876543210.abc.partial"  # a build under way
+    running.mkdir()
+    unrelated = parent / "notes"
+    unrelated.mkdir()
+
+    def copy_build(out_dir: Path) -> None:
+        for path in model_dir.iterdir():
+            shutil.copy(path, out_dir / path.name)
+
+    monkeypatch.setattr(default_model, "build_model", copy_build)
+    final = default_model_dir(tmp_path)
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [final.name, running.name, unrelated.name]
+    )

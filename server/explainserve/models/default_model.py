@@ -182,7 +182,7 @@ def default_model_dir(cache_dir: Path | None = None) -> Path:
     """
     key = build_key()
     parent = (cache_dir if cache_dir is not None else cache_root()) / "default-model"
-    final = parent / f"minilm-sentiment-{key[:16]}"
+    final = parent / f"{_DIR_PREFIX}{key[:16]}"
     if (final / BUILD_INFO_FILE).is_file():
         return final
     if final.exists():
@@ -211,7 +211,33 @@ def default_model_dir(cache_dir: Path | None = None) -> Path:
             _LOG.info("another process built the default model first; using its copy")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _prune(parent, final)
     return final
+
+
+#: Cached builds are directories named this prefix + the build key's start.
+_DIR_PREFIX = "minilm-sentiment-"
+#: A staging directory this old is a build that died (a build takes seconds to a minute).
+STALE_STAGING_SECONDS = 3600.0
+
+
+def _prune(parent: Path, keep: Path) -> None:
+    """Removes what a new build supersedes: complete builds of other keys (about 90 MB each;
+    a process already serving one keeps its weights in memory) and staging directories of
+    builds that died long ago. Best effort: a failure leaves the files and is only logged."""
+    now = time.time()
+    for path in parent.iterdir():
+        if path == keep or not path.is_dir():
+            continue
+        old_build = path.name.startswith(_DIR_PREFIX) and (path / BUILD_INFO_FILE).is_file()
+        dead_staging = (
+            path.name.startswith(f".{_DIR_PREFIX}")
+            and path.name.endswith(".partial")
+            and now - path.stat().st_mtime > STALE_STAGING_SECONDS
+        )
+        if old_build or dead_staging:
+            _LOG.info("removing superseded default-model files %s", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _make_readable(directory: Path) -> None:
