@@ -86,6 +86,26 @@ def test_concurrent_requests_get_their_own_answers(
                 assert g.counters.forward_passes == w.counters.forward_passes
 
 
+def test_isolated_requests_are_bit_exact_under_concurrency(
+    stub: explain_pb2_grpc.ExplainServiceStub,
+) -> None:
+    """With `isolate_batches`, a request's rows never share a batch with another request's, so
+    under concurrent traffic (the same requests, not isolated) it gets exactly, bit for bit,
+    what it gets alone: every method, both models."""
+    requests = [small_request(model, method) for model in ("bert", "gpt2") for method in METHODS]
+    isolated = [pb.ExplainRequest(isolate_batches=True) for _ in requests]
+    for request, copy in zip(requests, isolated, strict=True):
+        copy.MergeFrom(request)
+    alone = [stub.Explain(r, timeout=60) for r in isolated]
+    mixed = [r for pair in zip(requests, isolated, strict=True) for r in pair]
+    futures = [stub.Explain.future(r, timeout=60) for r in mixed]
+    together = [f.result() for f in futures][1::2]
+    for want, got in zip(alone, together, strict=True):
+        for g, w in zip(got.explanations, want.explanations, strict=True):
+            np.testing.assert_array_equal(g.scores.values, w.scores.values)
+            np.testing.assert_array_equal(g.logits, w.logits)
+
+
 def rows_run(explainer: Explainer) -> int:
     """Sequences the bert worker has run so far."""
     return explainer.registry.get("bert").worker.stats.rows

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
-from explainserve.scheduling.worker import ForwardJob, Job, Worker, WorkerOptions
+from explainserve.scheduling.worker import ForwardJob, IsolatedRequest, Job, Worker, WorkerOptions
 
 VOCAB = 64
 
@@ -204,6 +204,25 @@ def test_a_failed_input_drops_the_rest_of_its_request(
     assert worker.stats.dropped_rows > 300  # at most a batch or two of `big` ran
     assert worker.stats.rows < 40 + 100
     assert worker.queued_rows == 0
+
+
+def test_isolated_requests_never_share_a_batch(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    worker = start(runner, batch_wait_seconds=0.05)
+    closing.append(worker)
+    worker.fault_hook = record(batches)
+    isolated = IsolatedRequest(None)
+    mine = [make_job(5, 6, seed=s, is_cancelled=isolated) for s in range(3)]
+    others = [make_job(5, 6, seed=10 + s, is_cancelled=lambda: False) for s in range(3)]
+    worker.submit_all([others[0], *mine, *others[1:]])
+    for job in [*mine, *others]:
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    ids = {id(job) for job in mine}
+    for batch in batches:
+        inside = {job_id in ids for job_id, _, _ in batch}
+        assert len(inside) == 1, "an isolated request shared a batch"
+    assert any(len({j for j, _, _ in b}) == 3 for b in batches if b[0][0] in ids)  # its own
 
 
 def test_a_full_queue_refuses_at_once_and_drains(runner: ToyRunner, closing: list[Worker]) -> None:

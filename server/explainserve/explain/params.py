@@ -124,6 +124,8 @@ class ExplainParams:
     #: Causal LMs: the continuation's tokens before the explained one are units too (as in
     #: Interpreto); False = prompt units only.
     target_context: bool = True
+    #: Batch this request's rows apart from other requests' (bit-exact under any traffic).
+    isolate: bool = False
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,7 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
         seed=int(request.seed),
         generation=generation_from_proto(request),
         target_context=not request.prompt_units_only,
+        isolate=request.isolate_batches,
     )
 
 

@@ -362,6 +362,28 @@ class WorkerStats:
     busy_seconds: float = 0.0
 
 
+class IsolatedRequest:
+    """The cancellation check of a request whose rows run in batches of their own (every job of
+    a request shares its `is_cancelled`, which keys the request in the worker): the batches it
+    gets are then those it would get alone, so its results are too, bit for bit."""
+
+    def __init__(self, is_cancelled: Callable[[], bool] | None) -> None:
+        self._is_cancelled = is_cancelled
+
+    def __call__(self) -> bool:
+        return self._is_cancelled is not None and self._is_cancelled()
+
+
+def _isolated(job: Job) -> bool:
+    return isinstance(job.is_cancelled, IsolatedRequest)
+
+
+def _may_share(lead: Job, job: Job) -> bool:
+    """Whether `job`'s rows may join a batch led by `lead`: always within a request; across
+    requests unless one of them is isolated."""
+    return job._key is lead._key or not (_isolated(lead) or _isolated(job))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is a device out-of-memory error (CUDA's, or an injected one)."""
     return isinstance(exc, torch.OutOfMemoryError)
@@ -600,7 +622,11 @@ class Worker:
             return self._take_generation(lead)  # type: ignore[arg-type]
         vocab = int(getattr(self.runner, "vocab_size", 0))
         keep = 0
-        same_kind = [job for job in self._pending if type(job) is kind and job is not lead]
+        same_kind = [
+            job
+            for job in self._pending
+            if type(job) is kind and job is not lead and _may_share(lead, job)
+        ]
         candidates = [lead, *sorted(same_kind, key=lambda j: abs(j.length - lead.length))]
         budget = (
             self.options.gradient_token_budget if kind is GradientJob else self.options.token_budget
@@ -780,6 +806,7 @@ class Worker:
             for job in self._pending
             if isinstance(job, GenerateJob)
             and job is not lead
+            and _may_share(lead, job)
             and job.options == lead.options
             and job.stop_ids == lead.stop_ids
         ]

@@ -276,7 +276,7 @@ class GradientShap(_message.Message):
     def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate")
+    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate", "isolate_batches")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,7 @@ class ExplainRequest(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_UNITS_ONLY_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    ISOLATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     occlusion: Occlusion
@@ -317,7 +318,8 @@ class ExplainRequest(_message.Message):
     generation: Generation
     prompt_units_only: bool
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    isolate_batches: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ...) -> None: ...
 
 class ExplainStreamRequest(_message.Message):
     __slots__ = ("request",)
