@@ -116,6 +116,7 @@ def explain_requests_of(
             inference_mode=enums,
             seed=st.integers(0, 2**64 - 1),
             truncate=st.booleans(),
+            isolate_batches=st.booleans(),
             **fields,
         ),
     )
