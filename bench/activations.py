@@ -22,7 +22,7 @@ it less than the times.
     stream     = bytes of tensor data received / end-to-end time
 
     .venv/bin/python bench/activations.py [--quick] [--inputs N] [--repeats R] [--token-budget T]
-                                           [--model-dir DIR] [--device cpu|cuda]
+                                           [--model-dir DIR] [--device cpu|cuda] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ def main() -> int:
     )
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="", help="run the rows whose label contains this")
     args = parser.parse_args()
     n_inputs = args.inputs or (300 if args.quick else 1000)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -265,7 +266,7 @@ def main() -> int:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
-        for config in configs(served):
+        for config in [c for c in configs(served) if args.only in c.label]:
             request = pb.GetActivationsRequest(
                 model="bench",
                 inputs=[pb.Input(text=t) for t in texts],
