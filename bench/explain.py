@@ -143,6 +143,29 @@ def model_only(
     return run
 
 
+def interleaved(
+    stub: explain_pb2_grpc.ExplainServiceStub,
+    request: pb.ExplainRequest,
+    bare: Callable[[], None],
+    repeats: int,
+) -> tuple[int, float, float]:
+    """After a warm-up of each, `repeats` interleaved runs of the request end to end and of the
+    model alone: forward passes of the request, median end-to-end and model-only seconds."""
+    stub.Explain(request, timeout=600)
+    bare()
+    e2e, alone = [], []
+    passes = 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        reply = stub.Explain(request, timeout=600)
+        e2e.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        bare()
+        alone.append(time.perf_counter() - t0)
+        passes = sum(e.counters.forward_passes for e in reply.explanations)
+    return passes, statistics.median(e2e), statistics.median(alone)
+
+
 def _split(text: str) -> tuple[str, str]:
     """A text's first 60% of words (the prompt) and the rest, with its leading space."""
     words = text.split(" ")
@@ -324,7 +347,7 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
             )
     running = start(ServerOptions(port=0), Explainer(registry, Limits()))
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    stub = explain_pb2_grpc.ExplainServiceStub(channel)
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
     print(
         f"# bench/explain.py --causal on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
@@ -345,19 +368,7 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
                     **fields,  # type: ignore[arg-type]
                 )
                 bare = causal_model_only(served, method, budget, grad_budget)
-                stub.Explain(request, timeout=600)  # warm-up
-                bare()
-                e2e, alone = [], []
-                passes = 0
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    reply = stub.Explain(request, timeout=600)
-                    e2e.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    bare()
-                    alone.append(time.perf_counter() - t0)
-                    passes = sum(e.counters.forward_passes for e in reply.explanations)
-                m_e2e, m_alone = statistics.median(e2e), statistics.median(alone)
+                passes, m_e2e, m_alone = interleaved(stub, request, bare, repeats)
                 print(
                     f"| {model_name} | {name} | {passes} | {m_e2e:.3f} | {m_alone:.3f} | "
                     f"{m_alone / m_e2e:.2f} |",
@@ -415,7 +426,7 @@ def main() -> int:
     registry.add(served)
     running = start(ServerOptions(port=0), Explainer(registry, Limits()))
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    stub = explain_pb2_grpc.ExplainServiceStub(channel)
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
     print(
         f"# bench/explain.py on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
@@ -434,19 +445,7 @@ def main() -> int:
                 **fields,  # type: ignore[arg-type]
             )
             bare = model_only(served, method, budget, grad_budget)
-            stub.Explain(request, timeout=600)  # warm-up
-            bare()
-            e2e, alone = [], []
-            passes = 0
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                reply = stub.Explain(request, timeout=600)
-                e2e.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                bare()
-                alone.append(time.perf_counter() - t0)
-                passes = sum(e.counters.forward_passes for e in reply.explanations)
-            m_e2e, m_alone = statistics.median(e2e), statistics.median(alone)
+            passes, m_e2e, m_alone = interleaved(stub, request, bare, repeats)
             print(
                 f"| {name} | {passes} | {m_e2e:.3f} | {m_alone:.3f} | {m_alone / m_e2e:.2f} |",
                 flush=True,

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from explainserve.launch import spawn_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 GHZ_VERSION = "v0.120.0"
@@ -48,10 +48,6 @@ def ensure_ghz() -> Path:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
     command = [
-        sys.executable,
-        "-m",
-        "explainserve.cli",
-        "serve",
         "--port",
         "0",
         "--device",
@@ -65,24 +61,12 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
         command += ["--model", args.model]
     if args.max_queued_rows:
         command += ["--max-queued-rows", str(args.max_queued_rows)]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if match:
-            return proc, int(match.group(1))
-    proc.kill()
-    sys.exit("the server did not start")
+    try:
+        return spawn_serve(
+            command, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, timeout=600
+        )
+    except RuntimeError as err:
+        sys.exit(str(err))
 
 
 def run_ghz(

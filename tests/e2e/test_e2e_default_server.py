@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from explainserve.launch import spawn_serve
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
@@ -23,28 +20,14 @@ from explainserve.v1 import explain_pb2_grpc
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], int]]:
     cache = tmp_path_factory.mktemp("default-cache")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "explainserve.cli", "serve", "--port", "0", "--device", "cpu"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "EXPLAINSERVE_CACHE_DIR": str(cache)},
-    )
-    assert proc.stdout is not None
-    port = None
-    deadline = time.monotonic() + 300
-    seen = []
-    while port is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-    if port is None:
-        proc.kill()
-        pytest.fail("server did not start:\n" + "".join(seen[-30:]))
+    try:
+        proc, port = spawn_serve(
+            ["--port", "0", "--device", "cpu"],
+            env={"EXPLAINSERVE_CACHE_DIR": str(cache)},
+            timeout=300,
+        )
+    except RuntimeError as err:
+        pytest.fail(str(err))
     # The default model was built into the test's cache, not the user's.
     assert any(Path(cache).rglob("model.safetensors"))
     yield proc, port

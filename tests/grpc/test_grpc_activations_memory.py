@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from explainserve.launch import spawn_serve
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
@@ -62,40 +62,20 @@ def rss_kib(pid: int, field: str) -> int:
 @pytest.fixture(scope="module")
 def server(tiny_bert_dir: Path) -> Iterator[tuple[int, int]]:
     """(pid, port) of `explainserve serve` on the tiny BERT, default chunking."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "explainserve.cli",
-            "serve",
-            "--model",
-            f"bert={tiny_bert_dir}",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            *os.environ.get("EXPLAINSERVE_TEST_SERVE_ARGS", "").split(),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    port = None
-    seen = []
-    deadline = time.monotonic() + 120
-    while port is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-    if port is None:
-        proc.kill()
-        pytest.fail("server did not start:\n" + "".join(seen[-30:]))
+    try:
+        proc, port = spawn_serve(
+            [
+                "--model",
+                f"bert={tiny_bert_dir}",
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+                *os.environ.get("EXPLAINSERVE_TEST_SERVE_ARGS", "").split(),
+            ]
+        )
+    except RuntimeError as err:
+        pytest.fail(str(err))
     try:
         yield proc.pid, port
     finally:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.launch import spawn_serve
 from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
 
@@ -60,12 +56,8 @@ def test_stop_marks_not_serving() -> None:
 
 def test_cli_serves_then_exits_zero_on_sigterm(tiny_bert_dir: Path) -> None:
     # A --model keeps the test fast: without one the CLI builds the embedded default model.
-    proc = subprocess.Popen(
+    proc, port = spawn_serve(
         [
-            sys.executable,
-            "-m",
-            "explainserve.cli",
-            "serve",
             "--port",
             "0",
             "--grace-seconds",
@@ -75,23 +67,9 @@ def test_cli_serves_then_exits_zero_on_sigterm(tiny_bert_dir: Path) -> None:
             "--model",
             f"tiny={tiny_bert_dir}",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=60,
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"listening on [\d.]+:(\d+)", line)
-            if match:
-                port = int(match.group(1))
-        assert port, "server did not report its port"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for service in ("", "explainserve.v1.ExplainService"):
