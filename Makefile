@@ -8,8 +8,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+PIP := $(PY) -m pip --disable-pip-version-check
+UV := $(VENV)/bin/uv
 STAMPS := .make
+LOCK := requirements.lock
+UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements.lock)
+LOCK_ARGS := pyproject.toml --extra dev --generate-hashes --universal --python-version 3.11 --quiet
 # pyo3's build script must see the venv's interpreter, never whatever python3 is on PATH.
 export PYO3_PYTHON := $(abspath $(PY))
 export VIRTUAL_ENV := $(abspath $(VENV))
@@ -19,7 +23,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 BUF_VERSION := v1.50.0
-BUF := $(STAMPS)/bin/buf
+BUF := .make/bin/buf
 RUST_SOURCES := Cargo.toml $(wildcard Cargo.lock) $(shell find native -name '*.rs' -o -name Cargo.toml 2>/dev/null)
 PORT ?= 50051
 ARGS ?=
@@ -32,12 +36,17 @@ help: ## List the targets
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 
-$(STAMPS)/deps: pyproject.toml | $(PY)
+# uv installs and resolves; its version is the one the lock holds (sync then checks its hash).
+$(VENV)/bin/uv: | $(PY)
+	$(PIP) install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(STAMPS)/deps: $(LOCK) pyproject.toml | $(VENV)/bin/uv
 	@mkdir -p $(STAMPS)
-	@# The project itself (editable, which also builds the native module once) and dev extras.
-	$(PIP) install --quiet -e '.[dev]'
+	@# Exactly the lock (hash-checked; anything else in the venv is removed), then the project
+	@# itself, editable and without dependencies (which also builds the native module once).
+	$(UV) pip sync --quiet --python $(PY) --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(STAMPS)/native: $(STAMPS)/deps $(RUST_SOURCES)
@@ -46,12 +55,38 @@ $(STAMPS)/native: $(STAMPS)/deps $(RUST_SOURCES)
 	@touch $@
 
 .PHONY: install
-install: $(STAMPS)/native ## Create .venv, install all dependencies, build the native module
+install: $(STAMPS)/native ## Create .venv, install exactly requirements.lock, build the native module
+
+# The lock: every Python package `make install` installs (runtime and dev), exact versions and
+# hashes, for Python >= 3.11 on every platform (universal markers). Regenerate after changing a
+# range in pyproject.toml; `make lock UPGRADE="--upgrade-package torch"` moves one package to the
+# newest version its range allows, `make lock UPGRADE=--upgrade` all of them.
+UPGRADE ?=
+.PHONY: lock
+lock: | $(VENV)/bin/uv ## Re-resolve requirements.lock from pyproject.toml (UPGRADE=--upgrade ...)
+	$(UV) pip compile $(LOCK_ARGS) $(UPGRADE) -o $(LOCK)
+
+# Drift caught on purpose: the same checks on a second venv whose dependency set is resolved
+# afresh, the newest (test-latest) or the lowest (test-oldest) versions that pyproject.toml's
+# ranges allow. Neither is part of `make test`: the lock is what CI tests.
+.PHONY: test-latest
+test-latest: | $(VENV)/bin/uv ## `make test` on the newest versions the ranges allow (.venv-latest)
+	@mkdir -p $(STAMPS)/latest
+	$(UV) pip compile $(LOCK_ARGS) --refresh --upgrade -o $(STAMPS)/latest/requirements.lock
+	$(MAKE) test VENV=.venv-latest STAMPS=$(STAMPS)/latest LOCK=$(STAMPS)/latest/requirements.lock
+	@$(UV) pip freeze --python .venv-latest/bin/python | grep -iE '^(torch|transformers|tokenizers|grpcio|protobuf|numpy)=='
+
+.PHONY: test-oldest
+test-oldest: | $(VENV)/bin/uv ## `make test` on the lowest versions of the direct dependencies (.venv-oldest)
+	@mkdir -p $(STAMPS)/oldest
+	$(UV) pip compile $(LOCK_ARGS) --resolution lowest-direct -o $(STAMPS)/oldest/requirements.lock
+	$(MAKE) test VENV=.venv-oldest STAMPS=$(STAMPS)/oldest LOCK=$(STAMPS)/oldest/requirements.lock
+	@$(UV) pip freeze --python .venv-oldest/bin/python | grep -iE '^(torch|transformers|tokenizers|grpcio|protobuf|numpy)=='
 
 # buf (proto style lint), built from the Go module proxy into .make/bin.
 $(BUF):
-	@mkdir -p $(STAMPS)/bin
-	GOBIN=$(abspath $(STAMPS)/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@mkdir -p .make/bin
+	GOBIN=$(abspath .make/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
 .PHONY: proto
 proto: install ## Regenerate server/explainserve/v1 from proto/ (commit the result)
@@ -89,4 +124,4 @@ fmt: install ## Format Rust and Python
 
 .PHONY: clean
 clean: ## Remove build outputs and the venv
-	rm -rf $(VENV) $(STAMPS) target server/explainserve/_native*.so
+	rm -rf $(VENV) .venv-latest .venv-oldest $(STAMPS) target server/explainserve/_native*.so
