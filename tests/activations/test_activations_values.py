@@ -1,11 +1,14 @@
 """GetActivations' values against the models called directly.
 
-A lone input runs unpadded, in the same shapes as the direct call, so its values must be equal
-bit for bit. A batch of inputs of different lengths is padded (right for encoders, left for GPT-2)
-and its matrix products have other shapes and summation orders, so it is compared to float32
-rounding accumulated over the layers of these deliberately wide-weighted tiny models (atol 1e-5,
-rtol 1e-4; the differences seen are about 1e-6).
-"""
+A lone input runs unpadded, in the same shapes as the direct call, but not through the same call:
+the server passes its own attention mask and position ids and stops at the split point, and
+transformers may pick another attention kernel for that, so the values are equal to float32
+rounding of the same arithmetic (`same_math`: rtol 1e-5, atol 1e-6, a few ulps through the two
+layers; a wrong position or a missing layer is off by far more). A batch of inputs of different
+lengths is padded (right for encoders, left for GPT-2) and its matrix products have other shapes
+and summation orders, so it is compared to float32 rounding accumulated over the layers of these
+deliberately wide-weighted tiny models (atol 1e-5, rtol 1e-4; the differences seen are about
+1e-6)."""
 
 from __future__ import annotations
 
@@ -46,14 +49,19 @@ def close(actual: Any, expected: Any) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+def same_math(actual: Any, expected: Any) -> None:
+    """The same arithmetic in the same shapes by another call path (see the module docstring)."""
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(SERVED))
-def test_default_split_point_is_the_head_input_bit_for_bit_for_a_lone_input(
+def test_default_split_point_is_the_head_input_of_a_lone_input(
     activator: Activator, direct: dict[str, Direct], name: str
 ) -> None:
     for text in TEXTS:
         got = run_texts(activator, name, [text])
         assert list(got.values) == [HEAD_INPUT[name]]
-        np.testing.assert_array_equal(got.values[HEAD_INPUT[name]], [direct[name].head_input(text)])
+        same_math(got.values[HEAD_INPUT[name]], [direct[name].head_input(text)])
         np.testing.assert_array_equal(got.offsets, [0, 1])
 
 
@@ -90,7 +98,7 @@ def test_named_layers_all_tokens_and_cls_token(
     cls = run_texts(activator, name, TEXTS, split_points=points)
     lone = run_texts(activator, name, [TEXTS[2]], split_points=points, granularity="all_tokens")
     for point, index in layers.items():
-        np.testing.assert_array_equal(lone.values[point], direct[name].hidden(TEXTS[2], index))
+        same_math(lone.values[point], direct[name].hidden(TEXTS[2], index))
         for i, text in enumerate(TEXTS):
             hidden = direct[name].hidden(text, index)
             # Ragged: every token of every input, specials included, at its own offsets.
@@ -142,9 +150,7 @@ def test_word_and_sentence_rows_are_the_native_aggregation_of_the_hidden_states(
         assert units_of[2].units.texts == ["Dr. Smith arrived.", "He sat down!", "Did he eat?"]
 
 
-def test_word_rows_of_a_lone_input_are_bit_for_bit(
-    activator: Activator, direct: dict[str, Direct]
-) -> None:
+def test_word_rows_of_a_lone_input(activator: Activator, direct: dict[str, Direct]) -> None:
     text = TEXTS[5]
     got = run_texts(
         activator, "bert", [text], split_points=["bert.encoder.layer.1"], granularity="word"
@@ -157,7 +163,7 @@ def test_word_rows_of_a_lone_input_are_bit_for_bit(
         units.n_units,
         "mean",
     ).T
-    np.testing.assert_array_equal(got.values["bert.encoder.layer.1"], expected)
+    same_math(got.values["bert.encoder.layer.1"], expected)
 
 
 def test_token_rows_leave_out_the_special_tokens(
@@ -203,7 +209,7 @@ def test_predictions_are_the_models_logits(
     close(got.logits, expected)
     assert got.predicted == got.logits.argmax(axis=1).tolist()
     lone = run_texts(activator, name, [TEXTS[1]], predictions=True)
-    np.testing.assert_array_equal(lone.logits, [direct[name].logits(TEXTS[1])])
+    same_math(lone.logits, [direct[name].logits(TEXTS[1])])
     # Without predictions, no logits.
     assert run_texts(activator, name, TEXTS[:2]).logits is None
 

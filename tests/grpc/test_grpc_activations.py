@@ -132,7 +132,9 @@ def test_default_is_the_head_input(
     lone = get(stub, model="bert", inputs=texts(TEXTS[1]))
     with torch.no_grad():
         pooled = bert.bert.pooler(reference["bert"].run(TEXTS[1]).hidden_states[-1]).numpy()
-    np.testing.assert_array_equal(lone.values["classifier:input"], pooled)
+    # The same arithmetic in the same shapes, but not the same call (the server passes an attention
+    # mask, the reference none): equal to float32 rounding through the two layers.
+    np.testing.assert_allclose(lone.values["classifier:input"], pooled, rtol=1e-5, atol=1e-6)
     batch = get(stub, model="bert", inputs=texts(*TEXTS))
     ((chunk),) = batch.chunks
     assert [a.split_point for a in chunk.activations] == ["classifier:input"]

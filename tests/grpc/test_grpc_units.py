@@ -114,5 +114,10 @@ def test_attention_mask_zeros_are_not_units_but_are_in_all_tokens(
     assert [u.text for u in tokens.units] == ["great", ",", "bad", "ending", "."]
     everything = explain(stub, "bert", item, pb.GRANULARITY_ALL_TOKENS)
     assert [i for u in everything.units for i in u.token_indices] == list(range(len(ids)))
-    # Replacing a position the model does not attend to changes nothing.
-    assert everything.scores.values[2] == 0.0
+    # Replacing a position the model does not attend to changes nothing but float32 rounding:
+    # the original and the perturbed row may run at other places of a batch (or in another
+    # batch) whose matrix products block differently, which moves the last bits of the logit.
+    # A few ulps of the logit itself bound that; a real dependence would be orders larger.
+    (target,) = everything.targets
+    logit = np.float32(everything.logits[target.index])
+    assert abs(everything.scores.values[2]) <= 4 * np.spacing(abs(logit))
