@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,11 +13,6 @@ from explainserve.explain.causal import CausalLimits
 from explainserve.explain.service import Limits
 from explainserve.models.registry import TASKS, ModelConfig, ReplacementFallback
 from explainserve.scheduling.worker import WorkerOptions
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_MODEL_NAME = "minilm-sentiment"
 

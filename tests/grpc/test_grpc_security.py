@@ -38,7 +38,7 @@ def pem_cert(cert: x509.Certificate) -> bytes:
 def issue(
     name: str, key: Key, issuer: x509.Certificate | None, issuer_key: Key, *, ca: bool = False
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     builder = (
         x509.CertificateBuilder()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -184,6 +185,10 @@ class CausalLMRunner(_ModelRunner):
         super().__init__(model, pad_id)
         head: Any = getattr(model, "get_output_embeddings")()  # noqa: B009 (untyped in HF)
         self.vocab_size = int(head.weight.shape[0])
+        # The KV cache's argument and output field: `cache` in newer transformers (which drop
+        # `past_key_values` in 5.40), `past_key_values` in older ones.
+        forward = inspect.signature(model.forward).parameters
+        self._cache_name = "cache" if "cache" in forward else "past_key_values"
 
     def token_logits(
         self,
@@ -275,10 +280,10 @@ class CausalLMRunner(_ModelRunner):
                     input_ids=ids.to(device),
                     attention_mask=attention.to(device),
                     position_ids=positions.to(device),
-                    past_key_values=past,
                     use_cache=True,
+                    **{self._cache_name: past},
                 )
-                past = result.past_key_values
+                past = getattr(result, self._cache_name)
                 logits = result.logits[:, -1].float().cpu()
                 step = torch.full((b, 1), self.pad_id, dtype=torch.long)
                 for i in range(b):
