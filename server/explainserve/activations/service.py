@@ -32,7 +32,7 @@ from explainserve.activations.params import (
     InputUnits,
 )
 from explainserve.activations.tensors import check_dtype, decode, encode
-from explainserve.errors import InvalidArgument, NotFound
+from explainserve.errors import InvalidArgument, NotFound, quote
 from explainserve.explain.params import InputSpec
 from explainserve.explain.units import (
     Encoded,
@@ -187,7 +187,7 @@ def _unknown_split_point(model: ServedModel, name: str, listed: int) -> NotFound
     shown = ", ".join(names[:listed])
     more = f", ... and {len(names) - listed} more (GetModel lists them all)"
     return NotFound(
-        f"model '{model.name}' has no split point '{name}'{hint}; split points are: {shown}"
+        f"model '{model.name}' has no split point '{quote(name)}'{hint}; split points are: {shown}"
         f"{more if len(names) > listed else ''}"
     )
 
@@ -211,7 +211,7 @@ def resolve_split_points(
     for j, name in enumerate(names):
         if name in seen:
             raise InvalidArgument(
-                f"split point '{name}' is asked for twice", field=f"split_points[{j}]"
+                f"split point '{quote(name)}' is asked for twice", field=f"split_points[{j}]"
             )
         seen.add(name)
         if name not in shapes:
@@ -469,7 +469,7 @@ class Activator:
         ):
             wanted = ", ".join(["rows", *(str(d) for d in point.features)])
             raise InvalidArgument(
-                f"activations have shape {list(tensor.shape)}; the head of model "
+                f"activations have shape {quote(list(tensor.shape))}; the head of model "
                 f"'{model.name}' takes its input '{head_input}' as [{wanted}]",
                 field="activations.shape",
             )
@@ -482,6 +482,15 @@ class Activator:
                 field="activations.shape",
             )
         inputs = np.ascontiguousarray(decode(tensor, "activations"))
+        finite = np.isfinite(inputs)
+        if not finite.all():
+            # NaN or infinite activations give NaN logits: refuse them rather than answer OK.
+            bad_rows = np.flatnonzero(~finite.reshape(rows, -1).all(axis=1))
+            raise InvalidArgument(
+                f"activations have {int(finite.size - finite.sum())} non-finite values (NaN or "
+                f"infinity), in {len(bad_rows)} rows, the first row {int(bad_rows[0])}",
+                field="activations.data",
+            )
         job = HeadJob(inputs=inputs, is_cancelled=is_cancelled)
         model.worker.submit(job)
         logits = job.future.result()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from explainserve.errors import InvalidArgument
+from explainserve.errors import InvalidArgument, quote
 
 #: Bytes per element of every supported dtype, in the order error messages list them.
 ITEMSIZE: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -31,7 +31,7 @@ def check_dtype(name: str, field: str) -> str:
         return "float32"
     if name not in ITEMSIZE:
         raise InvalidArgument(
-            f"unsupported dtype '{name}': choose one of {', '.join(ITEMSIZE)}", field=field
+            f"unsupported dtype '{quote(name)}': choose one of {', '.join(ITEMSIZE)}", field=field
         )
     return name
 
@@ -49,7 +49,7 @@ def encode(values: NDArray[np.float32], dtype: str) -> RawTensor:
         bits = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy()
         data = bits.astype("<i2", copy=False).tobytes()
     else:
-        raise InvalidArgument(f"unsupported dtype '{dtype}'")
+        raise InvalidArgument(f"unsupported dtype '{quote(dtype)}'")
     return RawTensor(dtype=dtype, shape=tuple(int(d) for d in x.shape), data=data)
 
 
@@ -61,8 +61,8 @@ def decode(tensor: RawTensor, field: str) -> NDArray[np.float32]:
     expected = count * ITEMSIZE[dtype]
     if len(tensor.data) != expected:
         raise InvalidArgument(
-            f"{field}.data has {len(tensor.data)} bytes; shape {list(tensor.shape)} of {dtype} "
-            f"needs {expected}",
+            f"{field}.data has {len(tensor.data)} bytes; shape {quote(list(tensor.shape))} of "
+            f"{dtype} needs {expected}",
             field=f"{field}.data",
         )
     if dtype == "float32":

@@ -1,7 +1,7 @@
 """What every RPC goes through before ExplainService: the serving state (UNAVAILABLE while the
 server starts or drains), bearer-token authentication, a request id (echoed in the response's
-initial metadata as `x-request-id`, put on log records, named in INTERNAL errors), metrics and
-an access log line."""
+initial and trailing metadata as `x-request-id`, put on log records, named in INTERNAL errors),
+metrics and an access log line."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from explainserve.errors import quote
 from explainserve.metrics import Metrics
 
 log = logging.getLogger("explainserve.access")
@@ -54,6 +55,9 @@ class ServingState:
         self._state = "serving" if serving else "starting"
         self._in_flight = 0
         self._cond = threading.Condition()
+        #: What each call in flight is, and since when, by the thread handling it (a call of
+        #: the sync server runs on one thread from start to end): a drain names them.
+        self._calls: dict[int, tuple[str, float]] = {}
 
     @property
     def state(self) -> str:
@@ -74,19 +78,29 @@ class ServingState:
         """No new work from now on."""
         self._state = "draining"
 
-    def enter(self) -> bool:
-        """Counts a call in, unless the server is not serving (False)."""
+    def enter(self, call: str = "") -> bool:
+        """Counts a call in (described by `call`, for the log of a drain), unless the server is
+        not serving (False)."""
         with self._cond:
             if self._state != "serving":
                 return False
             self._in_flight += 1
+            self._calls[threading.get_ident()] = (call, time.monotonic())
             return True
 
     def leave(self) -> None:
         """Counts a call out."""
         with self._cond:
             self._in_flight -= 1
+            self._calls.pop(threading.get_ident(), None)
             self._cond.notify_all()
+
+    def running(self) -> list[str]:
+        """The calls in flight: their description and how long they have run."""
+        now = time.monotonic()
+        with self._cond:
+            calls = sorted(self._calls.values(), key=lambda c: c[1])
+        return [f"{call or '?'} ({now - since:.1f} s)" for call, since in calls]
 
     def wait_idle(self, timeout: float | None) -> bool:
         """Waits until no call is in flight (True) or `timeout` seconds pass (False)."""
@@ -215,11 +229,15 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         state = self.state
 
         def begin(request: Any, context: grpc.ServicerContext) -> tuple[str, float]:
-            if not state.enter():  # started draining since the handler was chosen
-                context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
             request_id = client_id or uuid.uuid4().hex[:16]
+            method, model = _labels(request)
+            call = f"{rpc} model={quote(model, 64)} method={method or '-'} request_id={request_id}"
+            if not state.enter(call):  # started draining since the handler was chosen
+                context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
             _local.request_id = request_id
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            # In the trailers too: an error reply (trailers only) has no initial metadata.
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             return request_id, time.perf_counter()
 
         def end(request: Any, context: grpc.ServicerContext, started: float, ok: bool) -> None:

@@ -7,7 +7,6 @@ import gc
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -145,6 +144,44 @@ class _MethodAwarePool:
         return getattr(self._pool, attr)
 
 
+class HealthServicer(health.HealthServicer):  # type: ignore[misc]
+    """grpc's health servicer plus `List` (the statuses of every service), which the library
+    leaves UNIMPLEMENTED although reflection lists it. Keeps its own copy of the statuses, as
+    the library's are private."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._shutting_down = False
+        self._statuses_lock = threading.Lock()
+
+    def set(self, service: str, status: int) -> None:
+        """Sets a service's status (ignored once shutting down, as the library does)."""
+        super().set(service, status)
+        with self._statuses_lock:
+            if not self._shutting_down:
+                self._statuses[service] = status
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every service NOT_SERVING for good."""
+        super().enter_graceful_shutdown()
+        with self._statuses_lock:
+            self._shutting_down = True
+
+    def List(  # noqa: N802 (gRPC method name)
+        self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status."""
+        with self._statuses_lock:
+            statuses = dict(self._statuses)
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in statuses.items()
+            }
+        )
+
+
 @dataclass
 class RunningServer:
     """A started server, the port it is bound to, its health servicer and serving state."""
@@ -169,15 +206,22 @@ class RunningServer:
     def stop(self, grace: float | None) -> None:
         """Drains, then stops. Draining: every service NOT_SERVING (health checks still
         answered, so load balancers see it), new ExplainService calls UNAVAILABLE at once, and
-        the calls in flight get up to `grace` seconds to finish; then the server stops
-        (cancelling what is left). `grace=None`: stop at once."""
-        started = time.monotonic()
+        the calls in flight get up to `grace` seconds to finish; then the calls still running
+        are logged (what they are, for how long) and cancelled, and the server stops.
+        `grace=None`: stop at once."""
         self.state.set_draining()
         self.health.enter_graceful_shutdown()
-        if grace is not None:
-            self.state.wait_idle(grace)
-            grace = max(0.0, grace - (time.monotonic() - started))
-        self.server.stop(grace).wait()
+        if grace is not None and not self.state.wait_idle(grace):
+            running = self.state.running()
+            log.warning(
+                "grace period of %.1f s over: cancelling %d calls still running: %s",
+                grace,
+                len(running),
+                "; ".join(running),
+            )
+        # Cancels whatever still runs: the calls' contexts turn inactive, so the workers drop
+        # their queued jobs before the next batch.
+        self.server.stop(None).wait()
         if self.metrics is not None:
             self.metrics.close()
         gc.unfreeze()
@@ -203,7 +247,7 @@ def start(
         options=channel_options(options),
         interceptors=[ServerInterceptor(state, options.auth_tokens, metrics)],
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names: list[str] = []
     if explainer is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
@@ -12,9 +13,17 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from explainserve import errors
-from explainserve.grpc.interceptors import current_request_id
+from explainserve.errors import bound_bytes
+from explainserve.grpc.interceptors import REQUEST_ID_KEY, current_request_id
 
 log = logging.getLogger(__name__)
+
+#: UTF-8 bytes of a status message at most, and of a field violation's field path. Messages
+#: quote client values shortened already (`errors.quote`); this bounds whatever slips through,
+#: so the whole status (message + details, about 2.4 KiB at most) stays far below the 8 KiB of
+#: metadata that gRPC clients accept by default, even once percent-encoded.
+MAX_MESSAGE_BYTES = 1024
+MAX_FIELD_BYTES = 256
 
 STATUS_OF: dict[type[errors.ExplainServeError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -26,16 +35,27 @@ STATUS_OF: dict[type[errors.ExplainServeError], grpc.StatusCode] = {
 }
 
 
+@dataclass(frozen=True)
+class _Status(grpc.Status):  # type: ignore[misc]
+    """A status to abort with (grpc.Status is an interface without a constructor)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """Ends the RPC with the status of `exc`.
 
     Domain errors keep their message (and a google.rpc.BadRequest field violation when they name
-    a field); anything else is INTERNAL with a request id, logged with its trace, and no trace
-    sent to the client.
+    a field), bounded to `MAX_MESSAGE_BYTES`; anything else is INTERNAL with a request id, logged
+    with its trace, and no trace sent to the client. The trailing metadata carries the request
+    id (`x-request-id`) too: an error reply has no initial metadata.
     """
+    request_id = current_request_id()
     if isinstance(exc, errors.ExplainServeError):
         code = STATUS_OF.get(type(exc), grpc.StatusCode.INTERNAL)
-        message = exc.message
+        message = bound_bytes(exc.message, MAX_MESSAGE_BYTES)
         remaining = context.time_remaining()
         if code == grpc.StatusCode.CANCELLED and remaining is not None and remaining <= 0:
             code = grpc.StatusCode.DEADLINE_EXCEEDED  # the work stopped because time ran out
@@ -45,7 +65,7 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
             bad = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=exc.field, description=exc.message
+                        field=bound_bytes(exc.field, MAX_FIELD_BYTES), description=message
                     )
                 ]
             )
@@ -55,8 +75,15 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
         status = status_pb2.Status(
             code=getattr(code_pb2, code.name), message=message, details=details
         )
-        context.abort_with_status(rpc_status.to_status(status))
-    request_id = current_request_id() or uuid.uuid4().hex[:16]
+        converted = rpc_status.to_status(status)
+        if request_id is not None:
+            converted = _Status(
+                converted.code,
+                converted.details,
+                (*converted.trailing_metadata, (REQUEST_ID_KEY, request_id)),
+            )
+        context.abort_with_status(converted)
+    request_id = request_id or uuid.uuid4().hex[:16]
     log.error("internal error, request id %s", request_id, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
     raise AssertionError("context.abort returned")  # it raises; this keeps the types honest

@@ -21,7 +21,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from explainserve.errors import InvalidArgument, NotFound
+from explainserve.errors import InvalidArgument, NotFound, quote
 from explainserve.models.capture import capture, find_head, first_tensor, head_input_name
 from explainserve.scheduling.worker import GenerationOptions, Worker, WorkerOptions
 
@@ -368,7 +368,8 @@ class ServedModel:
             return self.labels.index(label)
         except ValueError:
             raise NotFound(
-                f"model '{self.name}' has no label '{label}'; labels are: {', '.join(self.labels)}"
+                f"model '{self.name}' has no label '{quote(label)}'; labels are: "
+                f"{', '.join(self.labels)}"
             ) from None
 
     def close(self) -> None:
@@ -584,7 +585,7 @@ class Registry:
             return self._models[name]
         except KeyError:
             names = ", ".join(sorted(self._models)) or "(none)"
-            raise NotFound(f"no model named '{name}'; loaded models: {names}") from None
+            raise NotFound(f"no model named '{quote(name)}'; loaded models: {names}") from None
 
     def list(self) -> list[ServedModel]:
         """Every model, by name."""
