@@ -2,7 +2,9 @@
 
 This runs before Explain and GetActivations see the inputs (which check the model's own
 maximum): an input over the limit is rejected with a message saying how to fix it, or, with
-`truncate`, cut to its first tokens that fit, special tokens kept. A text is cut at the end of
+`truncate`, cut to its first tokens that fit, special tokens kept. A text longer than a
+character bound derived from the token limit (`char_limit`) is refused, or cut to that bound
+first, before anything tokenizes it. A text is cut at the end of
 the last token kept, so the explanation's spans index into the text explained; token ids keep
 their trailing template tokens ([SEP], </s>).
 """
@@ -25,13 +27,32 @@ def token_limit(model: ServedModel, max_tokens_per_input: int) -> int:
     return model.max_length
 
 
+#: Characters of text per token of the limit that an input may have. Checked before any
+#: tokenizing, so a huge text costs nothing to refuse: tokenizing 10 MB takes seconds of CPU.
+#: English averages about 4 characters per token; 16 leaves room for long words, URLs and
+#: runs of whitespace, while the tokenizer sees at most 16 x 512 = 8,192 characters for a
+#: 512-token model.
+CHARS_PER_TOKEN = 16
+
+
+def char_limit(model: ServedModel, max_tokens_per_input: int) -> int:
+    """Characters a text input (or continuation) of `model` may have: `CHARS_PER_TOKEN` per
+    token of its token limit."""
+    return CHARS_PER_TOKEN * token_limit(model, max_tokens_per_input)
+
+
 def fit_inputs(
     model: ServedModel, specs: list[InputSpec], max_tokens_per_input: int, *, truncate: bool
 ) -> list[InputSpec]:
     """`specs` with every input within the token limit: unchanged when it already is, cut when
-    `truncate`, otherwise InvalidArgument naming the input. Nothing to do (and no tokenizing)
-    when the limit is the model's own and truncation is off: the explainers check that."""
+    `truncate`, otherwise InvalidArgument naming the input.
+
+    First, without tokenizing, every text within the character bound (`char_limit`): a longer
+    text is refused, or cut to the bound when `truncate` (then to the token limit below), and a
+    longer continuation is refused. Then nothing more to do (and no tokenizing) when the limit
+    is the model's own and truncation is off: the explainers check that."""
     limit = token_limit(model, max_tokens_per_input)
+    specs = _within_chars(specs, char_limit(model, max_tokens_per_input), limit, truncate)
     if not truncate and limit >= model.max_length:
         return specs
     out = list(specs)
@@ -55,6 +76,31 @@ def fit_inputs(
         if spec.text is None and spec.ids is not None and len(spec.ids) > limit:
             _too_long(i, len(spec.ids), limit, truncate, "token_ids.ids")
             out[i] = _cut_ids(model, spec, limit, i)
+    return out
+
+
+def _within_chars(
+    specs: list[InputSpec], chars: int, limit: int, truncate: bool
+) -> list[InputSpec]:
+    out = list(specs)
+    for i, spec in enumerate(specs):
+        if spec.continuation_text is not None and len(spec.continuation_text) > chars:
+            raise InvalidArgument(
+                f"the continuation of input {i} has {len(spec.continuation_text)} characters, "
+                f"more than the limit of {chars} ({CHARS_PER_TOKEN} per token of the "
+                f"{limit}-token limit)",
+                field=f"inputs[{i}].continuation.text",
+            )
+        if spec.text is None or len(spec.text) <= chars:
+            continue
+        if not truncate:
+            raise InvalidArgument(
+                f"input {i} has {len(spec.text)} characters, more than the limit of {chars} "
+                f"({CHARS_PER_TOKEN} per token of the {limit}-token limit): shorten it, or set "
+                "truncate to cut it",
+                field=f"inputs[{i}].text",
+            )
+        out[i] = dataclasses.replace(spec, text=spec.text[:chars])
     return out
 
 

@@ -337,3 +337,36 @@ def test_cancelled_jobs_are_dropped_unrun(runner: ToyRunner, closing: list[Worke
     assert worker.stats.rows <= 8  # at most the batch in flight and one more boundary
     assert worker.stats.cancelled_rows >= 92
     assert worker.queued_rows == 0
+
+
+@pytest.mark.parametrize("fault", ["out_of_memory", "error_of_one_job"])
+def test_a_request_cancelled_during_a_batch_runs_no_retried_part_of_it(
+    runner: ToyRunner, closing: list[Worker], fault: str
+) -> None:
+    """The batch that fails is split (out of memory) or retried job by job (an error); the
+    request was cancelled while it ran, so none of the parts runs: liveness is checked before
+    every batch, retried parts included."""
+    worker = start(runner)
+    closing.append(worker)
+    cancelled = threading.Event()
+    attempts: list[int] = []
+
+    def hook(pieces: Sequence[tuple[Job, int, int]]) -> None:
+        attempts.append(sum(stop - start for _, start, stop in pieces))
+        if len(attempts) == 1:
+            cancelled.set()  # the client cancels while the batch runs
+            if fault == "out_of_memory":
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            raise ValueError("injected")
+
+    worker.fault_hook = hook
+    jobs = [make_job(8, 4, seed=s, is_cancelled=cancelled.is_set) for s in (1, 2)]
+    worker.submit_all(jobs)
+    for job in jobs:
+        with pytest.raises(Cancelled):
+            job.future.result(timeout=10)
+    assert attempts == [16]
+    assert worker.stats.rows == 0
+    assert worker.stats.cancelled_jobs == 2
+    assert worker.stats.cancelled_rows == 16
+    assert worker.queued_rows == 0

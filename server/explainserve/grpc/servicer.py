@@ -54,9 +54,8 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
             )
 
     def _fit(self, params: P, truncate: bool) -> P:
-        """`params` with its inputs within the token limit (cut when `truncate`)."""
-        if not truncate and self.max_tokens_per_input <= 0:
-            return params
+        """`params` with its inputs within the character and token limits (cut when
+        `truncate`): the first thing every RPC with inputs does, before any tokenizing."""
         model = self.explainer.registry.get(params.model)
         inputs = fit_inputs(model, params.inputs, self.max_tokens_per_input, truncate=truncate)
         return dataclasses.replace(params, inputs=inputs)

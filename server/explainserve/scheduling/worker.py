@@ -589,13 +589,24 @@ class Worker:
             if job.is_cancelled is not None and job.is_cancelled():
                 left = job.n_rows - job._next_row
                 self._queued_rows -= left
-                self.stats.cancelled_jobs += 1
                 self.stats.cancelled_rows += left
                 if not job.future.done():
+                    self.stats.cancelled_jobs += 1
                     job.future.set_exception(Cancelled("request cancelled"))
             else:
                 keep.append(job)
         self._pending = keep
+
+    def _cancel_piece(self, job: Job, start: int, stop: int) -> bool:
+        """Fails `job` with Cancelled when its request is cancelled (True); its rows
+        `start..stop`, taken from the queue for this batch, count as cancelled rows."""
+        if job.is_cancelled is None or not job.is_cancelled():
+            return False
+        self.stats.cancelled_rows += stop - start
+        if not job.future.done():
+            self.stats.cancelled_jobs += 1
+            job.future.set_exception(Cancelled("request cancelled"))
+        return True
 
     def _lead(self) -> Job:
         """The oldest job of the request that led a batch least recently."""
@@ -679,6 +690,9 @@ class Worker:
     def _execute(self, pieces: Pieces) -> None:
         """Runs a batch; never raises. Splits it on out-of-memory, isolates failing jobs."""
         pieces = [p for p in pieces if not p[0].future.done()]  # a failed job's other rows
+        # Liveness checked before every batch, the parts of a split or retried one included: a
+        # request cancelled meanwhile runs no further batch.
+        pieces = [p for p in pieces if not self._cancel_piece(*p)]
         if not pieces:
             return
         cap = self._token_cap.get(type(pieces[0][0]))
