@@ -91,6 +91,22 @@ $(BUF):
 	@mkdir -p .make/bin
 	GOBIN=$(abspath .make/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
+# Clients in other languages that tests/grpc/test_grpc_clients.py runs with their default
+# settings: a Go one (google.golang.org/grpc, from the Go module proxy) and a Node one
+# (@grpc/grpc-js, from npm, exactly clients/node/package-lock.json).
+GO_CLIENT := .make/bin/rawcall
+$(GO_CLIENT): clients/go/main.go clients/go/go.mod clients/go/go.sum
+	@mkdir -p .make/bin
+	cd clients/go && go build -o $(abspath $(GO_CLIENT)) .
+
+$(STAMPS)/node: clients/node/package.json clients/node/package-lock.json
+	@mkdir -p $(STAMPS)
+	cd clients/node && npm ci --no-audit --no-fund --ignore-scripts --silent
+	@touch $@
+
+.PHONY: clients
+clients: $(GO_CLIENT) $(STAMPS)/node ## Build the Go and Node test clients (.make/bin, clients/node)
+
 .PHONY: proto
 proto: install ## Regenerate server/explainserve/v1 from proto/ (commit the result)
 	$(PY) scripts/gen_proto.py
@@ -104,7 +120,7 @@ run: install ## Start the server on the embedded default model (PORT=50051, ARGS
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install $(BUF) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, pytest
+test: install $(BUF) clients ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, pytest
 	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -127,4 +143,5 @@ fmt: install ## Format Rust and Python
 
 .PHONY: clean
 clean: ## Remove build outputs and the venv
-	rm -rf $(VENV) .venv-latest .venv-oldest $(STAMPS) target server/explainserve/_native*.so
+	rm -rf $(VENV) .venv-latest .venv-oldest $(STAMPS) target server/explainserve/_native*.so \
+		clients/node/node_modules
