@@ -2,8 +2,8 @@
 
 Starts the server (the embedded default model, or --model NAME=DIR), warms it up, then sends a
 bounded number of requests (--requests, stopped early at --max-seconds) from a few client
-threads: short and long (near the model's token limit) texts explained by occlusion, LIME and
-saliency, GetActivations of many inputs at every token, and ListModels. The server's RSS is
+threads: short and long (near the model's token limit) texts explained by occlusion, LIME,
+saliency and integrated gradients, GetActivations of many inputs at every token, and ListModels. The server's RSS is
 sampled every 0.5 s; after the load it idles for --idle seconds. Prints the RSS after warm-up,
 at its peak, and at the end of the idle time, and their ratio (the goal: back within 10 % of the
 post-warm-up level).
@@ -51,7 +51,14 @@ def requests(model: str) -> list[tuple[str, object]]:
             "Explain",
             pb.ExplainRequest(model=model, inputs=texts[:1], lime=pb.Lime(n_perturbations=32)),
         ),
-        ("Explain", pb.ExplainRequest(model=model, inputs=texts[1:], occlusion=pb.Occlusion())),
+        (
+            "Explain",
+            pb.ExplainRequest(
+                model=model,
+                inputs=texts[1:],
+                integrated_gradients=pb.IntegratedGradients(n_steps=8),
+            ),
+        ),
         (
             "GetActivations",
             pb.GetActivationsRequest(
@@ -69,7 +76,7 @@ def main() -> int:
     parser.add_argument("--model", help="NAME=DIR (default: the embedded default model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--warmup", type=int, default=120)
+    parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-seconds", type=float, default=240.0)
     parser.add_argument("--idle", type=float, default=20.0)

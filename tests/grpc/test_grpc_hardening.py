@@ -182,24 +182,22 @@ def test_a_ten_megabyte_text_is_refused_for_little_server_cpu(
         timeout=60,
     )
     list(stub.GetActivations(pb.GetActivationsRequest(model="bert", inputs=[pb.Input(text="Hi.")])))
-    for rpc in ("Explain", "GetActivations"):
+    calls = {
+        "Explain": lambda: stub.Explain(
+            pb.ExplainRequest(model="bert", inputs=[pb.Input(text=text)], occlusion=pb.Occlusion()),
+            timeout=60,
+        ),
+        "GetActivations": lambda: list(
+            stub.GetActivations(
+                pb.GetActivationsRequest(model="bert", inputs=[pb.Input(text=text)]), timeout=60
+            )
+        ),
+    }
+    for rpc in calls:
         time.sleep(0.2)  # let the server's idle threads settle
         before = cpu_seconds(pid)
         with pytest.raises(grpc.RpcError) as err:
-            if rpc == "Explain":
-                stub.Explain(
-                    pb.ExplainRequest(
-                        model="bert", inputs=[pb.Input(text=text)], occlusion=pb.Occlusion()
-                    ),
-                    timeout=60,
-                )
-            else:
-                list(
-                    stub.GetActivations(
-                        pb.GetActivationsRequest(model="bert", inputs=[pb.Input(text=text)]),
-                        timeout=60,
-                    )
-                )
+            calls[rpc]()
         used = cpu_seconds(pid) - before
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
         assert err.value.details() == (
