@@ -4,6 +4,7 @@ cancelled; their work stops before the worker's next batch."""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import pytest
 
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
+from explainserve.launch import spawn_serve
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.scheduling.worker import Job
 from explainserve.v1 import explain_pb2 as pb
@@ -70,3 +72,47 @@ def test_the_drain_names_and_cancels_the_calls_still_running(
     assert "request_id=drain-me" in message
     assert seen_cancelled[0]
     assert after[0] == 0  # no batch of the cancelled call ran after the one in flight
+
+
+def test_sigterm_with_a_call_that_cannot_finish_cancels_it_and_exits(tiny_bert_dir: Path) -> None:
+    """A GetActivations client that stops reading keeps its call in flight for good; SIGTERM with
+    a 1 s grace logs it, cancels it and the process exits 0."""
+    proc, port = spawn_serve(
+        [
+            "--model",
+            f"bert={tiny_bert_dir}",
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--grace-seconds",
+            "1",
+        ],
+        timeout=120,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+            # 5,000 inputs of all-token activations are about 65 MB: far beyond what the
+            # transport buffers for a client that stopped reading.
+            stalled = stub.GetActivations(
+                pb.GetActivationsRequest(
+                    model="bert",
+                    inputs=[pb.Input(text=f"{BIG} {i}") for i in range(5000)],
+                    split_points=["bert.encoder.layer.1"],
+                    granularity=pb.ACTIVATION_GRANULARITY_ALL_TOKENS,
+                ),
+                metadata=[("x-request-id", "never-read")],
+            )
+            # The client reads the first chunk, then stops reading.
+            assert next(stalled).input_start == 0
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 0
+        assert proc.stdout is not None
+        log = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "cancelling 1 calls still running: GetActivations model=bert" in log
+    assert "request_id=never-read" in log
