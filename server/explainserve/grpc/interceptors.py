@@ -58,6 +58,7 @@ class ServingState:
         #: What each call in flight is, and since when, by the thread handling it (a call of
         #: the sync server runs on one thread from start to end): a drain names them.
         self._calls: dict[int, tuple[str, float]] = {}
+        self._completed = 0
 
     @property
     def state(self) -> str:
@@ -68,6 +69,11 @@ class ServingState:
     def in_flight(self) -> int:
         """ExplainService calls running now."""
         return self._in_flight
+
+    @property
+    def completed(self) -> int:
+        """ExplainService calls finished so far."""
+        return self._completed
 
     def set_serving(self) -> None:
         """Models loaded and warmed up."""
@@ -92,6 +98,7 @@ class ServingState:
         """Counts a call out."""
         with self._cond:
             self._in_flight -= 1
+            self._completed += 1
             self._calls.pop(threading.get_ident(), None)
             self._cond.notify_all()
 

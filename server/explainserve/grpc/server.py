@@ -22,6 +22,7 @@ from explainserve.activations.service import Activator
 from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import ServerInterceptor, ServingState
 from explainserve.grpc.servicer import ExplainServicer
+from explainserve.memory import IdleTrimmer
 from explainserve.metrics import Metrics
 from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
@@ -194,6 +195,8 @@ class RunningServer:
     metrics: Metrics | None = None
     #: The metrics endpoint's port, when metrics are on.
     metrics_port: int | None = None
+    #: Returns freed heap memory to the system after each burst of calls.
+    trimmer: IdleTrimmer | None = None
 
     def set_serving(self) -> None:
         """Models loaded and warmed up: health SERVING, ExplainService takes work."""
@@ -222,6 +225,8 @@ class RunningServer:
         # Cancels whatever still runs: the calls' contexts turn inactive, so the workers drop
         # their queued jobs before the next batch.
         self.server.stop(None).wait()
+        if self.trimmer is not None:
+            self.trimmer.close()
         if self.metrics is not None:
             self.metrics.close()
         gc.unfreeze()
@@ -275,6 +280,7 @@ def start(
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     running = RunningServer(server, port, health_servicer, state, service_names, metrics)
+    running.trimmer = IdleTrimmer(lambda: state.in_flight, lambda: state.completed).start()
     if metrics is not None:
         running.metrics_port = metrics.serve(options.metrics_host, options.metrics_port or 0)
     if serving:
