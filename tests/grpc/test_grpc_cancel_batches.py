@@ -126,3 +126,29 @@ def test_no_batch_runs_after_a_cancel_or_deadline(
     settle(stub, explainer)
     assert gate.seen_cancelled
     assert gate.after == 0
+
+
+def test_a_stream_whose_client_stopped_reading_holds_no_batch(
+    stub: explain_pb2_grpc.ExplainServiceStub, explainer: Explainer
+) -> None:
+    """The client reads one chunk of 5,000 inputs' activations and stops: the worker goes on
+    serving others (it never waits for a reader), and the stalled stream gets at most its
+    look-ahead computed (13 chunks of 256 inputs: the live server's default limits)."""
+    stats = explainer.registry.get("bert").worker.stats
+    before = stats.rows
+    stalled = stub.GetActivations(
+        pb.GetActivationsRequest(
+            model="bert",
+            inputs=[pb.Input(text=f"{BIG} {i}") for i in range(5000)],
+            split_points=["bert.encoder.layer.1"],
+            granularity=pb.ACTIVATION_GRANULARITY_ALL_TOKENS,
+        ),
+        timeout=120,
+    )
+    try:
+        assert next(stalled).input_start == 0
+        settle(stub, explainer)  # another request is answered meanwhile
+        # + the other request's 3 rows ("Fine." and its two occlusions).
+        assert stats.rows - before <= 13 * 256 + 3
+    finally:
+        stalled.cancel()
