@@ -2,11 +2,11 @@
 
 This runs before Explain and GetActivations see the inputs (which check the model's own
 maximum): an input over the limit is rejected with a message saying how to fix it, or, with
-`truncate`, cut to its first tokens that fit, special tokens kept. A text longer than a
-character bound derived from the token limit (`char_limit`) is refused, or cut to that bound
-first, before anything tokenizes it. A text is cut at the end of
+`truncate`, cut to its first tokens that fit, special tokens kept. A text is cut at the end of
 the last token kept, so the explanation's spans index into the text explained; token ids keep
-their trailing template tokens ([SEP], </s>).
+their trailing template tokens ([SEP], </s>). Before any of that, and before anything tokenizes
+it, a text longer than a character bound derived from the token limit (`char_limit`) is refused,
+or cut to that bound first.
 """
 
 from __future__ import annotations
