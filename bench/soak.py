@@ -42,7 +42,7 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def requests(model: str) -> list[tuple[str, object]]:
+def requests(model: str, layer: str) -> list[tuple[str, object]]:
     """The mix, cycled through."""
     texts = [pb.Input(text=SHORT), pb.Input(text=LONG)]
     return [
@@ -65,7 +65,7 @@ def requests(model: str) -> list[tuple[str, object]]:
             pb.GetActivationsRequest(
                 model=model,
                 inputs=[pb.Input(text=SHORT + f" {i}") for i in range(32)] + texts[1:] * 2,
-                split_points=["bert.encoder.layer.3"],
+                split_points=[layer],
                 granularity=pb.ACTIVATION_GRANULARITY_ALL_TOKENS,
             ),
         ),
@@ -90,13 +90,23 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=180.0)
     parser.add_argument("--idle", type=float, default=20.0)
     parser.add_argument("--serve-args", default="", help="extra `explainserve serve` arguments")
+    parser.add_argument(
+        "--layer", default="bert.encoder.layer.3", help="split point of the all-token requests"
+    )
+    parser.add_argument(
+        "--no-trim",
+        action="store_true",
+        help="the server without its idle malloc_trim (EXPLAINSERVE_MALLOC_TRIM=0), to compare",
+    )
     args = parser.parse_args()
     command = ["--port", "0", "--device", args.device, "--log-level", "WARNING"]
     if args.model:
         command += ["--model", args.model]
     command += args.serve_args.split()
     name = args.model.split("=", 1)[0] if args.model else "minilm-sentiment"
-    proc, port = spawn_serve(command)
+    proc, port = spawn_serve(
+        command, env={"EXPLAINSERVE_MALLOC_TRIM": "0"} if args.no_trim else None
+    )
     samples: list[tuple[float, float, str]] = []
     phase = ["warm-up"]
     stop = threading.Event()
@@ -111,7 +121,7 @@ def main() -> int:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
-            mix = requests(name)
+            mix = requests(name, args.layer)
 
             def call(rpc: str, request: object) -> None:
                 try:
@@ -157,7 +167,7 @@ def main() -> int:
         proc.wait(60)
     peak = max(r for _, r, _ in samples)
     print(
-        f"model {name}, {args.clients} clients, {sent} requests in {load_seconds:.0f} s "
+        f"model {name}, malloc_trim {'off' if args.no_trim else 'on'}, {args.clients} clients, {sent} requests in {load_seconds:.0f} s "
         f"after {args.warmup} warm-up requests; codes {dict(codes)}"
     )
     print("RSS over time (MiB), every 10 s:")

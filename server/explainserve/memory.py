@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -20,7 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none."""
+    """glibc's malloc_trim, or None where the C library has none (or EXPLAINSERVE_MALLOC_TRIM=0
+    turns it off, to compare: bench/soak.py --no-trim)."""
+    if os.environ.get("EXPLAINSERVE_MALLOC_TRIM", "1") == "0":
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
