@@ -167,8 +167,9 @@ def main() -> int:
         proc.wait(60)
     peak = max(r for _, r, _ in samples)
     print(
-        f"model {name}, malloc_trim {'off' if args.no_trim else 'on'}, {args.clients} clients, {sent} requests in {load_seconds:.0f} s "
-        f"after {args.warmup} warm-up requests; codes {dict(codes)}"
+        f"model {name}, malloc_trim {'off' if args.no_trim else 'on'}, {args.clients} clients, "
+        f"{sent} requests in {load_seconds:.0f} s after {args.warmup} warm-up requests; "
+        f"codes {dict(codes)}"
     )
     print("RSS over time (MiB), every 10 s:")
     for t, r, p in samples[::20]:
