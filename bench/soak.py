@@ -29,7 +29,8 @@ from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
 SHORT = "The staff were friendly, but the room was noisy and the breakfast was cold."
-#: About 450 tokens: near the 512-token limit of the default model.
+#: About 450 tokens: near the 512-token limit of the default model (requests that carry it set
+#: `truncate`, so a model with a lower limit explains its first tokens).
 LONG = " ".join(
     f"Sentence {i} says the {w} was fine but slow." for i, w in enumerate(["room", "food"] * 23)
 )
@@ -47,7 +48,10 @@ def requests(model: str, layer: str) -> list[tuple[str, object]]:
     texts = [pb.Input(text=SHORT), pb.Input(text=LONG)]
     return [
         ("Explain", pb.ExplainRequest(model=model, inputs=texts[:1], occlusion=pb.Occlusion())),
-        ("Explain", pb.ExplainRequest(model=model, inputs=texts, saliency=pb.Saliency())),
+        (
+            "Explain",
+            pb.ExplainRequest(model=model, inputs=texts, saliency=pb.Saliency(), truncate=True),
+        ),
         (
             "Explain",
             pb.ExplainRequest(model=model, inputs=texts[:1], lime=pb.Lime(n_perturbations=32)),
@@ -65,6 +69,7 @@ def requests(model: str, layer: str) -> list[tuple[str, object]]:
             pb.GetActivationsRequest(
                 model=model,
                 inputs=[pb.Input(text=SHORT + f" {i}") for i in range(32)] + texts[1:] * 2,
+                truncate=True,
                 split_points=[layer],
                 granularity=pb.ACTIVATION_GRANULARITY_ALL_TOKENS,
             ),
