@@ -233,7 +233,9 @@ def main() -> int:
     texts = sentences(n_inputs)
     budget = args.token_budget
     if not budget:
-        probe = load_model(ModelConfig("probe", args.model_dir, device=args.device, dtype=args.dtype))
+        probe = load_model(
+            ModelConfig("probe", args.model_dir, device=args.device, dtype=args.dtype)
+        )
         budget = calibrate(probe, texts, Config("default", []))
         probe.close()
         del probe

@@ -180,9 +180,7 @@ def _split(text: str) -> tuple[str, str]:
     return " ".join(words[:k]), " " + " ".join(words[k:])
 
 
-def build_lms(
-    out: Path, layers: int = 4, width: int = 256, prefix: str = ""
-) -> dict[str, Path]:
+def build_lms(out: Path, layers: int = 4, width: int = 256, prefix: str = "") -> dict[str, Path]:
     """Randomly initialised GPT-2- and Llama-style LMs with the MiniLM WordPiece vocabulary,
     `layers` deep and `width` wide (heads of 64)."""
     from transformers import (
@@ -452,12 +450,42 @@ def _reuse_cases(tok: object, quick: bool) -> list[tuple[str, pb.Input, str, dic
     long_prompt = _prompt_of(tok, LONG_PROMPT, 64)
     cont = " and we would gladly come back."
     return [
-        ("occlusion, 64-token prompt, token units", pb.Input(text=long_prompt, continuation=pb.Continuation(text=cont)), "token", {"occlusion": pb.Occlusion()}),
-        ("occlusion, 64-token prompt, word units", pb.Input(text=long_prompt, continuation=pb.Continuation(text=cont)), "word", {"occlusion": pb.Occlusion()}),
-        (f"lime n={n}, 6 word units", pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)), "word", {"lime": pb.Lime(n_perturbations=n)}),
-        (f"kernel_shap n={n}, 6 word units", pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)), "word", {"kernel_shap": pb.KernelShap(n_perturbations=n)}),
-        (f"kernel_shap n=48, 6 word units", pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)), "word", {"kernel_shap": pb.KernelShap(n_perturbations=48)}),
-        (f"sobol k={n // 32}, 6 word units", pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)), "word", {"sobol": pb.Sobol(n_points=max(2, n // 32))}),
+        (
+            "occlusion, 64-token prompt, token units",
+            pb.Input(text=long_prompt, continuation=pb.Continuation(text=cont)),
+            "token",
+            {"occlusion": pb.Occlusion()},
+        ),
+        (
+            "occlusion, 64-token prompt, word units",
+            pb.Input(text=long_prompt, continuation=pb.Continuation(text=cont)),
+            "word",
+            {"occlusion": pb.Occlusion()},
+        ),
+        (
+            f"lime n={n}, 6 word units",
+            pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)),
+            "word",
+            {"lime": pb.Lime(n_perturbations=n)},
+        ),
+        (
+            f"kernel_shap n={n}, 6 word units",
+            pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)),
+            "word",
+            {"kernel_shap": pb.KernelShap(n_perturbations=n)},
+        ),
+        (
+            "kernel_shap n=48, 6 word units",
+            pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)),
+            "word",
+            {"kernel_shap": pb.KernelShap(n_perturbations=48)},
+        ),
+        (
+            f"sobol k={n // 32}, 6 word units",
+            pb.Input(text=SIX_WORDS, continuation=pb.Continuation(text=cont)),
+            "word",
+            {"sobol": pb.Sobol(n_points=max(2, n // 32))},
+        ),
     ]
 
 
@@ -482,7 +510,10 @@ def reuse_table(
         for case, spec, gran, fields in _reuse_cases(fast.tokenizer, quick):
             requests = {
                 m: pb.ExplainRequest(
-                    model=m, inputs=[spec], granularity=granularity[gran], **fields  # type: ignore[arg-type]
+                    model=m,
+                    inputs=[spec],
+                    granularity=granularity[gran],
+                    **fields,  # type: ignore[arg-type]
                 )
                 for m in (fast.name, slow.name)
             }
@@ -528,9 +559,7 @@ def main() -> int:
         action="store_false",
         help="--causal: skip the prefix-reuse / dedup table (reuse on vs off)",
     )
-    parser.add_argument(
-        "--reuse-only", action="store_true", help="--causal: only the reuse table"
-    )
+    parser.add_argument("--reuse-only", action="store_true", help="--causal: only the reuse table")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
     if args.causal:

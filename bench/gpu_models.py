@@ -37,6 +37,7 @@ def main() -> int:
     args = parser.parse_args()
     tok = AutoTokenizer.from_pretrained(tokenizer_dir(args.tokenizer))
     torch.manual_seed(0)
+    labels = {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
     model = BertForSequenceClassification(
         BertConfig(
             vocab_size=len(tok),
@@ -44,9 +45,7 @@ def main() -> int:
             num_hidden_layers=args.layers,
             num_attention_heads=max(1, args.width // 64),
             intermediate_size=4 * args.width,
-            num_labels=2,
-            id2label={0: "neg", 1: "pos"},
-            label2id={"neg": 0, "pos": 1},
+            **labels,
         )
     )
     out = args.out / "bert-base"

@@ -63,7 +63,10 @@ def summarise(log: str) -> list[list[str]]:
                 if passes and secs:
                     rate = f"{passes / secs:.0f}"
             elif "rows run / method rows" in row and "with reuse (s)" in row:
-                passes, secs = _number(row["rows run / method rows"]), _number(row["with reuse (s)"])
+                passes, secs = (
+                    _number(row["rows run / method rows"]),
+                    _number(row["with reuse (s)"]),
+                )
                 if passes and secs:
                     rate = f"{passes / secs:.0f}"
             out.append([name, dtype, case, eff, rate, peak])

@@ -14,7 +14,14 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from explainserve.explain.params import ExplainParams, Explanation, InputSpec, Lime, Method, Occlusion
+from explainserve.explain.params import (
+    ExplainParams,
+    Explanation,
+    InputSpec,
+    Lime,
+    Method,
+    Occlusion,
+)
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
 from explainserve.scheduling.worker import WorkerOptions
@@ -45,11 +52,17 @@ def _scale(x: NDArray[np.floating]) -> float:
 
 
 @pytest.fixture(scope="module")
-def by_dtype(tiny_bert_dir: Path, tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[Registry]:
+def by_dtype(
+    tiny_bert_dir: Path, tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path
+) -> Iterator[Registry]:
     """The tiny classifier and LMs on CUDA, each in float32 and bfloat16 (NAME-DTYPE)."""
     served = [
         load_model(ModelConfig(f"{name}-{dtype}", path, device="cuda", dtype=dtype))
-        for name, path in (("bert", tiny_bert_dir), ("gpt2", tiny_gpt2_lm_dir), ("llama", tiny_llama_lm_dir))
+        for name, path in (
+            ("bert", tiny_bert_dir),
+            ("gpt2", tiny_gpt2_lm_dir),
+            ("llama", tiny_llama_lm_dir),
+        )
         for dtype in ("float32", "bfloat16")
     ]
     reg = _registry(*served)
@@ -60,7 +73,11 @@ def by_dtype(tiny_bert_dir: Path, tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Pat
 @pytest.mark.parametrize("model", ["bert", "gpt2", "llama"])
 @pytest.mark.parametrize("method", ["occlusion", "lime"])
 def test_bfloat16_is_close_to_float32(by_dtype: Registry, model: str, method: str) -> None:
-    spec = InputSpec(text=TEXT) if model == "bert" else InputSpec(text=TEXT, continuation_text=" and so on.")
+    spec = (
+        InputSpec(text=TEXT)
+        if model == "bert"
+        else InputSpec(text=TEXT, continuation_text=" and so on.")
+    )
     m: Method = Occlusion() if method == "occlusion" else Lime(n_perturbations=128)
     full = _explain(by_dtype, f"{model}-float32", spec, m).scores
     half = _explain(by_dtype, f"{model}-bfloat16", spec, m).scores

@@ -32,7 +32,7 @@ from explainserve.scheduling.worker import ForwardJob, WorkerOptions
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]
 PROMPT = "Hello there, world of words. Cats sat on the mat"
 CONTINUATION = " and then the dogs sat."
-METHODS: dict[str, Method] = {
+METHODS: dict[str, perturbation.PerturbationMethod] = {
     "occlusion": Occlusion(),
     "lime": Lime(n_perturbations=40),
     "kernel_shap": KernelShap(n_perturbations=40),
@@ -69,7 +69,9 @@ def registries(
         reg.close()
 
 
-def explain(registry: Registry, model: str, inputs: list[InputSpec], method: Method, **kw: object) -> list[Explanation]:
+def explain(
+    registry: Registry, model: str, inputs: list[InputSpec], method: Method, **kw: object
+) -> list[Explanation]:
     """Every input's explanation, by input index."""
     params = ExplainParams(model=model, inputs=inputs, method=method, **kw)  # type: ignore[arg-type]
     return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)

@@ -250,15 +250,18 @@ class CausalLMRunner(_ModelRunner):
     def cache_rows(self, cache: DynamicCache, rows: torch.Tensor, length: int) -> DynamicCache:
         """A new cache of `cache`'s batch rows `rows` (repeats allowed), first `length` slots
         (`cache` is left as it is: the model appends to the new one)."""
-        return DynamicCache(
-            [
+        cut = []
+        for layer in cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is None or values is None:
+                raise RuntimeError("the prefix cache has a layer without keys or values")
+            cut.append(
                 (
-                    layer.keys[:, :, :length].index_select(0, rows),
-                    layer.values[:, :, :length].index_select(0, rows),
+                    keys[:, :, :length].index_select(0, rows),
+                    values[:, :, :length].index_select(0, rows),
                 )
-                for layer in cache.layers
-            ]
-        )
+            )
+        return DynamicCache(cut)
 
     def logits(
         self,

@@ -197,9 +197,7 @@ def forward_scores(
                 embeds = embeds.masked_fill(zero.to(device).unsqueeze(-1), 0.0)
             rows_cache = None
             if cached > 0:
-                rows_cache = run.cache_rows(
-                    cache, torch.from_numpy(job_slot).to(device), cached
-                )
+                rows_cache = run.cache_rows(cache, torch.from_numpy(job_slot).to(device), cached)
             logits = run.token_logits(
                 ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache
             )
@@ -210,7 +208,10 @@ def forward_scores(
                 cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
                 picked = apply_mode(logits[torch.from_numpy(local).to(device)][:, cols], job.mode)
                 index = (
-                    torch.from_numpy(job.targets).to(device).view(1, -1, 1).expand(len(local), -1, 1)
+                    torch.from_numpy(job.targets)
+                    .to(device)
+                    .view(1, -1, 1)
+                    .expand(len(local), -1, 1)
                 )
                 out_rows.append((group[local], picked.gather(2, index)[..., 0]))
             del logits
@@ -221,7 +222,10 @@ def forward_scores(
         stats.padded_tokens += padded
         stats.real_tokens += real
         stats.naive_tokens += int(lengths[piece].sum())
-        host = [np.empty((stop - start, len(job.targets)), dtype=np.float64) for job, start, stop in pieces]
+        host = [
+            np.empty((stop - start, len(job.targets)), dtype=np.float64)
+            for job, start, stop in pieces
+        ]
         for flat, values in out_rows:
             values_host = values.double().cpu().numpy()
             for k, r in enumerate(flat.tolist()):
