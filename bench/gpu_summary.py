@@ -15,6 +15,9 @@ import re
 import sys
 from pathlib import Path
 
+#: Columns that name a row rather than measure it.
+LABELS = ("model", "method", "case", "measurement", "split point, granularity")
+
 
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
@@ -32,9 +35,6 @@ def summarise(log: str) -> list[list[str]]:
     for name, dtype, body in zip(sections[1::3], sections[2::3], sections[3::3], strict=True):
         peak_match = re.search(r"# peak GPU memory: ([\d.]+) GiB", body)
         peak = peak_match.group(1) if peak_match else "-"
-        failed = re.search(r"^# FAILED.*$", body, flags=re.M)
-        if failed:
-            out.append([name, dtype, failed.group(), "-", "-", peak])
         header: list[str] = []
         for line in body.splitlines():
             if not line.startswith("|"):
@@ -47,9 +47,7 @@ def summarise(log: str) -> list[list[str]]:
                 header = cells
                 continue
             row = dict(zip(header, cells, strict=False))
-            numeric = [i for i, h in enumerate(header) if _number(cells[i]) is not None]
-            label_end = numeric[0] if numeric else 1
-            case = " / ".join(cells[:label_end]) or cells[0]
+            case = " / ".join(v for k, v in row.items() if k in LABELS) or cells[0]
             eff = next(
                 (row[k] for k in ("efficiency", "vs raw model", "speed-up") if k in row), "-"
             )
@@ -70,6 +68,9 @@ def summarise(log: str) -> list[list[str]]:
                 if passes and secs:
                     rate = f"{passes / secs:.0f}"
             out.append([name, dtype, case, eff, rate, peak])
+        failed = re.search(r"^# FAILED.*$", body, flags=re.M)
+        if failed:
+            out.append([name, dtype, failed.group().lstrip("# "), "-", "-", peak])
     return out
 
 
