@@ -27,6 +27,7 @@ from explainserve.explain.params import (
 )
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.scheduling import prefix
 from explainserve.scheduling.worker import ForwardJob, WorkerOptions
 
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]
@@ -87,14 +88,25 @@ def scale(x: NDArray[np.floating]) -> float:
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("isolate", [False, True])
 def test_prefix_reuse_equals_full_recomputation(
-    registries: dict[bool, Registry], model: str, granularity: str, method: str, isolate: bool
+    registries: dict[bool, Registry],
+    model: str,
+    granularity: str,
+    method: str,
+    isolate: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Every batch takes the prefix path, however little it saves (the default skips batches
+    # that would save under a quarter of their tokens: small random designs often do).
+    monkeypatch.setattr(prefix, "MIN_SAVING", 0.0)
     inputs = [
         InputSpec(text=PROMPT, continuation_text=CONTINUATION),
         InputSpec(text="Dogs ran far", continuation_text=" away from home."),
     ]
     kw = {"granularity": granularity, "isolate": isolate, "seed": 3}
+    stats = registries[True].get(model).worker.stats
+    before = (stats.real_tokens, stats.naive_tokens)
     fast = explain(registries[True], model, inputs, METHODS[method], **kw)
+    assert stats.real_tokens - before[0] < stats.naive_tokens - before[1]  # the prefix path ran
     full = explain(registries[False], model, inputs, METHODS[method], **kw)
     for a, b in zip(fast, full, strict=True):
         assert a.scores.shape == b.scores.shape
@@ -134,8 +146,14 @@ def test_rows_on_a_cached_prefix_equal_full_rows(
             positions=np.arange(p - 1, n - 1, dtype=np.int64),
             reference=ids,
         )
+        before = (m.worker.stats.real_tokens, m.worker.stats.naive_tokens)
         m.worker.submit(job)
         outs[reuse] = job.future.result()
+        run = m.worker.stats.real_tokens - before[0]
+        naive = m.worker.stats.naive_tokens - before[1]
+        # With reuse: the prefix once, then row r from position min(r, p - 1).
+        expected = p - 1 + sum(n - min(r, p - 1) for r in range(n)) if reuse else n * n
+        assert (run, naive) == (expected, n * n)
     # float32 logits of the same sums in another order: a few ulps of their magnitude.
     np.testing.assert_allclose(outs[True], outs[False], rtol=0, atol=1e-5 * scale(outs[False]))
 

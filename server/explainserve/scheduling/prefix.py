@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 MAX_GROUP_PADDING = 0.125
 
 
+#: The share of a batch's tokens the prefix path must save to be taken: below, its extra passes
+#: (the prefix, one per suffix group) cost more than the tokens saved (measured on short
+#: prompts: bench/RESULTS.md).
+MIN_SAVING = 0.25
+
+
 class PrefixRunner(Protocol):
     """What the prefix path needs from a causal LM runner (`models.registry.CausalLMRunner`)."""
 
@@ -110,7 +116,8 @@ def forward_scores(
     runner: object, pieces: list[tuple[ForwardJob, int, int]], stats: WorkerStats
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
-    counted) when no row can start later than 0 or the runner cannot cut its cache."""
+    counted) when it would save less than `MIN_SAVING` of the tokens or the runner cannot cut
+    its cache."""
     from explainserve.scheduling.worker import apply_mode  # worker imports this module
 
     if not getattr(runner, "prefix_reuse", False):
@@ -137,6 +144,9 @@ def forward_scores(
         m = int(s[piece == p].max(initial=0))
         prefix_len[id(job)] = max(prefix_len.get(id(job), 0), m)
     jobs = {id(job): job for job, _, _ in pieces}
+    naive = int(lengths[piece].sum())
+    if sum(prefix_len.values()) + naive - int(s.sum()) > (1 - MIN_SAVING) * naive:
+        return None
     prefixed = [k for k in jobs if prefix_len[k] > 0]
     slot = {k: i for i, k in enumerate(prefixed)}
     width = max(prefix_len[k] for k in prefixed)
@@ -221,7 +231,7 @@ def forward_scores(
         stats.rows += n_rows
         stats.padded_tokens += padded
         stats.real_tokens += real
-        stats.naive_tokens += int(lengths[piece].sum())
+        stats.naive_tokens += naive
         host = [
             np.empty((stop - start, len(job.targets)), dtype=np.float64)
             for job, start, stop in pieces
