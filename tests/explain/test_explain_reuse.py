@@ -242,3 +242,16 @@ def test_identical_inputs_run_once(registries: dict[bool, Registry]) -> None:
         assert out[i].forward_passes == alone.forward_passes
     # Padded with the other input in its batches: float32 rounding of the same sums.
     np.testing.assert_allclose(out[0].scores, alone.scores, rtol=0, atol=1e-5 * scale(alone.scores))
+
+
+@pytest.mark.parametrize("width", [1, 3, 6, 40])
+def test_distinct_rows_maps_every_row_to_an_equal_one(width: int) -> None:
+    rng = np.random.default_rng(width)
+    ids = rng.integers(0, 3, size=(400, width)).astype(np.int64)
+    replaced = rng.random(ids.shape) < 0.2
+    keep, inverse = perturbation.distinct_rows(ids, replaced)
+    np.testing.assert_array_equal(ids[keep][inverse], ids)
+    np.testing.assert_array_equal(replaced[keep][inverse], replaced)
+    assert len(keep) == len(np.unique(np.hstack([ids, replaced]), axis=0))
+    assert list(keep) == sorted(keep)  # first-occurrence order
+    assert keep[0] == 0

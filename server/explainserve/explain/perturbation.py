@@ -81,7 +81,14 @@ def distinct_rows(
     `ids[keep][inverse] == ids` (and the same for `replaced`); `keep` in first-occurrence order,
     so without duplicates it is `0..p`."""
     key = ids if replaced is None else np.hstack([ids, replaced.astype(np.int64)])
-    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    # Rows are compared by a random linear hash (wrapping int64 arithmetic), then checked equal
+    # to their representative: np.unique(axis=0) sorts whole rows, 10x slower on large designs.
+    weights = np.random.default_rng(0).integers(1, 1 << 62, size=key.shape[1], dtype=np.int64)
+    _, first, inverse = np.unique(key @ weights, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    twins = np.flatnonzero(first[inverse] != np.arange(len(key)))
+    if not np.array_equal(key[twins], key[first[inverse[twins]]]):  # a collision: whole rows
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
