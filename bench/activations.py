@@ -221,6 +221,7 @@ def main() -> int:
     )
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--only", default="", help="run the rows whose label contains this")
     args = parser.parse_args()
     n_inputs = args.inputs or (300 if args.quick else 1000)
@@ -232,7 +233,9 @@ def main() -> int:
     texts = sentences(n_inputs)
     budget = args.token_budget
     if not budget:
-        probe = load_model(ModelConfig("probe", args.model_dir, device=args.device))
+        probe = load_model(
+            ModelConfig("probe", args.model_dir, device=args.device, dtype=args.dtype)
+        )
         budget = calibrate(probe, texts, Config("default", []))
         probe.close()
         del probe
@@ -242,6 +245,7 @@ def main() -> int:
             "bench",
             args.model_dir,
             device=args.device,
+            dtype=args.dtype,
             worker=WorkerOptions(token_budget=budget, max_batch_rows=MAX_ROWS),
         )
     )
@@ -301,6 +305,9 @@ def main() -> int:
         client.join(timeout=30)
         running.stop(grace=None)
         registry.close()
+        if torch.device(args.device).type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"\n# peak GPU memory: {peak:.2f} GiB", flush=True)
     return 0
 
 

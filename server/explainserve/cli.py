@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="let clients ping connections without calls in flight",
     )
     serve.add_argument(
+        "--reuse",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="causal LMs: run perturbed rows from their first change on the cached prefix; run "
+        "identical rows and inputs once (default on; --no-reuse only to measure what it saves)",
+    )
+    serve.add_argument(
         "--metrics-port", type=int, help="Prometheus metrics port (default off; 0 = any free)"
     )
     serve.add_argument("--metrics-host", help="address of the metrics port (default 127.0.0.1)")

@@ -80,6 +80,10 @@ class ServeConfig:
     log_format: str = "text"
     #: Causal LMs: positions x vocabulary of the logits one forward batch may hold.
     logits_budget: int = 1 << 26
+    #: Causal LMs: perturbed rows run from their first change on the unperturbed input's cached
+    #: keys and values; every model: identical rows and inputs of a request run once. Results
+    #: are the same either way (to float rounding); off only to measure what it saves.
+    reuse: bool = True
     #: name -> local directory; empty = the embedded default model.
     models: dict[str, Path] = field(default_factory=dict)
     #: name -> task ("sequence-classification" or "causal-lm"); unlisted models: detected from
@@ -99,6 +103,7 @@ class ServeConfig:
             batch_wait_seconds=self.batch_wait_ms / 1000.0,
             max_queued_rows=self.max_queued_rows,
             logits_budget=self.logits_budget,
+            reuse=self.reuse,
         )
         for name, task in self.tasks.items():
             if name not in models:

@@ -63,6 +63,15 @@ class _WorkerCollector(Collector):
                 "Sequences dropped unrun because another input of their request failed",
             ),
             "rejected": ("explainserve_rejected", "Submissions refused because the queue was full"),
+            "real_tokens": (
+                "explainserve_tokens_run",
+                "Tokens of the inputs run through the model (with prefix reuse, only the cached "
+                "prefixes, once, and the suffixes)",
+            ),
+            "naive_tokens": (
+                "explainserve_naive_tokens",
+                "Tokens the same sequences would have cost each run in full",
+            ),
         }
         families = {
             k: CounterMetricFamily(name, doc, labels=["model"])

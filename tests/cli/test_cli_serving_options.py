@@ -27,6 +27,16 @@ def test_worker_defaults() -> None:
     assert model.worker.max_queued_rows == 200_000
 
 
+def test_reuse_is_on_by_default_and_switched_off_by_toml_or_flag(tmp_path: Path) -> None:
+    (model,) = parse("--model", "m=/m").model_configs()
+    assert model.worker.reuse is True
+    toml = tmp_path / "serve.toml"
+    toml.write_text("reuse = false\n[models]\nm = '/m'\n")
+    assert parse("--config", str(toml)).model_configs()[0].worker.reuse is False
+    assert parse("--config", str(toml), "--reuse").model_configs()[0].worker.reuse is True
+    assert parse("--model", "m=/m", "--no-reuse").model_configs()[0].worker.reuse is False
+
+
 def test_security_metrics_and_keepalive_options(tmp_path: Path) -> None:
     (tmp_path / "tokens").write_text("alpha\n\n  beta  \n")
     toml = tmp_path / "serve.toml"

@@ -11,11 +11,20 @@ from explainserve.explain.service import Explainer
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
-BIG = "The quick brown fox jumps over the lazy dog. " * 10  # 102 tokens with [CLS] and [SEP]
+
+def big(i: int) -> str:
+    """102 tokens with [CLS] and [SEP]; "quick" is "slow" in the sentences of `i`'s set bits,
+    so the inputs differ (identical inputs of a request run once) and keep their length."""
+    return "".join(
+        f"The {'slow' if i >> k & 1 else 'quick'} brown fox jumps over the lazy dog. "
+        for k in range(10)
+    )
+
+
 # 40 inputs x (100 + 2) x 9 sequences: many seconds of work on a CPU if nothing stops it.
 HEAVY = pb.ExplainRequest(
     model="bert",
-    inputs=[pb.Input(text=BIG)] * 40,
+    inputs=[pb.Input(text=big(i)) for i in range(40)],
     sobol=pb.Sobol(n_points=9),
     granularity=pb.GRANULARITY_TOKEN,
 )

@@ -24,17 +24,27 @@ from explainserve.scheduling.worker import Job
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
+
+def sentences(i: int, n: int) -> str:
+    """`n` sentences, "quick" made "slow" in those of `i`'s set bits: inputs of one length that
+    differ (identical inputs of a request run once)."""
+    return "".join(
+        f"The {'slow' if i >> k & 1 else 'quick'} brown fox jumps over the lazy dog. "
+        for k in range(n)
+    )
+
+
 SMALL = pb.ExplainRequest(model="bert", inputs=[pb.Input(text="Fine.")], occlusion=pb.Occlusion())
 HEAVY = pb.ExplainRequest(
     model="bert",
-    inputs=[pb.Input(text="The quick brown fox jumps over the lazy dog. " * 4)] * 6,
+    inputs=[pb.Input(text=sentences(i, 4)) for i in range(6)],
     sobol=pb.Sobol(n_points=8),
     granularity=pb.GRANULARITY_TOKEN,
 )
 # Many seconds of work if nothing stops it.
 HUGE = pb.ExplainRequest(
     model="bert",
-    inputs=[pb.Input(text="The quick brown fox jumps over the lazy dog. " * 10)] * 40,
+    inputs=[pb.Input(text=sentences(i, 10)) for i in range(40)],
     sobol=pb.Sobol(n_points=9),
     granularity=pb.GRANULARITY_TOKEN,
 )
@@ -140,6 +150,8 @@ def test_prometheus_metrics(metered: RunningServer) -> None:
         r'explainserve_serialize_seconds_count\{rpc="Explain"\} [1-9]',
         r'explainserve_forward_passes_total\{model="bert"\} [1-9]',
         r'explainserve_oom_splits_total\{model="bert"\} \d',
+        r'explainserve_tokens_run_total\{model="bert"\} [1-9]',
+        r'explainserve_naive_tokens_total\{model="bert"\} [1-9]',
     ]:
         assert re.search(pattern, text), pattern
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -435,10 +436,19 @@ def _start_runs(
     progress: Progress,
     is_cancelled: Callable[[], bool] | None,
 ) -> dict[int, Pending]:
-    """One run per item, their jobs submitted together (so inputs share batches)."""
+    """One run per item, their jobs submitted together (so inputs share batches). With reuse,
+    an input identical to an earlier one of the request (same tokens, units and targets: its
+    perturbations and so its scores are the same) shares that input's run."""
     method = params.method
     runs: dict[int, Pending] = {}
+    firsts: dict[tuple[bytes, ...], int] = {}
     for item in items:
+        if not isinstance(method, Gradient) and model.worker.options.reuse:
+            key = _identity(item)
+            if key in firsts:
+                runs[item.index] = _Twin(runs[firsts[key]], progress)
+                continue
+            firsts[key] = item.index
         if isinstance(method, Gradient):
             runs[item.index] = gradient.GradientRun(
                 model,
@@ -456,6 +466,46 @@ def _start_runs(
             )
     model.worker.submit_all(job for run in runs.values() for job in run.jobs)
     return runs
+
+
+def _identity(item: Item) -> tuple[bytes, ...]:
+    """What a perturbation run's rows and scores depend on, besides the request's parameters."""
+    e = item.encoded
+    positions = b"" if item.positions is None else item.positions.tobytes()
+    return (
+        e.ids.tobytes(),
+        e.attention.tobytes(),
+        item.units.token_to_unit.tobytes(),
+        item.targets.tobytes(),
+        positions,
+    )
+
+
+class _Twin:
+    """The run of an input identical to another input of its request: it shares that input's
+    jobs (submitted once, by the other) and scores; its own sequences count as done with them."""
+
+    def __init__(self, run: Pending, progress: Progress) -> None:
+        self._run = run
+        self.n_rows = run.n_rows
+        n = run.n_rows
+        run.futures[0].add_done_callback(
+            lambda f: progress.add(n) if f.exception() is None else None
+        )
+
+    @property
+    def jobs(self) -> list[ForwardJob]:
+        """None of its own."""
+        return []
+
+    @property
+    def futures(self) -> list[Future[Any]]:
+        """The other input's futures."""
+        return self._run.futures
+
+    def finish(self) -> NDArray[np.float64]:
+        """The other input's scores."""
+        return self._run.finish()
 
 
 def _finished(runs: dict[int, Pending]) -> Iterator[tuple[int, NDArray[np.float64]]]:

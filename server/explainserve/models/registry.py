@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from explainserve.errors import InvalidArgument, NotFound, quote
@@ -189,6 +190,10 @@ class CausalLMRunner(_ModelRunner):
         # `past_key_values` in 5.40), `past_key_values` in older ones.
         forward = inspect.signature(model.forward).parameters
         self._cache_name = "cache" if "cache" in forward else "past_key_values"
+        #: Whether forward rows may run on a cached prefix (`scheduling.prefix`); turned off for
+        #: good the first time the model's cache is not one that can be cut per row and
+        #: position (sliding-window, recurrent or static layers).
+        self.prefix_reuse = True
 
     def token_logits(
         self,
@@ -196,20 +201,67 @@ class CausalLMRunner(_ModelRunner):
         attention: torch.Tensor,
         inputs_embeds: torch.Tensor | None,
         keep: int,
+        positions: torch.Tensor | None = None,
+        cache: Any | None = None,
     ) -> torch.Tensor:
-        """`(b, keep, V)` next-token logits of the last `keep` positions of a left-padded batch."""
+        """`(b, keep, V)` next-token logits of the last `keep` positions of a left-padded batch.
+
+        With a `cache` (from `cache_rows`), the rows continue it: `attention` then covers the
+        cache's slots and the new positions, and `positions` gives the new positions' ids.
+        """
         if inputs_embeds is None:
             inputs_embeds = self.embed(ids)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        if positions is None:
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cached: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            cached = {"use_cache": True, self._cache_name: cache}
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention,
             position_ids=positions,
             logits_to_keep=keep,
-            use_cache=False,
+            **cached,
         )
         logits: torch.Tensor = out.logits
         return logits
+
+    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> DynamicCache | None:
+        """The KV cache of a left-padded batch (explicit position ids, as `token_logits`), or
+        None, and prefix reuse off for this model, when its cache has layers that cannot be cut
+        per row and position."""
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            inputs_embeds=self.embed(ids),
+            attention_mask=attention,
+            position_ids=positions,
+            logits_to_keep=1,
+            use_cache=True,
+        )
+        cache = getattr(out, self._cache_name, None)
+        if not isinstance(cache, DynamicCache) or any(
+            type(layer) is not DynamicLayer for layer in cache.layers
+        ):
+            log.info("model cache %s cannot be cut per row: no prefix reuse", type(cache))
+            self.prefix_reuse = False
+            return None
+        return cache
+
+    def cache_rows(self, cache: DynamicCache, rows: torch.Tensor, length: int) -> DynamicCache:
+        """A new cache of `cache`'s batch rows `rows` (repeats allowed), first `length` slots
+        (`cache` is left as it is: the model appends to the new one)."""
+        cut = []
+        for layer in cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is None or values is None:
+                raise RuntimeError("the prefix cache has a layer without keys or values")
+            cut.append(
+                (
+                    keys[:, :, :length].index_select(0, rows),
+                    values[:, :, :length].index_select(0, rows),
+                )
+            )
+        return DynamicCache(cut)
 
     def logits(
         self,

@@ -27,6 +27,7 @@ import torch
 from numpy.typing import NDArray
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
+from explainserve.scheduling import prefix
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class ForwardJob:
     Causal LMs (teacher forcing): `positions` `(t,)` gives, for each target token id in
     `targets`, the position of the row whose next-token logits score it; the result is then
     `mode(logits[row, positions[k]])[targets[k]]` (the mode applied over the vocabulary).
+    `reference` `(n,)`, when given, is the unperturbed sequence the rows were made from: a row
+    that equals it up to position `s` may run from `s` on, with the reference's cached keys and
+    values for the positions before (`WorkerOptions.reuse`, see `scheduling.prefix`).
     """
 
     ids: NDArray[np.int64]
@@ -102,6 +106,7 @@ class ForwardJob:
     mode: InferenceMode = "logits"
     replaced: NDArray[np.bool_] | None = None
     positions: NDArray[np.int64] | None = None
+    reference: NDArray[np.int64] | None = None
     on_rows_done: Callable[[int], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
     future: Future[NDArray[np.float64]] = field(default_factory=Future)
@@ -111,6 +116,8 @@ class ForwardJob:
     _enqueued: float = 0.0
     _out: NDArray[np.float64] | None = None
     _rows_done: int = 0
+    #: Per row, the position it may start from on a cached prefix (computed once, on demand).
+    _starts: NDArray[np.int64] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -335,6 +342,11 @@ class WorkerOptions:
     #: Causal LMs: positions x vocabulary of the logits one batch may hold (the vocab-sized
     #: logits of the continuation's positions, reduced to the target scores in the batch).
     logits_budget: int = 1 << 26
+    #: Do less than the naive work where the result is the same: causal LMs run each perturbed
+    #: row only from its first changed position, on the cached keys and values of the
+    #: unperturbed sequence (`scheduling.prefix`), and the explain layer runs identical rows and
+    #: identical inputs of a request once. Off only to measure what it saves (bench/).
+    reuse: bool = True
 
 
 @dataclass
@@ -343,8 +355,12 @@ class WorkerStats:
 
     batches: int = 0
     rows: int = 0
+    #: Tokens run (padding counted) and tokens of the inputs run; with prefix reuse, only what
+    #: actually went through the model (cached prefixes once, suffixes).
     padded_tokens: int = 0
     real_tokens: int = 0
+    #: Tokens the same rows would have cost run in full, each alone (rows x length).
+    naive_tokens: int = 0
     #: Batches that ran out of memory and were split.
     oom_splits: int = 0
     #: Jobs failed with an error of their own (the rest of their batch retried without them).
@@ -863,10 +879,28 @@ class Worker:
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.padded_tokens += rows * width
-        self.stats.real_tokens += sum((stop - start) * job.length for job, start, stop in pieces)
+        real = sum((stop - start) * job.length for job, start, stop in pieces)
+        self.stats.real_tokens += real
+        self.stats.naive_tokens += real
         return width, attention
 
     def _run_forward(self, pieces: list[tuple[ForwardJob, int, int]]) -> None:
+        host = None
+        if self.options.reuse and any(job.reference is not None for job, _, _ in pieces):
+            host = prefix.forward_scores(self.runner, pieces, self.stats)
+        if host is None:
+            host = self._forward_scores(pieces)
+        for (job, start, stop), out in zip(pieces, host, strict=True):
+            if job._out is None:
+                job._out = np.empty((job.n_rows, len(job.targets)), dtype=np.float64)
+            job._out[start:stop] = out
+            if self._rows_done(job, stop - start):
+                job.future.set_result(job._out)
+
+    def _forward_scores(
+        self, pieces: list[tuple[ForwardJob, int, int]]
+    ) -> list[NDArray[np.float64]]:
+        """Each piece's `(rows, t)` scores, every row run in full in one padded batch."""
         width, attention = self._pad(pieces)
         rows = attention.shape[0]
         ids = torch.full((rows, width), self.runner.pad_id, dtype=torch.long)
@@ -899,13 +933,7 @@ class Worker:
                     scores = apply_mode(logits[at : at + stop - start], job.mode)
                     outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
                     at += stop - start
-            host = [o.double().cpu().numpy() for o in outputs]
-        for (job, start, stop), out in zip(pieces, host, strict=True):
-            if job._out is None:
-                job._out = np.empty((job.n_rows, len(job.targets)), dtype=np.float64)
-            job._out[start:stop] = out
-            if self._rows_done(job, stop - start):
-                job.future.set_result(job._out)
+            return [o.double().cpu().numpy() for o in outputs]
 
     def _token_scores(
         self,

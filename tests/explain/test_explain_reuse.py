@@ -1,0 +1,257 @@
+"""Reuse: causal LMs' rows run on a cached prefix, identical rows and inputs run once.
+
+Each model is served twice from the same weights, with `WorkerOptions.reuse` on (the default)
+and off (every row run in full, as before): the scores must agree to float rounding, and the
+worker's counters must show the tokens and rows actually run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from explainserve.explain import perturbation
+from explainserve.explain.params import (
+    ExplainParams,
+    Explanation,
+    InputSpec,
+    KernelShap,
+    Lime,
+    Method,
+    Occlusion,
+    Sobol,
+)
+from explainserve.explain.service import Explainer
+from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.scheduling import prefix
+from explainserve.scheduling.worker import ForwardJob, WorkerOptions
+
+LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]
+PROMPT = "Hello there, world of words. Cats sat on the mat"
+CONTINUATION = " and then the dogs sat."
+METHODS: dict[str, perturbation.PerturbationMethod] = {
+    "occlusion": Occlusion(),
+    "lime": Lime(n_perturbations=40),
+    "kernel_shap": KernelShap(n_perturbations=40),
+    "sobol": Sobol(n_points=4),
+}
+GRANULARITIES = ["all_tokens", "token", "word", "sentence"]
+
+
+def _served(name: str, path: Path, reuse: bool, **kwargs: object) -> object:
+    # Batches never wait for company: on an idle worker a request's batches are then the same
+    # on every run, which the bit-for-bit comparisons below rely on.
+    options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.0)
+    return load_model(ModelConfig(name, path, device="cpu", worker=options, **kwargs))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def registries(
+    tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path, tiny_bert_dir: Path
+) -> Iterator[dict[bool, Registry]]:
+    """reuse on / off -> the tiny LMs (GPT-2 with the zero-embedding replacement too) and the
+    tiny BERT classifier."""
+    out = {}
+    for reuse in (True, False):
+        reg = Registry()
+        reg.add(_served("gpt2-lm", tiny_gpt2_lm_dir, reuse))  # type: ignore[arg-type]
+        reg.add(_served("llama-lm", tiny_llama_lm_dir, reuse))  # type: ignore[arg-type]
+        reg.add(
+            _served("gpt2-zero", tiny_gpt2_lm_dir, reuse, replacement_fallback="zero_embedding")  # type: ignore[arg-type]
+        )
+        reg.add(_served("bert", tiny_bert_dir, reuse))  # type: ignore[arg-type]
+        out[reuse] = reg
+    yield out
+    for reg in out.values():
+        reg.close()
+
+
+def explain(
+    registry: Registry, model: str, inputs: list[InputSpec], method: Method, **kw: object
+) -> list[Explanation]:
+    """Every input's explanation, by input index."""
+    params = ExplainParams(model=model, inputs=inputs, method=method, **kw)  # type: ignore[arg-type]
+    return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)
+
+
+def scale(x: NDArray[np.floating]) -> float:
+    """The magnitude tolerances are taken relative to."""
+    return max(1.0, float(np.abs(x).max()))
+
+
+@pytest.mark.parametrize("model", LMS)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("isolate", [False, True])
+def test_prefix_reuse_equals_full_recomputation(
+    registries: dict[bool, Registry],
+    model: str,
+    granularity: str,
+    method: str,
+    isolate: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every batch takes the prefix path, however little it saves (the default skips batches
+    # that would save under a quarter of their tokens: small random designs often do).
+    monkeypatch.setattr(prefix, "MIN_SAVING", 0.0)
+    inputs = [
+        InputSpec(text=PROMPT, continuation_text=CONTINUATION),
+        InputSpec(text="Dogs ran far", continuation_text=" away from home."),
+    ]
+    kw = {"granularity": granularity, "isolate": isolate, "seed": 3}
+    stats = registries[True].get(model).worker.stats
+    before = (stats.real_tokens, stats.naive_tokens)
+    fast = explain(registries[True], model, inputs, METHODS[method], **kw)
+    assert stats.real_tokens - before[0] < stats.naive_tokens - before[1]  # the prefix path ran
+    full = explain(registries[False], model, inputs, METHODS[method], **kw)
+    for a, b in zip(fast, full, strict=True):
+        assert a.scores.shape == b.scores.shape
+        # The rows' scores differ by float32 rounding of the same sums in another order (a
+        # few ulps, ~1e-6 of their size); the estimators are linear in them (Sobol: ratios of
+        # variances of them), with gains of a few units on these small designs.
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-4 * scale(b.scores))
+        np.testing.assert_array_equal(a.valid, b.valid)
+
+
+@pytest.mark.parametrize("model", LMS)
+def test_rows_on_a_cached_prefix_equal_full_rows(
+    registries: dict[bool, Registry], model: str
+) -> None:
+    """The worker alone: every perturbed row's scores, with and without the cached prefix, to
+    float32 rounding; the rows share prefixes of every length with the reference."""
+    served = {reuse: registries[reuse].get(model) for reuse in (True, False)}
+    tok = served[True].tokenizer
+    ids = np.asarray(tok(PROMPT + CONTINUATION)["input_ids"], dtype=np.int64)
+    n = len(ids)
+    p = n - 5
+    rows = np.repeat(ids[None], n, axis=0)
+    for r in range(n - 1):
+        rows[r, r] = (ids[r] + 7) % len(tok)  # row r changes position r; the last is unchanged
+    replaced = None
+    if model == "gpt2-zero":
+        replaced = np.zeros(rows.shape, dtype=bool)
+        replaced[np.arange(n - 1), np.arange(n - 1)] = True
+    outs = {}
+    for reuse, m in served.items():
+        job = ForwardJob(
+            ids=rows,
+            attention=np.ones(n, dtype=np.int64),
+            targets=ids[p:],
+            mode="log_softmax",
+            replaced=replaced,
+            positions=np.arange(p - 1, n - 1, dtype=np.int64),
+            reference=ids,
+        )
+        before = (m.worker.stats.real_tokens, m.worker.stats.naive_tokens)
+        m.worker.submit(job)
+        outs[reuse] = job.future.result()
+        run = m.worker.stats.real_tokens - before[0]
+        naive = m.worker.stats.naive_tokens - before[1]
+        # With reuse: the prefix once, then row r from position min(r, p - 1).
+        expected = p - 1 + sum(n - min(r, p - 1) for r in range(n)) if reuse else n * n
+        assert (run, naive) == (expected, n * n)
+    # float32 logits of the same sums in another order: a few ulps of their magnitude.
+    np.testing.assert_allclose(outs[True], outs[False], rtol=0, atol=1e-5 * scale(outs[False]))
+
+
+@pytest.mark.parametrize("model", ["gpt2-lm", "llama-lm"])
+def test_counters_report_tokens_run(registries: dict[bool, Registry], model: str) -> None:
+    """Occlusion alone on an idle worker: the prefix once, then each row from its first change
+    (all in one batch); the naive count is every row in full."""
+    served = registries[True].get(model)
+    stats = served.worker.stats
+    before = (stats.rows, stats.real_tokens, stats.naive_tokens)
+    (e,) = explain(
+        registries[True],
+        model,
+        [InputSpec(text=PROMPT, continuation_text=CONTINUATION)],
+        Occlusion(),
+        granularity="token",
+    )
+    n = len(e.token_ids)
+    p = e.prompt_tokens
+    t2u = e.units.token_to_unit
+    masks = perturbation.design(Occlusion(), e.units.n_units, 0)[0]
+    starts = []
+    for mask in masks:
+        hit = np.flatnonzero((t2u >= 0) & (mask[np.maximum(t2u, 0)] == 1))
+        starts.append(min(int(hit.min()) if len(hit) else n, p - 1))
+    rows = len(masks) + 1  # and the unperturbed teacher-forced row, run in full
+    assert stats.rows - before[0] == rows
+    assert stats.naive_tokens - before[2] == rows * n
+    assert stats.real_tokens - before[1] == n + max(starts) + sum(n - s for s in starts)
+    assert stats.real_tokens - before[1] < 0.75 * rows * n
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs"),
+    [
+        ("bert", [InputSpec(text="good movie"), InputSpec(text="a rather good film all round")]),
+        ("gpt2-lm", [InputSpec(text="Cats sat on the old mat", continuation_text=" again.")]),
+    ],
+)
+@pytest.mark.parametrize("method", ["lime", "kernel_shap", "sobol"])
+def test_duplicate_rows_run_once_with_the_same_results(
+    registries: dict[bool, Registry], model: str, inputs: list[InputSpec], method: str
+) -> None:
+    """Few units, many draws: identical rows run once, and the estimators get the same
+    matrices: for the classifier (no prefix reuse) bit for bit the results of running every
+    row on an idle worker; for the LM, to the float rounding of its prefix reuse."""
+    m = METHODS[method]
+    counts = {}
+    results = {}
+    for reuse in (True, False):
+        stats = registries[reuse].get(model).worker.stats
+        before = stats.rows
+        results[reuse] = explain(registries[reuse], model, inputs, m, granularity="word", seed=5)
+        counts[reuse] = stats.rows - before
+    planned = sum(e.forward_passes for e in results[False])
+    assert counts[False] == planned
+    distinct = 0
+    for e in results[True]:
+        masks = perturbation.design(m, e.units.n_units, 5)[0]
+        distinct += len(np.unique(masks, axis=0)) + 1
+    assert counts[True] == distinct < planned
+    for a, b in zip(results[True], results[False], strict=True):
+        assert a.forward_passes == b.forward_passes  # the method's sequences, as defined
+        if model == "bert":
+            np.testing.assert_array_equal(a.scores, b.scores)
+        else:
+            np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-4 * scale(b.scores))
+
+
+def test_identical_inputs_run_once(registries: dict[bool, Registry]) -> None:
+    """The same input three times in a request: its perturbations go through the model once
+    (plus each input's unperturbed row); all three get the same scores, those it gets alone up
+    to the float rounding of sharing batches with another input."""
+    stats = registries[True].get("bert").worker.stats
+    spec = InputSpec(text="a rather good movie")
+    alone = explain(registries[True], "bert", [spec], Occlusion())[0]
+    before = stats.rows
+    out = explain(
+        registries[True], "bert", [spec, InputSpec(text="not this one"), spec, spec], Occlusion()
+    )
+    other = out[1].forward_passes - 1
+    assert stats.rows - before == 4 + (alone.forward_passes - 1) + other
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(out[i].scores, out[0].scores)
+        assert out[i].forward_passes == alone.forward_passes
+    # Padded with the other input in its batches: float32 rounding of the same sums.
+    np.testing.assert_allclose(out[0].scores, alone.scores, rtol=0, atol=1e-5 * scale(alone.scores))
+
+
+@pytest.mark.parametrize("width", [1, 3, 6, 40])
+def test_distinct_rows_maps_every_row_to_an_equal_one(width: int) -> None:
+    rng = np.random.default_rng(width)
+    ids = rng.integers(0, 3, size=(400, width)).astype(np.int64)
+    replaced = rng.random(ids.shape) < 0.2
+    keep, inverse = perturbation.distinct_rows(ids, replaced)
+    np.testing.assert_array_equal(ids[keep][inverse], ids)
+    np.testing.assert_array_equal(replaced[keep][inverse], replaced)
+    assert len(keep) == len(np.unique(np.hstack([ids, replaced]), axis=0))
+    assert list(keep) == sorted(keep)  # first-occurrence order
+    assert keep[0] == 0
