@@ -7,6 +7,7 @@ token's decoded string is laid end to end to make the text).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,8 +55,13 @@ class Units:
 
 def _check_length(n: int, max_length: int, field: str) -> None:
     if n > max_length:
+        # `field` is "inputs[i]" for a request's input: name it, and say how to get past.
+        index = re.fullmatch(r"inputs\[(\d+)\].*", field)
+        what = f"input {index.group(1)}" if index else field
+        fix = ": shorten it, or set truncate to cut it" if index else ""
         raise InvalidArgument(
-            f"input has {n} tokens, more than the model's maximum of {max_length}", field=field
+            f"{what} has {n} tokens, more than the model's maximum of {max_length}{fix}",
+            field=field,
         )
 
 
