@@ -143,7 +143,8 @@ def _reflection_v1_pool() -> descriptor_pool.DescriptorPool:
     proto.ClearField("options")
     for message in proto.message_type:
         for f in message.field:
-            f.type_name = f.type_name.replace(f".{old}.", f".{new}.")
+            if f.HasField("type_name"):
+                f.type_name = f.type_name.replace(f".{old}.", f".{new}.")
     for service in proto.service:
         for method in service.method:
             method.input_type = method.input_type.replace(f".{old}.", f".{new}.")
