@@ -40,7 +40,7 @@ class ConfigError(InvalidArgument):
 
 def _opt(
     default: Any,
-    help: str,  # noqa: A002 (argparse's word)
+    help: str,
     *,
     choices: tuple[str, ...] | None = None,
     unit: str = "",
@@ -97,9 +97,7 @@ class ServeConfig:
     )
     max_activation_inputs: int = _opt(100_000, "GetActivations: inputs per request at most")
     max_new_tokens: int = _opt(256, "causal LMs: tokens generated per input at most")
-    max_continuation_tokens: int = _opt(
-        256, "causal LMs: tokens of a given continuation at most"
-    )
+    max_continuation_tokens: int = _opt(256, "causal LMs: tokens of a given continuation at most")
     activation_chunk_inputs: int = _opt(256, "GetActivations: inputs per streamed chunk at most")
     activation_chunk_bytes: int = _opt(
         1024 * 1024, "GetActivations: tensor bytes per streamed chunk at most", unit="bytes"
@@ -378,9 +376,9 @@ def check_values(config: ServeConfig) -> None:
         if value is None and spec.default is None:
             continue
         kind = spec.kind
-        ok = (
-            isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        ) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool)
+        )
         if not ok:
             raise ConfigError(
                 spec.name,

@@ -155,9 +155,7 @@ def _place_blank_tokens(encoded: Encoded) -> Encoded:
     leading whitespace (some tokenizers keep it on the first token, or without special tokens);
     a whitespace-only token (e.g. the space before " He") gets the empty span where the next
     word starts, so it joins that word's unit (a continuation " He sat." is one sentence)."""
-    return replace(
-        encoded, offsets=place_spans(encoded.text, encoded.offsets, encoded.special)
-    )
+    return replace(encoded, offsets=place_spans(encoded.text, encoded.offsets, encoded.special))
 
 
 def join(prompt: Encoded, continuation: Encoded) -> Encoded:

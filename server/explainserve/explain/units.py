@@ -290,7 +290,9 @@ def encode_ids(
     )
 
 
-def place_spans(text: str, offsets: NDArray[np.int64], special: NDArray[np.bool_]) -> NDArray[np.int64]:
+def place_spans(
+    text: str, offsets: NDArray[np.int64], special: NDArray[np.bool_]
+) -> NDArray[np.int64]:
     """The character spans units are built from, by one rule whatever the tokenizer:
 
     - a token's span never starts with whitespace (byte-level BPE and SentencePiece tokenizers
