@@ -102,9 +102,15 @@ def unit_label(unit: pb.Unit) -> str:
     return unit.text or EMPTY_UNIT
 
 
-def pieces(text: str, units: list[pb.Unit], scores: list[float], valid: list[bool]) -> list[Piece]:
-    """`text` cut into units (in text order; each one piece) and the plain text between them.
-    Units that overlap an earlier one (never, by construction) would be shown at their place."""
+def pieces(
+    text: str,
+    units: list[pb.Unit],
+    scores: list[float],
+    valid: list[bool],
+    target: pb.Unit | None = None,
+) -> list[Piece]:
+    """`text` cut into units (in text order; each one piece) and the plain text between them;
+    the unit with `target`'s span (a causal row's continuation unit) is marked."""
     order = sorted(range(len(units)), key=lambda u: (units[u].char_start, units[u].char_end))
     out: list[Piece] = []
     at = 0
