@@ -139,16 +139,20 @@ def warm_up(explainer: Explainer, model: str) -> None:
 
 def serve(config: ServeConfig) -> None:
     """Loads the configured models and serves them until SIGTERM / SIGINT."""
+    # Everything that can be checked without the serving layers (torch) first: a mistake is
+    # reported at once.
+    config.check_model_paths()
+    config.check_tasks()
+    tokens = config.tokens()
+
     from explainserve.activations.service import Activator
     from explainserve.explain.service import Explainer
     from explainserve.grpc.server import ServerOptions, serve_forever
     from explainserve.models.registry import Registry, load_model
 
-    config.check_model_paths()
     model_configs = config.model_configs()
     limits = config.activation_limits()
     explain_limits = config.explain_limits()
-    tokens = config.tokens()
     setup_logging(config.log_level, config.log_format)
     registry = Registry()
     explainer = Explainer(registry, explain_limits)

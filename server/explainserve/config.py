@@ -172,19 +172,7 @@ class ServeConfig:
             max_queued_rows=self.max_queued_rows,
             logits_budget=self.logits_budget,
         )
-        for name, task in self.tasks.items():
-            if name not in models:
-                raise ConfigError(
-                    f"tasks.{name}",
-                    f"[tasks] names '{name}', which is not a served model "
-                    f"(served: {', '.join(sorted(models))})",
-                )
-            if task not in TASK_CHOICES:
-                raise ConfigError(
-                    f"tasks.{name}",
-                    f"unknown task '{task}' for model '{name}': sequence-classification or "
-                    "causal-lm",
-                )
+        self.check_tasks(models)
         return [
             ModelConfig(
                 name=name,
@@ -197,6 +185,24 @@ class ServeConfig:
             )
             for name, path in _resolve_builtins(models).items()
         ]
+
+    def check_tasks(self, models: dict[str, Path] | None = None) -> None:
+        """Every `[tasks]` entry names a served model (`models`, default the configured ones
+        or the default model) and a known task."""
+        served = models if models is not None else (self.models or {DEFAULT_MODEL_NAME: Path()})
+        for name, task in self.tasks.items():
+            if name not in served:
+                raise ConfigError(
+                    f"tasks.{name}",
+                    f"[tasks] names '{name}', which is not a served model "
+                    f"(served: {', '.join(sorted(served))})",
+                )
+            if task not in TASK_CHOICES:
+                raise ConfigError(
+                    f"tasks.{name}",
+                    f"unknown task '{task}' for model '{name}': sequence-classification or "
+                    "causal-lm",
+                )
 
     def check_model_paths(self) -> None:
         """Every configured model directory exists and holds a Hugging Face config (built-in
