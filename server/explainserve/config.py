@@ -360,7 +360,7 @@ def option_specs() -> list[OptionSpec]:
     """Every ServeConfig field with its type, default and help, in declaration order."""
     out = []
     for f in fields(ServeConfig):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
         out.append(
             OptionSpec(
                 name=f.name,

@@ -20,6 +20,10 @@ import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = ["BUILTIN_MODELS", "builtin_model_dir", "tiny_gpt2_dir"]
 
@@ -44,7 +48,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer(vocab_size: int) -> object:
+def _train_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A GPT-2-style byte-level BPE (no mask token, `<|endoftext|>` as BOS/EOS/padding) trained
     on the shipped sentences; offsets not trimmed, as GPT-2's own tokenizer (a token's span
     includes the space it encodes)."""
@@ -62,7 +66,7 @@ def _train_tokenizer(vocab_size: int) -> object:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=_SPECIALS[0],
         eos_token=_SPECIALS[0],
@@ -80,18 +84,18 @@ def build_tiny_gpt2(out: Path) -> None:
     seed = int(recipe.pop("seed"))
     tokenizer = _train_tokenizer(int(recipe.pop("tokenizer_vocab_size")))
     recipe.pop("model_type")
-    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    eos = tokenizer.eos_token_id
     config = GPT2Config(
-        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        vocab_size=len(tokenizer),
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=eos,
         **recipe,
     )
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config).eval()
+    model = GPT2LMHeadModel(config)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(out)
 
 
 def _recipe_key(parts: list[bytes]) -> str:

@@ -273,7 +273,7 @@ def run_explain(args: argparse.Namespace) -> int:
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
     console = Console()
     with connect(args) as channel:
-        stub = explain_pb2_grpc.ExplainServiceStub(channel)
+        stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             info = stub.GetModel(
                 pb.GetModelRequest(name=args.model), metadata=metadata, timeout=args.timeout
@@ -282,9 +282,9 @@ def run_explain(args: argparse.Namespace) -> int:
                 stub, request, metadata, args.timeout, show_progress=not args.quiet
             )
         except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]
+            code = e.code()
             print(
-                f"explainserve explain: {code.name if code else 'error'}: {e.details()}",  # type: ignore[attr-defined]
+                f"explainserve explain: {code.name if code else 'error'}: {e.details()}",
                 file=sys.stderr,
             )
             return 1
