@@ -150,10 +150,11 @@ def serve(config: ServeConfig) -> None:
     from explainserve.grpc.server import ServerOptions, serve_forever
     from explainserve.models.registry import Registry, load_model
 
+    # Logging first: building a built-in model (model_configs) logs what it does.
+    setup_logging(config.log_level, config.log_format)
     model_configs = config.model_configs()
     limits = config.activation_limits()
     explain_limits = config.explain_limits()
-    setup_logging(config.log_level, config.log_format)
     registry = Registry()
     explainer = Explainer(registry, explain_limits)
 

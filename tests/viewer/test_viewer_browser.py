@@ -71,6 +71,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
             "--headless",
             "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
             "--no-first-run",
             "--enable-logging=stderr",
             "--v=0",

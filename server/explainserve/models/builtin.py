@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN_MODELS", "builtin_model_dir", "tiny_gpt2_dir"]
 
+_LOG = logging.getLogger(__name__)
 _TINY_GPT2_CONFIG = "tiny_gpt2.json"
 _CORPUS_FILES = ("sentiment_train.tsv", "sentiment_heldout.tsv")
 _SPECIALS = ("<|endoftext|>",)
@@ -125,6 +127,7 @@ def tiny_gpt2_dir(cache_dir: Path | None = None) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
     try:
+        _LOG.info("building builtin:tiny-gpt2 into %s", final)
         build_tiny_gpt2(staging)
         try:
             staging.rename(final)
