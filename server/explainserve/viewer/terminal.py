@@ -38,7 +38,7 @@ def legend(scale: float) -> Text:
     for k in range(-steps, steps + 1):
         r, g, b = colour(scale * k / steps, scale)
         text.append("  ", Style(bgcolor=f"rgb({r},{g},{b})"))
-    text.append(f" {scale:+.3g}  red: for the output, blue: against")
+    text.append(f" {scale:+.3g}  (red: for, blue: against)")
     return text
 
 
