@@ -107,6 +107,18 @@ $(STAMPS)/node: clients/node/package.json clients/node/package-lock.json
 .PHONY: clients
 clients: $(GO_CLIENT) $(STAMPS)/node ## Build the Go and Node test clients (.make/bin, clients/node)
 
+# Headless Chromium for the HTML viewer's browser test (tests/viewer/test_viewer_browser.py),
+# from Debian's package, installed when /usr/bin/chromium is missing (CI runs as root; elsewhere
+# through sudo when there is one).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+.PHONY: chromium
+chromium: $(CHROMIUM) ## Install headless Chromium (apt) for the HTML viewer's browser test
+
 .PHONY: proto
 proto: install ## Regenerate server/explainserve/v1 from proto/ (commit the result)
 	$(PY) scripts/gen_proto.py
@@ -120,7 +132,7 @@ run: install ## Start the server on the embedded default model (PORT=50051, ARGS
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install $(BUF) clients ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, pytest
+test: install $(BUF) clients $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, pytest
 	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -1,126 +1,100 @@
-"""Command line: `explainserve serve ...`."""
+"""Command line: `explainserve serve ...` (the server) and `explainserve explain ...` (a client
+that shows explanations in the terminal, as JSON or as an HTML page).
+
+Only the standard library and the configuration are imported up front: `--help`, `--version`
+and `explain` never import torch; `serve` imports the serving layers once its options are
+checked. Every option or configuration mistake is one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from explainserve.config import ServeConfig, load_toml, parse_model_flag
+from explainserve import __version__
+from explainserve.config import (
+    LOG_LEVELS,
+    ConfigError,
+    OptionSpec,
+    ServeConfig,
+    load_toml,
+    option_specs,
+    parse_model_flag,
+)
+from explainserve.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from explainserve.explain.service import Explainer
 
+#: Exit status of a usage or configuration mistake (argparse's too).
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (`explainserve serve: error: ...`), not the whole
+    usage of a command with forty options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_option(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
+    """One ServeConfig field as a flag; its help text and default come from the field."""
+    help_text = f"{spec.help} (default {spec.default_text()})"
+    if spec.kind is bool:
+        # An option that is on by default needs its --no- form to be turned off.
+        action = argparse.BooleanOptionalAction if spec.default is True else "store_true"
+        parser.add_argument(spec.flag_name, action=action, default=None, help=help_text)
+        return
+    kwargs: dict[str, Any] = {"help": help_text, "dest": spec.name}
+    if spec.choices is not None:
+        kwargs["choices"] = spec.choices
+        kwargs["metavar"] = "{" + ",".join(spec.choices) + "}"
+        if spec.name == "log_level":
+            kwargs["type"] = str.upper
+    else:
+        kwargs["type"] = spec.kind
+    parser.add_argument(spec.flag_name, **kwargs)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `explainserve` command."""
-    parser = argparse.ArgumentParser(prog="explainserve", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="start the gRPC server")
+    from explainserve.viewer.cli import add_explain_arguments
+
+    parser = _Parser(prog="explainserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"explainserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,explain}")
+    serve = sub.add_parser(
+        "serve",
+        help="start the gRPC server",
+        usage="%(prog)s [--config FILE] [--model NAME=PATH ...] [OPTION ...]",
+        description="Start the gRPC server. Every option is also a key of the --config TOML "
+        "file (flags override the file).",
+    )
     serve.add_argument("--config", type=Path, help="TOML file with any of the options below")
     serve.add_argument(
         "--model",
         action="append",
         default=None,
         metavar="NAME=PATH",
-        help="serve the model in local directory PATH as NAME (repeatable); "
-        "none = the embedded default sentiment classifier",
+        help="serve the model in local directory PATH as NAME (repeatable); PATH builtin:"
+        "tiny-gpt2 = a tiny causal LM built offline; none = the embedded default sentiment "
+        "classifier",
     )
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 50051), 0 = any free port")
-    serve.add_argument("--workers", type=int, help="gRPC handler threads (default 8)")
-    serve.add_argument(
-        "--max-message-bytes",
-        type=int,
-        help="largest request or response (default 64 MiB; clients must raise theirs to match)",
+    for spec in option_specs():
+        if spec.flag:
+            _add_option(serve, spec)
+    explain = sub.add_parser(
+        "explain",
+        help="explain texts with a running server; show them in the terminal, as JSON or HTML",
+        description="Explain texts with a running explainserve server and show each input's "
+        "units coloured by score (red: for the explained output, blue: against).",
     )
-    serve.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM (default 30)")
-    serve.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    serve.add_argument(
-        "--replacement-fallback",
-        choices=["unk", "pad", "eos", "zero_embedding"],
-        help="replacement when the tokenizer has no mask token (default unk)",
-    )
-    serve.add_argument("--token-budget", type=int, help="tokens per forward batch (default 8192)")
-    serve.add_argument(
-        "--gradient-token-budget", type=int, help="tokens per gradient batch (default 4096)"
-    )
-    for flag, what, default in [
-        ("--max-inputs", "Explain: inputs per request", "256"),
-        ("--max-rows-per-input", "Explain: sequences per input (perturbations, steps)", "50000"),
-        ("--max-targets", "Explain: targets per input", "64"),
-        ("--max-tokens-per-input", "tokens per input, 0 = the model's maximum", "0"),
-        ("--max-activation-inputs", "GetActivations: inputs per request", "100000"),
-        ("--max-new-tokens", "causal LMs: tokens generated per input", "256"),
-        ("--max-continuation-tokens", "causal LMs: tokens of a given continuation", "256"),
-        ("--logits-budget", "causal LMs: positions x vocabulary of logits per batch", "2^26"),
-    ]:
-        serve.add_argument(flag, type=int, help=f"{what} at most (default {default})")
-    serve.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        help="how long a queued job may wait for others to share its batch (default 2)",
-    )
-    serve.add_argument(
-        "--max-queued-rows",
-        type=int,
-        help="sequences waiting per model before RESOURCE_EXHAUSTED (default 200000)",
-    )
-    serve.add_argument(
-        "--activation-chunk-inputs", type=int, help="GetActivations: inputs per chunk (default 256)"
-    )
-    serve.add_argument(
-        "--activation-chunk-bytes",
-        type=int,
-        help="GetActivations: tensor bytes per chunk (default 1 MiB)",
-    )
-    serve.add_argument(
-        "--activation-prefetch-chunks",
-        type=int,
-        help="GetActivations: chunks computed ahead of the one being sent (default 4)",
-    )
-    serve.add_argument(
-        "--auth-token-file",
-        type=Path,
-        help="bearer tokens accepted, one per line (default: no authentication)",
-    )
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: TLS with --tls-key")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    serve.add_argument(
-        "--tls-client-ca", type=Path, help="PEM CA of the client certificates: mutual TLS"
-    )
-    for flag, what in [
-        ("--keepalive-time-s", "ping idle clients every this many seconds"),
-        ("--keepalive-timeout-s", "close a connection whose ping gets no answer in this time"),
-        ("--min-client-ping-interval-s", "clients may ping this often at most"),
-        ("--max-connection-idle-s", "close connections idle this long"),
-        ("--max-connection-age-s", "close connections this old (clients reconnect)"),
-        ("--max-connection-age-grace-s", "time in-flight calls get on a closed connection"),
-    ]:
-        serve.add_argument(flag, type=float, help=f"{what} (default 0: gRPC's default / never)")
-    serve.add_argument(
-        "--keepalive-permit-without-calls",
-        action="store_true",
-        default=None,
-        help="let clients ping connections without calls in flight",
-    )
-    serve.add_argument(
-        "--reuse",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="causal LMs: run perturbed rows from their first change on the cached prefix; run "
-        "identical rows and inputs once (default on; --no-reuse only to measure what it saves)",
-    )
-    serve.add_argument(
-        "--metrics-port", type=int, help="Prometheus metrics port (default off; 0 = any free)"
-    )
-    serve.add_argument("--metrics-host", help="address of the metrics port (default 127.0.0.1)")
-    serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
-    serve.add_argument("--log-level", default="INFO")
+    add_explain_arguments(explain)
     return parser
 
 
@@ -129,10 +103,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(load_toml(args.config))
-    for f in fields(ServeConfig):
-        flag = getattr(args, f.name, None)
-        if flag is not None and f.name != "models":
-            values[f.name] = flag
+    for spec in option_specs():
+        flag = getattr(args, spec.name, None)
+        if flag is not None and spec.flag:
+            values[spec.name] = flag
     if args.model:
         values["models"] = dict(parse_model_flag(m) for m in args.model)
     return ServeConfig(**values)
@@ -143,6 +117,8 @@ def setup_logging(level: str, fmt: str) -> None:
     from explainserve.grpc.interceptors import RequestIdFilter
     from explainserve.logs import JsonFormatter
 
+    if level.upper() not in LOG_LEVELS:
+        raise ConfigError("log_level", f"log_level must be one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     if fmt == "json":
@@ -163,53 +139,79 @@ def warm_up(explainer: Explainer, model: str) -> None:
         list(explainer.explain(ExplainParams(model, [InputSpec(text="Warm up.")], method)))
 
 
+def serve(config: ServeConfig) -> None:
+    """Loads the configured models and serves them until SIGTERM / SIGINT."""
+    # Everything that can be checked without the serving layers (torch) first: a mistake is
+    # reported at once.
+    config.check_model_paths()
+    config.check_tasks()
+    tokens = config.tokens()
+
+    from explainserve.activations.service import Activator
+    from explainserve.explain.service import Explainer
+    from explainserve.grpc.server import ServerOptions, serve_forever
+    from explainserve.models.registry import Registry, load_model
+
+    # Logging first: building a built-in model (model_configs) logs what it does.
+    setup_logging(config.log_level, config.log_format)
+    model_configs = config.model_configs()
+    limits = config.activation_limits()
+    explain_limits = config.explain_limits()
+    registry = Registry()
+    explainer = Explainer(registry, explain_limits)
+
+    def load() -> None:
+        for model_config in model_configs:
+            registry.add(load_model(model_config))
+            warm_up(explainer, model_config.name)
+
+    serve_forever(
+        ServerOptions(
+            host=config.host,
+            port=config.port,
+            workers=config.workers,
+            max_message_bytes=config.max_message_bytes,
+            grace_seconds=config.grace_seconds,
+            max_tokens_per_input=config.max_tokens_per_input,
+            auth_tokens=tokens,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            tls_client_ca=config.tls_client_ca,
+            keepalive_time_s=config.keepalive_time_s,
+            keepalive_timeout_s=config.keepalive_timeout_s,
+            min_client_ping_interval_s=config.min_client_ping_interval_s,
+            keepalive_permit_without_calls=config.keepalive_permit_without_calls,
+            max_connection_idle_s=config.max_connection_idle_s,
+            max_connection_age_s=config.max_connection_age_s,
+            max_connection_age_grace_s=config.max_connection_age_grace_s,
+            metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
+        ),
+        explainer,
+        Activator(registry, limits),
+        load,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `explainserve` command."""
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        config = config_from_args(args)
-        setup_logging(args.log_level, config.log_format)
-        from explainserve.activations.service import Activator
-        from explainserve.explain.service import Explainer
-        from explainserve.grpc.server import ServerOptions, serve_forever
-        from explainserve.models.registry import Registry, load_model
+    prog = f"explainserve {args.command}"
+    try:
+        if args.command == "explain":
+            from explainserve.viewer.cli import run_explain
 
-        limits = config.activation_limits()
-        explain_limits = config.explain_limits()
-        registry = Registry()
-        explainer = Explainer(registry, explain_limits)
-
-        def load() -> None:
-            for model_config in config.model_configs():
-                registry.add(load_model(model_config))
-                warm_up(explainer, model_config.name)
-
-        serve_forever(
-            ServerOptions(
-                host=config.host,
-                port=config.port,
-                workers=config.workers,
-                max_message_bytes=config.max_message_bytes,
-                grace_seconds=config.grace_seconds,
-                max_tokens_per_input=config.max_tokens_per_input,
-                auth_tokens=config.tokens(),
-                tls_cert=config.tls_cert,
-                tls_key=config.tls_key,
-                tls_client_ca=config.tls_client_ca,
-                keepalive_time_s=config.keepalive_time_s,
-                keepalive_timeout_s=config.keepalive_timeout_s,
-                min_client_ping_interval_s=config.min_client_ping_interval_s,
-                keepalive_permit_without_calls=config.keepalive_permit_without_calls,
-                max_connection_idle_s=config.max_connection_idle_s,
-                max_connection_age_s=config.max_connection_age_s,
-                max_connection_age_grace_s=config.max_connection_age_grace_s,
-                metrics_port=config.metrics_port,
-                metrics_host=config.metrics_host,
-            ),
-            explainer,
-            Activator(registry, limits),
-            load,
-        )
+            return run_explain(args)
+        serve(config_from_args(args))
+    except (InvalidArgument, ValueError) as e:
+        # Configuration mistakes (ConfigError), and those found while loading a model (a CUDA
+        # device on a machine without one, a model without a fast tokenizer, TLS half set).
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as e:
+        # The environment: a busy port, an unreadable certificate.
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

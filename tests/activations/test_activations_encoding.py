@@ -77,7 +77,8 @@ def test_token_table_gives_encode_texts_ids(bert_tokenizer: Any, with_offsets: b
             with_offsets=False,
         )
     assert (err.value.message, err.value.field) == (
-        "input has 202 tokens, more than the model's maximum of 128",
+        "input 7 has 202 tokens, more than the model's maximum of 128"
+        ": shorten it, or set truncate to cut it",
         "inputs[7]",
     )
 

@@ -109,7 +109,8 @@ def test_unknown_model(activator: Activator, registry: Registry) -> None:
         ),
         (
             request("word " * 200),
-            "input has 202 tokens, more than the model's maximum of 128",
+            "input 0 has 202 tokens, more than the model's maximum of 128"
+            ": shorten it, or set truncate to cut it",
             "inputs[0]",
         ),
     ],

@@ -60,7 +60,7 @@ def test_toml_file_then_flags(tmp_path: Path) -> None:
 def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
     toml = tmp_path / "serve.toml"
     toml.write_text("prot = 6000\n")
-    with pytest.raises(InvalidArgument, match=r"unknown keys .*prot"):
+    with pytest.raises(InvalidArgument, match=r"unknown key .prot. in .*did you mean .port."):
         parse("--config", str(toml))
 
 

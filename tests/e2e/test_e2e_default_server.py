@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,27 @@ def test_serves_the_default_sentiment_model(server: tuple[subprocess.Popen[str],
         assert [t.label for t in e.targets] == ["positive"]
         words = [u.text for u in e.units]
         assert words[max(range(len(words)), key=lambda i: e.scores.values[i])] == "wonderful"
+
+
+def test_readme_explain_command_writes_a_page(
+    server: tuple[subprocess.Popen[str], int], tmp_path: Path
+) -> None:
+    """README's `explainserve explain "The food was cold" --html out.html` (here with the
+    test server's port): the page shows the words and the label."""
+    _, port = server
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "explainserve.cli", "explain", "The food was cold",
+            "--html", "out.html", "--server", f"127.0.0.1:{port}",
+        ],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "predicted: negative" in done.stdout
+    page = (tmp_path / "out.html").read_text()
+    for word in ("The", "food", "was", "cold"):
+        assert f">{word}</span>" in page
+    assert "predicted: <b>negative</b>" in page
 
 
 def test_sigterm_drains_and_exits_zero(server: tuple[subprocess.Popen[str], int]) -> None:

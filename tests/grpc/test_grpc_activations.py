@@ -178,7 +178,8 @@ def test_all_tokens_are_ragged_with_offsets(
         units = reply.units[i]
         assert units.input_index == i
         assert len(units.units) == n
-        assert units.units[0].text == "[CLS]"
+        assert units.units[0].text == units.units[-1].text == ""  # [CLS], [SEP]: no characters
+        assert units.units[-1].char_start == units.units[-2].char_end
         assert [list(u.token_indices) for u in units.units] == [[k] for k in range(n)]
 
 

@@ -185,13 +185,15 @@ CASES: dict[str, Case] = {
     "over-long text": Case(
         lambda _ids: bert(text("word " * 200)),
         INVALID,
-        "input has 202 tokens, more than the model's maximum of 128",
+        "input 0 has 202 tokens, more than the model's maximum of 128"
+        ": shorten it, or set truncate to cut it",
         "inputs[0]",
     ),
     "over-long token ids": Case(
         lambda ids: bert(text(), ids_input(ids[:1] + ids[1:-1] * 10 + ids[-1:])),
         INVALID,
-        f"input has {2 + (N_IDS - 2) * 10} tokens, more than the model's maximum of 128",
+        f"input 1 has {2 + (N_IDS - 2) * 10} tokens, more than the model's maximum of 128"
+        ": shorten it, or set truncate to cut it",
         "inputs[1]",
     ),
     "token id out of vocabulary": Case(
@@ -317,7 +319,10 @@ def test_the_longest_input_the_model_takes_is_accepted(
     with pytest.raises(grpc.RpcError) as err:
         stub.Explain(bert(text("word " * 127)), timeout=30)
     assert err.value.code() == INVALID
-    assert "input has 129 tokens, more than the model's maximum of 128" in err.value.details()
+    assert (
+        "input 0 has 129 tokens, more than the model's maximum of 128"
+        ": shorten it, or set truncate to cut it" in err.value.details()
+    )
 
 
 @pytest.mark.parametrize("method", ["smooth_grad", "square_grad", "var_grad", "gradient_shap"])

@@ -109,9 +109,11 @@ def check_units(explanation: pb.Explanation, text: str, granularity: str) -> Non
     if granularity == "all_tokens":
         assert sorted(positions) == list(range(n_tokens))
         assert all(len(u.token_indices) == 1 for u in units)
-        assert texts[0] == "[CLS]"
-        assert texts[-1] == "[SEP]"
+        # Special tokens have no characters: an empty text at the empty span where they sit
+        # ([CLS] before the text, [SEP] right after its last token).
+        assert texts[0] == texts[-1] == ""
         assert (units[0].char_start, units[0].char_end) == (0, 0)
+        assert (units[-1].char_start, units[-1].char_end) == (len(text), len(text))
         assert [u.token_indices[0] for u in units] == list(range(n_tokens))
     else:
         # Special tokens are never units; every other token is in exactly one.

@@ -42,6 +42,7 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
         names = {s.name for s in replies[0].list_services_response.service}
         assert "grpc.health.v1.Health" in names
         assert "grpc.reflection.v1alpha.ServerReflection" in names
+        assert "grpc.reflection.v1.ServerReflection" in names
 
 
 def test_stop_marks_not_serving() -> None:
@@ -109,3 +110,50 @@ def test_reflection_finds_a_method_symbol(server: RunningServer) -> None:
             request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
             (reply,) = stub.ServerReflectionInfo(iter([request]), timeout=5)
             assert reply.HasField("file_descriptor_response") == found, symbol
+
+
+def test_reflection_v1_answers_like_v1alpha(server: RunningServer) -> None:
+    """Reflection v1 (what current clients ask for first) is served beside v1alpha: the same
+    services listed, and the v1 protocol's own file described."""
+    from google.protobuf import descriptor_pb2
+
+    v1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        # The v1 messages are v1alpha's under another package name: the same bytes on the wire.
+        call = channel.stream_stream(
+            v1,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = call(iter([listing]), timeout=5)
+        names = {s.name for s in reply.list_services_response.service}
+        assert {
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= names
+        old = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (old_reply,) = old.ServerReflectionInfo(iter([listing]), timeout=5)
+        assert {s.name for s in old_reply.list_services_response.service} == names
+        request = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.health.v1.Health.Check"
+        )
+        (found,) = call(iter([request]), timeout=5)
+        health_file = descriptor_pb2.FileDescriptorProto.FromString(
+            found.file_descriptor_response.file_descriptor_proto[0]
+        )
+        assert health_file.package == "grpc.health.v1"
+        request = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.reflection.v1.ServerReflection"
+        )
+        (found,) = call(iter([request]), timeout=5)
+        v1_file = descriptor_pb2.FileDescriptorProto.FromString(
+            found.file_descriptor_response.file_descriptor_proto[0]
+        )
+        assert (v1_file.name, v1_file.package) == (
+            "grpc/reflection/v1/reflection.proto",
+            "grpc.reflection.v1",
+        )
+        method = v1_file.service[0].method[0]
+        assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"

@@ -21,7 +21,14 @@ from transformers import PreTrainedTokenizerBase
 from explainserve import _native
 from explainserve.errors import InvalidArgument
 from explainserve.explain.params import Aggregation, Generation, InputSpec
-from explainserve.explain.units import Encoded, Granularity, Units, encode_ids, make_units
+from explainserve.explain.units import (
+    Encoded,
+    Granularity,
+    Units,
+    encode_ids,
+    make_units,
+    place_spans,
+)
 from explainserve.scheduling.worker import GenerationOptions
 
 #: Tokens generated when the request does not say (or the server's limit when lower).
@@ -144,21 +151,11 @@ def generated_continuation(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -
 
 
 def _place_blank_tokens(encoded: Encoded) -> Encoded:
-    """A continuation's token spans without their leading whitespace (as the prompt's are; some
-    tokenizers keep it on the first token, or without special tokens); a whitespace-only token
-    (e.g. the space before " He") gets the empty span where the next word starts, so it joins
-    that word's unit (a continuation " He sat." is one sentence, not an empty one before it)."""
-    text = encoded.text
-    offsets = encoded.offsets.copy()
-    for span in offsets:
-        while span[0] < span[1] and text[span[0]].isspace():
-            span[0] += 1
-        if span[0] == span[1]:
-            at = int(span[0])
-            while at < len(text) and text[at].isspace():
-                at += 1
-            span[0] = span[1] = at
-    return replace(encoded, offsets=offsets)
+    """A continuation's token spans placed by the rule of every unit (`place_spans`): no
+    leading whitespace (some tokenizers keep it on the first token, or without special tokens);
+    a whitespace-only token (e.g. the space before " He") gets the empty span where the next
+    word starts, so it joins that word's unit (a continuation " He sat." is one sentence)."""
+    return replace(encoded, offsets=place_spans(encoded.text, encoded.offsets, encoded.special))
 
 
 def join(prompt: Encoded, continuation: Encoded) -> Encoded:

@@ -7,6 +7,7 @@ token's decoded string is laid end to end to make the text).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,8 +55,13 @@ class Units:
 
 def _check_length(n: int, max_length: int, field: str) -> None:
     if n > max_length:
+        # `field` is "inputs[i]" for a request's input: name it, and say how to get past.
+        index = re.fullmatch(r"inputs\[(\d+)\].*", field)
+        what = f"input {index.group(1)}" if index else field
+        fix = ": shorten it, or set truncate to cut it" if index else ""
         raise InvalidArgument(
-            f"input has {n} tokens, more than the model's maximum of {max_length}", field=field
+            f"{what} has {n} tokens, more than the model's maximum of {max_length}{fix}",
+            field=field,
         )
 
 
@@ -284,20 +290,56 @@ def encode_ids(
     )
 
 
+def place_spans(
+    text: str, offsets: NDArray[np.int64], special: NDArray[np.bool_]
+) -> NDArray[np.int64]:
+    """The character spans units are built from, by one rule whatever the tokenizer:
+
+    - a token's span never starts with whitespace (byte-level BPE and SentencePiece tokenizers
+      often count the space before a word in its first token; BERT's do not), and a token of
+      whitespace only gets the empty span where the next word starts, so it joins that word;
+    - a special or padding token, which has no characters, gets the empty span where it sits:
+      at the end of the content token before it, 0 when none is before it. Its unit's text
+      (ALL_TOKENS) is then empty, like every unit's text is `text[start:end]`.
+    """
+    out = offsets.copy()
+    content = ~special
+    n_text = len(text)
+    for k in np.flatnonzero(content).tolist():
+        start, end = int(out[k, 0]), int(out[k, 1])
+        if start < end and not text[start].isspace():
+            continue
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end:
+            while start < n_text and text[start].isspace():
+                start += 1
+            end = start
+        out[k] = (start, end)
+    if special.any():
+        ends = np.where(content, out[:, 1], 0)
+        before = np.concatenate([[0], np.maximum.accumulate(ends)[:-1]]) if len(ends) else ends
+        out[special, 0] = before[special]
+        out[special, 1] = before[special]
+    return out
+
+
 def make_units(
     encoded: Encoded, granularity: Granularity, tokenizer: PreTrainedTokenizerBase
 ) -> Units:
-    """Groups tokens into units with the native core; unit text is the span's text, or, for
-    units made only of special or padding positions, the tokens themselves.
+    """Groups tokens into units with the native core; a unit's text is its span's text (spans
+    placed by `place_spans`, so a unit of special tokens only has an empty text where it sits).
 
     Positions with attention 0 are treated like special tokens (never perturbed, no score),
-    except in ALL_TOKENS, where every position is a unit.
+    except in ALL_TOKENS, where every position is a unit. `tokenizer` is the model's (kept in
+    the signature for the units of tokenizers that need it).
     """
     special = encoded.special | (encoded.attention == 0)
+    offsets = place_spans(encoded.text, encoded.offsets, special)
     token_to_unit, spans = _native.group_units(
         granularity,
         np.ascontiguousarray(special),
-        np.ascontiguousarray(encoded.offsets),
+        np.ascontiguousarray(offsets),
         encoded.word_ids,
         encoded.text,
     )
@@ -306,14 +348,5 @@ def make_units(
     for position, unit in enumerate(token_to_unit.tolist()):
         if unit >= 0:
             token_indices[unit].append(position)
-    texts = []
-    for unit, (start, end) in enumerate(spans.tolist()):
-        tokens = token_indices[unit]
-        if end == start and all(special[i] for i in tokens):
-            # Special tokens and padding have no characters: name them by their token.
-            texts.append(
-                "".join(str(tokenizer.convert_ids_to_tokens(int(encoded.ids[i]))) for i in tokens)
-            )
-        else:
-            texts.append(encoded.text[start:end])
+    texts = [encoded.text[start:end] for start, end in spans.tolist()]
     return Units(token_to_unit=token_to_unit, spans=spans, texts=texts, token_indices=token_indices)

@@ -3,9 +3,11 @@ state, authentication, request ids, metrics), TLS, keepalive and the metrics end
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from explainserve.activations.service import Activator
 from explainserve.explain.service import Explainer
@@ -75,6 +77,9 @@ class ServerOptions:
 def channel_options(options: ServerOptions) -> list[tuple[str, int | str]]:
     """The grpc server arguments for `options` (message sizes, keepalive, connection age)."""
     out: list[tuple[str, int | str]] = [
+        # gRPC's default (on) lets a second server bind a port that is already serving, and
+        # the two then share it by accident: off, a busy port fails at start.
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
     ]
@@ -120,26 +125,65 @@ def server_credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
     )
 
 
+#: The reflection services registered: v1 (what current clients, grpcurl and Postman ask for
+#: first) and v1alpha (older clients).
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_SERVICE_NAMES = (REFLECTION_V1, reflection.SERVICE_NAME)
+
+
+def _reflection_v1_pool() -> descriptor_pool.DescriptorPool:
+    """A pool holding `grpc/reflection/v1/reflection.proto`. grpcio-reflection ships only the
+    v1alpha module; v1 is the same file under another package (same messages, same field
+    numbers), so it is built here from v1alpha's descriptor by renaming the package."""
+    old, new = reflection_pb2.DESCRIPTOR.package, "grpc.reflection.v1"
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = new
+    proto.ClearField("options")
+    for message in proto.message_type:
+        for f in message.field:
+            if f.HasField("type_name"):
+                f.type_name = f.type_name.replace(f".{old}.", f".{new}.")
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(f".{old}.", f".{new}.")
+            method.output_type = method.output_type.replace(f".{old}.", f".{new}.")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return pool
+
+
 class _MethodAwarePool:
     """The default descriptor pool for server reflection, also finding the file of a method
     symbol ("pkg.Service.Method"), which the Python pool does not, and which some clients
-    (ghz) ask for."""
+    (ghz) ask for, and the v1 reflection file (which the default pool does not hold)."""
 
     def __init__(self) -> None:
         self._pool = descriptor_pool.Default()
+        self._v1 = _reflection_v1_pool()
+
+    def FindFileByName(self, name: str) -> Any:  # noqa: N802 (the pool's API)
+        try:
+            return self._pool.FindFileByName(name)
+        except KeyError:
+            return self._v1.FindFileByName(name)
 
     def FindFileContainingSymbol(self, name: str) -> Any:  # noqa: N802 (the pool's API)
-        try:
-            return self._pool.FindFileContainingSymbol(name)
-        except KeyError:
-            parent, _, method = name.rpartition(".")
+        for pool in (self._pool, self._v1):
             try:
-                service = self._pool.FindServiceByName(parent)
+                return pool.FindFileContainingSymbol(name)
             except KeyError:
-                raise KeyError(name) from None
-            if method not in service.methods_by_name:
-                raise KeyError(name) from None
-            return service.file
+                pass
+        parent, _, method = name.rpartition(".")
+        for pool in (self._pool, self._v1):
+            try:
+                service = pool.FindServiceByName(parent)
+            except KeyError:
+                continue
+            if method in service.methods_by_name:
+                return service.file
+        raise KeyError(name)
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._pool, attr)
@@ -181,6 +225,22 @@ class HealthServicer(health.HealthServicer):  # type: ignore[misc]
                 for name, status in statuses.items()
             }
         )
+
+
+def _add_reflection(server: grpc.Server, service_names: list[str]) -> None:
+    """Reflection v1alpha and v1 over the same servicer: the two protocols are wire-identical,
+    so v1 calls are (de)serialized with v1alpha's message classes."""
+    names = [*service_names, health.SERVICE_NAME, *REFLECTION_SERVICE_NAMES]
+    reflection.enable_server_reflection(names, server, pool=_MethodAwarePool())
+    servicer = reflection.ReflectionServicer(names, pool=_MethodAwarePool())
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
 
 
 @dataclass
@@ -266,16 +326,18 @@ def start(
             server,
         )
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
-    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server, pool=_MethodAwarePool())
+    _add_reflection(server, service_names)
     address = f"{options.host}:{options.port}"
     credentials = server_credentials(options)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise OSError(f"could not bind {address}: {_bind_failure(options.host, options.port)}")
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
@@ -294,6 +356,20 @@ def start(
         "serving" if serving else "NOT_SERVING until the models are loaded",
     )
     return running
+
+
+def _bind_failure(host: str, port: int) -> str:
+    """Why `host:port` cannot be bound, as the operating system says it (gRPC only says that
+    it failed): "address in use" for a busy port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return "address in use (another server listens on this port)"
+            return e.strerror or str(e)
+    return "gRPC refused the address"
 
 
 def freeze_heap() -> None:
@@ -325,7 +401,11 @@ def serve_forever(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if load is not None:
-        load()
+        try:
+            load()
+        except BaseException:
+            running.stop(None)
+            raise
     freeze_heap()
     if not stopped.is_set():
         running.set_serving()
