@@ -6,33 +6,15 @@ most CHUNK_INPUTS inputs, so that a few inputs already take several chunks to re
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from client_server import CHUNK_INPUTS, TOKEN, ClientServer
 
 from explainserve.activations.service import ActivationLimits, Activator
 from explainserve.explain.service import Explainer
-from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.grpc.server import ServerOptions, start
 from explainserve.models.registry import ModelConfig, Registry, load_model
-
-TOKEN = "client-test-token"
-#: Inputs per GetActivations chunk.
-CHUNK_INPUTS = 2
-
-
-@dataclass(frozen=True)
-class ClientServer:
-    """The running server, the address clients dial and the token it wants."""
-
-    running: RunningServer
-    explainer: Explainer
-    token: str = TOKEN
-
-    @property
-    def target(self) -> str:
-        """host:port to dial."""
-        return f"127.0.0.1:{self.running.port}"
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ClientServer
+from client_server import ClientServer
 
 from explainserve_client import Client
 

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import CHUNK_INPUTS, ClientServer
+from client_server import CHUNK_INPUTS, ClientServer
 from packaging.requirements import Requirement
 from pki import Pki
 from tiny_models import LABELS
