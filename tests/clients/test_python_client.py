@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -345,14 +347,70 @@ _NO_TORCH = textwrap.dedent(
         (e,) = client.explain("bert", "The food was cold.", isolate_batches=True)
         acts = client.activations("bert", ["The food was cold."], dtype="bfloat16")
     assert "torch" not in sys.modules and "explainserve" not in sys.modules
+    import explainserve_client
     print(json.dumps({"units": e.unit_texts, "scores": e.scores.tolist(),
-                      "rows": acts.rows(0).tolist()}))
+                      "rows": acts.rows(0).tolist(), "client": explainserve_client.__file__}))
     """
 )
 
 
-def test_light_client_runs_without_torch(client: Client, client_server: ClientServer) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python" / "src")}
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """clients/python built into a wheel (offline: this venv's setuptools, from a copy of the
+    sources so that no build output lands in the repository)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    shutil.copytree(
+        ROOT / "clients" / "python",
+        source,
+        ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"),
+    )
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"),
+            *("--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(source)),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (built,) = (tmp / "dist").glob("explainserve_client-*-py3-none-any.whl")
+    return built
+
+
+def test_wheel_holds_the_package_and_only_light_dependencies(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (meta,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+        requires = [
+            Requirement(line.removeprefix("Requires-Dist: ")).name
+            for line in archive.read(meta).decode().splitlines()
+            if line.startswith("Requires-Dist: ")
+        ]
+    assert sorted(requires) == ["grpcio", "numpy", "protobuf"]
+    package = {n for n in names if n.startswith("explainserve_client/")}
+    assert package == {
+        f"explainserve_client/{name}"
+        for name in [
+            "__init__.py",
+            "client.py",
+            "tensors.py",
+            "py.typed",
+            "v1/__init__.py",
+            "v1/explain_pb2.py",
+            "v1/explain_pb2.pyi",
+            "v1/explain_pb2_grpc.py",
+        ]
+    }
+
+
+def test_light_client_runs_without_torch(
+    client: Client, client_server: ClientServer, wheel: Path, tmp_path: Path
+) -> None:
+    # The installed wheel's files, and nothing else of this repository, on the child's path.
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
     allowed = importable_with(light_dependencies())
     assert "torch" not in allowed
     assert {"grpc", "google", "numpy"} <= allowed
@@ -368,11 +426,13 @@ def test_light_client_runs_without_torch(client: Client, client_server: ClientSe
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,
         timeout=120,
         check=False,
     )
     assert out.returncode == 0, out.stderr
     child = json.loads(out.stdout)
+    assert child["client"].startswith(str(site))
     (e,) = client.explain("bert", "The food was cold.", isolate_batches=True)
     assert child["units"] == e.unit_texts
     assert child["scores"] == e.scores.tolist()  # isolate_batches: bit for bit
