@@ -77,7 +77,7 @@ test-latest: | $(VENV)/bin/uv ## `make test` on the newest versions the ranges a
 	@$(UV) pip freeze --python .venv-latest/bin/python | grep -iE '^(torch|transformers|tokenizers|grpcio|protobuf|numpy)=='
 
 .PHONY: test-oldest
-test-oldest: | $(VENV)/bin/uv ## pytest on the lowest versions of the direct dependencies (.venv-oldest)
+test-oldest: clients | $(VENV)/bin/uv ## pytest on the lowest versions of the direct dependencies (.venv-oldest)
 	@mkdir -p $(STAMPS)/oldest
 	$(UV) pip compile $(LOCK_ARGS) --resolution lowest-direct -o $(STAMPS)/oldest/requirements.lock
 	$(MAKE) install VENV=.venv-oldest STAMPS=$(STAMPS)/oldest LOCK=$(STAMPS)/oldest/requirements.lock
@@ -91,21 +91,38 @@ $(BUF):
 	@mkdir -p .make/bin
 	GOBIN=$(abspath .make/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
-# Clients in other languages that tests/grpc/test_grpc_clients.py runs with their default
-# settings: a Go one (google.golang.org/grpc, from the Go module proxy) and a Node one
-# (@grpc/grpc-js, from npm, exactly clients/node/package-lock.json).
-GO_CLIENT := .make/bin/rawcall
-$(GO_CLIENT): clients/go/main.go clients/go/go.mod clients/go/go.sum
-	@mkdir -p .make/bin
-	cd clients/go && go build -o $(abspath $(GO_CLIENT)) .
+# The client packages' code generators and dependencies (clients/): protoc-gen-go and
+# protoc-gen-go-grpc at pinned versions from the Go module proxy into .make/bin, the Go module's
+# dependencies (go.sum) into Go's module cache, and clients/node's package-lock.json by npm ci.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GO_PLUGINS_STAMP := $(STAMPS)/go-plugins-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
+GO_SOURCES := clients/go/go.mod clients/go/go.sum $(shell find clients/go -name '*.go' 2>/dev/null)
 
-$(STAMPS)/node: clients/node/package.json clients/node/package-lock.json
-	@mkdir -p $(STAMPS)
-	cd clients/node && npm ci --no-audit --no-fund --ignore-scripts --silent
+$(GO_PLUGINS_STAMP):
+	@mkdir -p .make/bin
+	GOBIN=$(abspath .make/bin) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(abspath .make/bin) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@touch $@
 
+# Downloads the Go client's dependencies and vets it (compiling it once, into Go's build cache).
+$(STAMPS)/go-client: $(GO_SOURCES)
+	@mkdir -p $(STAMPS)
+	cd clients/go && go mod download && go vet ./...
+	@touch $@
+
+$(STAMPS)/node-client: clients/node/package.json clients/node/package-lock.json
+	@mkdir -p $(STAMPS)
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# A raw-bytes Go client that tests/grpc/test_grpc_clients.py runs with default gRPC settings.
+GO_RAWCALL := .make/bin/rawcall
+$(GO_RAWCALL): $(STAMPS)/go-client
+	cd clients/go && go build -o $(abspath $(GO_RAWCALL)) ./cmd/rawcall
+
 .PHONY: clients
-clients: $(GO_CLIENT) $(STAMPS)/node ## Build the Go and Node test clients (.make/bin, clients/node)
+clients: $(GO_PLUGINS_STAMP) $(STAMPS)/go-client $(GO_RAWCALL) $(STAMPS)/node-client ## Go and Node client toolchains (the tests of clients/ need them)
 
 # Headless Chromium for the HTML viewer's browser test (tests/viewer/test_viewer_browser.py),
 # from Debian's package, installed when /usr/bin/chromium is missing (CI runs as root; elsewhere
@@ -120,8 +137,9 @@ $(CHROMIUM):
 chromium: $(CHROMIUM) ## Install headless Chromium (apt) for the HTML viewer's browser test
 
 .PHONY: proto
-proto: install ## Regenerate server/explainserve/v1 from proto/ (commit the result)
+proto: install $(BUF) $(GO_PLUGINS_STAMP) $(STAMPS)/node-client ## Regenerate the protos' code: server/, clients/ (commit the result)
 	$(PY) scripts/gen_proto.py
+	$(BUF) generate
 
 .PHONY: lint-proto
 lint-proto: $(BUF) ## Lint the protos with buf's STANDARD + COMMENTS rules
@@ -132,7 +150,7 @@ run: install ## Start the server on the embedded default model (PORT=50051, ARGS
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install $(BUF) clients $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, pytest
+test: install $(BUF) clients $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
 	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -168,4 +186,4 @@ fmt: install ## Format Rust and Python
 .PHONY: clean
 clean: ## Remove build outputs and the venv
 	rm -rf $(VENV) .venv-latest .venv-oldest $(STAMPS) target server/explainserve/_native*.so \
-		clients/node/node_modules
+		clients/node/node_modules clients/node/dist

@@ -1,14 +1,24 @@
-"""Regenerates the committed Python code of the protos (server/explainserve/v1/).
+"""Regenerates the committed Python code of the protos: the server's (server/explainserve/v1/)
+and the light client's copy (clients/python/src/explainserve_client/v1/).
 
-Usage: python scripts/gen_proto.py [--out DIR]   (default: server/, the committed location)
-The test tests/grpc/test_proto_drift.py runs this into a temporary directory and fails when the
-committed files differ, so edit the .proto files, then rerun this script.
+Usage: python scripts/gen_proto.py [--out DIR] [--client-out DIR]   (defaults: the committed
+locations). The test tests/grpc/test_proto_drift.py runs this into a temporary directory and fails
+when the committed files differ, so edit the .proto files, then rerun this script (`make proto`
+also regenerates the Go and TypeScript code with `buf generate`).
+
+The light client vendors its own copy rather than importing the server's: `explainserve` is the
+server distribution (torch), and the client must install without it. The copy is the same
+protoc output with the package renamed in the import lines only (the serialized descriptors are
+byte for byte the same, so both copies can live in one process: protobuf accepts an identical
+file registered twice).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +26,9 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
+CLIENT_SRC = ROOT / "clients" / "python" / "src"
+#: The light client's package, standing in for the protos' `explainserve` in module names.
+CLIENT_PACKAGE = "explainserve_client"
 
 
 def proto_files() -> list[Path]:
@@ -51,13 +64,50 @@ def generate(out: Path) -> list[Path]:
     return sorted(set(written))
 
 
+def generate_client(out: Path) -> list[Path]:
+    """Writes the light client's copy under `out`/explainserve_client/; returns the written files.
+
+    protoc names modules after the proto's path (`explainserve.v1.explain_pb2`); only the
+    generated import lines and module names are renamed, never the serialized descriptor."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        generated = generate(staged)
+        stems = [p.name.removesuffix(".py") for p in generated if p.name.endswith("_pb2.py")]
+        written = []
+        for path in generated:
+            rel = path.relative_to(staged)
+            if rel.parts[0] != "explainserve":
+                raise RuntimeError(f"unexpected generated file {rel}")
+            target = out / CLIENT_PACKAGE / Path(*rel.parts[1:])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = path.read_text()
+            dotted = ".".join(rel.parts[1:-1])
+            for stem in stems:
+                text = text.replace(
+                    f"from explainserve.{dotted} import {stem} ",
+                    f"from {CLIENT_PACKAGE}.{dotted} import {stem} ",
+                )
+                text = text.replace(
+                    f"'explainserve.{dotted}.{stem}'", f"'{CLIENT_PACKAGE}.{dotted}.{stem}'"
+                )
+            if path.name == "__init__.py":
+                shutil.copyfile(path, target)
+            else:
+                target.write_text(text)
+            written.append(target)
+        return sorted(written)
+
+
 def main() -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "server")
+    parser.add_argument("--client-out", type=Path, default=CLIENT_SRC)
     args = parser.parse_args()
     for path in generate(args.out):
         print(path.relative_to(args.out))
+    for path in generate_client(args.client_out):
+        print(path.relative_to(args.client_out))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The committed generated code must be exactly what scripts/gen_proto.py makes of the protos."""
+"""The committed generated code, the server's and the light client's copy, must be exactly what
+scripts/gen_proto.py makes of the protos."""
 
 from __future__ import annotations
 
@@ -27,6 +28,26 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
             stale.append(str(rel))
     assert not stale, f"generated code is stale, run scripts/gen_proto.py: {stale}"
+
+
+def test_client_copy_matches_protos(tmp_path: Path) -> None:
+    generator = _load_generator()
+    generated = generator.generate_client(tmp_path)
+    committed_dir = ROOT / "clients" / "python" / "src"
+    assert {p.relative_to(tmp_path) for p in generated} == {
+        p.relative_to(committed_dir)
+        for p in (committed_dir / "explainserve_client" / "v1").glob("*.py*")
+    }
+    stale = [
+        str(p.relative_to(tmp_path))
+        for p in generated
+        if (committed_dir / p.relative_to(tmp_path)).read_bytes() != p.read_bytes()
+    ]
+    assert not stale, f"the client's generated code is stale, run scripts/gen_proto.py: {stale}"
+    # Only module names differ from the server's copy: the descriptors are the same bytes.
+    server = (ROOT / "server" / "explainserve" / "v1" / "explain_pb2.py").read_text()
+    client = (committed_dir / "explainserve_client" / "v1" / "explain_pb2.py").read_text()
+    assert client.replace("explainserve_client.v1", "explainserve.v1") == server
 
 
 def test_every_committed_generated_file_has_a_proto() -> None:

@@ -1,0 +1,562 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
+    GRANULARITY_ALL_TOKENS: _ClassVar[Granularity]
+    GRANULARITY_TOKEN: _ClassVar[Granularity]
+    GRANULARITY_WORD: _ClassVar[Granularity]
+    GRANULARITY_SENTENCE: _ClassVar[Granularity]
+
+class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_UNSPECIFIED: _ClassVar[Aggregation]
+    AGGREGATION_MEAN: _ClassVar[Aggregation]
+    AGGREGATION_MAX: _ClassVar[Aggregation]
+    AGGREGATION_MIN: _ClassVar[Aggregation]
+    AGGREGATION_SUM: _ClassVar[Aggregation]
+    AGGREGATION_SIGNED_MAX: _ClassVar[Aggregation]
+
+class InferenceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INFERENCE_MODE_UNSPECIFIED: _ClassVar[InferenceMode]
+    INFERENCE_MODE_LOGITS: _ClassVar[InferenceMode]
+    INFERENCE_MODE_SOFTMAX: _ClassVar[InferenceMode]
+    INFERENCE_MODE_LOG_SOFTMAX: _ClassVar[InferenceMode]
+
+class GradientReduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRADIENT_REDUCTION_UNSPECIFIED: _ClassVar[GradientReduction]
+    GRADIENT_REDUCTION_SIGNED_SUM: _ClassVar[GradientReduction]
+    GRADIENT_REDUCTION_L2_NORM: _ClassVar[GradientReduction]
+    GRADIENT_REDUCTION_MEAN_ABS: _ClassVar[GradientReduction]
+
+class Baseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BASELINE_UNSPECIFIED: _ClassVar[Baseline]
+    BASELINE_ZERO: _ClassVar[Baseline]
+    BASELINE_REPLACEMENT: _ClassVar[Baseline]
+
+class IntegrationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTEGRATION_RULE_UNSPECIFIED: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_LEFT: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_RIGHT: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_MIDDLE: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_TRAPEZOID: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_GAUSS_LEGENDRE: _ClassVar[IntegrationRule]
+
+class LimeDistance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIME_DISTANCE_UNSPECIFIED: _ClassVar[LimeDistance]
+    LIME_DISTANCE_COSINE: _ClassVar[LimeDistance]
+    LIME_DISTANCE_HAMMING: _ClassVar[LimeDistance]
+    LIME_DISTANCE_EUCLIDEAN: _ClassVar[LimeDistance]
+
+class SobolSampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOBOL_SAMPLER_UNSPECIFIED: _ClassVar[SobolSampler]
+    SOBOL_SAMPLER_SOBOL: _ClassVar[SobolSampler]
+    SOBOL_SAMPLER_HALTON: _ClassVar[SobolSampler]
+    SOBOL_SAMPLER_LATIN_HYPERCUBE: _ClassVar[SobolSampler]
+
+class SobolOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOBOL_ORDER_UNSPECIFIED: _ClassVar[SobolOrder]
+    SOBOL_ORDER_FIRST: _ClassVar[SobolOrder]
+    SOBOL_ORDER_TOTAL: _ClassVar[SobolOrder]
+
+class ActivationGranularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACTIVATION_GRANULARITY_UNSPECIFIED: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_CLS_TOKEN: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_ALL_TOKENS: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_TOKEN: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_WORD: _ClassVar[ActivationGranularity]
+    ACTIVATION_GRANULARITY_SENTENCE: _ClassVar[ActivationGranularity]
+GRANULARITY_UNSPECIFIED: Granularity
+GRANULARITY_ALL_TOKENS: Granularity
+GRANULARITY_TOKEN: Granularity
+GRANULARITY_WORD: Granularity
+GRANULARITY_SENTENCE: Granularity
+AGGREGATION_UNSPECIFIED: Aggregation
+AGGREGATION_MEAN: Aggregation
+AGGREGATION_MAX: Aggregation
+AGGREGATION_MIN: Aggregation
+AGGREGATION_SUM: Aggregation
+AGGREGATION_SIGNED_MAX: Aggregation
+INFERENCE_MODE_UNSPECIFIED: InferenceMode
+INFERENCE_MODE_LOGITS: InferenceMode
+INFERENCE_MODE_SOFTMAX: InferenceMode
+INFERENCE_MODE_LOG_SOFTMAX: InferenceMode
+GRADIENT_REDUCTION_UNSPECIFIED: GradientReduction
+GRADIENT_REDUCTION_SIGNED_SUM: GradientReduction
+GRADIENT_REDUCTION_L2_NORM: GradientReduction
+GRADIENT_REDUCTION_MEAN_ABS: GradientReduction
+BASELINE_UNSPECIFIED: Baseline
+BASELINE_ZERO: Baseline
+BASELINE_REPLACEMENT: Baseline
+INTEGRATION_RULE_UNSPECIFIED: IntegrationRule
+INTEGRATION_RULE_RIEMANN_LEFT: IntegrationRule
+INTEGRATION_RULE_RIEMANN_RIGHT: IntegrationRule
+INTEGRATION_RULE_RIEMANN_MIDDLE: IntegrationRule
+INTEGRATION_RULE_RIEMANN_TRAPEZOID: IntegrationRule
+INTEGRATION_RULE_GAUSS_LEGENDRE: IntegrationRule
+LIME_DISTANCE_UNSPECIFIED: LimeDistance
+LIME_DISTANCE_COSINE: LimeDistance
+LIME_DISTANCE_HAMMING: LimeDistance
+LIME_DISTANCE_EUCLIDEAN: LimeDistance
+SOBOL_SAMPLER_UNSPECIFIED: SobolSampler
+SOBOL_SAMPLER_SOBOL: SobolSampler
+SOBOL_SAMPLER_HALTON: SobolSampler
+SOBOL_SAMPLER_LATIN_HYPERCUBE: SobolSampler
+SOBOL_ORDER_UNSPECIFIED: SobolOrder
+SOBOL_ORDER_FIRST: SobolOrder
+SOBOL_ORDER_TOTAL: SobolOrder
+ACTIVATION_GRANULARITY_UNSPECIFIED: ActivationGranularity
+ACTIVATION_GRANULARITY_CLS_TOKEN: ActivationGranularity
+ACTIVATION_GRANULARITY_ALL_TOKENS: ActivationGranularity
+ACTIVATION_GRANULARITY_TOKEN: ActivationGranularity
+ACTIVATION_GRANULARITY_WORD: ActivationGranularity
+ACTIVATION_GRANULARITY_SENTENCE: ActivationGranularity
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids", "attention_mask")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    attention_mask: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., attention_mask: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Target(_message.Message):
+    __slots__ = ("index", "label")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    label: str
+    def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class Continuation(_message.Message):
+    __slots__ = ("text", "token_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIds
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class Input(_message.Message):
+    __slots__ = ("text", "token_ids", "targets", "continuation")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIds
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    continuation: Continuation
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ...) -> None: ...
+
+class Generation(_message.Message):
+    __slots__ = ("max_new_tokens", "do_sample", "temperature", "top_p")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DO_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    def __init__(self, max_new_tokens: _Optional[int] = ..., do_sample: _Optional[bool] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ...) -> None: ...
+
+class Occlusion(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Lime(_message.Message):
+    __slots__ = ("n_perturbations", "perturb_probability", "distance", "kernel_width", "alpha")
+    N_PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
+    PERTURB_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    n_perturbations: int
+    perturb_probability: float
+    distance: LimeDistance
+    kernel_width: float
+    alpha: float
+    def __init__(self, n_perturbations: _Optional[int] = ..., perturb_probability: _Optional[float] = ..., distance: _Optional[_Union[LimeDistance, str]] = ..., kernel_width: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class KernelShap(_message.Message):
+    __slots__ = ("n_perturbations",)
+    N_PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
+    n_perturbations: int
+    def __init__(self, n_perturbations: _Optional[int] = ...) -> None: ...
+
+class Sobol(_message.Message):
+    __slots__ = ("n_points", "order", "sampler")
+    N_POINTS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    n_points: int
+    order: SobolOrder
+    sampler: SobolSampler
+    def __init__(self, n_points: _Optional[int] = ..., order: _Optional[_Union[SobolOrder, str]] = ..., sampler: _Optional[_Union[SobolSampler, str]] = ...) -> None: ...
+
+class Saliency(_message.Message):
+    __slots__ = ("reduction",)
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    reduction: GradientReduction
+    def __init__(self, reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class InputXGradient(_message.Message):
+    __slots__ = ("reduction",)
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    reduction: GradientReduction
+    def __init__(self, reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class IntegratedGradients(_message.Message):
+    __slots__ = ("n_steps", "baseline", "rule", "reduction")
+    N_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    n_steps: int
+    baseline: Baseline
+    rule: IntegrationRule
+    reduction: GradientReduction
+    def __init__(self, n_steps: _Optional[int] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class SmoothGrad(_message.Message):
+    __slots__ = ("n_samples", "noise_std", "reduction")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    noise_std: float
+    reduction: GradientReduction
+    def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class SquareGrad(_message.Message):
+    __slots__ = ("n_samples", "noise_std", "reduction")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    noise_std: float
+    reduction: GradientReduction
+    def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class VarGrad(_message.Message):
+    __slots__ = ("n_samples", "noise_std", "reduction")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    noise_std: float
+    reduction: GradientReduction
+    def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class GradientShap(_message.Message):
+    __slots__ = ("n_samples", "noise_std", "baseline", "reduction")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    noise_std: float
+    baseline: Baseline
+    reduction: GradientReduction
+    def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate", "isolate_batches")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
+    LIME_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_SHAP_FIELD_NUMBER: _ClassVar[int]
+    SOBOL_FIELD_NUMBER: _ClassVar[int]
+    SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_X_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_GRAD_FIELD_NUMBER: _ClassVar[int]
+    SQUARE_GRAD_FIELD_NUMBER: _ClassVar[int]
+    VAR_GRAD_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_SHAP_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MODE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_UNITS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    ISOLATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    occlusion: Occlusion
+    lime: Lime
+    kernel_shap: KernelShap
+    sobol: Sobol
+    saliency: Saliency
+    input_x_gradient: InputXGradient
+    integrated_gradients: IntegratedGradients
+    smooth_grad: SmoothGrad
+    square_grad: SquareGrad
+    var_grad: VarGrad
+    gradient_shap: GradientShap
+    granularity: Granularity
+    aggregation: Aggregation
+    inference_mode: InferenceMode
+    seed: int
+    generation: Generation
+    prompt_units_only: bool
+    truncate: bool
+    isolate_batches: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ...) -> None: ...
+
+class ExplainStreamRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: ExplainRequest
+    def __init__(self, request: _Optional[_Union[ExplainRequest, _Mapping]] = ...) -> None: ...
+
+class Unit(_message.Message):
+    __slots__ = ("text", "char_start", "char_end", "token_indices")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHAR_START_FIELD_NUMBER: _ClassVar[int]
+    CHAR_END_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_INDICES_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    char_start: int
+    char_end: int
+    token_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., token_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ExplainedTarget(_message.Message):
+    __slots__ = ("index", "label")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    label: str
+    def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class Matrix(_message.Message):
+    __slots__ = ("rows", "cols", "values")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Counters(_message.Message):
+    __slots__ = ("forward_passes", "elapsed_ms")
+    FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    forward_passes: int
+    elapsed_ms: float
+    def __init__(self, forward_passes: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids", "text", "target_units", "valid", "continuation", "continuation_token_ids", "generated", "prompt_token_count", "continuation_scores")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UNITS_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    targets: _containers.RepeatedCompositeFieldContainer[ExplainedTarget]
+    scores: Matrix
+    logits: _containers.RepeatedScalarFieldContainer[float]
+    counters: Counters
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    target_units: _containers.RepeatedCompositeFieldContainer[Unit]
+    valid: _containers.RepeatedScalarFieldContainer[bool]
+    continuation: str
+    continuation_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    generated: bool
+    prompt_token_count: int
+    continuation_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., target_units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., valid: _Optional[_Iterable[bool]] = ..., continuation: _Optional[str] = ..., continuation_token_ids: _Optional[_Iterable[int]] = ..., generated: _Optional[bool] = ..., prompt_token_count: _Optional[int] = ..., continuation_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "explanations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, model: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("forward_passes_done", "forward_passes_total")
+    FORWARD_PASSES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PASSES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    forward_passes_done: int
+    forward_passes_total: int
+    def __init__(self, forward_passes_done: _Optional[int] = ..., forward_passes_total: _Optional[int] = ...) -> None: ...
+
+class ExplainStreamResponse(_message.Message):
+    __slots__ = ("progress", "explanation")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    explanation: Explanation
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
+class SplitPoint(_message.Message):
+    __slots__ = ("name", "shape", "head_input")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_INPUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    head_input: bool
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., head_input: _Optional[bool] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "task", "labels", "max_length", "device", "dtype", "replacement", "replacement_token_id", "split_points")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    max_length: int
+    device: str
+    dtype: str
+    replacement: str
+    replacement_token_id: int
+    split_points: _containers.RepeatedCompositeFieldContainer[SplitPoint]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., replacement: _Optional[str] = ..., replacement_token_id: _Optional[int] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class GetActivationsRequest(_message.Message):
+    __slots__ = ("model", "inputs", "split_points", "granularity", "aggregation", "dtype", "include_predictions", "omit_units", "truncate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    OMIT_UNITS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    split_points: _containers.RepeatedScalarFieldContainer[str]
+    granularity: ActivationGranularity
+    aggregation: Aggregation
+    dtype: str
+    include_predictions: bool
+    omit_units: bool
+    truncate: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., split_points: _Optional[_Iterable[str]] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dtype: _Optional[str] = ..., include_predictions: _Optional[bool] = ..., omit_units: _Optional[bool] = ..., truncate: _Optional[bool] = ...) -> None: ...
+
+class SplitPointActivations(_message.Message):
+    __slots__ = ("split_point", "values")
+    SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    split_point: str
+    values: Tensor
+    def __init__(self, split_point: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class InputUnits(_message.Message):
+    __slots__ = ("input_index", "units", "text")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    text: str
+    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class GetActivationsResponse(_message.Message):
+    __slots__ = ("input_start", "input_count", "row_offsets", "activations", "units", "logits", "predicted_classes")
+    INPUT_START_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    input_start: int
+    input_count: int
+    row_offsets: _containers.RepeatedScalarFieldContainer[int]
+    activations: _containers.RepeatedCompositeFieldContainer[SplitPointActivations]
+    units: _containers.RepeatedCompositeFieldContainer[InputUnits]
+    logits: Tensor
+    predicted_classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, input_start: _Optional[int] = ..., input_count: _Optional[int] = ..., row_offsets: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[SplitPointActivations, _Mapping]]] = ..., units: _Optional[_Iterable[_Union[InputUnits, _Mapping]]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PredictFromActivationsRequest(_message.Message):
+    __slots__ = ("model", "activations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    activations: Tensor
+    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PredictFromActivationsResponse(_message.Message):
+    __slots__ = ("logits", "predicted_classes")
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    logits: Tensor
+    predicted_classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, logits: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ...) -> None: ...
