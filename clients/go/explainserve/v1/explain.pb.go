@@ -33,7 +33,7 @@ type Granularity int32
 const (
 	// The server default: WORD.
 	Granularity_GRANULARITY_UNSPECIFIED Granularity = 0
-	// Every token, special tokens included.
+	// Every token, special tokens included (with an empty text, see Unit.text).
 	Granularity_GRANULARITY_ALL_TOKENS Granularity = 1
 	// Every token but the special ones.
 	Granularity_GRANULARITY_TOKEN Granularity = 2
@@ -2025,7 +2025,13 @@ func (x *ExplainStreamRequest) GetRequest() *ExplainRequest {
 // A unit: what one score is about.
 type Unit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The unit's text, as it appears in the input.
+	// The unit's text, as it appears in the input: always `text[char_start:char_end]` of the
+	// explanation's text. A span never starts with the whitespace before a word, whatever the
+	// tokenizer (the same rule for a causal LM's prompt and continuation units); a token of
+	// whitespace only has the empty span where the next word starts. Special tokens (units
+	// under ALL_TOKENS: [CLS], [SEP], <s>, ...) have no characters: their text is empty and
+	// their span is the empty span where they sit (at the end of the token before them, 0 when
+	// first); `token_indices` points at their ids in `token_ids`.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
 	// Character span [start, end) in the input text (Unicode code points).
 	CharStart uint32 `protobuf:"varint,2,opt,name=char_start,json=charStart,proto3" json:"char_start,omitempty"`

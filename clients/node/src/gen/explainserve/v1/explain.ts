@@ -37,7 +37,7 @@ export const protobufFileName = "explainserve/v1/explain.proto";
 export enum Granularity {
   /** GRANULARITY_UNSPECIFIED - The server default: WORD. */
   GRANULARITY_UNSPECIFIED = 0,
-  /** GRANULARITY_ALL_TOKENS - Every token, special tokens included. */
+  /** GRANULARITY_ALL_TOKENS - Every token, special tokens included (with an empty text, see Unit.text). */
   GRANULARITY_ALL_TOKENS = 1,
   /** GRANULARITY_TOKEN - Every token but the special ones. */
   GRANULARITY_TOKEN = 2,
@@ -771,7 +771,15 @@ export interface ExplainStreamRequest {
 
 /** A unit: what one score is about. */
 export interface Unit {
-  /** The unit's text, as it appears in the input. */
+  /**
+   * The unit's text, as it appears in the input: always `text[char_start:char_end]` of the
+   * explanation's text. A span never starts with the whitespace before a word, whatever the
+   * tokenizer (the same rule for a causal LM's prompt and continuation units); a token of
+   * whitespace only has the empty span where the next word starts. Special tokens (units
+   * under ALL_TOKENS: [CLS], [SEP], <s>, ...) have no characters: their text is empty and
+   * their span is the empty span where they sit (at the end of the token before them, 0 when
+   * first); `token_indices` points at their ids in `token_ids`.
+   */
   text: string;
   /** Character span [start, end) in the input text (Unicode code points). */
   charStart: number;
