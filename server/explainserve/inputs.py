@@ -5,8 +5,8 @@ maximum): an input over the limit is rejected with a message saying how to fix i
 `truncate`, cut to its first tokens that fit, special tokens kept. A text is cut at the end of
 the last token kept, so the explanation's spans index into the text explained; token ids keep
 their trailing template tokens ([SEP], </s>). Before any of that, and before anything tokenizes
-it, a text longer than a character bound derived from the token limit (`char_limit`) is refused,
-or cut to that bound first.
+it, a text longer than a character bound derived from the token limit (`CHARS_PER_TOKEN` per
+token) is refused, or cut to that bound first.
 """
 
 from __future__ import annotations
@@ -35,24 +35,19 @@ def token_limit(model: ServedModel, max_tokens_per_input: int) -> int:
 CHARS_PER_TOKEN = 16
 
 
-def char_limit(model: ServedModel, max_tokens_per_input: int) -> int:
-    """Characters a text input (or continuation) of `model` may have: `CHARS_PER_TOKEN` per
-    token of its token limit."""
-    return CHARS_PER_TOKEN * token_limit(model, max_tokens_per_input)
-
-
 def fit_inputs(
     model: ServedModel, specs: list[InputSpec], max_tokens_per_input: int, *, truncate: bool
 ) -> list[InputSpec]:
     """`specs` with every input within the token limit: unchanged when it already is, cut when
     `truncate`, otherwise InvalidArgument naming the input.
 
-    First, without tokenizing, every text within the character bound (`char_limit`): a longer
-    text is refused, or cut to the bound when `truncate` (then to the token limit below), and a
-    longer continuation is refused. Then nothing more to do (and no tokenizing) when the limit
-    is the model's own and truncation is off: the explainers check that."""
+    First, without tokenizing, every text within the character bound (`CHARS_PER_TOKEN` per
+    token of the limit): a longer text is refused, or cut to the bound when `truncate` (then to
+    the token limit below), and a longer continuation is refused. Then nothing more to do (and
+    no tokenizing) when the limit is the model's own and truncation is off: the explainers check
+    that."""
     limit = token_limit(model, max_tokens_per_input)
-    specs = _within_chars(specs, char_limit(model, max_tokens_per_input), limit, truncate)
+    specs = _within_chars(specs, limit, truncate)
     if not truncate and limit >= model.max_length:
         return specs
     out = list(specs)
@@ -79,9 +74,8 @@ def fit_inputs(
     return out
 
 
-def _within_chars(
-    specs: list[InputSpec], chars: int, limit: int, truncate: bool
-) -> list[InputSpec]:
+def _within_chars(specs: list[InputSpec], limit: int, truncate: bool) -> list[InputSpec]:
+    chars = CHARS_PER_TOKEN * limit
     out = list(specs)
     for i, spec in enumerate(specs):
         if spec.continuation_text is not None and len(spec.continuation_text) > chars:

@@ -159,6 +159,15 @@ def forward_scores(
         assert reference is not None
         pre_ids[i, width - m :] = torch.from_numpy(reference[:m])
         pre_att[i, width - m :] = torch.from_numpy(jobs[k].attention[:m])
+    # A job's attention and position ids, made once per job, not once per row.
+    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def job_positions(job: ForwardJob) -> tuple[torch.Tensor, torch.Tensor]:
+        if id(job) not in made:
+            full_att = torch.from_numpy(job.attention)
+            made[id(job)] = (full_att, (full_att.cumsum(-1) - 1).clamp(min=0))
+        return made[id(job)]
+
     with torch.inference_mode():
         cache = run.prefix_cache(pre_ids.to(device), pre_att.to(device))
         if cache is None:
@@ -193,10 +202,10 @@ def forward_scores(
                     att[i, int(offset[i]) : int(ends[i])] = pre_att[
                         int(job_slot[i]), int(offset[i]) : int(ends[i])
                     ]
-                full_att = torch.from_numpy(job.attention)
+                full_att, full_pos = job_positions(job)
                 att[i, cached + span - (n - start) :] = full_att[start:]
                 ids[i, span - (n - start) :] = torch.from_numpy(job.ids[j, start:])
-                pos[i, span - (n - start) :] = (full_att.cumsum(-1) - 1).clamp(min=0)[start:]
+                pos[i, span - (n - start) :] = full_pos[start:]
                 if job.replaced is not None:
                     zero[i, span - (n - start) :] = torch.from_numpy(job.replaced[j, start:])
                     any_zero = True

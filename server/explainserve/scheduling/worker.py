@@ -602,23 +602,23 @@ class Worker:
     def _drop_cancelled(self) -> None:
         keep: deque[Job] = deque()
         for job in self._pending:
-            if job.is_cancelled is not None and job.is_cancelled():
-                left = job.n_rows - job._next_row
+            left = job.n_rows - job._next_row
+            if self._cancel_rows(job, left):
                 self._queued_rows -= left
-                self.stats.cancelled_rows += left
-                if not job.future.done():
-                    self.stats.cancelled_jobs += 1
-                    job.future.set_exception(Cancelled("request cancelled"))
             else:
                 keep.append(job)
         self._pending = keep
 
     def _cancel_piece(self, job: Job, start: int, stop: int) -> bool:
-        """Fails `job` with Cancelled when its request is cancelled (True); its rows
-        `start..stop`, taken from the queue for this batch, count as cancelled rows."""
+        """`_cancel_rows` for the rows `start..stop` of `job`, taken from the queue for a batch."""
+        return self._cancel_rows(job, stop - start)
+
+    def _cancel_rows(self, job: Job, rows: int) -> bool:
+        """Fails `job` with Cancelled when its request is cancelled (True); its `rows` not run
+        count as cancelled rows."""
         if job.is_cancelled is None or not job.is_cancelled():
             return False
-        self.stats.cancelled_rows += stop - start
+        self.stats.cancelled_rows += rows
         if not job.future.done():
             self.stats.cancelled_jobs += 1
             job.future.set_exception(Cancelled("request cancelled"))
