@@ -20,7 +20,7 @@ from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import RequestIdFilter
 from explainserve.grpc.server import RunningServer, ServerOptions, channel_options, start
 from explainserve.logs import JsonFormatter
-from explainserve.scheduling.worker import Job
+from explainserve.scheduling.jobs import Job
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.explain.units import Granularity, Units
-from explainserve.scheduling.worker import InferenceMode
+from explainserve.scheduling.jobs import InferenceMode
 
 Aggregation = Literal["mean", "max", "min", "sum", "signed_max"]
 Reduction = Literal["signed_sum", "l2_norm", "mean_abs"]

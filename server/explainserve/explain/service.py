@@ -28,7 +28,8 @@ from explainserve.explain.params import (
 )
 from explainserve.explain.units import Encoded, encode_ids, encode_text, make_units
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import ForwardJob, GenerateJob, InferenceMode, IsolatedRequest
+from explainserve.scheduling.jobs import ForwardJob, GenerateJob, InferenceMode
+from explainserve.scheduling.worker import IsolatedRequest
 
 # Noise beyond this many standard deviations of the embeddings only measures the noise (and
 # overflows float16/bfloat16 models).

@@ -10,7 +10,7 @@ from explainserve.errors import InvalidArgument
 from explainserve.explain import params as dom
 from explainserve.explain.units import Granularity, Units
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling.worker import InferenceMode
+from explainserve.scheduling.jobs import InferenceMode
 from explainserve.v1 import explain_pb2 as pb
 
 T = TypeVar("T")
