@@ -27,7 +27,35 @@ InferenceMode = Literal["logits", "softmax", "log_softmax"]
 #: A job's kind: the batches it may share, the code that runs them, its label in metrics.
 Kind = Literal["forward", "gradient", "activation", "head", "generate"]
 
+#: How a request's rows are scheduled: "interactive" rows go before queued "batch" rows.
+Priority = Literal["interactive", "batch"]
+
 R = TypeVar("R")
+
+
+class RequestTag:
+    """A request's cancellation check, shared by all its jobs (the worker keys requests by it),
+    with how its rows are scheduled.
+
+    `isolated`: its rows run in batches of their own, cut by the token budget alone (not by
+    measured time), so the batches it gets are those it gets alone and its results are too,
+    bit for bit. `priority`: "interactive" rows are batched before queued "batch" rows (which
+    run when no interactive row of their kind waits).
+    """
+
+    def __init__(
+        self,
+        is_cancelled: Callable[[], bool] | None,
+        *,
+        isolated: bool = False,
+        priority: Priority = "interactive",
+    ) -> None:
+        self._is_cancelled = is_cancelled
+        self.isolated = isolated
+        self.priority = priority
+
+    def __call__(self) -> bool:
+        return self._is_cancelled is not None and self._is_cancelled()
 
 
 @dataclass(eq=False, kw_only=True)
@@ -60,6 +88,18 @@ class Job(Generic[R]):
     def n_rows(self) -> int:
         """Number of rows (sequences through the model)."""
         return 1
+
+    @property
+    def isolated(self) -> bool:
+        """Whether its request runs in batches of its own (`RequestTag`)."""
+        return isinstance(self.is_cancelled, RequestTag) and self.is_cancelled.isolated
+
+    @property
+    def priority(self) -> Priority:
+        """Its request's priority (`RequestTag`; "interactive" by default)."""
+        if isinstance(self.is_cancelled, RequestTag):
+            return self.is_cancelled.priority
+        return "interactive"
 
     @property
     def length(self) -> int:

@@ -11,6 +11,7 @@ Nothing here knows about gRPC or about attribution methods.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
+from explainserve.scheduling.cost import CostModel
 from explainserve.scheduling.execute import Executor, Runner, is_out_of_memory
-from explainserve.scheduling.jobs import Job, Kind, Pieces
+from explainserve.scheduling.jobs import Job, Kind, Pieces, Priority
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,14 @@ Batch = Pieces[Job[Any]]
 class WorkerOptions:
     """Batching, queueing and out-of-memory knobs."""
 
-    #: Rows x padded length of one no-grad batch.
+    #: Rows x padded length of one no-grad batch: the memory bound.
     token_budget: int = 8192
+    #: The time one batch may take at most (milliseconds): batches are also cut by what they
+    #: are predicted to cost, from the measured cost of past batches of their kind
+    #: (`scheduling.cost`), so that rows of a request that arrives behind a huge one wait for at
+    #: most about one batch. None: `DEFAULT_MAX_BATCH_MS` of the model's device; 0: no time
+    #: bound. Isolated requests (`RequestTag.isolated`) are cut by tokens only.
+    max_batch_ms: float | None = None
     #: Rows x padded length of one gradient batch (activations are kept for backward).
     gradient_token_budget: int = 4096
     #: Hard cap on rows per batch.
@@ -93,26 +101,34 @@ class WorkerStats:
     busy_seconds: float = 0.0
 
 
-class IsolatedRequest:
-    """The cancellation check of a request whose rows run in batches of their own (every job of
-    a request shares its `is_cancelled`, which keys the request in the worker): the batches it
-    gets are then those it would get alone, so its results are too, bit for bit."""
-
-    def __init__(self, is_cancelled: Callable[[], bool] | None) -> None:
-        self._is_cancelled = is_cancelled
-
-    def __call__(self) -> bool:
-        return self._is_cancelled is not None and self._is_cancelled()
-
-
-def _isolated(job: Job[Any]) -> bool:
-    return isinstance(job.is_cancelled, IsolatedRequest)
-
-
 def _may_share(lead: Job[Any], job: Job[Any]) -> bool:
     """Whether `job`'s rows may join a batch led by `lead`: always within a request; across
     requests unless one of them is isolated."""
-    return job._key is lead._key or not (_isolated(lead) or _isolated(job))
+    return job._key is lead._key or not (lead.isolated or job.isolated)
+
+
+#: Priorities in the order they are served.
+_RANK: dict[Priority, int] = {"interactive": 0, "batch": 1}
+
+#: A batch's time cap (tokens) stays while the cost model's estimate is within these factors of
+#: it, so batch sizes do not move with every refit (a new cap is 1 to 2^(1/4) below its estimate).
+CAP_KEEP = (0.85, 1.5)
+
+#: `WorkerOptions.max_batch_ms` when unset: on a CPU, and on an accelerator (bench/RESULTS.md).
+DEFAULT_MAX_BATCH_MS = {"cpu": 100.0, "accelerator": 30.0}
+
+
+def fair_shares(demands: dict[object, int], budget: int) -> dict[object, int]:
+    """Max-min fair shares of `budget` tokens: every demand below an equal split is met in full
+    and what it leaves is split again among the others (water filling)."""
+    shares: dict[object, int] = {}
+    left = budget
+    order = sorted(demands, key=lambda k: demands[k])
+    for i, key in enumerate(order):
+        share = min(demands[key], left // (len(order) - i))
+        shares[key] = share
+        left -= share
+    return shares
 
 
 class Observer(Protocol):
@@ -120,6 +136,11 @@ class Observer(Protocol):
 
     def queued(self, kind: str, seconds: float) -> None:
         """A job's first rows start running `seconds` after it was queued."""
+        ...
+
+    def request_queued(self, priority: str, seconds: float) -> None:
+        """A request's submission starts running `seconds` after it was queued, when nothing of
+        that request was waiting before it."""
         ...
 
     def batch(
@@ -146,7 +167,11 @@ class Worker:
     """
 
     def __init__(
-        self, runner: Runner, options: WorkerOptions | None = None, name: str = ""
+        self,
+        runner: Runner,
+        options: WorkerOptions | None = None,
+        name: str = "",
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.runner = runner
         self.name = name
@@ -165,6 +190,20 @@ class Worker:
         self._token_cap: dict[Kind, int] = {}
         self._at_cap: dict[Kind, int] = {}
         self._executor = Executor(runner, self.stats, reuse=self.options.reuse)
+        #: Times batches (seconds); tests give a clock of their own.
+        self.clock = clock
+        #: What batches cost, learnt from their timings: cuts batches at `max_batch_ms`.
+        self.cost = CostModel()
+        ms = self.options.max_batch_ms
+        if ms is None:
+            ms = DEFAULT_MAX_BATCH_MS["cpu" if runner.device.type == "cpu" else "accelerator"]
+        #: The time bound of a batch in seconds; None: none.
+        self.max_batch_seconds = ms / 1000.0 if ms > 0 else None
+        #: Per kind, the tokens of a batch under the time bound (a power of two, changed only
+        #: when the estimate moves well away from it, so batches do not change at every fit).
+        self._time_cap: dict[Kind, int] = {}
+        #: Requests with a submission waiting, and since when (the request queue-wait metric).
+        self._waiting: dict[object, float] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
@@ -228,6 +267,7 @@ class Worker:
                 job._seq = self._seq
                 job._enqueued = now
                 self._seq += 1
+                self._waiting.setdefault(job._key, now)
             self._pending.extend(queued)
             self._queued_rows += rows
             self._cond.notify()
@@ -259,9 +299,9 @@ class Worker:
                 if not self._pending:
                     continue
                 batch = self._take_batch()
-            started = time.perf_counter()
+            started = self.clock()
             self._execute(batch)
-            self.stats.busy_seconds += time.perf_counter() - started
+            self.stats.busy_seconds += self.clock() - started
 
     def _wait_for_company(self) -> None:
         """Lets the oldest job wait up to `batch_wait_seconds` (since it was queued) for others
@@ -307,12 +347,21 @@ class Worker:
         return True
 
     def _lead(self) -> Job[Any]:
-        """The oldest job of the request that led a batch least recently."""
+        """The oldest job of the request that led a batch least recently, among the requests of
+        the first priority that has work waiting."""
         first: dict[object, Job[Any]] = {}
         for job in self._pending:
             first.setdefault(job._key, job)
         self._last_lead = {k: v for k, v in self._last_lead.items() if k in first}
-        key = min(first, key=lambda k: (self._last_lead.get(k, -1), first[k]._seq))
+        self._waiting = {k: v for k, v in self._waiting.items() if k in first}
+        key = min(
+            first,
+            key=lambda k: (
+                _RANK[first[k].priority],
+                self._last_lead.get(k, -1),
+                first[k]._seq,
+            ),
+        )
         self._batch_seq += 1
         self._last_lead[key] = self._batch_seq
         return first[key]
@@ -322,6 +371,43 @@ class Worker:
         if job.backward:
             return self.options.gradient_token_budget
         return self.options.token_budget
+
+    def _batch_tokens(self, lead: Job[Any]) -> int:
+        """The tokens a batch led by `lead` may hold: its kind's token budget, under the cap
+        learnt from out-of-memory errors and, unless `lead` is isolated, the time bound."""
+        budget = self._budget(lead)
+        budget = min(budget, self._token_cap.get(lead.kind, budget))
+        if not lead.isolated:
+            budget = min(budget, self.time_cap(lead.kind) or budget)
+        return budget
+
+    def time_caps(self) -> dict[Kind, int]:
+        """Per kind, the tokens a batch may hold under the time bound, as last computed."""
+        return dict(self._time_cap)
+
+    def time_cap(self, kind: Kind) -> int | None:
+        """The tokens a batch of `kind` may hold to take at most `max_batch_seconds`, from the
+        cost model (None: no bound, or too few batches measured yet). Worker thread only."""
+        fit = self.cost.fit(kind)
+        if self.max_batch_seconds is None or fit is None:
+            return None
+        estimate = min(fit.tokens_within(self.max_batch_seconds), 1 << 40)
+        cap = self._time_cap.get(kind)
+        if cap is None or not cap * CAP_KEEP[0] <= estimate < cap * CAP_KEEP[1]:
+            # A step of 2^(1/4) at or below the estimate: 84-100 % of the bound's tokens.
+            cap = min(estimate, max(1, int(2 ** (math.floor(4 * math.log2(estimate)) / 4))))
+            self._time_cap[kind] = cap
+        return cap
+
+    def _note_start(self, job: Job[Any]) -> None:
+        """Tells the observer that `job`'s first rows are taken (and its request's, if so)."""
+        if self.observer is None:
+            return
+        now = time.monotonic()
+        self.observer.queued(job.kind, now - job._enqueued)
+        since = self._waiting.pop(job._key, None)
+        if since is not None:
+            self.observer.request_queued(job.priority, now - since)
 
     def _take_batch(self) -> Batch:
         """Pops row ranges `(job, start, stop)` of one kind under the token budget.
@@ -335,56 +421,97 @@ class Worker:
         kind = lead.kind
         if kind == "generate":
             return self._take_generation(lead)
-        keep = 0
+        budget = self._batch_tokens(lead)
         same_kind = [
             job
             for job in self._pending
             if job.kind == kind and job is not lead and _may_share(lead, job)
         ]
-        candidates = [lead, *sorted(same_kind, key=lambda j: abs(j.length - lead.length))]
-        budget = self._budget(lead)
-        budget = min(budget, self._token_cap.get(kind, budget))
+        closest = sorted(same_kind, key=lambda j: abs(j.length - lead.length))
+        requests: dict[object, list[Job[Any]]] = {lead._key: [lead]}
+        for job in closest:
+            requests.setdefault(job._key, []).append(job)
+        if len(requests) == 1:
+            return self._fill(kind, budget, [lead, *closest], None)
+        # Several requests share the batch: interactive ones first, each getting a max-min fair
+        # share of the tokens (a small request's rows all go in), then the batch-priority ones
+        # from what is left; then, if room is left, anyone's rows.
+        demands = {key: sum(j.rows_left * j.length for j in jobs) for key, jobs in requests.items()}
+        shares: dict[object, int] = {}
+        left = budget
+        for rank in sorted(set(_RANK.values())):
+            tier = {k: d for k, d in demands.items() if _RANK[requests[k][0].priority] == rank}
+            shares |= fair_shares(tier, left)
+            left -= sum(shares[k] for k in tier)
+        order = sorted(requests, key=lambda k: (k is not lead._key, _RANK[requests[k][0].priority]))
+        candidates = [job for key in order for job in requests[key]]
+        return self._fill(kind, budget, candidates, shares)
+
+    def _fill(
+        self,
+        kind: Kind,
+        budget: int,
+        candidates: list[Job[Any]],
+        shares: dict[object, int] | None,
+    ) -> Batch:
+        """Takes rows of `candidates`, in order, under `budget` padded tokens, each request
+        taking at most its share of tokens (`shares`) and then, with room left, any rows.
+        Called with the lock held."""
         max_padding = self.options.activation_max_padding if kind == "activation" else None
+        taken: dict[object, int] = {}
+        placed: dict[int, int] = {}  # a job's piece in the batch, by id(job)
         batch: Batch = []
         rows = 0
         width = 0
         real = 0
-        for job in candidates:
-            new_width = max(width, job.length)
-            new_keep = max(keep, job.keep)
-            fit = min(
-                budget // max(new_width, 1) - rows,
-                self.options.max_batch_rows - rows,
-                job.rows_left,
-            )
-            if new_keep:  # causal LMs: the batch's vocabulary-sized logits are bounded too
-                vocab = max(self.runner.vocab_size, 1)
-                fit = min(fit, self.options.logits_budget // (new_keep * vocab) - rows)
-            if fit <= 0:
-                if rows == 0:  # one row always goes, whatever its length
-                    fit = 1
+        keep = 0
+        for limit in [shares, None] if shares is not None else [None]:
+            for job in candidates:
+                if job.rows_left == 0:
+                    continue
+                new_width = max(width, job.length)
+                new_keep = max(keep, job.keep)
+                fit = min(
+                    budget // max(new_width, 1) - rows,
+                    self.options.max_batch_rows - rows,
+                    job.rows_left,
+                )
+                if new_keep:  # causal LMs: the batch's vocabulary-sized logits are bounded too
+                    vocab = max(self.runner.vocab_size, 1)
+                    fit = min(fit, self.options.logits_budget // (new_keep * vocab) - rows)
+                if limit is not None:  # its request's fair share
+                    fit = min(fit, (limit[job._key] - taken.get(job._key, 0)) // job.length)
+                if fit <= 0:
+                    if rows == 0:  # one row always goes, whatever its length
+                        fit = 1
+                    else:
+                        continue  # too long for what is left; a shorter job may still fit
+                if (
+                    max_padding is not None
+                    and real >= self.options.activation_fill_tokens
+                    and (rows + fit) * new_width > max_padding * (real + fit * job.length)
+                ):
+                    continue  # too much padding; a job closer in length may still fit
+                start = job._next_row
+                if start == 0:
+                    self._note_start(job)
+                job._next_row += fit
+                if id(job) in placed:  # the second pass extends the first's piece
+                    i = placed[id(job)]
+                    batch[i] = (job, batch[i][1], job._next_row)
                 else:
-                    continue  # too long for what is left; a shorter job may still fit
-            if (
-                max_padding is not None
-                and real >= self.options.activation_fill_tokens
-                and (rows + fit) * new_width > max_padding * (real + fit * job.length)
-            ):
-                continue  # too much padding; a job closer in length may still fit
-            start = job._next_row
-            if start == 0 and self.observer is not None:
-                self.observer.queued(job.kind, time.monotonic() - job._enqueued)
-            job._next_row += fit
-            batch.append((job, start, start + fit))
-            rows += fit
-            real += fit * job.length
-            width = new_width
-            self._queued_rows -= fit
-            keep = new_keep
-            if job._next_row >= job.n_rows:
-                self._pending.remove(job)
-            if rows >= self.options.max_batch_rows or rows * width >= budget:
-                break
+                    placed[id(job)] = len(batch)
+                    batch.append((job, start, job._next_row))
+                rows += fit
+                real += fit * job.length
+                taken[job._key] = taken.get(job._key, 0) + fit * job.length
+                width = new_width
+                self._queued_rows -= fit
+                keep = new_keep
+                if job._next_row >= job.n_rows:
+                    self._pending.remove(job)
+                if rows >= self.options.max_batch_rows or rows * width >= budget:
+                    return batch
         return batch
 
     # -- running a batch, with out-of-memory splitting and fault isolation --------------------
@@ -404,7 +531,7 @@ class Worker:
             for part in self._split(pieces, max(1, cap // width)):
                 self._execute(part)
             return
-        started = time.perf_counter()
+        started = self.clock()
         try:
             if self.fault_hook is not None:
                 self.fault_hook(pieces)
@@ -424,14 +551,17 @@ class Worker:
                 log.error("a job of model %s failed", self.name, exc_info=exc)
                 self._fail_request(job, exc)
         else:
+            seconds = self.clock() - started
+            kind = pieces[0][0].kind
+            self.cost.observe(kind, rows * max(job.width for job, _, _ in pieces), seconds)
             if self.observer is not None:
                 self.observer.batch(
-                    pieces[0][0].kind,
+                    kind,
                     rows,
                     rows * width,
                     sum((stop - start) * job.length for job, start, stop in pieces),
                     self._budget(pieces[0][0]),
-                    time.perf_counter() - started,
+                    seconds,
                 )
             self._note_success(pieces)
 
@@ -505,17 +635,17 @@ class Worker:
             and _may_share(lead, job)
             and job.may_join(lead)
         ]
+        budget = self.options.token_budget
+        if not lead.isolated:
+            budget = min(budget, self.time_cap(lead.kind) or budget)
         batch: Batch = []
         width = 0
         for job in [lead, *same]:
             new_width = max(width, job.width)
             rows = len(batch) + 1
-            if batch and (
-                rows * new_width > self.options.token_budget or rows > self.options.max_batch_rows
-            ):
+            if batch and (rows * new_width > budget or rows > self.options.max_batch_rows):
                 break
-            if self.observer is not None:
-                self.observer.queued(job.kind, time.monotonic() - job._enqueued)
+            self._note_start(job)
             self._pending.remove(job)
             self._queued_rows -= job.rows_left
             job._next_row = job.n_rows
