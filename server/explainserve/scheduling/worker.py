@@ -435,8 +435,10 @@ class Worker:
             return self._fill(kind, budget, [lead, *closest], None)
         # Several requests share the batch: interactive ones first, each getting a max-min fair
         # share of the tokens (a small request's rows all go in), then the batch-priority ones
-        # from what is left; then, if room is left, anyone's rows.
-        demands = {key: sum(j.rows_left * j.length for j in jobs) for key, jobs in requests.items()}
+        # from what is left; then, if room is left, anyone's rows. Rows are counted at the
+        # widest candidate's length, which a shared batch pads them to.
+        width = max(job.length for job in [lead, *closest])
+        demands = {key: sum(j.rows_left for j in jobs) * width for key, jobs in requests.items()}
         shares: dict[object, int] = {}
         left = budget
         for rank in sorted(set(_RANK.values())):
@@ -445,18 +447,18 @@ class Worker:
             left -= sum(shares[k] for k in tier)
         order = sorted(requests, key=lambda k: (k is not lead._key, _RANK[requests[k][0].priority]))
         candidates = [job for key in order for job in requests[key]]
-        return self._fill(kind, budget, candidates, shares)
+        return self._fill(kind, budget, candidates, (shares, width))
 
     def _fill(
         self,
         kind: Kind,
         budget: int,
         candidates: list[Job[Any]],
-        shares: dict[object, int] | None,
+        shares: tuple[dict[object, int], int] | None,
     ) -> Batch:
         """Takes rows of `candidates`, in order, under `budget` padded tokens, each request
-        taking at most its share of tokens (`shares`) and then, with room left, any rows.
-        Called with the lock held."""
+        taking at most its share of tokens (`shares`: per request, and the width its rows are
+        counted at) and then, with room left, any rows. Called with the lock held."""
         max_padding = self.options.activation_max_padding if kind == "activation" else None
         taken: dict[object, int] = {}
         placed: dict[int, int] = {}  # a job's piece in the batch, by id(job)
@@ -480,7 +482,8 @@ class Worker:
                     vocab = max(self.runner.vocab_size, 1)
                     fit = min(fit, self.options.logits_budget // (new_keep * vocab) - rows)
                 if limit is not None:  # its request's fair share
-                    fit = min(fit, (limit[job._key] - taken.get(job._key, 0)) // job.length)
+                    share, counted = limit
+                    fit = min(fit, (share[job._key] - taken.get(job._key, 0)) // counted)
                 if fit <= 0:
                     if rows == 0:  # one row always goes, whatever its length
                         fit = 1
@@ -504,7 +507,7 @@ class Worker:
                     batch.append((job, start, job._next_row))
                 rows += fit
                 real += fit * job.length
-                taken[job._key] = taken.get(job._key, 0) + fit * job.length
+                taken[job._key] = taken.get(job._key, 0) + fit * (limit[1] if limit else 0)
                 width = new_width
                 self._queued_rows -= fit
                 keep = new_keep
