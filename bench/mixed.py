@@ -133,9 +133,10 @@ def main() -> int:
         timed_call(stubs[0], huge)
         idle = [timed_call(stubs[0], small(i))[0] for i in range(args.idle_calls)]
         huge_rows = 0
-        batches0 = worker.stats.batches
+        batches0, tokens0 = worker.stats.batches, worker.stats.padded_tokens
         huge_alone, huge_rows = timed_call(stubs[0], huge)
         huge_batches = worker.stats.batches - batches0
+        huge_tokens = worker.stats.padded_tokens - tokens0
 
         done = threading.Event()
         latencies: list[float] = []
@@ -154,7 +155,7 @@ def main() -> int:
                 done.wait(args.think)
 
         threads = [threading.Thread(target=client, args=(c,)) for c in range(args.small_clients)]
-        busy0 = worker.stats.busy_seconds
+        busy0, tokens0 = worker.stats.busy_seconds, worker.stats.padded_tokens
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -164,8 +165,8 @@ def main() -> int:
         for t in threads:
             t.join()
         busy = worker.stats.busy_seconds - busy0
-        per_row = huge_alone / max(huge_rows, 1)
-        small_share = small_rows[0] * per_row / max(mixed_wall, 1e-9)
+        # The small requests' share of the tokens run meanwhile (padding counted).
+        small_share = 1 - huge_tokens / max(worker.stats.padded_tokens - tokens0, 1)
         bound = worker.max_batch_seconds
         caps = worker.time_caps()
         print(
@@ -193,7 +194,7 @@ def main() -> int:
         print(f"| huge alone (s), {huge_batches} batches | {huge_alone:.2f} |")
         print(f"| huge beside the small ones (s) | {huge_mixed:.2f} |")
         print(f"| huge slowed | {huge_mixed / huge_alone - 1:+.1%} |")
-        print(f"| small requests' share of the model time (estimated) | {small_share:.1%} |")
+        print(f"| small requests' share of the tokens run while mixed | {small_share:.1%} |")
         print(f"| worker busy / wall while mixed | {busy / mixed_wall:.2f} |")
         print()
         if bound is not None and latencies:

@@ -175,8 +175,8 @@ class Metrics:
         )
         self.request_queue_seconds = Histogram(
             "explainserve_request_queue_seconds",
-            "Time a request's work waits in the model's queue before its first rows run, by "
-            "priority (interactive or batch)",
+            "Time a request's work waits in the model's queue before its first rows run (once "
+            "per round a request queues), by priority (interactive or batch)",
             ["model", "priority"],
             buckets=LATENCY_BUCKETS,
             registry=r,

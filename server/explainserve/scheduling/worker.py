@@ -107,6 +107,17 @@ def _may_share(lead: Job[Any], job: Job[Any]) -> bool:
     return job._key is lead._key or not (lead.isolated or job.isolated)
 
 
+#: Rows of other requests join a batch only if their length is within this factor of the lead's:
+#: short rows padded to long ones cost the long ones' time, and long rows in a batch of short
+#: ones make the short request wait for them (its batch would take a long one's time).
+MAX_SHARED_STRETCH = 2.0
+
+
+def _close_in_length(lead: Job[Any], job: Job[Any]) -> bool:
+    longer, shorter = max(lead.length, job.length), min(lead.length, job.length)
+    return longer <= MAX_SHARED_STRETCH * shorter
+
+
 #: Priorities in the order they are served.
 _RANK: dict[Priority, int] = {"interactive": 0, "batch": 1}
 
@@ -425,7 +436,10 @@ class Worker:
         same_kind = [
             job
             for job in self._pending
-            if job.kind == kind and job is not lead and _may_share(lead, job)
+            if job.kind == kind
+            and job is not lead
+            and _may_share(lead, job)
+            and (job._key is lead._key or _close_in_length(lead, job))
         ]
         closest = sorted(same_kind, key=lambda j: abs(j.length - lead.length))
         requests: dict[object, list[Job[Any]]] = {lead._key: [lead]}
