@@ -236,3 +236,16 @@ def test_the_observer_hears_each_request_once_and_each_batch_with_its_time(
     for kind, _rows, padded, seconds in observer.batches:
         assert kind == "forward"
         assert seconds == pytest.approx(OVERHEAD + PER_TOKEN * padded, rel=1e-9)
+
+
+def test_the_time_bound_defaults_by_device_when_unset(runner: ToyRunner) -> None:
+    """`max_batch_ms=None` (what `explainserve serve` passes unless configured): 100 ms on a CPU;
+    a bare WorkerOptions has no time bound."""
+    by_device = start(runner, max_batch_ms=None)
+    bare = start(runner)
+    try:
+        assert by_device.max_batch_seconds == pytest.approx(0.1)
+        assert bare.max_batch_seconds is None
+    finally:
+        by_device.close()
+        bare.close()

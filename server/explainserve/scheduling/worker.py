@@ -39,9 +39,11 @@ class WorkerOptions:
     #: The time one batch may take at most (milliseconds): batches are also cut by what they
     #: are predicted to cost, from the measured cost of past batches of their kind
     #: (`scheduling.cost`), so that rows of a request that arrives behind a huge one wait for at
-    #: most about one batch. None: `DEFAULT_MAX_BATCH_MS` of the model's device; 0: no time
-    #: bound. Isolated requests (`RequestTag.isolated`) are cut by tokens only.
-    max_batch_ms: float | None = None
+    #: most about one batch. None: `DEFAULT_MAX_BATCH_MS` of the model's device (what
+    #: `explainserve serve` uses unless configured); 0: no time bound, the default here, so that
+    #: a worker built in code (tests, embedding) cuts batches the same way on every machine.
+    #: Isolated requests (`RequestTag.isolated`) are cut by tokens only.
+    max_batch_ms: float | None = 0.0
     #: Rows x padded length of one gradient batch (activations are kept for backward).
     gradient_token_budget: int = 4096
     #: Hard cap on rows per batch.
