@@ -13,7 +13,8 @@ import pytest
 from activation_refs import SERVED, Direct
 
 from explainserve.activations.service import ActivationLimits, Activator
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from explainserve.explain.params import ExplainParams, Explanation, InputSpec, Method
 from explainserve.explain.service import Explainer, Limits
-from explainserve.models.registry import (
-    ModelConfig,
-    Registry,
-    Replacement,
-    ServedModel,
-    load_model,
-)
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry, Replacement, ServedModel
 from explainserve.scheduling.worker import Worker
 
 #: Served name -> (directory fixture, replacement fallback).

@@ -31,7 +31,8 @@ from explainserve.explain.params import (
     Occlusion,
 )
 from explainserve.explain.service import Explainer, Limits
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.scheduling.worker import GenerateJob, WorkerOptions
 
 MODELS = ["gpt2-lm", "llama-lm"]

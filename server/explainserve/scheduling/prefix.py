@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from explainserve.models.runners import position_ids
+
 if TYPE_CHECKING:
     from explainserve.scheduling.worker import ForwardJob, WorkerStats
 
@@ -40,7 +42,7 @@ MIN_SAVING = 0.25
 
 
 class PrefixRunner(Protocol):
-    """What the prefix path needs from a causal LM runner (`models.registry.CausalLMRunner`)."""
+    """What the prefix path needs from a causal LM runner (`models.runners.CausalLMRunner`)."""
 
     pad_id: int
 
@@ -165,7 +167,7 @@ def forward_scores(
     def job_positions(job: ForwardJob) -> tuple[torch.Tensor, torch.Tensor]:
         if id(job) not in made:
             full_att = torch.from_numpy(job.attention)
-            made[id(job)] = (full_att, (full_att.cumsum(-1) - 1).clamp(min=0))
+            made[id(job)] = (full_att, position_ids(full_att))
         return made[id(job)]
 
     with torch.inference_mode():
