@@ -26,6 +26,92 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Causal LMs whose forward computes the logits as exactly `lm_head(final hidden states)`, with
+#: `lm_head` a plain `nn.Linear` (read in their transformers modeling code): no logit scale,
+#: multiplier, softcapping or masking after the head. Only for these are the target tokens' rows
+#: of the head computed alone (`KeptPositions`); any other model computes the whole vocabulary.
+PLAIN_HEAD_MODELS = frozenset(
+    {
+        "GPT2LMHeadModel",
+        "GPTNeoXForCausalLM",
+        "GemmaForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Olmo2ForCausalLM",
+        "OlmoForCausalLM",
+        "Phi3ForCausalLM",
+        "PhiForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen2MoeForCausalLM",
+        "Qwen3ForCausalLM",
+        "SmolLM3ForCausalLM",
+        "StableLmForCausalLM",
+        "Starcoder2ForCausalLM",
+    }
+)
+#: Configuration fields that some architectures apply to the logits after the head (Gemma 2's
+#: softcapping, Cohere's scale, Granite's scaling, Falcon-H1's multiplier): a model whose config
+#: sets one is never given the target-row head, whatever its class.
+LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "lm_head_multiplier",
+)
+
+
+def plain_head(model: PreTrainedModel) -> torch.nn.Linear | None:
+    """The model's LM head when the logits are exactly that `nn.Linear` applied to the base
+    model's last hidden states (`PLAIN_HEAD_MODELS`, no `LOGIT_TRANSFORMS` set), else None."""
+    if type(model).__name__ not in PLAIN_HEAD_MODELS or model.base_model is model:
+        return None
+    if any(getattr(model.config, name, None) is not None for name in LOGIT_TRANSFORMS):
+        return None
+    head: Any = getattr(model, "get_output_embeddings")()  # noqa: B009 (untyped in HF)
+    return head if type(head) is torch.nn.Linear else None
+
+
+class KeptPositions:
+    """The last `keep` positions of a batch, from which each row's scores are read.
+
+    `states` is `(b, keep, V)` logits, or, when `head` is given (a plain head: `plain_head`),
+    the `(b, keep, d)` final hidden states before it: then only what is read is computed, the
+    whole vocabulary at the positions asked for (`logits`), or only the target tokens' rows of
+    the head (`target_logits`, `hidden · W[target] + b[target]`), which in logits mode is all a
+    score needs: `d` multiply-adds per score instead of `d * V` per position.
+    """
+
+    def __init__(self, states: torch.Tensor, head: torch.nn.Linear | None = None) -> None:
+        self.states = states
+        self.head = head
+
+    def logits(self, rows: slice | torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """`(n, t, V)` logits of batch rows `rows` at kept positions `cols` `(t,)`."""
+        states = self.states[rows][:, cols]
+        if self.head is None:
+            return states
+        out: torch.Tensor = self.head(states)
+        return out
+
+    def target_logits(
+        self, rows: slice | torch.Tensor, cols: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """`(n, t)` logit of token `targets[k]` at kept position `cols[k]`, for batch rows
+        `rows`."""
+        states = self.states[rows][:, cols]
+        if self.head is None:
+            index = targets.view(1, -1, 1).expand(states.shape[0], -1, 1)
+            return states.gather(2, index)[..., 0]
+        # Accumulated in float32 like the head's matrix product, then rounded to the model's
+        # dtype like its output.
+        weight = self.head.weight[targets].float()
+        out = torch.einsum("ntd,td->nt", states.float(), weight)
+        if self.head.bias is not None:
+            out = out + self.head.bias[targets].float()
+        return out.to(states.dtype)
+
+
 def position_ids(attention: torch.Tensor) -> torch.Tensor:
     """Position ids of left-padded rows from their `(..., L)` attention mask: cumulative attention
     - 1, clamped at 0 for the padding, so a left-padded row sees the positions it would see
@@ -196,6 +282,9 @@ class CausalLMRunner(ModelRunner):
         # Turned off for good the first time the model's cache is not one that can be cut per
         # row and position (sliding-window, recurrent or static layers).
         self.prefix_reuse = True
+        #: The LM head when only the target tokens' rows of it may be computed (`plain_head`);
+        #: None computes the whole vocabulary at every kept position.
+        self.target_head = plain_head(model)
 
     def token_logits(
         self,
@@ -228,16 +317,50 @@ class CausalLMRunner(ModelRunner):
         logits: torch.Tensor = out.logits
         return logits
 
+    def kept(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
+        keep: int,
+        positions: torch.Tensor | None = None,
+        cache: Any | None = None,
+    ) -> KeptPositions:
+        """The last `keep` positions of a left-padded batch (arguments as `token_logits`): their
+        final hidden states when the model has a plain head (`target_head`), which the scores
+        then read only what they need from, else their `(b, keep, V)` logits."""
+        if self.target_head is None:
+            logits = self.token_logits(ids, attention, inputs_embeds, keep, positions, cache)
+            return KeptPositions(logits)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(ids)
+        if positions is None:
+            positions = position_ids(attention)
+        cached: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            cached = {"use_cache": True, self._cache_name: cache}
+        out = self.model.base_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention,
+            position_ids=positions,
+            **cached,
+        )
+        hidden: torch.Tensor = out.last_hidden_state[:, -keep:]
+        return KeptPositions(hidden, self.target_head)
+
     def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> DynamicCache | None:
         """The KV cache of a left-padded batch (explicit position ids, as `token_logits`), or
         None, and prefix reuse off for this model, when its cache has layers that cannot be cut
         per row and position."""
-        out = self.model(
+        # The cache is the body's: its pass needs no logits at all.
+        body = self.model.base_model
+        no_logits: dict[str, Any] = {"logits_to_keep": 1} if body is self.model else {}
+        out = body(
             inputs_embeds=self.embed(ids),
             attention_mask=attention,
             position_ids=position_ids(attention),
-            logits_to_keep=1,
             use_cache=True,
+            **no_logits,
         )
         cache = getattr(out, self._cache_name, None)
         if not isinstance(cache, DynamicCache) or any(

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from explainserve.models.runners import position_ids
 
 if TYPE_CHECKING:
+    from explainserve.models.runners import KeptPositions
     from explainserve.scheduling.worker import ForwardJob, WorkerStats
 
 #: Padding a suffix group may add, as a fraction of its real tokens: more groups cost more
@@ -63,7 +64,7 @@ class PrefixRunner(Protocol):
         """A cache of `cache`'s rows `rows`, first `length` slots."""
         ...
 
-    def token_logits(
+    def kept(
         self,
         ids: torch.Tensor,
         attention: torch.Tensor,
@@ -71,8 +72,8 @@ class PrefixRunner(Protocol):
         keep: int,
         positions: torch.Tensor | None = None,
         cache: Any | None = None,
-    ) -> torch.Tensor:
-        """`(b, keep, V)` next-token logits of the last `keep` positions."""
+    ) -> KeptPositions:
+        """The last `keep` positions, from which the rows' scores are read."""
         ...
 
 
@@ -120,7 +121,7 @@ def forward_scores(
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
     counted) when it would save less than `MIN_SAVING` of the tokens or the runner cannot cut
     its cache."""
-    from explainserve.scheduling.worker import apply_mode  # worker imports this module
+    from explainserve.scheduling.worker import target_scores  # worker imports this module
 
     if not getattr(runner, "prefix_reuse", False):
         return None
@@ -219,23 +220,16 @@ def forward_scores(
             rows_cache = None
             if cached > 0:
                 rows_cache = run.cache_rows(cache, torch.from_numpy(job_slot).to(device), cached)
-            logits = run.token_logits(
-                ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache
-            )
+            kept = run.kept(ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache)
             for p in np.unique(piece[group]).tolist():
                 job = pieces[p][0]
                 assert job.positions is not None
-                local = np.flatnonzero(piece[group] == p)
+                local = torch.from_numpy(np.flatnonzero(piece[group] == p))
                 cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
-                picked = apply_mode(logits[torch.from_numpy(local).to(device)][:, cols], job.mode)
-                index = (
-                    torch.from_numpy(job.targets)
-                    .to(device)
-                    .view(1, -1, 1)
-                    .expand(len(local), -1, 1)
-                )
-                out_rows.append((group[local], picked.gather(2, index)[..., 0]))
-            del logits
+                targets = torch.from_numpy(job.targets).to(device)
+                scores = target_scores(kept, local.to(device), cols, targets, job.mode)
+                out_rows.append((group[local.numpy()], scores))
+            del kept
             padded += g * span
             real += int(suffix[group].sum())
         stats.batches += 1

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from numpy.typing import NDArray
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling import prefix
+
+if TYPE_CHECKING:
+    from explainserve.models.runners import KeptPositions
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,23 @@ def apply_mode(logits: torch.Tensor, mode: InferenceMode) -> torch.Tensor:
     if mode == "log_softmax":
         return torch.log_softmax(logits.float(), dim=-1)
     return logits.float()
+
+
+def target_scores(
+    kept: KeptPositions,
+    rows: slice | torch.Tensor,
+    cols: torch.Tensor,
+    targets: torch.Tensor,
+    mode: InferenceMode,
+) -> torch.Tensor:
+    """Causal LMs: `(n, t)` scores of batch rows `rows`, `mode(logits at kept position cols[k])`
+    read at token `targets[k]`. In logits mode only the target tokens' logits are computed (all
+    a score needs); softmax and log_softmax need the whole vocabulary at each position."""
+    if mode == "logits":
+        return kept.target_logits(rows, cols, targets).float()
+    scores = apply_mode(kept.logits(rows, cols), mode)  # (n, t, V)
+    index = targets.view(1, -1, 1).expand(scores.shape[0], -1, 1)
+    return scores.gather(2, index)[..., 0]
 
 
 @dataclass(eq=False)
@@ -943,24 +963,22 @@ class Worker:
         embeds: torch.Tensor | None,
         keep: int,
     ) -> list[torch.Tensor]:
-        """Causal LMs: each job's `(rows, t)` target-token scores from the `(b, keep, V)` logits
-        of the batch's last positions (rows are left-padded: a job's positions are the same
-        distance from the end in all its rows). Only these scores leave the batch."""
-        token_logits = getattr(self.runner, "token_logits", None)
-        if token_logits is None:
+        """Causal LMs: each job's `(rows, t)` target-token scores from the batch's last `keep`
+        positions (rows are left-padded: a job's positions are the same distance from the end in
+        all its rows). Only these scores leave the batch."""
+        kept_positions = getattr(self.runner, "kept", None)
+        if kept_positions is None:
             raise RuntimeError("the model's runner has no next-token logits")
-        logits = token_logits(ids, attention, embeds, keep)
-        device = logits.device
+        kept: KeptPositions = kept_positions(ids, attention, embeds, keep)
+        device = ids.device
         at = 0
         outputs = []
         for job, start, stop in pieces:
             assert job.positions is not None
             n = stop - start
             cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
-            scores = apply_mode(logits[at : at + n, cols], job.mode)  # (n, t, V)
-            index = torch.from_numpy(job.targets).to(device).view(1, -1, 1).expand(n, -1, 1)
-            outputs.append(scores.gather(2, index)[..., 0])
-            del scores
+            targets = torch.from_numpy(job.targets).to(device)
+            outputs.append(target_scores(kept, slice(at, at + n), cols, targets, job.mode))
             at += n
         return outputs
 
