@@ -1,5 +1,5 @@
 """Causal LMs in logits mode: only the target tokens' rows of a plain LM head are computed
-(`models.runners.KeptPositions`), and the scores equal those of the whole vocabulary's head.
+(`models.heads.KeptPositions`), and the scores equal those of the whole vocabulary's head.
 
 Each tiny LM is served twice from the same weights, once as loaded (GPT-2 and Llama have a plain
 head: the target rows are used) and once with `runner.target_head = None` (the whole head at
@@ -28,9 +28,10 @@ from explainserve.explain.params import (
     Sobol,
 )
 from explainserve.explain.service import Explainer
+from explainserve.models.heads import plain_head
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-from explainserve.models.runners import CausalLMRunner, plain_head
+from explainserve.models.runners import CausalLMRunner
 from explainserve.scheduling.worker import WorkerOptions
 
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from explainserve.models.runners import position_ids
 
 if TYPE_CHECKING:
-    from explainserve.models.runners import KeptPositions
+    from explainserve.models.heads import KeptPositions
     from explainserve.scheduling.worker import ForwardJob, WorkerStats
 
 #: Padding a suffix group may add, as a fraction of its real tokens: more groups cost more

@@ -30,7 +30,7 @@ from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling import prefix
 
 if TYPE_CHECKING:
-    from explainserve.models.runners import KeptPositions
+    from explainserve.models.heads import KeptPositions
 
 log = logging.getLogger(__name__)
 
