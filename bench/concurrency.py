@@ -38,7 +38,8 @@ from explainserve.explain import perturbation
 from explainserve.explain.service import Explainer, Limits
 from explainserve.explain.units import encode_text, make_units
 from explainserve.grpc.server import ServerOptions, start
-from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.worker import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc

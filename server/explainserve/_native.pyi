@@ -9,6 +9,7 @@ __all__ = [
     "InvalidParameterError",
     "NativeError",
     "ShapeError",
+    "TooLargeError",
     "UnknownStrategyError",
     "__version__",
     "aggregate",
@@ -45,6 +46,9 @@ class UnknownStrategyError(NativeError):
 
 class InvalidParameterError(NativeError):
     """A numeric parameter outside its domain."""
+
+class TooLargeError(NativeError):
+    """An output too large to allocate (more memory than the process can get)."""
 
 def occlusion_masks(n_units: int) -> NDArray[np.uint8]:
     """Occlusion masks `(n_units + 1, n_units)`: the zero row, then the identity."""

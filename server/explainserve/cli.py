@@ -150,7 +150,8 @@ def serve(config: ServeConfig) -> None:
     from explainserve.activations.service import Activator
     from explainserve.explain.service import Explainer
     from explainserve.grpc.server import ServerOptions, serve_forever
-    from explainserve.models.registry import Registry, load_model
+    from explainserve.models.loading import load_model
+    from explainserve.models.registry import Registry
 
     # Logging first: building a built-in model (model_configs) logs what it does.
     setup_logging(config.log_level, config.log_format)

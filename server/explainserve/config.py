@@ -20,7 +20,7 @@ from explainserve.errors import InvalidArgument
 if TYPE_CHECKING:
     from explainserve.activations.service import ActivationLimits
     from explainserve.explain.service import Limits
-    from explainserve.models.registry import ModelConfig, ReplacementFallback
+    from explainserve.models.loading import ModelConfig, ReplacementFallback
 
 DEFAULT_MODEL_NAME = "minilm-sentiment"
 #: `--model NAME=builtin:KEY` serves a model built offline by this package.
@@ -168,7 +168,7 @@ class ServeConfig:
 
     def model_configs(self) -> list[ModelConfig]:
         """One ModelConfig per served model (the default one when none is configured)."""
-        from explainserve.models.registry import ModelConfig
+        from explainserve.models.loading import ModelConfig
         from explainserve.scheduling.worker import WorkerOptions
 
         models = dict(self.models)

@@ -1,21 +1,16 @@
-"""References and helpers of the GetActivations domain tests (imported by their conftest and
-tests): the tiny classifiers' weights loaded a second time and called directly, one unpadded
-input at a time, and the reassembly of a reply's chunks.
-
-The references take what they need from `output_hidden_states` or a hook on the Hugging Face
-model itself, never through the worker or the capture code.
+"""Helpers of the GetActivations domain tests (imported by their conftest and tests): the served
+classifiers, the texts, and the reassembly of a reply's chunks. The reference they compare with
+is `reference_models.Direct`, which takes what it needs from `output_hidden_states` or a hook on
+the Hugging Face model itself, never through the worker or the capture code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from explainserve.activations.params import ActivationChunk, ActivationParams
 from explainserve.activations.service import Activator
@@ -39,89 +34,6 @@ TEXTS = [
     "Tokens, words and sentences are units of explanation.",
     "It's a dog's life, isn't it? Deep learning models need careful explanations.",
 ]
-
-
-class Direct:
-    """A served model's weights loaded a second time and called directly, one input at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32
-        )
-        self.model = model.eval()
-        self.model.requires_grad_(False)
-
-    def ids(self, text: str) -> torch.Tensor:
-        """`(1, n)` token ids of `text`, special tokens included."""
-        return torch.as_tensor([self.tokenizer(text)["input_ids"]])
-
-    def forward(self, text: str) -> Any:
-        """The model's output on `text` alone, hidden states included."""
-        ids = self.ids(text)
-        with torch.no_grad():
-            return self.model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
-            )
-
-    def module_output(self, text: str, name: str) -> NDArray[np.float32]:
-        """Output of module `name` on `text` alone (`(n, *features)` or `(*features,)`)."""
-        seen: list[torch.Tensor] = []
-
-        def hook(_m: torch.nn.Module, _i: Any, out: Any) -> None:
-            seen.append(out[0] if isinstance(out, tuple) else out)
-
-        handle = self.model.get_submodule(name).register_forward_hook(hook)
-        try:
-            self.forward(text)
-        finally:
-            handle.remove()
-        out: NDArray[np.float32] = seen[0][0].numpy()
-        return out
-
-    def hidden(self, text: str, index: int) -> NDArray[np.float32]:
-        """`(n, h)` hidden states number `index` (0 = embeddings, k = after layer k - 1)."""
-        out: NDArray[np.float32] = self.forward(text).hidden_states[index][0].numpy()
-        return out
-
-    def head_input(self, text: str) -> NDArray[np.float32]:
-        """`(h,)` what the classification head reads, computed from the last hidden states the
-        way each architecture's forward does it (eval mode: dropout is the identity)."""
-        model: Any = self.model
-        last = self.forward(text).hidden_states[-1]
-        with torch.no_grad():
-            kind = type(model).__name__
-            if kind == "BertForSequenceClassification":
-                row = model.bert.pooler(last)[0]
-            elif kind == "RobertaForSequenceClassification":
-                row = last[0, 0]
-            elif kind == "DistilBertForSequenceClassification":
-                row = torch.relu(model.pre_classifier(last[:, 0]))[0]
-            elif kind == "GPT2ForSequenceClassification":
-                row = last[0, -1]  # the input alone: its last token is its last non-pad token
-            else:
-                raise AssertionError(kind)
-        out: NDArray[np.float32] = row.numpy()
-        return out
-
-    def head(self, rows: NDArray[np.float32]) -> NDArray[np.float32]:
-        """`(r, C)` the classification head module called directly on `(r, h)` rows."""
-        model: Any = self.model
-        x = torch.from_numpy(np.ascontiguousarray(rows))
-        with torch.no_grad():
-            if hasattr(model, "score"):
-                out = model.score(x)
-            elif type(model).__name__ == "RobertaForSequenceClassification":
-                out = model.classifier(x[:, None, :])  # the head reads position 0
-            else:
-                out = model.classifier(x)
-        result: NDArray[np.float32] = out.numpy()
-        return result
-
-    def logits(self, text: str) -> NDArray[np.float32]:
-        """`(C,)` logits of `text` alone."""
-        out: NDArray[np.float32] = self.forward(text).logits[0].numpy()
-        return out
 
 
 @dataclass

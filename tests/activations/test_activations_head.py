@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from activation_refs import SERVED, TEXTS, Direct, run_texts
+from activation_refs import SERVED, TEXTS, run_texts
+from reference_models import Direct
 
 from explainserve.activations.params import HeadParams
 from explainserve.activations.service import Activator

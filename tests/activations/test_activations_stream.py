@@ -16,7 +16,8 @@ from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import ActivationLimits, Activator
 from explainserve.errors import Cancelled
 from explainserve.explain.params import InputSpec
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.scheduling.worker import WorkerOptions
 
 

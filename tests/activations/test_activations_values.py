@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from activation_refs import SERVED, TEXTS, Direct, gather, run_texts
+from activation_refs import SERVED, TEXTS, gather, run_texts
+from reference_models import Direct
 
 from explainserve import _native
 from explainserve.activations.params import ActivationParams
@@ -82,7 +83,7 @@ def test_bert_head_input_is_the_pooler_output(
     got = run_texts(activator, "bert", TEXTS[:3], split_points=["bert.pooler", "classifier:input"])
     np.testing.assert_array_equal(got.values["bert.pooler"], got.values["classifier:input"])
     for i, text in enumerate(TEXTS[:3]):
-        ids = direct["bert"].ids(text)
+        ids = torch.as_tensor(direct["bert"].encode(text))[None]
         with torch.no_grad():
             pooled = direct["bert"].model.bert(input_ids=ids).pooler_output[0].numpy()
         close(got.rows("bert.pooler", i)[0], pooled)
@@ -205,11 +206,11 @@ def test_predictions_are_the_models_logits(
 ) -> None:
     got = run_texts(activator, name, TEXTS, predictions=True)
     assert got.logits is not None
-    expected = np.stack([direct[name].logits(t) for t in TEXTS])
+    expected = np.stack([direct[name].text_logits(t) for t in TEXTS])
     close(got.logits, expected)
     assert got.predicted == got.logits.argmax(axis=1).tolist()
     lone = run_texts(activator, name, [TEXTS[1]], predictions=True)
-    same_math(lone.logits, [direct[name].logits(TEXTS[1])])
+    same_math(lone.logits, [direct[name].text_logits(TEXTS[1])])
     # Without predictions, no logits.
     assert run_texts(activator, name, TEXTS[:2]).logits is None
 

@@ -14,7 +14,8 @@ from client_server import CHUNK_INPUTS, TOKEN, ClientServer
 from explainserve.activations.service import ActivationLimits, Activator
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 
 
 @pytest.fixture(scope="session")

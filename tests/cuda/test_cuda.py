@@ -23,7 +23,8 @@ from explainserve.explain.params import (
     Occlusion,
 )
 from explainserve.explain.service import Explainer
-from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.worker import WorkerOptions
 
 pytestmark = [

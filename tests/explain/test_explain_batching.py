@@ -18,7 +18,8 @@ from explainserve.explain.params import (
     Occlusion,
 )
 from explainserve.explain.service import Explainer
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.scheduling.worker import WorkerOptions
 
 TEXTS = [

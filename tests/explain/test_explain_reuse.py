@@ -26,7 +26,8 @@ from explainserve.explain.params import (
     Sobol,
 )
 from explainserve.explain.service import Explainer
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.scheduling import prefix
 from explainserve.scheduling.jobs import ForwardJob
 from explainserve.scheduling.worker import WorkerOptions

@@ -17,7 +17,8 @@ import pytest
 from explainserve.explain.causal import CausalLimits
 from explainserve.explain.service import Explainer, Limits
 from explainserve.grpc.server import RunningServer, ServerOptions, start
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

@@ -15,7 +15,8 @@ import pytest
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import RunningServer, ServerOptions, start
 from explainserve.models.builtin import tiny_gpt2_dir
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 
 
 @pytest.fixture(scope="session")

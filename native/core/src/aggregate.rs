@@ -393,7 +393,7 @@ pub fn aggregate(
         )));
     }
     check_token_units(token_to_unit.iter().copied(), n_units)?;
-    let too_many = || CoreError::Shape(format!("{rows} rows of {n_units} units are too many"));
+    let too_many = || CoreError::TooLarge(format!("{rows} rows of {n_units} units"));
     // The output and the per-unit tables grow with n_units, which need not match any input size:
     // a size that overflows, exceeds isize::MAX bytes or that the allocator refuses is an error.
     let mut out = zeroed_array2::<f32>(rows, n_units).ok_or_else(too_many)?;
@@ -552,19 +552,19 @@ mod tests {
         );
         let err = aggregate(scores.view(), array![0i64, -3].view(), 1, Strategy::Mean).unwrap_err();
         assert!(matches!(err, CoreError::IdOutOfRange(_)), "{err}");
-        // n_units is not bounded by the input: an output too large is a shape error, not an
+        // n_units is not bounded by the input: an output too large is an error, not an
         // overflow or an allocation abort.
         let t2u = array![0i64, -1];
         for n_units in [usize::MAX, 1 << 62, 1 << 60] {
             let err = aggregate(scores.view(), t2u.view(), n_units, Strategy::Sum).unwrap_err();
             assert!(
-                matches!(&err, CoreError::Shape(m) if m.contains("too many")),
+                matches!(&err, CoreError::TooLarge(m) if m.contains("units")),
                 "{n_units}: {err}"
             );
         }
         let empty = Array2::<f32>::zeros((0, 2));
         let err = aggregate(empty.view(), t2u.view(), usize::MAX, Strategy::Max).unwrap_err();
-        assert!(matches!(err, CoreError::Shape(_)), "{err}");
+        assert!(matches!(err, CoreError::TooLarge(_)), "{err}");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum CoreError {
     /// A numeric parameter outside its domain (negative, NaN, zero rows, ...).
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// An output too large to allocate: its size overflows, exceeds `isize::MAX` bytes or the
+    /// allocator refuses it (the request asks for more memory than the process can get).
+    #[error("too large to allocate: {0}")]
+    TooLarge(String),
 }
 
 /// Result of every fallible core function.

@@ -56,7 +56,7 @@ pub fn expand_ids(
     // The output grows with p n: a size that overflows, exceeds isize::MAX bytes or that the
     // allocator refuses is an error, never an abort. It is allocated first, so the per-token
     // tables below are never larger than it.
-    let too_many = || CoreError::Shape(format!("{p} rows of {n} tokens are too many to expand"));
+    let too_many = || CoreError::TooLarge(format!("{p} rows of {n} tokens to expand"));
     let mut out = zeroed_array2::<i64>(p, n).ok_or_else(too_many)?;
     if p == 0 || n == 0 {
         return Ok(out);
@@ -168,7 +168,7 @@ mod tests {
         let many = none.broadcast(1 << 24).unwrap();
         let err = expand_ids(tall, many, many, 0).unwrap_err();
         assert!(
-            matches!(&err, CoreError::Shape(m) if m.contains("too many")),
+            matches!(&err, CoreError::TooLarge(m) if m.contains("to expand")),
             "{err}"
         );
     }

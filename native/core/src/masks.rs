@@ -31,23 +31,22 @@ fn check_units(g: usize) -> Result<()> {
     }
 }
 
-/// A zeroed `(rows, g)` mask, or `InvalidParameter` if it cannot be allocated: `rows * g`
+/// A zeroed `(rows, g)` mask, or `TooLarge` if it cannot be allocated: `rows * g`
 /// overflows, exceeds `isize::MAX` bytes, or the allocator refuses (docs/native.md, "Masks").
 pub(crate) fn zeroed(rows: usize, g: usize) -> Result<Array2<u8>> {
-    zeroed_array2(rows, g).ok_or_else(|| {
-        CoreError::InvalidParameter(format!("a mask of {rows} rows by {g} units is too large"))
-    })
+    zeroed_array2(rows, g)
+        .ok_or_else(|| CoreError::TooLarge(format!("a mask of {rows} rows by {g} units")))
 }
 
 /// Occlusion: the zero row then the identity, `(g + 1, g)`: row 0 keeps every unit, row `i + 1`
 /// replaces unit `i` alone.
 ///
-/// `g = 0` → [`CoreError::EmptyUnits`]; a mask too large → [`CoreError::InvalidParameter`].
+/// `g = 0` → [`CoreError::EmptyUnits`]; a mask too large → [`CoreError::TooLarge`].
 pub fn occlusion_masks(g: usize) -> Result<Array2<u8>> {
     check_units(g)?;
-    let rows = g.checked_add(1).ok_or_else(|| {
-        CoreError::InvalidParameter(format!("{g} units are too many for an occlusion mask"))
-    })?;
+    let rows = g
+        .checked_add(1)
+        .ok_or_else(|| CoreError::TooLarge(format!("an occlusion mask of {g} units")))?;
     let mut masks = zeroed(rows, g)?;
     // Row i + 1 has its 1 at column i: flat index (i + 1) g + i = g + i (g + 1).
     let flat = masks
@@ -72,7 +71,7 @@ pub fn bernoulli_threshold(prob: f64) -> u32 {
 /// order, from its 16-bit lanes (bits 0-15, 16-31, 32-47, 48-63), and a cell is 1 iff its lane is
 /// below `t = bernoulli_threshold(prob) = round(prob * 65536)`. The bits of the last draw of a row
 /// that no cell uses are discarded. `g = 0` → [`CoreError::EmptyUnits`]; `n = 0`, `prob` outside
-/// [0, 1] (or NaN) or a mask too large → [`CoreError::InvalidParameter`].
+/// [0, 1] (or NaN) → [`CoreError::InvalidParameter`]; a mask too large → [`CoreError::TooLarge`].
 pub fn bernoulli_masks(n: usize, g: usize, prob: f64, seed: u64) -> Result<Array2<u8>> {
     check_units(g)?;
     if n == 0 {
@@ -137,8 +136,8 @@ fn bernoulli_row(row: &mut [u8], mut rng: Rng, t: u16) {
 ///
 /// `A` and `B` are the first and last `g` columns of `qmc::points(k, 2 g, sampler, seed)`, `C_i`
 /// is `A` with column `i` from `B`, and a cell is 1 (replaced) iff its value is below 0.5.
-/// `g = 0` → [`CoreError::EmptyUnits`]; `k = 0` or a design too large →
-/// [`CoreError::InvalidParameter`].
+/// `g = 0` → [`CoreError::EmptyUnits`]; `k = 0` → [`CoreError::InvalidParameter`]; a design too
+/// large → [`CoreError::TooLarge`].
 pub fn sobol_masks(g: usize, k: usize, sampler: Sampler, seed: u64) -> Result<Array2<u8>> {
     check_units(g)?;
     if k == 0 {
@@ -150,12 +149,9 @@ pub fn sobol_masks(g: usize, k: usize, sampler: Sampler, seed: u64) -> Result<Ar
         .checked_add(2)
         .and_then(|blocks| blocks.checked_mul(k))
         .ok_or_else(|| {
-            CoreError::InvalidParameter(format!(
-                "a Sobol design of {k} points for {g} units is too large"
-            ))
+            CoreError::TooLarge(format!("a Sobol design of {k} points for {g} units"))
         })?;
-    let too_large =
-        || CoreError::InvalidParameter(format!("a mask of {rows} rows by {g} units is too large"));
+    let too_large = || CoreError::TooLarge(format!("a mask of {rows} rows by {g} units"));
     let cells = rows.checked_mul(g).ok_or_else(too_large)?;
     let dim = g.checked_mul(2).ok_or_else(too_large)?;
     // The output is allocated before the design is computed, so a size too large fails at once.
@@ -366,17 +362,14 @@ mod tests {
         ));
         assert!(matches!(
             sobol_masks(usize::MAX / 2, 4, Sampler::Halton, 1),
-            Err(CoreError::InvalidParameter(_))
+            Err(CoreError::TooLarge(_))
         ));
     }
 
     #[test]
-    fn sizes_too_large_are_invalid_parameters() {
-        let too_large = |r: Result<Array2<u8>>| matches!(r, Err(CoreError::InvalidParameter(ref m)) if m.contains("too large"));
-        assert!(matches!(
-            occlusion_masks(usize::MAX),
-            Err(CoreError::InvalidParameter(_))
-        ));
+    fn sizes_too_large_are_too_large() {
+        let too_large = |r: Result<Array2<u8>>| matches!(r, Err(CoreError::TooLarge(_)));
+        assert!(too_large(occlusion_masks(usize::MAX)));
         assert!(too_large(occlusion_masks(1 << 31)));
         assert!(too_large(bernoulli_masks(1 << 40, 1 << 40, 0.5, 0)));
         assert!(too_large(bernoulli_masks(1 << 31, 1 << 31, 0.5, 0)));

@@ -26,8 +26,8 @@ const MAX_ENUMERATED_UNITS: usize = 30;
 /// bit is set in `r`) with Shapley-kernel weights; otherwise row 0 keeps everything, row 1
 /// replaces everything and the other rows are complementary pairs whose number of kept units is
 /// drawn from the Shapley kernel, each with weight 1. See docs/native.md, "KernelSHAP masks".
-/// `g = 0` → [`CoreError::EmptyUnits`]; `n < 2` or a design too large to allocate →
-/// [`CoreError::InvalidParameter`].
+/// `g = 0` → [`CoreError::EmptyUnits`]; `n < 2` → [`CoreError::InvalidParameter`]; a design too
+/// large to allocate → [`CoreError::TooLarge`].
 pub fn kernel_shap_masks(n: usize, g: usize, seed: u64) -> Result<ShapDesign> {
     if g == 0 {
         return Err(CoreError::EmptyUnits);
@@ -60,13 +60,11 @@ fn shapley_kernel(g: usize, k: usize) -> f64 {
     }
 }
 
-/// `(p,)` weights, or the masks' `InvalidParameter` if they cannot be allocated.
+/// `(p,)` weights, or `TooLarge` if they cannot be allocated.
 fn weights_buffer(p: usize, g: usize) -> Result<Array1<f64>> {
-    zeroed::<f64>(p).map(Array1::from_vec).ok_or_else(|| {
-        CoreError::InvalidParameter(format!(
-            "a KernelSHAP design of {p} rows by {g} units is too large"
-        ))
-    })
+    zeroed::<f64>(p)
+        .map(Array1::from_vec)
+        .ok_or_else(|| CoreError::TooLarge(format!("a KernelSHAP design of {p} rows by {g} units")))
 }
 
 fn enumerated(g: usize) -> Result<ShapDesign> {
@@ -105,8 +103,7 @@ fn sampled(n: usize, g: usize, seed: u64) -> Result<ShapDesign> {
     if n == 2 {
         return Ok(ShapDesign { masks, weights });
     }
-    let too_large =
-        || CoreError::InvalidParameter(format!("a KernelSHAP design for {g} units is too large"));
+    let too_large = || CoreError::TooLarge(format!("a KernelSHAP design for {g} units"));
     // Cumulative P(k) ∝ (g - 1) / (k (g - k)) for k = 1..g-1 (the constant g - 1 cancels).
     let mut cdf = zeroed::<f64>(g - 1).ok_or_else(too_large)?;
     let mut acc = 0.0;
@@ -195,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_too_large_are_invalid_parameters() {
+    fn sizes_too_large_are_too_large() {
         // n g overflows (it used to wrap and panic).
         for (n, g) in [
             (1 << 62, 40),
@@ -205,14 +202,14 @@ mod tests {
         ] {
             let err = kernel_shap_masks(n, g, 0).unwrap_err();
             assert!(
-                matches!(err, CoreError::InvalidParameter(ref m) if m.contains("too large")),
+                matches!(err, CoreError::TooLarge(_)),
                 "n = {n}, g = {g}: {err}"
             );
         }
         // Representable, but beyond any machine's memory.
         assert!(matches!(
             kernel_shap_masks(1 << 56, 40, 0),
-            Err(CoreError::InvalidParameter(_))
+            Err(CoreError::TooLarge(_))
         ));
     }
 

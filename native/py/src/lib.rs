@@ -56,18 +56,53 @@ create_exception!(
     NativeError,
     "A numeric parameter outside its domain."
 );
+create_exception!(
+    _native,
+    TooLargeError,
+    NativeError,
+    "An output too large to allocate (more memory than the process can get)."
+);
 
-/// Core error -> Python exception of the matching class.
-fn to_py(err: &CoreError) -> PyErr {
-    let msg = err.to_string();
-    match err {
-        CoreError::Shape(_) => ShapeError::new_err(msg),
-        CoreError::EmptyUnits => EmptyUnitsError::new_err(msg),
-        CoreError::IdOutOfRange(_) => IdOutOfRangeError::new_err(msg),
-        CoreError::UnknownStrategy { .. } => UnknownStrategyError::new_err(msg),
-        CoreError::InvalidParameter(_) => InvalidParameterError::new_err(msg),
+/// An error on its way out of a binding (polars-python's `PyPolarsErr` pattern): `?` turns a
+/// core error or a Python one into it, and pyo3 turns it into the exception of the matching
+/// class, so no binding converts errors by hand.
+enum NativeErr {
+    Core(CoreError),
+    Python(PyErr),
+}
+
+impl From<CoreError> for NativeErr {
+    fn from(err: CoreError) -> Self {
+        Self::Core(err)
     }
 }
+
+impl From<PyErr> for NativeErr {
+    fn from(err: PyErr) -> Self {
+        Self::Python(err)
+    }
+}
+
+impl From<NativeErr> for PyErr {
+    fn from(err: NativeErr) -> Self {
+        let err = match err {
+            NativeErr::Python(err) => return err,
+            NativeErr::Core(err) => err,
+        };
+        let msg = err.to_string();
+        match err {
+            CoreError::Shape(_) => ShapeError::new_err(msg),
+            CoreError::EmptyUnits => EmptyUnitsError::new_err(msg),
+            CoreError::IdOutOfRange(_) => IdOutOfRangeError::new_err(msg),
+            CoreError::UnknownStrategy { .. } => UnknownStrategyError::new_err(msg),
+            CoreError::InvalidParameter(_) => InvalidParameterError::new_err(msg),
+            CoreError::TooLarge(_) => TooLargeError::new_err(msg),
+        }
+    }
+}
+
+/// What every binding that can fail returns.
+type NativeResult<T> = Result<T, NativeErr>;
 
 /// Describes what `obj` is, for type errors ("2-D float64 array", "list", ...).
 fn describe(obj: &Bound<'_, PyAny>) -> String {
@@ -113,10 +148,8 @@ fn arr1<'py, T: Element>(
 
 /// Occlusion masks `(n_units + 1, n_units)` uint8: the zero row, then the identity.
 #[pyfunction]
-fn occlusion_masks(py: Python<'_>, n_units: usize) -> PyResult<Bound<'_, PyArray2<u8>>> {
-    let out = py
-        .detach(|| es::masks::occlusion_masks(n_units))
-        .map_err(|e| to_py(&e))?;
+fn occlusion_masks(py: Python<'_>, n_units: usize) -> NativeResult<Bound<'_, PyArray2<u8>>> {
+    let out = py.detach(|| es::masks::occlusion_masks(n_units))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -128,10 +161,8 @@ fn bernoulli_masks(
     n_units: usize,
     prob: f64,
     seed: u64,
-) -> PyResult<Bound<'_, PyArray2<u8>>> {
-    let out = py
-        .detach(|| es::masks::bernoulli_masks(n_rows, n_units, prob, seed))
-        .map_err(|e| to_py(&e))?;
+) -> NativeResult<Bound<'_, PyArray2<u8>>> {
+    let out = py.detach(|| es::masks::bernoulli_masks(n_rows, n_units, prob, seed))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -142,17 +173,15 @@ fn kernel_shap_masks(
     n_rows: usize,
     n_units: usize,
     seed: u64,
-) -> PyResult<Bound<'_, PyTuple>> {
-    let design = py
-        .detach(|| es::masks::kernel_shap_masks(n_rows, n_units, seed))
-        .map_err(|e| to_py(&e))?;
-    PyTuple::new(
+) -> NativeResult<Bound<'_, PyTuple>> {
+    let design = py.detach(|| es::masks::kernel_shap_masks(n_rows, n_units, seed))?;
+    Ok(PyTuple::new(
         py,
         [
             design.masks.into_pyarray(py).into_any(),
             design.weights.into_pyarray(py).into_any(),
         ],
-    )
+    )?)
 }
 
 /// Sobol masks `((n_units + 2) * n_points, n_units)` uint8: rows `[A; B; C_1 .. C_g]`.
@@ -163,11 +192,9 @@ fn sobol_masks<'py>(
     n_points: usize,
     sampler: &str,
     seed: u64,
-) -> PyResult<Bound<'py, PyArray2<u8>>> {
-    let sampler: Sampler = sampler.parse().map_err(|e| to_py(&e))?;
-    let out = py
-        .detach(|| es::masks::sobol_masks(n_units, n_points, sampler, seed))
-        .map_err(|e| to_py(&e))?;
+) -> NativeResult<Bound<'py, PyArray2<u8>>> {
+    let sampler: Sampler = sampler.parse()?;
+    let out = py.detach(|| es::masks::sobol_masks(n_units, n_points, sampler, seed))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -179,11 +206,9 @@ fn qmc_points<'py>(
     dim: usize,
     sampler: &str,
     seed: u64,
-) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let sampler: Sampler = sampler.parse().map_err(|e| to_py(&e))?;
-    let out = py
-        .detach(|| es::qmc::points(n_points, dim, sampler, seed))
-        .map_err(|e| to_py(&e))?;
+) -> NativeResult<Bound<'py, PyArray2<f64>>> {
+    let sampler: Sampler = sampler.parse()?;
+    let out = py.detach(|| es::qmc::points(n_points, dim, sampler, seed))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -197,8 +222,8 @@ fn group_units<'py>(
     offsets: &Bound<'py, PyAny>,
     word_ids: Option<&Bound<'py, PyAny>>,
     text: &str,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let granularity: Granularity = granularity.parse().map_err(|e| to_py(&e))?;
+) -> NativeResult<Bound<'py, PyTuple>> {
+    let granularity: Granularity = granularity.parse()?;
     let special = arr1::<bool>(special_mask, "special_mask", "bool")?;
     let offsets = arr2::<i64>(offsets, "offsets", "int64")?;
     let word_ids = word_ids
@@ -207,30 +232,28 @@ fn group_units<'py>(
     let special = special.as_array();
     let offsets = offsets.as_array();
     let word_ids = word_ids.as_ref().map(PyReadonlyArray1::as_array);
-    let grouping = py
-        .detach(|| {
-            if offsets.ncols() != 2 {
-                return Err(CoreError::Shape(format!(
-                    "offsets must have shape (n, 2), got ({}, {})",
-                    offsets.nrows(),
-                    offsets.ncols()
+    let grouping = py.detach(|| {
+        if offsets.ncols() != 2 {
+            return Err(CoreError::Shape(format!(
+                "offsets must have shape (n, 2), got ({}, {})",
+                offsets.nrows(),
+                offsets.ncols()
+            )));
+        }
+        let mut spans = Vec::with_capacity(offsets.nrows());
+        for (i, row) in offsets.rows().into_iter().enumerate() {
+            let (s, e) = (row[0], row[1]);
+            if s < 0 || e < 0 {
+                return Err(CoreError::IdOutOfRange(format!(
+                    "offset of token {i} is negative: ({s}, {e})"
                 )));
             }
-            let mut spans = Vec::with_capacity(offsets.nrows());
-            for (i, row) in offsets.rows().into_iter().enumerate() {
-                let (s, e) = (row[0], row[1]);
-                if s < 0 || e < 0 {
-                    return Err(CoreError::IdOutOfRange(format!(
-                        "offset of token {i} is negative: ({s}, {e})"
-                    )));
-                }
-                spans.push((s as usize, e as usize));
-            }
-            let special: Vec<bool> = special.iter().copied().collect();
-            let word_ids: Option<Vec<i64>> = word_ids.map(|w| w.iter().copied().collect());
-            es::grouping::group(granularity, &special, &spans, word_ids.as_deref(), text)
-        })
-        .map_err(|e| to_py(&e))?;
+            spans.push((s as usize, e as usize));
+        }
+        let special: Vec<bool> = special.iter().copied().collect();
+        let word_ids: Option<Vec<i64>> = word_ids.map(|w| w.iter().copied().collect());
+        es::grouping::group(granularity, &special, &spans, word_ids.as_deref(), text)
+    })?;
     let n_units = grouping.spans.len();
     let flat: Vec<i64> = grouping
         .spans
@@ -238,13 +261,13 @@ fn group_units<'py>(
         .flat_map(|&(s, e)| [s as i64, e as i64])
         .collect();
     let spans = Array2::from_shape_vec((n_units, 2), flat).expect("two values per span");
-    PyTuple::new(
+    Ok(PyTuple::new(
         py,
         [
             PyArray1::from_vec(py, grouping.token_to_unit).into_any(),
             spans.into_pyarray(py).into_any(),
         ],
-    )
+    )?)
 }
 
 /// Sentence spans of `text`: a list of `(start, end)` character indices.
@@ -261,14 +284,12 @@ fn expand_ids<'py>(
     token_to_unit: &Bound<'py, PyAny>,
     input_ids: &Bound<'py, PyAny>,
     replacement_id: i64,
-) -> PyResult<Bound<'py, PyArray2<i64>>> {
+) -> NativeResult<Bound<'py, PyArray2<i64>>> {
     let masks = arr2::<u8>(masks, "masks", "uint8")?;
     let t2u = arr1::<i64>(token_to_unit, "token_to_unit", "int64")?;
     let ids = arr1::<i64>(input_ids, "input_ids", "int64")?;
     let (masks, t2u, ids) = (masks.as_array(), t2u.as_array(), ids.as_array());
-    let out = py
-        .detach(|| es::expand::expand_ids(masks, t2u, ids, replacement_id))
-        .map_err(|e| to_py(&e))?;
+    let out = py.detach(|| es::expand::expand_ids(masks, t2u, ids, replacement_id))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -280,14 +301,12 @@ fn aggregate<'py>(
     token_to_unit: &Bound<'py, PyAny>,
     n_units: usize,
     strategy: &str,
-) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let strategy: Strategy = strategy.parse().map_err(|e| to_py(&e))?;
+) -> NativeResult<Bound<'py, PyArray2<f32>>> {
+    let strategy: Strategy = strategy.parse()?;
     let scores = arr2::<f32>(scores, "scores", "float32")?;
     let t2u = arr1::<i64>(token_to_unit, "token_to_unit", "int64")?;
     let (scores, t2u) = (scores.as_array(), t2u.as_array());
-    let out = py
-        .detach(|| es::aggregate::aggregate(scores, t2u, n_units, strategy))
-        .map_err(|e| to_py(&e))?;
+    let out = py.detach(|| es::aggregate::aggregate(scores, t2u, n_units, strategy))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -296,12 +315,10 @@ fn aggregate<'py>(
 fn occlusion_scores<'py>(
     py: Python<'py>,
     outputs: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyArray2<f64>>> {
+) -> NativeResult<Bound<'py, PyArray2<f64>>> {
     let outputs = arr2::<f64>(outputs, "outputs", "float64")?;
     let outputs = outputs.as_array();
-    let out = py
-        .detach(|| es::estimators::occlusion_scores(outputs))
-        .map_err(|e| to_py(&e))?;
+    let out = py.detach(|| es::estimators::occlusion_scores(outputs))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -315,14 +332,13 @@ fn lime_scores<'py>(
     distance: &str,
     kernel_width: Option<f64>,
     alpha: f64,
-) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let distance: Distance = distance.parse().map_err(|e| to_py(&e))?;
+) -> NativeResult<Bound<'py, PyArray2<f64>>> {
+    let distance: Distance = distance.parse()?;
     let masks = arr2::<u8>(masks, "masks", "uint8")?;
     let outputs = arr2::<f64>(outputs, "outputs", "float64")?;
     let (masks, outputs) = (masks.as_array(), outputs.as_array());
-    let out = py
-        .detach(|| es::estimators::lime_scores(masks, outputs, distance, kernel_width, alpha))
-        .map_err(|e| to_py(&e))?;
+    let out =
+        py.detach(|| es::estimators::lime_scores(masks, outputs, distance, kernel_width, alpha))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -333,14 +349,12 @@ fn kernel_shap_scores<'py>(
     masks: &Bound<'py, PyAny>,
     weights: &Bound<'py, PyAny>,
     outputs: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyArray2<f64>>> {
+) -> NativeResult<Bound<'py, PyArray2<f64>>> {
     let masks = arr2::<u8>(masks, "masks", "uint8")?;
     let weights = arr1::<f64>(weights, "weights", "float64")?;
     let outputs = arr2::<f64>(outputs, "outputs", "float64")?;
     let (masks, weights, outputs) = (masks.as_array(), weights.as_array(), outputs.as_array());
-    let out = py
-        .detach(|| es::estimators::kernel_shap_scores(masks, weights, outputs))
-        .map_err(|e| to_py(&e))?;
+    let out = py.detach(|| es::estimators::kernel_shap_scores(masks, weights, outputs))?;
     Ok(out.into_pyarray(py))
 }
 
@@ -351,19 +365,17 @@ fn sobol_indices<'py>(
     outputs: &Bound<'py, PyAny>,
     n_units: usize,
     n_points: usize,
-) -> PyResult<Bound<'py, PyTuple>> {
+) -> NativeResult<Bound<'py, PyTuple>> {
     let outputs = arr2::<f64>(outputs, "outputs", "float64")?;
     let outputs = outputs.as_array();
-    let idx = py
-        .detach(|| es::estimators::sobol_indices(outputs, n_units, n_points))
-        .map_err(|e| to_py(&e))?;
-    PyTuple::new(
+    let idx = py.detach(|| es::estimators::sobol_indices(outputs, n_units, n_points))?;
+    Ok(PyTuple::new(
         py,
         [
             idx.first.into_pyarray(py).into_any(),
             idx.total.into_pyarray(py).into_any(),
         ],
-    )
+    )?)
 }
 
 /// The module: functions, exception classes and the core version.
@@ -384,6 +396,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "InvalidParameterError",
             py.get_type::<InvalidParameterError>(),
         ),
+        ("TooLargeError", py.get_type::<TooLargeError>()),
     ] {
         m.add(name, exc.into_bound_py_any(py)?)?;
     }

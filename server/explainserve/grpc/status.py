@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from explainserve import errors
+from explainserve import _native, errors
 from explainserve.errors import bound_bytes
 from explainserve.grpc.interceptors import REQUEST_ID_KEY, current_request_id
 
@@ -35,6 +35,16 @@ STATUS_OF: dict[type[errors.ExplainServeError], grpc.StatusCode] = {
 }
 
 
+def from_native(exc: _native.NativeError) -> errors.ExplainServeError:
+    """The domain error of a native core error, its message kept: an output too large to
+    allocate is RESOURCE_EXHAUSTED, any other core error a request out of the core's domain
+    (INVALID_ARGUMENT). The core validates its arguments only; what reaches it comes from the
+    request (sizes, parameters), so none of its errors is the server's fault."""
+    if isinstance(exc, _native.TooLargeError):
+        return errors.ResourceExhausted(str(exc))
+    return errors.InvalidArgument(str(exc))
+
+
 @dataclass(frozen=True)
 class _Status(grpc.Status):  # type: ignore[misc]
     """A status to abort with (grpc.Status is an interface without a constructor)."""
@@ -47,12 +57,15 @@ class _Status(grpc.Status):  # type: ignore[misc]
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """Ends the RPC with the status of `exc`.
 
-    Domain errors keep their message (and a google.rpc.BadRequest field violation when they name
-    a field), bounded to `MAX_MESSAGE_BYTES`; anything else is INTERNAL with a request id, logged
-    with its trace, and no trace sent to the client. The trailing metadata carries the request
+    Domain errors, and the native core's errors (`from_native`), keep their message (and a
+    google.rpc.BadRequest field violation when they name a field), bounded to
+    `MAX_MESSAGE_BYTES`; anything else is INTERNAL with a request id, logged with its trace, and
+    no trace sent to the client. The trailing metadata carries the request
     id (`x-request-id`) too: an error reply has no initial metadata.
     """
     request_id = current_request_id()
+    if isinstance(exc, _native.NativeError):
+        exc = from_native(exc)
     if isinstance(exc, errors.ExplainServeError):
         code = STATUS_OF.get(type(exc), grpc.StatusCode.INTERNAL)
         message = bound_bytes(exc.message, MAX_MESSAGE_BYTES)

@@ -31,6 +31,7 @@ from explainserve.scheduling.jobs import (
 )
 
 if TYPE_CHECKING:
+    from explainserve.models.heads import KeptPositions
     from explainserve.scheduling.worker import WorkerStats
 
 
@@ -93,6 +94,20 @@ class Runner(Protocol):
         giving the new positions' ids."""
         ...
 
+    def kept(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
+        keep: int,
+        positions: torch.Tensor | None = None,
+        cache: Any | None = None,
+    ) -> KeptPositions:
+        """Causal LMs: the last `keep` positions of a left-padded batch (as `token_logits`),
+        from which the rows' scores are read without computing more of the head than they
+        need."""
+        ...
+
     def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> Any | None:
         """Causal LMs: the KV cache of left-padded rows, or None if it cannot be cut."""
         ...
@@ -120,6 +135,23 @@ def apply_mode(logits: torch.Tensor, mode: InferenceMode) -> torch.Tensor:
     if mode == "log_softmax":
         return torch.log_softmax(logits.float(), dim=-1)
     return logits.float()
+
+
+def target_scores(
+    kept: KeptPositions,
+    rows: slice | torch.Tensor,
+    cols: torch.Tensor,
+    targets: torch.Tensor,
+    mode: InferenceMode,
+) -> torch.Tensor:
+    """Causal LMs: `(n, t)` scores of batch rows `rows`, `mode(logits at kept position cols[k])`
+    read at token `targets[k]`. In logits mode only the target tokens' logits are computed (all
+    a score needs); softmax and log_softmax need the whole vocabulary at each position."""
+    if mode == "logits":
+        return kept.target_logits(rows, cols, targets).float()
+    scores = apply_mode(kept.logits(rows, cols), mode)  # (n, t, V)
+    index = targets.view(1, -1, 1).expand(scores.shape[0], -1, 1)
+    return scores.gather(2, index)[..., 0]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -239,21 +271,19 @@ class Executor:
         embeds: torch.Tensor | None,
         keep: int,
     ) -> list[torch.Tensor]:
-        """Causal LMs: each job's `(rows, t)` target-token scores from the `(b, keep, V)` logits
-        of the batch's last positions (rows are left-padded: a job's positions are the same
-        distance from the end in all its rows). Only these scores leave the batch."""
-        logits = self.runner.token_logits(ids, attention, embeds, keep)
-        device = logits.device
+        """Causal LMs: each job's `(rows, t)` target-token scores from the batch's last `keep`
+        positions (rows are left-padded: a job's positions are the same distance from the end in
+        all its rows). Only these scores leave the batch."""
+        kept = self.runner.kept(ids, attention, embeds, keep)
+        device = ids.device
         at = 0
         outputs = []
         for job, start, stop in pieces:
             assert job.positions is not None
             n = stop - start
             cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
-            scores = apply_mode(logits[at : at + n, cols], job.mode)  # (n, t, V)
-            index = torch.from_numpy(job.targets).to(device).view(1, -1, 1).expand(n, -1, 1)
-            outputs.append(scores.gather(2, index)[..., 0])
-            del scores
+            targets = torch.from_numpy(job.targets).to(device)
+            outputs.append(target_scores(kept, slice(at, at + n), cols, targets, job.mode))
             at += n
         return outputs
 

@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from explainserve.models.runners import position_ids
+
 if TYPE_CHECKING:
+    from explainserve.models.heads import KeptPositions
     from explainserve.scheduling.execute import Runner
     from explainserve.scheduling.jobs import ForwardJob
     from explainserve.scheduling.worker import WorkerStats
@@ -85,7 +88,7 @@ def forward_scores(
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
     counted) when it would save less than `MIN_SAVING` of the tokens or the runner cannot cut
     its cache."""
-    from explainserve.scheduling.execute import apply_mode  # execute imports this module
+    from explainserve.scheduling.execute import target_scores  # execute imports this module
 
     if not runner.prefix_reuse:
         return None
@@ -131,7 +134,7 @@ def forward_scores(
     def job_positions(job: ForwardJob) -> tuple[torch.Tensor, torch.Tensor]:
         if id(job) not in made:
             full_att = torch.from_numpy(job.attention)
-            made[id(job)] = (full_att, (full_att.cumsum(-1) - 1).clamp(min=0))
+            made[id(job)] = (full_att, position_ids(full_att))
         return made[id(job)]
 
     with torch.inference_mode():
@@ -183,23 +186,16 @@ def forward_scores(
             rows_cache = None
             if cached > 0:
                 rows_cache = runner.cache_rows(cache, torch.from_numpy(job_slot).to(device), cached)
-            logits = runner.token_logits(
-                ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache
-            )
+            kept = runner.kept(ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache)
             for p in np.unique(piece[group]).tolist():
                 job = pieces[p][0]
                 assert job.positions is not None
-                local = np.flatnonzero(piece[group] == p)
+                local = torch.from_numpy(np.flatnonzero(piece[group] == p))
                 cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
-                picked = apply_mode(logits[torch.from_numpy(local).to(device)][:, cols], job.mode)
-                index = (
-                    torch.from_numpy(job.targets)
-                    .to(device)
-                    .view(1, -1, 1)
-                    .expand(len(local), -1, 1)
-                )
-                out_rows.append((group[local], picked.gather(2, index)[..., 0]))
-            del logits
+                targets = torch.from_numpy(job.targets).to(device)
+                scores = target_scores(kept, local.to(device), cols, targets, job.mode)
+                out_rows.append((group[local.numpy()], scores))
+            del kept
             padded += g * span
             real += int(suffix[group].sum())
         stats.batches += 1
