@@ -47,7 +47,8 @@ import grpc
 import torch
 
 from explainserve.activations.service import Activator
-from explainserve.explain.service import Explainer, Limits
+from explainserve.explain.limits import Limits
+from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
 from explainserve.models.capture import INPUT_SUFFIX, StopForward
 from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model

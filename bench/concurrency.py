@@ -33,15 +33,17 @@ import grpc
 import torch
 
 from explainserve import _native
-from explainserve.explain import params as dom
-from explainserve.explain import perturbation
-from explainserve.explain.service import Explainer, Limits
-from explainserve.explain.units import encode_text, make_units
+from explainserve.explain.limits import Limits
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.perturbation import PerturbationMethod
+from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
 from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
 from explainserve.scheduling.worker import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
+from explainserve.vocabulary import encode_text, make_units
 
 sys.path.insert(0, str(Path(__file__).parent))
 from explain import _packed, _pad  # bench/explain.py: the same packing
@@ -63,7 +65,7 @@ SENTENCES = [
 LIME_PERTURBATIONS = 64
 
 
-def make_requests(n: int) -> list[tuple[pb.ExplainRequest, dom.Method, str, int]]:
+def make_requests(n: int) -> list[tuple[pb.ExplainRequest, PerturbationMethod, str, int]]:
     """(request, domain method, sentence, seed): Occlusion and LIME alternately."""
     out = []
     for i in range(n):
@@ -71,10 +73,10 @@ def make_requests(n: int) -> list[tuple[pb.ExplainRequest, dom.Method, str, int]
         seed = i
         if i % 2 == 0:
             fields: dict[str, object] = {"occlusion": pb.Occlusion()}
-            method: dom.Method = dom.Occlusion()
+            method: PerturbationMethod = Occlusion()
         else:
             fields = {"lime": pb.Lime(n_perturbations=LIME_PERTURBATIONS)}
-            method = dom.Lime(n_perturbations=LIME_PERTURBATIONS)
+            method = Lime(n_perturbations=LIME_PERTURBATIONS)
         request = pb.ExplainRequest(
             model="bench",
             inputs=[pb.Input(text=text)],
@@ -86,14 +88,14 @@ def make_requests(n: int) -> list[tuple[pb.ExplainRequest, dom.Method, str, int]
     return out
 
 
-def raw_model(served: ServedModel, work: list[tuple[dom.Method, str, int]], budget: int):  # type: ignore[no-untyped-def]
+def raw_model(served: ServedModel, work: list[tuple[PerturbationMethod, str, int]], budget: int):  # type: ignore[no-untyped-def]
     """A closure running exactly the requests' sequences through the bare model at full batch."""
     tok = served.tokenizer
     rows: list[torch.Tensor] = []
     for method, text, seed in work:
         enc = encode_text(tok, text, served.max_length, "bench")
         units = make_units(enc, "word", tok)
-        masks, _ = perturbation.design(method, units.n_units, seed)
+        masks, _ = method.design(units.n_units, seed)
         ids = _native.expand_ids(masks, units.token_to_unit, enc.ids, served.replacement.token_id)
         rows.append(torch.from_numpy(enc.ids))
         rows.extend(torch.from_numpy(ids))

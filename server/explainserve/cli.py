@@ -133,9 +133,12 @@ def setup_logging(level: str, fmt: str) -> None:
 def warm_up(explainer: Explainer, model: str) -> None:
     """One small explanation of each kind (forward and gradient), so the first client does not
     pay for lazy initialisation (kernels, allocator, tokenizer caches)."""
-    from explainserve.explain.params import ExplainParams, Gradient, InputSpec, Occlusion
+    from explainserve.explain.methods.occlusion import Occlusion
+    from explainserve.explain.methods.saliency import Saliency
+    from explainserve.explain.params import ExplainParams
+    from explainserve.vocabulary import InputSpec
 
-    for method in (Occlusion(), Gradient(kind="saliency")):
+    for method in (Occlusion(), Saliency()):
         list(explainer.explain(ExplainParams(model, [InputSpec(text="Warm up.")], method)))
 
 

@@ -19,7 +19,7 @@ from explainserve.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from explainserve.activations.service import ActivationLimits
-    from explainserve.explain.service import Limits
+    from explainserve.explain.limits import Limits
     from explainserve.models.registry import ModelConfig, ReplacementFallback
 
 DEFAULT_MODEL_NAME = "minilm-sentiment"
@@ -257,8 +257,7 @@ class ServeConfig:
 
     def explain_limits(self) -> Limits:
         """Explain's limits, as configured."""
-        from explainserve.explain.causal import CausalLimits
-        from explainserve.explain.service import Limits
+        from explainserve.explain.limits import CausalLimits, Limits
 
         for name in (
             "max_inputs",

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from explainserve.activations.params import ActivationChunk, ActivationParams
 from explainserve.activations.service import Activator
 from explainserve.activations.tensors import decode
-from explainserve.explain.params import InputSpec
+from explainserve.vocabulary import InputSpec
 
 #: Served name -> directory fixture.
 SERVED = {

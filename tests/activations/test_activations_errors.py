@@ -13,8 +13,8 @@ from explainserve.activations.params import ActivationParams, HeadParams
 from explainserve.activations.service import ActivationLimits, Activator
 from explainserve.activations.tensors import RawTensor, encode
 from explainserve.errors import InvalidArgument, NotFound
-from explainserve.explain.params import InputSpec
 from explainserve.models.registry import Registry
+from explainserve.vocabulary import InputSpec
 
 
 def request(*texts: str, model: str = "bert", **fields: Any) -> ActivationParams:

@@ -15,9 +15,9 @@ from activation_refs import TEXTS, gather, run_texts
 from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import ActivationLimits, Activator
 from explainserve.errors import Cancelled
-from explainserve.explain.params import InputSpec
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.scheduling.worker import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 
 def params(n: int, *, same_length: bool = False, **fields: object) -> ActivationParams:

@@ -23,9 +23,8 @@ from activation_refs import SERVED, TEXTS, Direct, gather, run_texts
 from explainserve import _native
 from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import Activator
-from explainserve.explain.params import InputSpec
-from explainserve.explain.units import encode_text, make_units
 from explainserve.models.registry import Registry
+from explainserve.vocabulary import InputSpec, encode_text, make_units
 
 HEAD_INPUT = {
     "bert": "classifier:input",

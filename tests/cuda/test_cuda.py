@@ -14,17 +14,14 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from explainserve.explain.params import (
-    ExplainParams,
-    Explanation,
-    InputSpec,
-    Lime,
-    Method,
-    Occlusion,
-)
+from explainserve.explain.method import Method
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
 from explainserve.scheduling.worker import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 pytestmark = [
     pytest.mark.cuda,

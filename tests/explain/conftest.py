@@ -19,8 +19,10 @@ import torch
 from numpy.typing import NDArray
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from explainserve.explain.params import ExplainParams, Explanation, InputSpec, Method
-from explainserve.explain.service import Explainer, Limits
+from explainserve.explain.limits import Limits
+from explainserve.explain.method import Method
+from explainserve.explain.params import ExplainParams, Explanation
+from explainserve.explain.service import Explainer
 from explainserve.models.registry import (
     ModelConfig,
     Registry,
@@ -29,6 +31,7 @@ from explainserve.models.registry import (
     load_model,
 )
 from explainserve.scheduling.worker import Worker
+from explainserve.vocabulary import InputSpec
 
 #: Served name -> (directory fixture, replacement fallback).
 SERVED = {

@@ -19,20 +19,18 @@ from numpy.typing import NDArray
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from explainserve.errors import InvalidArgument
-from explainserve.explain.causal import CausalLimits
-from explainserve.explain.params import (
-    ExplainParams,
-    Explanation,
-    Generation,
-    Gradient,
-    InputSpec,
-    KernelShap,
-    Method,
-    Occlusion,
-)
-from explainserve.explain.service import Explainer, Limits
+from explainserve.explain.limits import CausalLimits, Limits
+from explainserve.explain.method import Method
+from explainserve.explain.methods.input_x_gradient import InputXGradient
+from explainserve.explain.methods.integrated_gradients import IntegratedGradients
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.saliency import Saliency
+from explainserve.explain.params import ExplainParams, Explanation, Generation
+from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.scheduling.worker import GenerateJob, WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 MODELS = ["gpt2-lm", "llama-lm"]
 PROMPT = "Hello there, world"
@@ -237,7 +235,7 @@ def test_input_x_gradient_matches_autograd(
     e = one(
         lm_explainer,
         model,
-        Gradient(kind="input_x_gradient"),
+        InputXGradient(),
         granularity="token",
         mode="log_softmax",
     )
@@ -267,7 +265,7 @@ def test_integrated_gradients_completeness_per_target_token(
         model,
         # From the replacement token's embedding: Llama's RMSNorm makes the path from the zero
         # embedding steep near 0, which a quadrature integrates poorly.
-        Gradient(kind="integrated_gradients", n_steps=48, baseline="replacement"),
+        IntegratedGradients(n_steps=48, baseline="replacement"),
         granularity="token",
         aggregation="sum",
     )
@@ -346,7 +344,7 @@ def test_text_and_ids_continuations_agree(lm_explainer: Explainer) -> None:
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("method", [Occlusion(), Gradient(kind="saliency")], ids=str)
+@pytest.mark.parametrize("method", [Occlusion(), Saliency()], ids=str)
 def test_batch_of_different_lengths_equals_one_by_one(
     lm_explainer: Explainer, model: str, method: Method
 ) -> None:
@@ -496,8 +494,8 @@ def test_explicit_task_must_match_the_architecture(
 def test_gradient_rows_share_points_and_keep_only_sums(lm_registry: Registry) -> None:
     from explainserve.explain import causal
     from explainserve.explain.common import Item, Progress
-    from explainserve.explain.gradient import GradientRun
-    from explainserve.explain.units import encode_text
+    from explainserve.explain.method import RunContext
+    from explainserve.vocabulary import encode_text
 
     served = lm_registry.get("gpt2-lm")
     tok = served.tokenizer
@@ -508,8 +506,8 @@ def test_gradient_rows_share_points_and_keep_only_sums(lm_registry: Registry) ->
     layout = causal.causal_units(prompt, cont, full, "word", tok, True)
     p, t = prompt.n_tokens, cont.n_tokens
     item = Item(0, full, layout.inputs, cont.ids, np.arange(p - 1, p - 1 + t))
-    method = Gradient(kind="integrated_gradients", n_steps=5)
-    run = GradientRun(served, item, method, "logits", "mean", 0, Progress(0), None)
+    method = IntegratedGradients(n_steps=5)
+    run = method.start(item, RunContext(served, "logits", "mean", 0, Progress(0), None))
     (job,) = run.jobs
     assert job.n_rows == 5 * t
     assert job.embeds.shape[0] == 5  # the points, shared by the t targets

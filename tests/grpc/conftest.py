@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from explainserve.explain.causal import CausalLimits
-from explainserve.explain.service import Explainer, Limits
+from explainserve.explain.limits import CausalLimits, Limits
+from explainserve.explain.service import Explainer
 from explainserve.grpc.server import RunningServer, ServerOptions, start
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.v1 import explain_pb2 as pb

@@ -33,10 +33,13 @@ from explainserve.activations.params import (
 )
 from explainserve.activations.tensors import check_dtype, decode, encode
 from explainserve.errors import InvalidArgument, NotFound, quote
-from explainserve.explain.params import InputSpec
-from explainserve.explain.units import (
+from explainserve.models.capture import HEAD_ATTRIBUTES
+from explainserve.models.registry import Registry, ServedModel
+from explainserve.scheduling.worker import ActivationJob, ActivationResult, HeadJob, Selection
+from explainserve.vocabulary import (
     Encoded,
     Granularity,
+    InputSpec,
     TokenTable,
     Units,
     check_ids,
@@ -44,9 +47,6 @@ from explainserve.explain.units import (
     make_units,
     tokenize_table,
 )
-from explainserve.models.capture import HEAD_ATTRIBUTES
-from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import ActivationJob, ActivationResult, HeadJob, Selection
 
 
 @dataclass(frozen=True)

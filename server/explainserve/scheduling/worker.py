@@ -28,10 +28,9 @@ from numpy.typing import NDArray
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling import prefix
+from explainserve.vocabulary import InferenceMode
 
 log = logging.getLogger(__name__)
-
-InferenceMode = Literal["logits", "softmax", "log_softmax"]
 
 
 class Runner(Protocol):
