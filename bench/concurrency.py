@@ -38,9 +38,10 @@ from explainserve.explain.methods.lime import Lime
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.perturbation import PerturbationMethod
 from explainserve.explain.service import Explainer
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 from explainserve.vocabulary import encode_text, make_units

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 from activation_refs import SERVED, Direct
 
-from explainserve.activations.service import ActivationLimits, Activator
+from explainserve.activations.limits import ActivationLimits
+from explainserve.activations.service import Activator
 from explainserve.models.registry import ModelConfig, Registry, load_model
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from activation_refs import TEXTS, run_texts
 
+from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.params import ActivationParams, HeadParams
-from explainserve.activations.service import ActivationLimits, Activator
+from explainserve.activations.service import Activator
 from explainserve.activations.tensors import RawTensor, encode
 from explainserve.errors import InvalidArgument, NotFound
 from explainserve.models.registry import Registry

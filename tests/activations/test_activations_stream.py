@@ -12,11 +12,12 @@ import pytest
 import torch
 from activation_refs import TEXTS, gather, run_texts
 
+from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.params import ActivationParams
-from explainserve.activations.service import ActivationLimits, Activator
+from explainserve.activations.service import Activator
 from explainserve.errors import Cancelled
 from explainserve.models.registry import ModelConfig, Registry, load_model
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import InputSpec
 
 

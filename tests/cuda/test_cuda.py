@@ -20,7 +20,7 @@ from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, ServedModel, load_model
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import InputSpec
 
 pytestmark = [

@@ -18,7 +18,7 @@ from explainserve.explain.methods.smooth_grad import SmoothGrad
 from explainserve.explain.params import ExplainParams
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, load_model
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import InputSpec
 
 TEXTS = [

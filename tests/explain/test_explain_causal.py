@@ -29,7 +29,8 @@ from explainserve.explain.methods.saliency import Saliency
 from explainserve.explain.params import ExplainParams, Explanation, Generation
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, load_model
-from explainserve.scheduling.worker import GenerateJob, WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.scheduling.worker import GenerateJob
 from explainserve.vocabulary import InputSpec
 
 MODELS = ["gpt2-lm", "llama-lm"]

@@ -24,7 +24,8 @@ from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.scheduling import prefix
-from explainserve.scheduling.worker import ForwardJob, WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.scheduling.worker import ForwardJob
 from explainserve.vocabulary import InputSpec
 
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]

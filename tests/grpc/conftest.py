@@ -16,7 +16,8 @@ import pytest
 
 from explainserve.explain.limits import CausalLimits, Limits
 from explainserve.explain.service import Explainer
-from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import RunningServer, start
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc

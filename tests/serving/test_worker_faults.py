@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
-from explainserve.scheduling.worker import ForwardJob, IsolatedRequest, Job, Worker, WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.scheduling.worker import ForwardJob, IsolatedRequest, Job, Worker
 
 VOCAB = 64
 

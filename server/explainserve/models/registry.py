@@ -24,7 +24,8 @@ from transformers.utils import logging as hf_logging
 
 from explainserve.errors import InvalidArgument, NotFound, quote
 from explainserve.models.capture import capture, find_head, first_tensor, head_input_name
-from explainserve.scheduling.worker import GenerationOptions, Worker, WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.scheduling.worker import GenerationOptions, Worker
 
 log = logging.getLogger(__name__)
 # Loading prints per-weight progress bars otherwise; the server logs what it loaded itself.

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling import prefix
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import InferenceMode
 
 log = logging.getLogger(__name__)
@@ -310,42 +311,6 @@ class GenerateJob:
 
 
 Job = ForwardJob | GradientJob | ActivationJob | HeadJob | GenerateJob
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Batching, queueing and out-of-memory knobs."""
-
-    #: Rows x padded length of one no-grad batch.
-    token_budget: int = 8192
-    #: Rows x padded length of one gradient batch (activations are kept for backward).
-    gradient_token_budget: int = 4096
-    #: Hard cap on rows per batch.
-    max_batch_rows: int = 512
-    #: Activation jobs are single inputs of every length, and a batch mixing short and long ones
-    #: computes much padding. Once an activation batch holds `activation_fill_tokens` real tokens,
-    #: it only takes jobs that keep its padded / real tokens at most `activation_max_padding`:
-    #: with many inputs waiting, batches are of (nearly) equal lengths; a small request still
-    #: goes in one batch.
-    activation_max_padding: float = 1.02
-    activation_fill_tokens: int = 256
-    #: How long the oldest queued job may wait for others to share its batch (seconds), unless
-    #: a full batch is already queued. Under load the queue is never empty and nothing waits.
-    batch_wait_seconds: float = 0.002
-    #: Rows (sequences) waiting at most; a submission that would go beyond is refused with
-    #: ResourceExhausted at once.
-    max_queued_rows: int = 200_000
-    #: After an out-of-memory error the batch size is capped at what worked; the cap grows by
-    #: an eighth after this many batches in a row that ran at the cap.
-    oom_grow_after: int = 32
-    #: Causal LMs: positions x vocabulary of the logits one batch may hold (the vocab-sized
-    #: logits of the continuation's positions, reduced to the target scores in the batch).
-    logits_budget: int = 1 << 26
-    #: Do less than the naive work where the result is the same: causal LMs run each perturbed
-    #: row only from its first changed position, on the cached keys and values of the
-    #: unperturbed sequence (`scheduling.prefix`), and the explain layer runs identical rows and
-    #: identical inputs of a request once. Off only to measure what it saves (bench/).
-    reuse: bool = True
 
 
 @dataclass
