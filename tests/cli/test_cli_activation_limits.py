@@ -38,3 +38,13 @@ def test_flags_and_toml(tmp_path: Path) -> None:
 def test_bad_values(flag: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         parse(flag)
+
+
+def test_head_rows_limit_is_a_setting(tmp_path: Path) -> None:
+    assert parse().activations.max_head_rows == ActivationLimits().max_head_rows
+    assert parse("--max-head-rows", "4").activations.max_head_rows == 4
+    toml = tmp_path / "serve.toml"
+    toml.write_text("max_head_rows = 9\n")
+    assert parse("--config", str(toml)).activations.max_head_rows == 9
+    with pytest.raises(InvalidArgument, match="max_head_rows must be at least 1, got 0"):
+        parse("--max-head-rows", "0")

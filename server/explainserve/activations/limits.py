@@ -50,7 +50,9 @@ class ActivationLimits:
     #: Bytes of activations one input may produce (they travel in one message).
     max_input_bytes: int = 32 * 1024 * 1024
     #: Rows of one PredictFromActivations request.
-    max_head_rows: int = 65_536
+    max_head_rows: int = option(
+        65_536, "PredictFromActivations: activation rows per request at most", minimum=1
+    )
     #: Valid split points named by the "unknown split point" message (GetModel lists them all).
     listed_split_points: int = 20
     #: Texts per batched tokenizer call while validating a request (bounds its transient memory).
