@@ -26,8 +26,8 @@ def option(
 ) -> Any:
     """A dataclass field that is a setting: its TOML key and flag are `key` (default: the
     field's name), `help` and the default show in `--help`. `unit="bytes"` prints 64 MiB
-    instead of 67108864; `scale`: the field holds the key's value times it (a key in
-    milliseconds for a field in seconds: 0.001); `minimum`: the smallest value accepted;
+    instead of 67108864; `scale`: the key's value is the field's times it (a key in
+    milliseconds for a field in seconds: 1000); `minimum`: the smallest value accepted;
     `flag=False`: TOML only. A list or dict default is copied for each instance."""
     meta = {
         "help": help,
@@ -52,7 +52,7 @@ class OptionSpec:
     #: Where the value lives: attribute names from the configuration down to the field.
     path: tuple[str, ...]
     kind: type
-    #: In the key's unit (the field's default divided by `scale`).
+    #: In the key's unit (the field's default times `scale`).
     default: Any
     help: str
     choices: tuple[str, ...] | None
@@ -84,7 +84,7 @@ class OptionSpec:
     def to_field(self, value: Any) -> Any:
         """A checked value of the key to the field's value (its unit, a tuple for a list)."""
         if self.scale != 1.0:
-            return value * self.scale
+            return value / self.scale
         if isinstance(value, list) and self.kind is tuple:
             return tuple(value)
         return value
@@ -119,7 +119,7 @@ def specs_of(cls: type[Any], path: tuple[str, ...] = ()) -> list[OptionSpec]:
                 name=f.metadata["key"] or f.name,
                 path=(*path, f.name),
                 kind=_kind(str(f.type)),
-                default=default / scale if scale != 1.0 else default,
+                default=default * scale if scale != 1.0 else default,
                 help=f.metadata["help"],
                 choices=f.metadata["choices"],
                 unit=f.metadata["unit"],

@@ -32,7 +32,7 @@ class WorkerOptions:
         0.002,
         "how long a queued job may wait for others to share its batch, milliseconds",
         key="batch_wait_ms",
-        scale=0.001,
+        scale=1000.0,
     )
     #: Rows (sequences) waiting at most; a submission that would go beyond is refused with
     #: ResourceExhausted at once.
