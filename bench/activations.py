@@ -47,12 +47,14 @@ import grpc
 import torch
 
 from explainserve.activations.service import Activator
-from explainserve.explain.service import Explainer, Limits
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.explain.limits import Limits
+from explainserve.explain.service import Explainer
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.models.capture import INPUT_SUFFIX, StopForward
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

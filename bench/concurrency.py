@@ -33,16 +33,19 @@ import grpc
 import torch
 
 from explainserve import _native
-from explainserve.explain import params as dom
-from explainserve.explain import perturbation
-from explainserve.explain.service import Explainer, Limits
-from explainserve.explain.units import encode_text, make_units
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.explain.limits import Limits
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.perturbation import PerturbationMethod
+from explainserve.explain.service import Explainer
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
+from explainserve.vocabulary import encode_text, make_units
 
 sys.path.insert(0, str(Path(__file__).parent))
 from explain import _packed, _pad  # bench/explain.py: the same packing
@@ -64,7 +67,7 @@ SENTENCES = [
 LIME_PERTURBATIONS = 64
 
 
-def make_requests(n: int) -> list[tuple[pb.ExplainRequest, dom.Method, str, int]]:
+def make_requests(n: int) -> list[tuple[pb.ExplainRequest, PerturbationMethod, str, int]]:
     """(request, domain method, sentence, seed): Occlusion and LIME alternately."""
     out = []
     for i in range(n):
@@ -72,10 +75,10 @@ def make_requests(n: int) -> list[tuple[pb.ExplainRequest, dom.Method, str, int]
         seed = i
         if i % 2 == 0:
             fields: dict[str, object] = {"occlusion": pb.Occlusion()}
-            method: dom.Method = dom.Occlusion()
+            method: PerturbationMethod = Occlusion()
         else:
             fields = {"lime": pb.Lime(n_perturbations=LIME_PERTURBATIONS)}
-            method = dom.Lime(n_perturbations=LIME_PERTURBATIONS)
+            method = Lime(n_perturbations=LIME_PERTURBATIONS)
         request = pb.ExplainRequest(
             model="bench",
             inputs=[pb.Input(text=text)],
@@ -87,14 +90,14 @@ def make_requests(n: int) -> list[tuple[pb.ExplainRequest, dom.Method, str, int]
     return out
 
 
-def raw_model(served: ServedModel, work: list[tuple[dom.Method, str, int]], budget: int):  # type: ignore[no-untyped-def]
+def raw_model(served: ServedModel, work: list[tuple[PerturbationMethod, str, int]], budget: int):  # type: ignore[no-untyped-def]
     """A closure running exactly the requests' sequences through the bare model at full batch."""
     tok = served.tokenizer
     rows: list[torch.Tensor] = []
     for method, text, seed in work:
         enc = encode_text(tok, text, served.max_length, "bench")
         units = make_units(enc, "word", tok)
-        masks, _ = perturbation.design(method, units.n_units, seed)
+        masks, _ = method.design(units.n_units, seed)
         ids = _native.expand_ids(masks, units.token_to_unit, enc.ids, served.replacement.token_id)
         rows.append(torch.from_numpy(enc.ids))
         rows.extend(torch.from_numpy(ids))
@@ -123,9 +126,6 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--token-budget", type=int, default=8192)
-    parser.add_argument(
-        "--max-batch-ms", type=float, help="the worker's time bound (default: by device; 0: none)"
-    )
     args = parser.parse_args()
     if args.quick:
         args.clients, args.requests_per_client, args.repeats = 8, 2, 1
@@ -140,7 +140,7 @@ def main() -> int:
             args.model_dir,
             device=args.device,
             dtype=args.dtype,
-            worker=WorkerOptions(token_budget=args.token_budget, max_batch_ms=args.max_batch_ms),
+            worker=WorkerOptions(token_budget=args.token_budget),
         )
     )
     registry.add(served)
@@ -199,16 +199,13 @@ def main() -> int:
         rate = {k: statistics.median(v) for k, v in results.items()}
         served_batches = stats.batches - batches0
         served_rows = stats.rows - rows0
-        seconds = served.worker.max_batch_seconds
-        bound = "off" if seconds is None else f"{seconds * 1000:g}"
         print(
             f"# bench/concurrency.py on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
             f"{args.clients} clients x {args.requests_per_client} requests (one sentence each, "
             f"Occlusion and LIME-{LIME_PERTURBATIONS} alternately), {counts['raw']} sequences "
             f"per measurement, {args.repeats} interleaved repeats (medians), token budget "
-            f"{args.token_budget}, max_batch_ms {bound}, time caps (tokens) "
-            f"{served.worker.time_caps()}"
+            f"{args.token_budget}"
         )
         print()
         print("| measurement | sequences/s | vs raw model |")

@@ -32,16 +32,27 @@ import grpc
 import torch
 
 from explainserve import _native
-from explainserve.explain import causal, gradient, perturbation
-from explainserve.explain import params as dom
-from explainserve.explain.service import Explainer, Limits
-from explainserve.explain.units import encode_text, make_units
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.explain import causal
+from explainserve.explain.gradient import GradientMethod
+from explainserve.explain.limits import CausalLimits, Limits
+from explainserve.explain.method import Method
+from explainserve.explain.methods.integrated_gradients import IntegratedGradients
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.saliency import Saliency
+from explainserve.explain.methods.smooth_grad import SmoothGrad
+from explainserve.explain.methods.sobol import Sobol
+from explainserve.explain.perturbation import PerturbationMethod
+from explainserve.explain.service import Explainer
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
+from explainserve.vocabulary import InputSpec, encode_text, make_units
 
 TEXTS = [
     "The hotel room was spotless and the staff went out of their way to help us with everything.",
@@ -55,27 +66,27 @@ TEXTS = [
 ]
 
 
-def _methods(quick: bool) -> dict[str, tuple[dict[str, object], dom.Method]]:
+def _methods(quick: bool) -> dict[str, tuple[dict[str, object], Method]]:
     n = 64 if quick else 256
     k = 8 if quick else 32
     steps = 16 if quick else 64
     samples = 8 if quick else 32
     return {
-        "occlusion": ({"occlusion": pb.Occlusion()}, dom.Occlusion()),
-        "lime": ({"lime": pb.Lime(n_perturbations=n)}, dom.Lime(n_perturbations=n)),
+        "occlusion": ({"occlusion": pb.Occlusion()}, Occlusion()),
+        "lime": ({"lime": pb.Lime(n_perturbations=n)}, Lime(n_perturbations=n)),
         "kernel_shap": (
             {"kernel_shap": pb.KernelShap(n_perturbations=n)},
-            dom.KernelShap(n_perturbations=n),
+            KernelShap(n_perturbations=n),
         ),
-        "sobol": ({"sobol": pb.Sobol(n_points=k)}, dom.Sobol(n_points=k)),
-        "saliency": ({"saliency": pb.Saliency()}, dom.Gradient(kind="saliency")),
+        "sobol": ({"sobol": pb.Sobol(n_points=k)}, Sobol(n_points=k)),
+        "saliency": ({"saliency": pb.Saliency()}, Saliency()),
         "integrated_gradients": (
             {"integrated_gradients": pb.IntegratedGradients(n_steps=steps)},
-            dom.Gradient(kind="integrated_gradients", n_steps=steps),
+            IntegratedGradients(n_steps=steps),
         ),
         "smooth_grad": (
             {"smooth_grad": pb.SmoothGrad(n_samples=samples)},
-            dom.Gradient(kind="smooth_grad", n_samples=samples),
+            SmoothGrad(n_samples=samples),
         ),
     }
 
@@ -103,7 +114,7 @@ def _pad(batch: list[torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.Te
 
 
 def model_only(
-    served: ServedModel, method: dom.Method, budget: int, grad_budget: int
+    served: ServedModel, method: Method, budget: int, grad_budget: int
 ) -> Callable[[], None]:
     """A closure running exactly the request's sequences through the bare model, packed by
     length into full batches of the same token budgets (the best the model alone can do)."""
@@ -117,12 +128,13 @@ def model_only(
         enc = encode_text(tok, text, served.max_length, "bench")
         units = make_units(enc, "word", tok)
         id_rows.append(torch.from_numpy(enc.ids))
-        if isinstance(method, dom.Gradient):
+        if isinstance(method, GradientMethod):
             with torch.no_grad():
                 x = table(torch.from_numpy(enc.ids).to(device)).cpu()
-            embed_rows.extend([x] * gradient.n_rows(method, 1))
+            embed_rows.extend([x] * method.n_rows(0, 1))
         else:
-            unit_masks, _ = perturbation.design(method, units.n_units, 0)
+            assert isinstance(method, PerturbationMethod)
+            unit_masks, _ = method.design(units.n_units, 0)
             ids = _native.expand_ids(
                 unit_masks, units.token_to_unit, enc.ids, served.replacement.token_id
             )
@@ -233,7 +245,7 @@ def build_lms(out: Path, layers: int = 4, width: int = 256, prefix: str = "") ->
 
 
 def causal_model_only(
-    served: ServedModel, method: dom.Method, budget: int, grad_budget: int
+    served: ServedModel, method: Method, budget: int, grad_budget: int
 ) -> Callable[[], None]:
     """The causal request's teacher-forced sequences through the bare model: left-padded, with
     position ids and `logits_to_keep` (continuation + 1), packed by length into full batches."""
@@ -247,18 +259,19 @@ def causal_model_only(
         prompt = causal.strip_end_of_sequence(
             tok, encode_text(tok, prompt_text, served.max_length, "bench")
         )
-        spec = dom.InputSpec(text=prompt_text, continuation_text=cont_text)
-        cont = causal.encode_continuation(tok, spec, 0, causal.CausalLimits())
+        spec = InputSpec(text=prompt_text, continuation_text=cont_text)
+        cont = causal.encode_continuation(tok, spec, 0, CausalLimits())
         full = causal.join(prompt, cont)
         layout = causal.causal_units(prompt, cont, full, "word", tok, True)
         t = cont.n_tokens
         rows.append((torch.from_numpy(full.ids), t))
-        if isinstance(method, dom.Gradient):
+        if isinstance(method, GradientMethod):
             with torch.no_grad():
                 x = table(torch.from_numpy(full.ids).to(device)).cpu()
-            rows.extend([(x, t)] * gradient.n_rows(method, t))
+            rows.extend([(x, t)] * method.n_rows(0, t))
         else:
-            unit_masks, _ = perturbation.design(method, layout.inputs.n_units, 0)
+            assert isinstance(method, PerturbationMethod)
+            unit_masks, _ = method.design(layout.inputs.n_units, 0)
             ids = _native.expand_ids(
                 unit_masks, layout.inputs.token_to_unit, full.ids, served.replacement.token_id
             )
@@ -323,19 +336,19 @@ def causal_model_only(
     return run
 
 
-def _causal_methods(quick: bool) -> dict[str, tuple[dict[str, object], dom.Method]]:
+def _causal_methods(quick: bool) -> dict[str, tuple[dict[str, object], Method]]:
     n = 64 if quick else 256
     steps = 8 if quick else 32
     return {
-        "occlusion": ({"occlusion": pb.Occlusion()}, dom.Occlusion()),
+        "occlusion": ({"occlusion": pb.Occlusion()}, Occlusion()),
         "kernel_shap": (
             {"kernel_shap": pb.KernelShap(n_perturbations=n)},
-            dom.KernelShap(n_perturbations=n),
+            KernelShap(n_perturbations=n),
         ),
-        "saliency": ({"saliency": pb.Saliency()}, dom.Gradient(kind="saliency")),
+        "saliency": ({"saliency": pb.Saliency()}, Saliency()),
         "integrated_gradients": (
             {"integrated_gradients": pb.IntegratedGradients(n_steps=steps)},
-            dom.Gradient(kind="integrated_gradients", n_steps=steps),
+            IntegratedGradients(n_steps=steps),
         ),
     }
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -19,13 +20,13 @@ from explainserve import __version__
 from explainserve.config import (
     LOG_LEVELS,
     ConfigError,
-    OptionSpec,
     ServeConfig,
     load_toml,
     option_specs,
     parse_model_flag,
 )
 from explainserve.errors import InvalidArgument
+from explainserve.settings import OptionSpec
 
 if TYPE_CHECKING:
     from explainserve.explain.service import Explainer
@@ -109,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             values[spec.name] = flag
     if args.model:
         values["models"] = dict(parse_model_flag(m) for m in args.model)
-    return ServeConfig(**values)
+    return ServeConfig.from_values(values)
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -133,9 +134,12 @@ def setup_logging(level: str, fmt: str) -> None:
 def warm_up(explainer: Explainer, model: str) -> None:
     """One small explanation of each kind (forward and gradient), so the first client does not
     pay for lazy initialisation (kernels, allocator, tokenizer caches)."""
-    from explainserve.explain.params import ExplainParams, Gradient, InputSpec, Occlusion
+    from explainserve.explain.methods.occlusion import Occlusion
+    from explainserve.explain.methods.saliency import Saliency
+    from explainserve.explain.params import ExplainParams
+    from explainserve.vocabulary import InputSpec
 
-    for method in (Occlusion(), Gradient(kind="saliency")):
+    for method in (Occlusion(), Saliency()):
         list(explainer.explain(ExplainParams(model, [InputSpec(text="Warm up.")], method)))
 
 
@@ -149,17 +153,15 @@ def serve(config: ServeConfig) -> None:
 
     from explainserve.activations.service import Activator
     from explainserve.explain.service import Explainer
-    from explainserve.grpc.server import ServerOptions, serve_forever
+    from explainserve.grpc.server import serve_forever
     from explainserve.models.loading import load_model
     from explainserve.models.registry import Registry
 
     # Logging first: building a built-in model (model_configs) logs what it does.
     setup_logging(config.log_level, config.log_format)
     model_configs = config.model_configs()
-    limits = config.activation_limits()
-    explain_limits = config.explain_limits()
     registry = Registry()
-    explainer = Explainer(registry, explain_limits)
+    explainer = Explainer(registry, config.limits)
 
     def load() -> None:
         for model_config in model_configs:
@@ -167,29 +169,9 @@ def serve(config: ServeConfig) -> None:
             warm_up(explainer, model_config.name)
 
     serve_forever(
-        ServerOptions(
-            host=config.host,
-            port=config.port,
-            workers=config.workers,
-            max_message_bytes=config.max_message_bytes,
-            grace_seconds=config.grace_seconds,
-            max_tokens_per_input=config.max_tokens_per_input,
-            auth_tokens=tokens,
-            tls_cert=config.tls_cert,
-            tls_key=config.tls_key,
-            tls_client_ca=config.tls_client_ca,
-            keepalive_time_s=config.keepalive_time_s,
-            keepalive_timeout_s=config.keepalive_timeout_s,
-            min_client_ping_interval_s=config.min_client_ping_interval_s,
-            keepalive_permit_without_calls=config.keepalive_permit_without_calls,
-            max_connection_idle_s=config.max_connection_idle_s,
-            max_connection_age_s=config.max_connection_age_s,
-            max_connection_age_grace_s=config.max_connection_age_grace_s,
-            metrics_port=config.metrics_port,
-            metrics_host=config.metrics_host,
-        ),
+        replace(config.server, auth_tokens=tokens),
         explainer,
-        Activator(registry, limits),
+        Activator(registry, config.activations),
         load,
     )
 

@@ -1,9 +1,11 @@
 """Server configuration: command-line flags, optionally a TOML file, and the default model.
 
-`ServeConfig`'s fields are the single source of every option: the TOML keys are their names,
-`explainserve serve`'s flags, help texts, choices and defaults are derived from them
-(`option_specs`). This module imports no torch, so `explainserve --help` is instant; the serving
-layers are imported when a config is turned into their settings.
+`ServeConfig` is composed of the option dataclasses of the layers it configures
+(`ServerOptions`, `WorkerOptions`, `Limits`, `ActivationLimits`); their `option` fields and
+ServeConfig's own are the single source of every setting: the TOML keys, `explainserve serve`'s
+flags, help texts, choices, defaults and checks are derived from them (`option_specs`). This
+module imports no torch (nor do those dataclasses' modules), so `explainserve --help` is
+instant; the serving layers are imported when a config is turned into their settings.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explainserve.activations.limits import ActivationLimits
 from explainserve.errors import InvalidArgument
+from explainserve.explain.limits import Limits
+from explainserve.grpc.options import ServerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.settings import OptionSpec, option, specs_of
 
 if TYPE_CHECKING:
-    from explainserve.activations.service import ActivationLimits
-    from explainserve.explain.service import Limits
     from explainserve.models.loading import ModelConfig, ReplacementFallback
 
 DEFAULT_MODEL_NAME = "minilm-sentiment"
@@ -38,153 +43,80 @@ class ConfigError(InvalidArgument):
         self.key = key
 
 
-def _opt(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    unit: str = "",
-    flag: bool = True,
-) -> Any:
-    """A ServeConfig field with what its flag shows: help text, choices, the default's unit
-    (`"bytes"` prints 64 MiB instead of 67108864). `flag=False`: TOML only."""
-    meta = {"help": help, "choices": choices, "unit": unit, "flag": flag}
-    if isinstance(default, list | dict):
-        factory = type(default)
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class ServeConfig:
-    """Everything `explainserve serve` needs (each field: a TOML key and a `--flag`)."""
+    """Everything `explainserve serve` needs: the option dataclasses of the layers it configures
+    (their `option` fields are the settings) and the settings of model loading and logging."""
 
-    host: str = _opt("127.0.0.1", "address to bind")
-    port: int = _opt(50051, "port to bind, 0 = any free port")
-    workers: int = _opt(8, "gRPC handler threads")
-    max_message_bytes: int = _opt(
-        64 * 1024 * 1024,
-        "largest request or response (clients must raise theirs to match)",
-        unit="bytes",
+    server: ServerOptions = field(default_factory=ServerOptions)
+    worker: WorkerOptions = field(default_factory=WorkerOptions)
+    limits: Limits = field(default_factory=Limits)
+    activations: ActivationLimits = field(default_factory=ActivationLimits)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    # The served default of `WorkerOptions.max_batch_ms` differs from the library's (no time
+    # bound, so workers built in code cut batches the same way on every machine): a setting of
+    # its own here, passed into the worker options of every model.
+    max_batch_ms: float | None = option(
+        None,
+        "the time one batch may take at most, from the measured cost of past batches, "
+        "milliseconds (none: 100 on a CPU, 30 on an accelerator; 0: no time bound)",
+        minimum=0,
     )
-    grace_seconds: float = _opt(30.0, "drain time on SIGTERM, seconds")
-    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = _opt(
+    dtype: str = option(
         "float32",
         "weights' floating-point type (reduced precision: CUDA)",
         choices=("float32", "bfloat16", "float16"),
     )
-    replacement_fallback: ReplacementFallback = _opt(
+    replacement_fallback: ReplacementFallback = option(
         "unk",
         "replacement when the tokenizer has no mask token",
         choices=("unk", "pad", "eos", "zero_embedding"),
     )
-    token_budget: int = _opt(8192, "tokens (padding counted) per forward batch")
-    gradient_token_budget: int = _opt(4096, "tokens per gradient batch")
-    batch_wait_ms: float = _opt(
-        2.0, "how long a queued job may wait for others to share its batch, milliseconds"
-    )
-    max_batch_ms: float | None = _opt(
-        None,
-        "the time one batch may take at most, from the measured cost of past batches, "
-        "milliseconds (none: 100 on a CPU, 30 on an accelerator; 0: no time bound)",
-    )
-    max_queued_rows: int = _opt(200_000, "sequences waiting per model before RESOURCE_EXHAUSTED")
-    max_inputs: int = _opt(256, "Explain: inputs per request at most")
-    max_rows_per_input: int = _opt(
-        50_000, "Explain: sequences one input may send through the model (perturbations, steps)"
-    )
-    max_targets: int = _opt(64, "Explain: targets per input at most")
-    max_tokens_per_input: int = _opt(
-        0,
-        "tokens per input at most, 0 = each model's maximum; longer inputs are rejected, or cut "
-        "when the request sets truncate",
-    )
-    max_activation_inputs: int = _opt(100_000, "GetActivations: inputs per request at most")
-    max_new_tokens: int = _opt(256, "causal LMs: tokens generated per input at most")
-    max_continuation_tokens: int = _opt(256, "causal LMs: tokens of a given continuation at most")
-    activation_chunk_inputs: int = _opt(256, "GetActivations: inputs per streamed chunk at most")
-    activation_chunk_bytes: int = _opt(
-        1024 * 1024, "GetActivations: tensor bytes per streamed chunk at most", unit="bytes"
-    )
-    # Memory: this + 1 chunks; the worker packs the inputs of all these chunks by length, so
-    # more means less padding.
-    activation_prefetch_chunks: int = _opt(
-        12, "GetActivations: chunks computed ahead of the one being sent"
-    )
-    auth_tokens: list[str] = _opt(
-        [], "bearer tokens accepted; none (and no file) = no authentication", flag=False
-    )
-    auth_token_file: Path | None = _opt(
+    auth_token_file: Path | None = option(
         None, "file of accepted bearer tokens, one per line (none: no authentication)"
     )
-    tls_cert: Path | None = _opt(None, "PEM certificate chain: TLS with --tls-key")
-    tls_key: Path | None = _opt(None, "PEM private key of --tls-cert")
-    tls_client_ca: Path | None = _opt(None, "PEM CA of the client certificates: mutual TLS")
-    keepalive_time_s: float = _opt(0.0, "ping idle clients every this many seconds (0: gRPC's)")
-    keepalive_timeout_s: float = _opt(
-        0.0, "close a connection whose ping gets no answer in this time (0: gRPC's)"
-    )
-    min_client_ping_interval_s: float = _opt(
-        0.0, "clients may ping this often at most (0: gRPC's, 5 minutes)"
-    )
-    keepalive_permit_without_calls: bool = _opt(
-        False, "let clients ping connections without calls in flight"
-    )
-    max_connection_idle_s: float = _opt(0.0, "close connections idle this long (0: never)")
-    max_connection_age_s: float = _opt(
-        0.0, "close connections this old, clients reconnect (0: never)"
-    )
-    max_connection_age_grace_s: float = _opt(
-        0.0, "time in-flight calls get on a connection closed for its age (0: gRPC's)"
-    )
-    metrics_port: int | None = _opt(None, "Prometheus metrics port (none: off; 0 = any free)")
-    metrics_host: str = _opt("127.0.0.1", "address of the metrics port")
-    log_format: str = _opt("text", "log lines", choices=("text", "json"))
-    log_level: str = _opt("INFO", "lowest level logged", choices=LOG_LEVELS)
-    logits_budget: int = _opt(
-        1 << 26, "causal LMs: positions x vocabulary of the logits one forward batch may hold"
-    )
-    # Results are the same either way (to float rounding); off only to measure what it saves.
-    reuse: bool = _opt(
-        True,
-        "causal LMs: run perturbed rows from their first change on the cached prefix; run "
-        "identical rows and inputs once (--no-reuse only to measure what it saves)",
-    )
-    models: dict[str, Path] = _opt(
+    log_format: str = option("text", "log lines", choices=("text", "json"))
+    log_level: str = option("INFO", "lowest level logged", choices=LOG_LEVELS)
+    models: dict[str, Path] = option(
         {},
         "name -> local directory (or builtin:tiny-gpt2); none = the embedded default model",
         flag=False,
     )
-    tasks: dict[str, str] = _opt(
+    tasks: dict[str, str] = option(
         {},
         "name -> task (sequence-classification or causal-lm); unlisted models: detected from "
         "their config's architectures",
         flag=False,
     )
 
-    def __post_init__(self) -> None:
-        check_values(self)
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> ServeConfig:
+        """A configuration from settings by key (the TOML file's, then the flags'): each value
+        checked against its option (type, choices, lower bound), the rest left at defaults."""
+        specs = {spec.name: spec for spec in option_specs()}
+        parts: dict[tuple[str, ...], dict[str, Any]] = {}
+        for key, value in values.items():
+            spec = specs[key]
+            *where, name = spec.path
+            parts.setdefault(tuple(where), {})[name] = spec.to_field(check_value(spec, value))
+        config = cls(**parts.pop((), {}))
+        for (part, *inner), changes in parts.items():
+            setattr(config, part, _replaced(getattr(config, part), inner, changes))
+        if not _DEVICE.fullmatch(config.device):
+            raise ConfigError(
+                "device", f"device must be auto, cpu, cuda, cuda:N or mps; got {config.device!r}"
+            )
+        return config
 
     def model_configs(self) -> list[ModelConfig]:
         """One ModelConfig per served model (the default one when none is configured)."""
         from explainserve.models.loading import ModelConfig
-        from explainserve.scheduling.worker import WorkerOptions
 
         models = dict(self.models)
         if not models:
             from explainserve.models.default_model import default_model_dir
 
             models = {DEFAULT_MODEL_NAME: default_model_dir()}
-        worker = WorkerOptions(
-            token_budget=self.token_budget,
-            gradient_token_budget=self.gradient_token_budget,
-            batch_wait_seconds=self.batch_wait_ms / 1000.0,
-            max_batch_ms=self.max_batch_ms,
-            max_queued_rows=self.max_queued_rows,
-            logits_budget=self.logits_budget,
-            reuse=self.reuse,
-        )
         self.check_tasks(models)
         return [
             ModelConfig(
@@ -193,7 +125,7 @@ class ServeConfig:
                 device=self.device,
                 dtype=self.dtype,
                 replacement_fallback=self.replacement_fallback,
-                worker=worker,
+                worker=replace(self.worker, max_batch_ms=self.max_batch_ms),
                 task=self.tasks.get(name, "auto"),  # type: ignore[arg-type]
             )
             for name, path in _resolve_builtins(models).items()
@@ -248,7 +180,7 @@ class ServeConfig:
 
     def tokens(self) -> tuple[str, ...]:
         """Every accepted bearer token: the configured ones and the token file's lines."""
-        tokens = list(self.auth_tokens)
+        tokens = list(self.server.auth_tokens)
         if self.auth_token_file is not None:
             try:
                 lines = self.auth_token_file.read_text().splitlines()
@@ -261,55 +193,13 @@ class ServeConfig:
             raise ConfigError("auth_tokens", "bearer tokens must be non-empty and without spaces")
         return tuple(tokens)
 
-    def explain_limits(self) -> Limits:
-        """Explain's limits, as configured."""
-        from explainserve.explain.causal import CausalLimits
-        from explainserve.explain.service import Limits
 
-        for name in (
-            "max_inputs",
-            "max_rows_per_input",
-            "max_targets",
-            "max_activation_inputs",
-            "max_new_tokens",
-            "max_continuation_tokens",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_tokens_per_input < 0:
-            raise ConfigError(
-                "max_tokens_per_input",
-                f"max_tokens_per_input must be at least 0, got {self.max_tokens_per_input}",
-            )
-        return Limits(
-            max_inputs=self.max_inputs,
-            max_rows_per_input=self.max_rows_per_input,
-            max_targets=self.max_targets,
-            causal=CausalLimits(
-                max_new_tokens=self.max_new_tokens,
-                max_continuation_tokens=self.max_continuation_tokens,
-            ),
-        )
-
-    def activation_limits(self) -> ActivationLimits:
-        """GetActivations' chunking, as configured."""
-        from explainserve.activations.service import ActivationLimits
-
-        for name in ("activation_chunk_inputs", "activation_chunk_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.activation_prefetch_chunks < 0:
-            raise ConfigError(
-                "activation_prefetch_chunks",
-                f"activation_prefetch_chunks must be at least 0, got "
-                f"{self.activation_prefetch_chunks}",
-            )
-        return ActivationLimits(
-            max_inputs=self.max_activation_inputs,
-            chunk_inputs=self.activation_chunk_inputs,
-            chunk_bytes=self.activation_chunk_bytes,
-            prefetch_chunks=self.activation_prefetch_chunks,
-        )
+def _replaced(options: Any, path: list[str], changes: dict[str, Any]) -> Any:
+    """Frozen option dataclass `options` with `changes` made to its part at `path`."""
+    if not path:
+        return replace(options, **changes)
+    inner = _replaced(getattr(options, path[0]), path[1:], changes)
+    return replace(options, **{path[0]: inner})
 
 
 def _resolve_builtins(models: dict[str, Path]) -> dict[str, Path]:
@@ -325,95 +215,36 @@ def _resolve_builtins(models: dict[str, Path]) -> dict[str, Path]:
     return out
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    """One ServeConfig field as a flag shows it."""
-
-    name: str
-    kind: type
-    default: Any
-    help: str
-    choices: tuple[str, ...] | None
-    unit: str
-    flag: bool
-
-    @property
-    def flag_name(self) -> str:
-        """`--max-inputs` for `max_inputs`."""
-        return "--" + self.name.replace("_", "-")
-
-    def default_text(self) -> str:
-        """The default as the help shows it."""
-        d = self.default
-        if d is None or d == [] or d == {}:
-            return "none"
-        if isinstance(d, bool):
-            return "on" if d else "off"
-        if self.unit == "bytes" and isinstance(d, int):
-            for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-                if d >= size and d % size == 0:
-                    return f"{d // size} {name}"
-        if isinstance(d, float) and d.is_integer():
-            return str(int(d))
-        return str(d)
-
-
-_KINDS = {"str": str, "int": int, "float": float, "bool": bool}
-
-
-def _kind(annotation: str) -> type:
-    """The scalar type of a field's (string) annotation: `int | None` -> int."""
-    first = annotation.split("|")[0].strip()
-    if first.startswith(("list", "dict")):
-        return list if first.startswith("list") else dict
-    return _KINDS.get(first, Path if first == "Path" else str)
-
-
 def option_specs() -> list[OptionSpec]:
-    """Every ServeConfig field with its type, default and help, in declaration order."""
-    out = []
-    for f in fields(ServeConfig):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
-        out.append(
-            OptionSpec(
-                name=f.name,
-                kind=_kind(str(f.type)),
-                default=default,
-                help=f.metadata["help"],
-                choices=f.metadata["choices"],
-                unit=f.metadata["unit"],
-                flag=f.metadata["flag"],
-            )
-        )
-    return out
+    """Every setting of ServeConfig (its own and its option dataclasses'), in declaration
+    order."""
+    return specs_of(ServeConfig)
 
 
-def check_values(config: ServeConfig) -> None:
-    """Types, choices and the device's form, each mistake a one-line ConfigError."""
-    for spec in option_specs():
-        value = getattr(config, spec.name)
-        if value is None and spec.default is None:
-            continue
-        kind = spec.kind
-        ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (
-            kind is float and isinstance(value, int) and not isinstance(value, bool)
-        )
-        if not ok:
-            raise ConfigError(
-                spec.name,
-                f"{spec.name} must be {_KIND_WORDS.get(kind, kind.__name__)}, got {value!r}",
-            )
-        if kind is float:
-            setattr(config, spec.name, float(value))
-        if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(
-                spec.name,
-                f"{spec.name} must be one of {', '.join(spec.choices)}; got {value!r}",
-            )
-    if not _DEVICE.fullmatch(config.device):
+def check_value(spec: OptionSpec, value: Any) -> Any:
+    """`value` of setting `spec` checked (type, choices, lower bound; an int where a float is
+    wanted is taken), each mistake a one-line ConfigError."""
+    if value is None and spec.default is None:
+        return value
+    kind = spec.kind
+    if kind is tuple:
+        kind = list  # a TOML array
+    ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool)
+    )
+    if not ok:
         raise ConfigError(
-            "device", f"device must be auto, cpu, cuda, cuda:N or mps; got {config.device!r}"
+            spec.name, f"{spec.name} must be {_KIND_WORDS.get(kind, kind.__name__)}, got {value!r}"
         )
+    if kind is float:
+        value = float(value)
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(
+            spec.name, f"{spec.name} must be one of {', '.join(spec.choices)}; got {value!r}"
+        )
+    if spec.minimum is not None and value < spec.minimum:
+        raise ConfigError(spec.name, f"{spec.name} must be at least {spec.minimum:g}, got {value}")
+    return value
 
 
 _KIND_WORDS = {
@@ -447,7 +278,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("config", f"cannot read the config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
-    known = [f.name for f in fields(ServeConfig)]
+    known = [spec.name for spec in option_specs()]
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)

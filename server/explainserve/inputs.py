@@ -14,9 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 from explainserve.errors import InvalidArgument
-from explainserve.explain.params import InputSpec
-from explainserve.explain.units import template_token_ids
 from explainserve.models.registry import ServedModel
+from explainserve.vocabulary import InputSpec, template_token_ids
 
 
 def token_limit(model: ServedModel, max_tokens_per_input: int) -> int:

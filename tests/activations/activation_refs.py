@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from explainserve.activations.params import ActivationChunk, ActivationParams
 from explainserve.activations.service import Activator
 from explainserve.activations.tensors import decode
-from explainserve.explain.params import InputSpec
+from explainserve.vocabulary import InputSpec
 
 #: Served name -> directory fixture.
 SERVED = {

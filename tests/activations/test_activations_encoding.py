@@ -11,15 +11,15 @@ from activation_refs import TEXTS
 
 from explainserve.activations.service import scan_inputs
 from explainserve.errors import InvalidArgument
-from explainserve.explain.params import InputSpec
-from explainserve.explain.units import (
+from explainserve.models.registry import Registry
+from explainserve.vocabulary import (
+    InputSpec,
     TokenTable,
     encode_ids,
     encode_text,
     encode_texts,
     tokenize_table,
 )
-from explainserve.models.registry import Registry
 
 MORE = [
     "Crème brûlée is a French dessert; piñata is Spanish.",

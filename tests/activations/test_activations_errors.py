@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from activation_refs import TEXTS, run_texts
 
+from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.params import ActivationParams, HeadParams
-from explainserve.activations.service import ActivationLimits, Activator
+from explainserve.activations.service import Activator
 from explainserve.activations.tensors import RawTensor, encode
 from explainserve.errors import InvalidArgument, NotFound
-from explainserve.explain.params import InputSpec
 from explainserve.models.registry import Registry
+from explainserve.vocabulary import InputSpec
 
 
 def request(*texts: str, model: str = "bert", **fields: Any) -> ActivationParams:

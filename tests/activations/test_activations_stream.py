@@ -12,13 +12,14 @@ import pytest
 import torch
 from activation_refs import TEXTS, gather, run_texts
 
+from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.params import ActivationParams
-from explainserve.activations.service import ActivationLimits, Activator
+from explainserve.activations.service import Activator
 from explainserve.errors import Cancelled
-from explainserve.explain.params import InputSpec
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 
 def params(n: int, *, same_length: bool = False, **fields: object) -> ActivationParams:

@@ -24,9 +24,8 @@ from reference_models import Direct
 from explainserve import _native
 from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import Activator
-from explainserve.explain.params import InputSpec
-from explainserve.explain.units import encode_text, make_units
 from explainserve.models.registry import Registry
+from explainserve.vocabulary import InputSpec, encode_text, make_units
 
 HEAD_INPUT = {
     "bert": "classifier:input",

@@ -17,14 +17,14 @@ def parse(*argv: str) -> ServeConfig:
 
 def test_defaults() -> None:
     config = parse()
-    assert (config.host, config.port, config.device, config.dtype) == (
+    assert (config.server.host, config.server.port, config.device, config.dtype) == (
         "127.0.0.1",
         50051,
         "auto",
         "float32",
     )
     assert config.models == {}
-    assert config.max_message_bytes == 64 * 1024 * 1024
+    assert config.server.max_message_bytes == 64 * 1024 * 1024
 
 
 def test_model_flags_name_local_directories(tmp_path: Path) -> None:
@@ -47,9 +47,9 @@ def test_toml_file_then_flags(tmp_path: Path) -> None:
         '[models]\nsentiment = "/srv/models/sentiment"\n'
     )
     config = parse("--config", str(toml), "--port", "7000")
-    assert config.port == 7000  # the flag wins
+    assert config.server.port == 7000  # the flag wins
     assert config.device == "cpu"
-    assert config.token_budget == 1024
+    assert config.worker.token_budget == 1024
     assert config.replacement_fallback == "eos"
     assert config.models == {"sentiment": Path("/srv/models/sentiment")}
     (model,) = config.model_configs()
@@ -100,14 +100,14 @@ def test_causal_limits_from_toml_and_flags(tmp_path: Path) -> None:
     toml = tmp_path / "serve.toml"
     toml.write_text("max_new_tokens = 64\nmax_continuation_tokens = 100\n")
     config = parse("--config", str(toml), "--max-continuation-tokens", "50", "--logits-budget", "8")
-    causal = config.explain_limits().causal
+    causal = config.limits.causal
     assert (causal.max_new_tokens, causal.max_continuation_tokens) == (64, 50)
     assert config.model_configs()[0].worker.logits_budget == 8
-    defaults = parse().explain_limits().causal
+    defaults = parse().limits.causal
     assert (defaults.max_new_tokens, defaults.max_continuation_tokens) == (256, 256)
 
 
 @pytest.mark.parametrize("flag", ["--max-new-tokens", "--max-continuation-tokens"])
 def test_causal_limits_must_be_positive(flag: str) -> None:
     with pytest.raises(InvalidArgument, match="must be at least 1"):
-        parse(flag, "0").explain_limits()
+        parse(flag, "0")

@@ -59,17 +59,19 @@ def test_security_metrics_and_keepalive_options(tmp_path: Path) -> None:
         "--config", str(toml), "--keepalive-time-s", "30", "--max-tokens-per-input", "64"
     )
     assert config.tokens() == ("gamma", "alpha", "beta")
-    assert config.tls_cert == (tmp_path / "certs/server.pem").resolve()  # relative to the file
-    assert config.tls_key == (tmp_path / "certs/server.key").resolve()
-    assert config.tls_client_ca is None
-    assert (config.metrics_port, config.log_format) == (9100, "json")
-    assert (config.keepalive_time_s, config.max_connection_age_s) == (30.0, 1800.0)
-    assert config.max_tokens_per_input == 64
-    assert config.explain_limits().max_inputs == 256
+    # Paths are relative to the file.
+    assert config.server.tls_cert == (tmp_path / "certs/server.pem").resolve()
+    assert config.server.tls_key == (tmp_path / "certs/server.key").resolve()
+    assert config.server.tls_client_ca is None
+    assert (config.server.metrics_port, config.log_format) == (9100, "json")
+    assert (config.server.keepalive_time_s, config.server.max_connection_age_s) == (30.0, 1800.0)
+    assert config.server.max_tokens_per_input == 64
+    assert config.limits.max_inputs == 256
 
 
 def test_security_defaults_are_off() -> None:
     config = parse()
     assert config.tokens() == ()
-    assert (config.tls_cert, config.tls_key, config.metrics_port) == (None, None, None)
+    server = config.server
+    assert (server.tls_cert, server.tls_key, server.metrics_port) == (None, None, None)
     assert config.log_format == "text"

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from client_server import CHUNK_INPUTS, TOKEN, ClientServer
 
-from explainserve.activations.service import ActivationLimits, Activator
+from explainserve.activations.limits import ActivationLimits
+from explainserve.activations.service import Activator
 from explainserve.explain.service import Explainer
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 

@@ -24,7 +24,8 @@ from packaging.requirements import Requirement
 from pki import Pki
 from tiny_models import LABELS
 
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve_client import (
     Client,
     Explanation,

@@ -14,18 +14,15 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from explainserve.explain.params import (
-    ExplainParams,
-    Explanation,
-    InputSpec,
-    Lime,
-    Method,
-    Occlusion,
-)
+from explainserve.explain.method import Method
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 pytestmark = [
     pytest.mark.cuda,

@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explainserve.explain.params import (
-    ExplainParams,
-    Gradient,
-    InputSpec,
-    KernelShap,
-    Lime,
-    Method,
-    Occlusion,
-)
+from explainserve.explain.method import Method
+from explainserve.explain.methods.integrated_gradients import IntegratedGradients
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.saliency import Saliency
+from explainserve.explain.methods.smooth_grad import SmoothGrad
+from explainserve.explain.params import ExplainParams
 from explainserve.explain.service import Explainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 TEXTS = [
     "Good.",
@@ -34,9 +34,9 @@ METHODS: dict[str, Method] = {
     "occlusion": Occlusion(),
     "kernel_shap": KernelShap(n_perturbations=40),
     "lime": Lime(n_perturbations=30),
-    "integrated_gradients": Gradient(kind="integrated_gradients", n_steps=5),
-    "smooth_grad": Gradient(kind="smooth_grad", n_samples=3, noise_std=0.2),
-    "saliency": Gradient(kind="saliency"),
+    "integrated_gradients": IntegratedGradients(n_steps=5),
+    "smooth_grad": SmoothGrad(n_samples=3, noise_std=0.2),
+    "saliency": Saliency(),
 }
 
 

@@ -7,18 +7,22 @@ import math
 import pytest
 
 from explainserve.errors import Cancelled, ExplainServeError, InvalidArgument, NotFound
-from explainserve.explain.params import (
-    ExplainParams,
-    Gradient,
-    InputSpec,
-    KernelShap,
-    Lime,
-    Method,
-    Occlusion,
-    Sobol,
-)
-from explainserve.explain.service import Explainer, Limits
+from explainserve.explain.limits import Limits
+from explainserve.explain.method import Method
+from explainserve.explain.methods.gradient_shap import GradientShap
+from explainserve.explain.methods.integrated_gradients import IntegratedGradients
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.saliency import Saliency
+from explainserve.explain.methods.smooth_grad import SmoothGrad
+from explainserve.explain.methods.sobol import Sobol
+from explainserve.explain.methods.square_grad import SquareGrad
+from explainserve.explain.methods.var_grad import VarGrad
+from explainserve.explain.params import ExplainParams
+from explainserve.explain.service import Explainer
 from explainserve.models.registry import Registry
+from explainserve.vocabulary import InputSpec
 
 TEXT = "The weather is nice today."
 
@@ -110,7 +114,7 @@ def test_invalid_inputs(explainer: Explainer, inputs: list, fragment: str, field
 
 
 def test_longest_allowed_input_is_accepted(run) -> None:
-    e = run.one("bert", InputSpec(ids=[101] + [2204] * 126 + [102]), Gradient(kind="saliency"))
+    e = run.one("bert", InputSpec(ids=[101] + [2204] * 126 + [102]), Saliency())
     assert e.units.n_units == 126
 
 
@@ -127,11 +131,11 @@ def test_longest_allowed_input_is_accepted(run) -> None:
         (Lime(n_perturbations=1), "lime.n_perturbations"),
         (KernelShap(n_perturbations=1), "kernel_shap.n_perturbations"),
         (Sobol(n_points=0), "sobol.n_points"),
-        (Gradient(kind="integrated_gradients", n_steps=0), "integrated_gradients.n_steps"),
-        (Gradient(kind="smooth_grad", noise_std=-1.0), "smooth_grad.noise_std"),
-        (Gradient(kind="var_grad", noise_std=math.nan), "var_grad.noise_std"),
-        (Gradient(kind="gradient_shap", noise_std=math.inf), "gradient_shap.noise_std"),
-        (Gradient(kind="square_grad", n_samples=0), "square_grad.n_samples"),
+        (IntegratedGradients(n_steps=0), "integrated_gradients.n_steps"),
+        (SmoothGrad(noise_std=-1.0), "smooth_grad.noise_std"),
+        (VarGrad(noise_std=math.nan), "var_grad.noise_std"),
+        (GradientShap(noise_std=math.inf), "gradient_shap.noise_std"),
+        (SquareGrad(n_samples=0), "square_grad.n_samples"),
     ],
 )
 def test_invalid_method_parameters(explainer: Explainer, method: Method, field: str) -> None:
@@ -147,8 +151,8 @@ def test_invalid_method_parameters(explainer: Explainer, method: Method, field: 
         (Lime(n_perturbations=50), "word", 50),
         (KernelShap(n_perturbations=1000), "token", 64),  # 2^6 coalitions, enumerated
         (Sobol(n_points=4), "token", 32),  # (6 + 2) x 4
-        (Gradient(kind="integrated_gradients", n_steps=20), "word", 20),
-        (Gradient(kind="smooth_grad", n_samples=30), "word", 30),
+        (IntegratedGradients(n_steps=20), "word", 20),
+        (SmoothGrad(n_samples=30), "word", 30),
     ],
 )
 def test_too_many_forward_passes(

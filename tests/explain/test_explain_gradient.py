@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from explainserve.explain.params import Gradient, InputSpec
+from explainserve.explain.method import methods
+from explainserve.explain.methods.gradient_shap import GradientShap
+from explainserve.explain.methods.integrated_gradients import IntegratedGradients
+from explainserve.explain.methods.saliency import Saliency
+from explainserve.vocabulary import InputSpec
 
 TEXTS = {
     "bert": "Gradients flow back through the transformer layers.",
@@ -121,7 +125,7 @@ def test_plain_gradient_golden(run, direct, model: str, kind: str, aggregation: 
     e = run.one(
         model,
         InputSpec(text=text, targets=[0, 2]),
-        Gradient(kind=kind),  # type: ignore[arg-type]
+        methods()[kind](),
         granularity="word",
         aggregation=aggregation,
     )
@@ -148,7 +152,7 @@ def test_gradient_reductions_and_modes(run, direct, mode: str, kind: str, reduct
     e = run.one(
         "bert",
         InputSpec(text=text, targets=[1]),
-        Gradient(kind=kind, reduction=reduction),  # type: ignore[arg-type]
+        methods()[kind](reduction=reduction),
         granularity="token",
         mode=mode,
         aggregation="mean",
@@ -173,7 +177,7 @@ def test_noise_free_smoothing_is_deterministic(run, direct, model: str, kind: st
     e = run.one(
         model,
         InputSpec(text=text, targets=[0]),
-        Gradient(kind=kind, noise_std=0.0, n_samples=3),  # type: ignore[arg-type]
+        methods()[kind](noise_std=0.0, n_samples=3),
         granularity="word",
         aggregation="sum",
     )
@@ -204,7 +208,7 @@ def test_integrated_gradients_golden(run, direct, model: str, rule: str) -> None
     e = run.one(
         model,
         InputSpec(text=text, targets=[2]),
-        Gradient(kind="integrated_gradients", n_steps=6, rule=rule),  # type: ignore[arg-type]
+        IntegratedGradients(n_steps=6, rule=rule),  # type: ignore[arg-type]
         granularity="word",
         aggregation="sum",
     )
@@ -227,7 +231,7 @@ def test_integrated_gradients_replacement_baseline(run, direct) -> None:
     e = run.one(
         "bert",
         InputSpec(text=text, targets=[0]),
-        Gradient(kind="integrated_gradients", n_steps=5, baseline="replacement"),
+        IntegratedGradients(n_steps=5, baseline="replacement"),
         granularity="token",
         aggregation="sum",
         mode="softmax",
@@ -256,7 +260,7 @@ def test_integrated_gradients_completeness(
     e = run.one(
         model,
         InputSpec(text=text, targets=targets),
-        Gradient(kind="integrated_gradients", n_steps=64, rule="gauss_legendre"),
+        IntegratedGradients(n_steps=64, rule="gauss_legendre"),
         granularity=granularity,
         aggregation="sum",
         mode=mode,
@@ -281,7 +285,7 @@ def test_noisy_methods_shape_and_effect(run, direct, kind: str) -> None:
         return run.one(
             "bert",
             InputSpec(text=text, targets=[0, 1]),
-            Gradient(kind=kind, noise_std=noise, n_samples=4),  # type: ignore[arg-type]
+            methods()[kind](noise_std=noise, n_samples=4),
             granularity="word",
             seed=5,
         )
@@ -316,7 +320,7 @@ def test_linear_model_signed_methods_equal_weights(
     e = linear.run.one(
         "linear",
         InputSpec(text=linear.text, targets=[target]),
-        Gradient(kind=kind, **extra),  # type: ignore[arg-type]
+        methods()[kind](**extra),
         granularity="word",
         seed=4,
     )
@@ -324,7 +328,7 @@ def test_linear_model_signed_methods_equal_weights(
 
 
 def test_linear_model_saliency_is_one(linear) -> None:
-    e = linear.run.one("linear", linear.text, Gradient(kind="saliency"), granularity="word")
+    e = linear.run.one("linear", linear.text, Saliency(), granularity="word")
     np.testing.assert_allclose(e.scores, np.ones_like(e.scores), atol=1e-6)
 
 
@@ -344,7 +348,7 @@ def test_noise_free_gradient_shap_is_a_point_of_the_path(
     e = run.one(
         model,
         InputSpec(text=text, targets=[1]),
-        Gradient(kind="gradient_shap", noise_std=0.0, n_samples=1),
+        GradientShap(noise_std=0.0, n_samples=1),
         granularity="token",
         aggregation="sum",
         seed=seed,

@@ -13,8 +13,12 @@ import pytest
 import torch
 
 from explainserve import _native
-from explainserve.explain.params import InputSpec, KernelShap, Lime, Occlusion, Sobol
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.sobol import Sobol
 from explainserve.models.registry import Registry
+from explainserve.vocabulary import InputSpec
 
 MODES = ["logits", "softmax", "log_softmax"]
 #: Texts with multi-token words, so word and token granularity differ.

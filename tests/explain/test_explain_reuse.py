@@ -15,22 +15,19 @@ import pytest
 from numpy.typing import NDArray
 
 from explainserve.explain import perturbation
-from explainserve.explain.params import (
-    ExplainParams,
-    Explanation,
-    InputSpec,
-    KernelShap,
-    Lime,
-    Method,
-    Occlusion,
-    Sobol,
-)
+from explainserve.explain.method import Method
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.sobol import Sobol
+from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 from explainserve.scheduling import prefix
 from explainserve.scheduling.jobs import ForwardJob
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]
 PROMPT = "Hello there, world of words. Cats sat on the mat"
@@ -177,7 +174,7 @@ def test_counters_report_tokens_run(registries: dict[bool, Registry], model: str
     n = len(e.token_ids)
     p = e.prompt_tokens
     t2u = e.units.token_to_unit
-    masks = perturbation.design(Occlusion(), e.units.n_units, 0)[0]
+    masks = Occlusion().design(e.units.n_units, 0)[0]
     starts = []
     for mask in masks:
         hit = np.flatnonzero((t2u >= 0) & (mask[np.maximum(t2u, 0)] == 1))
@@ -215,7 +212,7 @@ def test_duplicate_rows_run_once_with_the_same_results(
     assert counts[False] == planned
     distinct = 0
     for e in results[True]:
-        masks = perturbation.design(m, e.units.n_units, 5)[0]
+        masks = m.design(e.units.n_units, 5)[0]
         distinct += len(np.unique(masks, axis=0)) + 1
     assert counts[True] == distinct < planned
     for a, b in zip(results[True], results[False], strict=True):

@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explainserve.explain.params import Gradient, InputSpec, KernelShap, Lime, Method, Sobol
+from explainserve.explain.method import Method
+from explainserve.explain.methods.gradient_shap import GradientShap
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.smooth_grad import SmoothGrad
+from explainserve.explain.methods.sobol import Sobol
+from explainserve.explain.methods.square_grad import SquareGrad
+from explainserve.explain.methods.var_grad import VarGrad
+from explainserve.vocabulary import InputSpec
 
 TEXT = "The weather is nice today, isn't it?"
 STOCHASTIC: dict[str, Method] = {
@@ -15,10 +23,10 @@ STOCHASTIC: dict[str, Method] = {
     "sobol_sobol": Sobol(n_points=8, sampler="sobol"),
     "sobol_halton_first": Sobol(n_points=8, sampler="halton", order="first"),
     "sobol_latin_hypercube": Sobol(n_points=8, sampler="latin_hypercube"),
-    "smooth_grad": Gradient(kind="smooth_grad", n_samples=4, noise_std=0.3),
-    "square_grad": Gradient(kind="square_grad", n_samples=4, noise_std=0.3),
-    "var_grad": Gradient(kind="var_grad", n_samples=4, noise_std=0.3),
-    "gradient_shap": Gradient(kind="gradient_shap", n_samples=4, noise_std=0.3),
+    "smooth_grad": SmoothGrad(n_samples=4, noise_std=0.3),
+    "square_grad": SquareGrad(n_samples=4, noise_std=0.3),
+    "var_grad": VarGrad(n_samples=4, noise_std=0.3),
+    "gradient_shap": GradientShap(n_samples=4, noise_std=0.3),
 }
 
 

@@ -17,22 +17,19 @@ import torch
 from numpy.typing import NDArray
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from explainserve.explain.params import (
-    ExplainParams,
-    Explanation,
-    InputSpec,
-    KernelShap,
-    Lime,
-    Method,
-    Occlusion,
-    Sobol,
-)
+from explainserve.explain.method import Method
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.lime import Lime
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.sobol import Sobol
+from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.heads import plain_head
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 from explainserve.models.runners import CausalLMRunner
-from explainserve.scheduling.worker import WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import InputSpec
 
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]
 METHODS: dict[str, Method] = {

@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explainserve.explain.params import Gradient, InputSpec, KernelShap, Method, Occlusion
+from explainserve.explain.method import Method
+from explainserve.explain.methods.gradient_shap import GradientShap
+from explainserve.explain.methods.integrated_gradients import IntegratedGradients
+from explainserve.explain.methods.kernel_shap import KernelShap
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.explain.methods.saliency import Saliency
+from explainserve.vocabulary import InputSpec
 
 TEXTS = [
     "The weather is nice today, isn't it?",
@@ -18,9 +24,9 @@ TEXTS = [
 METHODS: dict[str, Method] = {
     "occlusion": Occlusion(),
     "kernel_shap": KernelShap(n_perturbations=48),
-    "saliency": Gradient(kind="saliency"),
-    "integrated_gradients": Gradient(kind="integrated_gradients", n_steps=4),
-    "gradient_shap": Gradient(kind="gradient_shap", n_samples=3),
+    "saliency": Saliency(),
+    "integrated_gradients": IntegratedGradients(n_steps=4),
+    "gradient_shap": GradientShap(n_samples=3),
 }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explainserve.explain.params import InputSpec, Occlusion
+from explainserve.explain.methods.occlusion import Occlusion
+from explainserve.vocabulary import InputSpec
 
 TEXTS = [
     "The weather is nice today, isn't it?",

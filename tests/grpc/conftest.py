@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from explainserve.explain.causal import CausalLimits
-from explainserve.explain.service import Explainer, Limits
-from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.explain.limits import CausalLimits, Limits
+from explainserve.explain.service import Explainer
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import RunningServer, start
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 from explainserve.v1 import explain_pb2 as pb

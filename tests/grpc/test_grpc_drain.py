@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from explainserve.explain.service import Explainer
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.launch import spawn_serve
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry

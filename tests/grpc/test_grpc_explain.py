@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from explainserve.explain import params as dom
+from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.service import Explainer
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
+from explainserve.vocabulary import InputSpec
 
 TEXT = "Unbelievably good film. I hated the ending!"
 LABELS = ["negative", "neutral", "positive"]
@@ -80,8 +82,8 @@ def test_occlusion_equals_the_domain_result_for_text(
         explainer,
         dom.ExplainParams(
             model="bert",
-            inputs=[dom.InputSpec(text=text)],
-            method=dom.Occlusion(),
+            inputs=[InputSpec(text=text)],
+            method=Occlusion(),
             granularity=granularity,  # type: ignore[arg-type]
             mode="softmax",
         ),
@@ -110,7 +112,7 @@ def test_several_inputs_come_back_in_request_order_equal_to_the_domain_result(
     expected = domain_explain(
         explainer,
         dom.ExplainParams(
-            model=model, inputs=[dom.InputSpec(text=t) for t in texts], method=dom.Occlusion()
+            model=model, inputs=[InputSpec(text=t) for t in texts], method=Occlusion()
         ),
     )
     assert [e.input_index for e in reply.explanations] == [0, 1, 2, 3]
@@ -144,8 +146,8 @@ def test_occlusion_equals_the_domain_result_for_token_ids(
         explainer,
         dom.ExplainParams(
             model=model,
-            inputs=[dom.InputSpec(ids=ids)],
-            method=dom.Occlusion(),
+            inputs=[InputSpec(ids=ids)],
+            method=Occlusion(),
             granularity="token",
         ),
     )
@@ -198,8 +200,8 @@ def test_occlusion_equals_the_domain_result_on_the_decoder_classifier(
         explainer,
         dom.ExplainParams(
             model="gpt2",
-            inputs=[dom.InputSpec(text=text, targets=[1])],
-            method=dom.Occlusion(),
+            inputs=[InputSpec(text=text, targets=[1])],
+            method=Occlusion(),
             granularity="word",
             mode="log_softmax",
         ),

@@ -12,7 +12,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

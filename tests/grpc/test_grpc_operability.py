@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import RequestIdFilter
-from explainserve.grpc.server import RunningServer, ServerOptions, channel_options, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import RunningServer, channel_options, start
 from explainserve.logs import JsonFormatter
 from explainserve.scheduling.jobs import Job
 from explainserve.v1 import explain_pb2 as pb

@@ -10,7 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki import Pki
 
-from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import RunningServer, start
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

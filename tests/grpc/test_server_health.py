@@ -11,7 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import RunningServer, start
 from explainserve.launch import spawn_serve
 from explainserve.v1 import explain_pb2, explain_pb2_grpc
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from explainserve.scheduling.jobs import ForwardJob, Job
-from explainserve.scheduling.worker import Worker, WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.scheduling.worker import Worker
 
 VOCAB = 64
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from explainserve.explain.service import Explainer
-from explainserve.grpc.server import RunningServer, ServerOptions, start
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import RunningServer, start
 from explainserve.models.builtin import tiny_gpt2_dir
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry

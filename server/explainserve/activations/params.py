@@ -9,8 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.activations.tensors import RawTensor
-from explainserve.explain.params import Aggregation, InputSpec
-from explainserve.explain.units import Units
+from explainserve.vocabulary import Aggregation, InputSpec, Units
 
 #: Rows per input: the token the head reads (one row), every token, tokens without the special
 #: ones, or words / sentences (their tokens' rows aggregated).

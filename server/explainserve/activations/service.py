@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve import _native
+from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.params import (
     ActivationChunk,
     ActivationParams,
@@ -33,10 +34,13 @@ from explainserve.activations.params import (
 )
 from explainserve.activations.tensors import check_dtype, decode, encode
 from explainserve.errors import InvalidArgument, NotFound, quote
-from explainserve.explain.params import InputSpec
-from explainserve.explain.units import (
+from explainserve.models.capture import HEAD_ATTRIBUTES
+from explainserve.models.registry import Registry, ServedModel
+from explainserve.scheduling.jobs import ActivationJob, ActivationResult, HeadJob, Selection
+from explainserve.vocabulary import (
     Encoded,
     Granularity,
+    InputSpec,
     TokenTable,
     Units,
     check_ids,
@@ -44,36 +48,6 @@ from explainserve.explain.units import (
     make_units,
     tokenize_table,
 )
-from explainserve.models.capture import HEAD_ATTRIBUTES
-from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.jobs import ActivationJob, ActivationResult, HeadJob, Selection
-
-
-@dataclass(frozen=True)
-class ActivationLimits:
-    """Sizes and limits of GetActivations and PredictFromActivations requests."""
-
-    #: Inputs of one GetActivations request.
-    max_inputs: int = 100_000
-    #: Inputs per chunk at most.
-    chunk_inputs: int = 256
-    #: Tensor bytes per chunk at most (estimated as float32 before aggregation); an input bigger
-    #: than this gets a chunk of its own. Well under the 4 MiB that gRPC clients accept by
-    #: default.
-    chunk_bytes: int = 1024 * 1024
-    #: Chunks computed ahead of the one the consumer waits for. A request holds at most
-    #: `prefetch_chunks + 1` chunks of results (plus the one chunk being written). The worker
-    #: packs the inputs of every submitted chunk by length: all-token rows of 1000 sentences on the
-    #: default model ran 5.7% padding tokens at 4, 3.4% at 12, for 8 MiB more held.
-    prefetch_chunks: int = 12
-    #: Bytes of activations one input may produce (they travel in one message).
-    max_input_bytes: int = 32 * 1024 * 1024
-    #: Rows of one PredictFromActivations request.
-    max_head_rows: int = 65_536
-    #: Valid split points named by the "unknown split point" message (GetModel lists them all).
-    listed_split_points: int = 20
-    #: Texts per batched tokenizer call while validating a request (bounds its transient memory).
-    tokenize_batch: int = 1024
 
 
 class InputTokens:

@@ -20,30 +20,24 @@ from transformers import PreTrainedTokenizerBase
 
 from explainserve import _native
 from explainserve.errors import InvalidArgument
-from explainserve.explain.params import Aggregation, Generation, InputSpec
-from explainserve.explain.units import (
+from explainserve.explain.limits import CausalLimits
+from explainserve.explain.params import Generation
+from explainserve.scheduling.jobs import GenerationOptions
+from explainserve.vocabulary import (
+    Aggregation,
     Encoded,
     Granularity,
+    InputSpec,
     Units,
     encode_ids,
     make_units,
     place_spans,
 )
-from explainserve.scheduling.jobs import GenerationOptions
 
 #: Tokens generated when the request does not say (or the server's limit when lower).
 DEFAULT_MAX_NEW_TOKENS = 32
 # Huge on purpose: the continuation's length is checked against its own limit and the model's.
 _NO_LIMIT = 1 << 40
-
-
-@dataclass(frozen=True)
-class CausalLimits:
-    """Continuation limits of one input."""
-
-    max_new_tokens: int = 256
-    max_continuation_tokens: int = 256
-    max_temperature: float = 100.0
 
 
 def generation_options(

@@ -1,4 +1,5 @@
-"""Gradient methods on the input (word) embeddings, by their textbook definitions.
+"""What every gradient method shares (one module each under `methods/`): gradients on the input
+(word) embeddings, by their textbook definitions.
 
 - Saliency: the gradient, reduced over the hidden dimension (default: L2 norm, a magnitude).
 - InputxGradient: gradient x input (default reduction: signed sum).
@@ -20,34 +21,31 @@ their target's running sums as the batch finishes: an input holds `(targets, n, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from explainserve import _native
-from explainserve.explain.common import Item, Progress
-from explainserve.explain.params import Aggregation, Gradient, IntegrationRule, Reduction
-from explainserve.models.registry import ServedModel
-from explainserve.scheduling.jobs import GradientJob, InferenceMode
+from explainserve.errors import InvalidArgument
+from explainserve.explain.common import Item
+from explainserve.explain.method import Method, RunContext
+from explainserve.scheduling.jobs import GradientJob
 
-_DEFAULT_REDUCTION: dict[str, Reduction] = {
-    "saliency": "l2_norm",
-    "input_x_gradient": "signed_sum",
-    "integrated_gradients": "signed_sum",
-    "smooth_grad": "l2_norm",
-    "square_grad": "l2_norm",
-    "var_grad": "l2_norm",
-    "gradient_shap": "signed_sum",
-}
+if TYPE_CHECKING:
+    from explainserve.models.registry import ServedModel
+
+Reduction = Literal["signed_sum", "l2_norm", "mean_abs"]
+BaselineKind = Literal["zero", "replacement"]
+# Noise beyond this many standard deviations of the embeddings only measures the noise (and
+# overflows float16/bfloat16 models).
+MAX_NOISE_STD = 100.0
 
 
-def path_points(
-    n_steps: int, rule: IntegrationRule
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def path_points(n_steps: int, rule: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Points `alpha` in [0, 1] and weights of the rule; the weights sum to 1."""
     m = n_steps
     if rule == "gauss_legendre":
@@ -75,75 +73,162 @@ def reduce_hidden(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return values.abs().mean(dim=-1)
 
 
-def n_rows(method: Gradient, n_targets: int) -> int:
-    """Sequences (forward + backward) `method` runs for one input."""
-    if method.kind in ("saliency", "input_x_gradient"):
-        per_target = 1
-    elif method.kind == "integrated_gradients":
-        per_target = method.n_steps
-    else:
-        per_target = method.n_samples
-    return per_target * n_targets
+@dataclass(frozen=True)
+class GradientPath:
+    """The points one input's rows are taken at (shared by every target) and how they count."""
+
+    #: `(points, n, h)` embeddings.
+    points: torch.Tensor
+    #: `(points,)` float64: each point's weight in its target's running sum (they add up to 1).
+    weights: torch.Tensor
+    #: GradientShap: `(points, n, h)`, the noisy baseline of each point; None otherwise.
+    starts: torch.Tensor | None = None
+
+
+def uniform(points: torch.Tensor) -> GradientPath:
+    """Points that count alike: the mean of their gradients."""
+    n = int(points.shape[0])
+    return GradientPath(points, torch.full((n,), 1.0 / n, dtype=torch.float64))
+
+
+@dataclass(frozen=True)
+class PathInput:
+    """What a method's points are made of."""
+
+    #: The input's embeddings `(n, h)`.
+    x: torch.Tensor
+    #: The baseline `(n, h)`: the input, with zero or the replacement's embedding at moved rows.
+    baseline: torch.Tensor
+    #: `(n, 1)` bool: the positions of a unit (the only ones moved; special tokens stay).
+    moved: torch.Tensor
+    generator: torch.Generator
+
+    def noise(self, n_samples: int, noise_std: float) -> torch.Tensor:
+        """`(n_samples, n, h)` Gaussian noise at the moved positions, `noise_std` times the
+        standard deviation of the moved embeddings."""
+        rows = self.x[self.moved[:, 0]]
+        scale = float(rows.std()) if rows.numel() > 1 else 1.0
+        sigma = noise_std * scale
+        drawn = torch.randn((n_samples, *self.x.shape), generator=self.generator) * sigma
+        return drawn * self.moved
+
+
+@dataclass(frozen=True)
+class GradientMethod(Method):
+    """A gradient method: the points its rows are taken at (`path`), how each batch's gradients
+    add to the running sums (`accumulate`) and the per-dimension attribution made of them
+    (`attribution`), reduced over the hidden dimension and aggregated to units."""
+
+    #: The reduction over the hidden dimension when the request does not say.
+    default_reduction: ClassVar[Reduction]
+    #: The running sums include the squared gradients (`GradientRun.sum_sq`).
+    needs_squares: ClassVar[bool] = False
+
+    #: Over the hidden dimension; None: `default_reduction`.
+    reduction: Reduction | None = None
+
+    def rows_per_target(self) -> int:
+        """Points (rows) per target."""
+        return 1
+
+    def n_rows(self, n_units: int, n_targets: int) -> int:
+        """Sequences (forward + backward): points x targets."""
+        return self.rows_per_target() * n_targets
+
+    def baseline_kind(self) -> BaselineKind:
+        """The baseline at the moved positions (`WithBaseline`: the `baseline` parameter)."""
+        return "zero"
+
+    def path(self, at: PathInput) -> GradientPath:
+        """The points the gradients are taken at (default: the input itself)."""
+        return uniform(at.x.unsqueeze(0))
+
+    def accumulate(
+        self, run: GradientRun, target: torch.Tensor, point: torch.Tensor, g: torch.Tensor
+    ) -> None:
+        """Adds gradients `g` (`(rows, n, h)` float64) of rows at `point` to their `target`'s
+        sums (default: the weighted gradient)."""
+        run.sum.index_add_(0, target, g * run.path.weights[point].view(-1, 1, 1))
+
+    def attribution(self, run: GradientRun) -> torch.Tensor:
+        """`(targets, n, h)` float64 from the finished sums (default: the weighted mean)."""
+        return run.sum
+
+    def start(self, item: Item, ctx: RunContext) -> GradientRun:
+        """One job of every (point, target) row of the input."""
+        return GradientRun(item, self, ctx)
+
+
+@dataclass(frozen=True)
+class NoisyGradient(GradientMethod):
+    """A method that averages over noisy copies of the input (or of a baseline)."""
+
+    default_reduction: ClassVar[Reduction] = "l2_norm"
+
+    n_samples: int = 32
+    #: Relative to the standard deviation of the input's embeddings.
+    noise_std: float = 0.1
+
+    def validate(self) -> None:
+        """At least one sample, a finite noise >= 0 and at most `MAX_NOISE_STD`."""
+        self.check_at_least("n_samples", 1)
+        self.check_finite("noise_std", allow_zero=True)
+        if self.noise_std > MAX_NOISE_STD:
+            raise InvalidArgument(
+                f"{self.name}.noise_std is relative to the embeddings' standard deviation and "
+                f"must be at most {MAX_NOISE_STD:g}, got {self.noise_std:g}",
+                field=self.field_name("noise_std"),
+            )
+
+    def rows_per_target(self) -> int:
+        """One row per sample."""
+        return self.n_samples
+
+    def path(self, at: PathInput) -> GradientPath:
+        """`n_samples` noisy copies of the input."""
+        return uniform(at.x + at.noise(self.n_samples, self.noise_std))
+
+
+@dataclass(frozen=True)
+class WithBaseline:
+    """A gradient method's `baseline` parameter (mixed in before `GradientMethod`)."""
+
+    baseline: BaselineKind = "zero"
+
+    def baseline_kind(self) -> BaselineKind:
+        """The `baseline` parameter."""
+        return self.baseline
 
 
 class GradientRun:
     """One input's gradient job and how its gradients become unit scores."""
 
-    def __init__(
-        self,
-        model: ServedModel,
-        item: Item,
-        method: Gradient,
-        mode: InferenceMode,
-        aggregation: Aggregation,
-        seed: int,
-        progress: Progress,
-        is_cancelled: Callable[[], bool] | None,
-    ) -> None:
+    def __init__(self, item: Item, method: GradientMethod, ctx: RunContext) -> None:
+        model = ctx.model
         self._method = method
         self._item = item
-        self._aggregation = aggregation
-        self._reduction: Reduction = method.reduction or _DEFAULT_REDUCTION[method.kind]
+        self._aggregation = ctx.aggregation
+        self._reduction: Reduction = method.reduction or method.default_reduction
         runner = model.runner
         ids = torch.from_numpy(item.encoded.ids).unsqueeze(0).to(runner.device)
         with torch.no_grad():
             # Reading the embedding table is not a model forward: it is the job's input.
             x = runner.embed(ids)[0].float().cpu()
         moved = torch.from_numpy(item.units.token_to_unit >= 0).unsqueeze(-1)  # (n, 1)
-        self._x = x
-        self._moved = moved
-        n_targets = len(item.targets)
-        generator = torch.Generator().manual_seed(seed)
-        baseline = self._baseline(model, x, moved, method.baseline)
-        self._baseline_x = baseline
-        kind = method.kind
-        if kind in ("saliency", "input_x_gradient"):
-            points = x.unsqueeze(0)
-        elif kind == "integrated_gradients":
-            alphas, weights = path_points(method.n_steps, method.rule)
-            self._weights = torch.from_numpy(weights).float()
-            a = torch.from_numpy(alphas).float().view(-1, 1, 1)
-            points = baseline + a * (x - baseline)
-        elif kind == "gradient_shap":
-            noise = self._noise(x, moved, method, generator)
-            noisy_baseline = baseline + noise
-            a = torch.rand((method.n_samples, 1, 1), generator=generator)
-            self._shap_baselines = noisy_baseline
-            points = noisy_baseline + a * (x - noisy_baseline)
-        else:
-            points = x + self._noise(x, moved, method, generator)
-        per_target = int(points.shape[0])
+        #: The input's embeddings `(n, h)` and the baseline the path starts from.
+        self.x = x
+        self.baseline = _baseline(model, x, moved, method.baseline_kind())
+        generator = torch.Generator().manual_seed(ctx.seed)
+        #: The points and their weights.
+        self.path = method.path(PathInput(x, self.baseline, moved, generator))
+        per_target = int(self.path.points.shape[0])
         self._per_target = per_target
-        # Per-point weight of each row's gradient in its target's running sum (and, for
-        # GradientShap, the factor x - baseline' of each point).
-        if kind == "integrated_gradients":
-            self._row_weights = torch.from_numpy(weights).double()
-        else:
-            self._row_weights = torch.full((per_target,), 1.0 / per_target, dtype=torch.float64)
+        n_targets = len(item.targets)
         hidden = tuple(x.shape)
-        self._sum = torch.zeros((n_targets, *hidden), dtype=torch.float64)
-        sq_shape = (n_targets, *hidden) if kind == "var_grad" else (0,)
-        self._sum_sq = torch.zeros(sq_shape, dtype=torch.float64)
+        #: Running sums per target `(targets, n, h)`, float64 (and of squares, when needed).
+        self.sum = torch.zeros((n_targets, *hidden), dtype=torch.float64)
+        sq_shape = (n_targets, *hidden) if method.needs_squares else (0,)
+        self.sum_sq = torch.zeros(sq_shape, dtype=torch.float64)
         # Rows are target-major: all points of target 0, then of target 1, ... They share the
         # points (no copy per target), and the worker hands each batch's gradients to
         # `_accumulate`, so memory holds (targets, n, h) sums, never every row's gradients.
@@ -151,61 +236,28 @@ class GradientRun:
         positions = None if item.positions is None else np.repeat(item.positions, per_target)
         self.n_rows = len(targets)
         self._job = GradientJob(
-            embeds=points.to(model.dtype),
+            embeds=self.path.points.to(model.dtype),
             attention=item.encoded.attention,
             targets=targets,
-            mode=mode,
+            mode=ctx.mode,
             positions=positions,
             accumulate=self._accumulate,
-            on_rows_done=progress.add,
-            is_cancelled=is_cancelled,
+            on_rows_done=ctx.progress.add,
+            is_cancelled=ctx.is_cancelled,
         )
 
     def _accumulate(self, start: int, stop: int, grads: torch.Tensor) -> None:
         """Adds rows `start..stop`'s gradients `(rows, n, h)` to their targets' sums (worker
         thread; `finish` reads the sums once the job is done)."""
         rows = torch.arange(start, stop)
-        target = rows // self._per_target
-        point = rows % self._per_target
-        g = grads.double()
-        w = self._row_weights[point].view(-1, 1, 1)
-        kind = self._method.kind
-        if kind == "gradient_shap":
-            factor = (self._x - self._shap_baselines[point]).double()
-            self._sum.index_add_(0, target, g * factor * w)
-        elif kind == "square_grad":
-            self._sum.index_add_(0, target, g * g * w)
-        else:
-            self._sum.index_add_(0, target, g * w)
-            if kind == "var_grad":
-                self._sum_sq.index_add_(0, target, g * g * w)
+        self._method.accumulate(
+            self, rows // self._per_target, rows % self._per_target, grads.double()
+        )
 
     @property
     def jobs(self) -> list[GradientJob]:
         """The worker job to submit."""
         return [self._job]
-
-    @staticmethod
-    def _baseline(
-        model: ServedModel, x: torch.Tensor, moved: torch.Tensor, which: str
-    ) -> torch.Tensor:
-        """Zero, or the replacement token's embedding, at every moved position."""
-        fill = torch.zeros(x.shape[-1])
-        if which == "replacement" and not model.replacement.zero_embedding:
-            token = torch.tensor([[model.replacement.token_id]], device=model.runner.device)
-            with torch.no_grad():
-                fill = model.runner.embed(token)[0, 0].float().cpu()
-        return torch.where(moved, fill, x)
-
-    @staticmethod
-    def _noise(
-        x: torch.Tensor, moved: torch.Tensor, method: Gradient, generator: torch.Generator
-    ) -> torch.Tensor:
-        rows = x[moved[:, 0]]
-        scale = float(rows.std()) if rows.numel() > 1 else 1.0
-        sigma = method.noise_std * scale
-        noise = torch.randn((method.n_samples, *x.shape), generator=generator) * sigma
-        return noise * moved
 
     @property
     def futures(self) -> list[Future[Any]]:
@@ -215,16 +267,7 @@ class GradientRun:
     def finish(self) -> NDArray[np.float64]:
         """`(targets, units)` scores."""
         self._job.future.result()  # raises what the job raised
-        kind = self._method.kind
-        x = self._x.double()
-        if kind == "input_x_gradient":
-            per_dim = self._sum * x
-        elif kind == "integrated_gradients":
-            per_dim = (x - self._baseline_x.double()) * self._sum
-        elif kind == "var_grad":
-            per_dim = (self._sum_sq - self._sum * self._sum).clamp(min=0.0)
-        else:  # saliency (one point), smooth_grad, square_grad, gradient_shap: the mean
-            per_dim = self._sum
+        per_dim = self._method.attribution(self)
         token_scores = reduce_hidden(per_dim, self._reduction).float().numpy()
         unit_scores = _native.aggregate(
             np.ascontiguousarray(token_scores, dtype=np.float32),
@@ -233,3 +276,15 @@ class GradientRun:
             self._aggregation,
         )
         return unit_scores.astype(np.float64)
+
+
+def _baseline(
+    model: ServedModel, x: torch.Tensor, moved: torch.Tensor, which: BaselineKind
+) -> torch.Tensor:
+    """Zero, or the replacement token's embedding, at every moved position."""
+    fill = torch.zeros(x.shape[-1])
+    if which == "replacement" and not model.replacement.zero_embedding:
+        token = torch.tensor([[model.replacement.token_id]], device=model.runner.device)
+        with torch.no_grad():
+            fill = model.runner.embed(token)[0, 0].float().cpu()
+    return torch.where(moved, fill, x)

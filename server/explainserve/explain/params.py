@@ -1,99 +1,22 @@
-"""The domain form of an Explain request: what to explain, how, and what comes back."""
+"""The domain form of an Explain request: what to explain, how, and what comes back (the
+methods and their parameters: `explain/methods/`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from explainserve.explain.units import Granularity, Units
-from explainserve.scheduling.jobs import InferenceMode, Priority
-
-Aggregation = Literal["mean", "max", "min", "sum", "signed_max"]
-Reduction = Literal["signed_sum", "l2_norm", "mean_abs"]
-GradientKind = Literal[
-    "saliency",
-    "input_x_gradient",
-    "integrated_gradients",
-    "smooth_grad",
-    "square_grad",
-    "var_grad",
-    "gradient_shap",
-]
-IntegrationRule = Literal[
-    "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre"
-]
-
-
-@dataclass(frozen=True)
-class Occlusion:
-    """Replace each unit alone: score = f(x) - f(x without the unit)."""
-
-
-@dataclass(frozen=True)
-class Lime:
-    """Weighted ridge regression on random unit masks."""
-
-    n_perturbations: int = 256
-    perturb_probability: float = 0.5
-    distance: Literal["cosine", "hamming", "euclidean"] = "cosine"
-    kernel_width: float | None = None
-    alpha: float = 1.0
-
-
-@dataclass(frozen=True)
-class KernelShap:
-    """Shapley values by constrained weighted regression."""
-
-    n_perturbations: int = 256
-
-
-@dataclass(frozen=True)
-class Sobol:
-    """Sobol indices (Fel et al. 2021)."""
-
-    n_points: int = 32
-    order: Literal["first", "total"] = "total"
-    sampler: Literal["sobol", "halton", "latin_hypercube"] = "sobol"
-
-
-@dataclass(frozen=True)
-class Gradient:
-    """Every gradient method; fields a method does not use are ignored."""
-
-    kind: GradientKind = "saliency"
-    n_steps: int = 64
-    n_samples: int = 32
-    noise_std: float = 0.1
-    baseline: Literal["zero", "replacement"] = "zero"
-    rule: IntegrationRule = "gauss_legendre"
-    reduction: Reduction | None = None
-
-
-Method = Occlusion | Lime | KernelShap | Sobol | Gradient
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One input: text, or token ids (+ optional attention mask); targets by index or label.
-
-    Causal LMs: the input is the prompt, and the target is a continuation given as text or token
-    ids (at most one of the two); with neither, the model's own continuation is generated.
-    """
-
-    text: str | None = None
-    ids: list[int] | None = None
-    attention: list[int] | None = None
-    targets: list[int | str] = field(default_factory=list)
-    continuation_text: str | None = None
-    continuation_ids: list[int] | None = None
-
-    @property
-    def has_continuation(self) -> bool:
-        """True when a continuation is given (text or ids)."""
-        return self.continuation_text is not None or self.continuation_ids is not None
+from explainserve.explain.method import Method
+from explainserve.vocabulary import (
+    Aggregation,
+    Granularity,
+    InferenceMode,
+    InputSpec,
+    Priority,
+    Units,
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Perturbation methods: Occlusion, LIME, KernelSHAP, Sobol.
+"""What every perturbation method shares (Occlusion, LIME, KernelSHAP, Sobol: `methods/`).
 
 Unit masks come from the native core, are expanded to token-id rows there too, and go through the
 model worker as one job per input (so all inputs of a request share batches); the native
@@ -12,66 +12,44 @@ rows also carry the unperturbed sequence, so the worker runs them from their fir
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from explainserve import _native
 from explainserve.explain.common import Item, Progress
-from explainserve.explain.params import KernelShap, Lime, Occlusion, Sobol
-from explainserve.models.registry import ServedModel
-from explainserve.scheduling.jobs import ForwardJob, InferenceMode
+from explainserve.explain.method import Method, RunContext
+from explainserve.scheduling.jobs import ForwardJob
+from explainserve.vocabulary import InferenceMode
 
-PerturbationMethod = Occlusion | Lime | KernelShap | Sobol
+if TYPE_CHECKING:
+    from explainserve.models.registry import ServedModel
+
+#: An estimator: `(masks, row outputs (rows, targets))` -> `(targets, units)` scores.
+Estimator = Callable[[NDArray[np.uint8], NDArray[np.float64]], NDArray[np.float64]]
 
 
-def design(
-    method: PerturbationMethod, n_units: int, seed: int
-) -> tuple[
-    NDArray[np.uint8], Callable[[NDArray[np.uint8], NDArray[np.float64]], NDArray[np.float64]]
-]:
-    """The unit masks of `method` and the estimator that turns row outputs into unit scores."""
-    if isinstance(method, Occlusion):
-        return _native.occlusion_masks(n_units), lambda _m, out: _native.occlusion_scores(out)
-    if isinstance(method, Lime):
-        # Row 0 is the unperturbed input, as in LIME; the rest are Bernoulli draws.
-        random_rows = _native.bernoulli_masks(
-            method.n_perturbations - 1, n_units, method.perturb_probability, seed
+@dataclass(frozen=True)
+class PerturbationMethod(Method):
+    """A method that perturbs whole units: its plan is a design of unit masks (1 = replaced) and
+    an estimator of unit scores from the rows' outputs."""
+
+    shares_identical_inputs: ClassVar[bool] = True
+
+    @abstractmethod
+    def design(self, n_units: int, seed: int) -> tuple[NDArray[np.uint8], Estimator]:
+        """The unit masks and the estimator that turns row outputs into unit scores."""
+
+    def start(self, item: Item, ctx: RunContext) -> PerturbationRun:
+        """One job of every perturbed sequence of the input."""
+        return PerturbationRun(
+            ctx.model, item, self, ctx.mode, ctx.seed, ctx.progress, ctx.is_cancelled
         )
-        masks = np.vstack([np.zeros((1, n_units), dtype=np.uint8), random_rows])
-
-        def lime(m: NDArray[np.uint8], out: NDArray[np.float64]) -> NDArray[np.float64]:
-            return _native.lime_scores(m, out, method.distance, method.kernel_width, method.alpha)
-
-        return masks, lime
-    if isinstance(method, KernelShap):
-        masks, weights = _native.kernel_shap_masks(method.n_perturbations, n_units, seed)
-        return masks, lambda m, out: _native.kernel_shap_scores(m, weights, out)
-    k = method.n_points
-    masks = _native.sobol_masks(n_units, k, method.sampler, seed)
-    first_order = method.order == "first"
-
-    def sobol(_m: NDArray[np.uint8], out: NDArray[np.float64]) -> NDArray[np.float64]:
-        first, total = _native.sobol_indices(out, n_units, k)
-        return first if first_order else total
-
-    return masks, sobol
-
-
-def n_rows(method: PerturbationMethod, n_units: int) -> int:
-    """Sequences `method` sends through the model for `n_units` units."""
-    if isinstance(method, Occlusion):
-        return n_units + 1
-    if isinstance(method, Lime):
-        return method.n_perturbations
-    if isinstance(method, KernelShap):
-        if n_units <= 30 and 2**n_units <= method.n_perturbations:
-            return int(2**n_units)
-        return method.n_perturbations
-    return (n_units + 2) * method.n_points
 
 
 def distinct_rows(
@@ -121,7 +99,7 @@ class PerturbationRun:
         is_cancelled: Callable[[], bool] | None,
     ) -> None:
         t2u = item.units.token_to_unit
-        masks, self._estimate = design(method, item.units.n_units, seed)
+        masks, self._estimate = method.design(item.units.n_units, seed)
         self._masks = masks
         replacement = model.replacement
         ids = _native.expand_ids(

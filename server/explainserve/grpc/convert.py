@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from explainserve.activations import params as act
 from explainserve.activations.tensors import RawTensor, encode
 from explainserve.errors import InvalidArgument
 from explainserve.explain import params as dom
-from explainserve.explain.units import Granularity, Units
+from explainserve.explain.method import Method, methods
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling.jobs import InferenceMode, Priority
 from explainserve.v1 import explain_pb2 as pb
+from explainserve.vocabulary import (
+    Aggregation,
+    Granularity,
+    InferenceMode,
+    InputSpec,
+    Priority,
+    Units,
+)
 
 T = TypeVar("T")
 
@@ -22,7 +32,7 @@ GRANULARITY: dict[int, Granularity] = {
     pb.GRANULARITY_WORD: "word",
     pb.GRANULARITY_SENTENCE: "sentence",
 }
-AGGREGATION: dict[int, dom.Aggregation] = {
+AGGREGATION: dict[int, Aggregation] = {
     pb.AGGREGATION_UNSPECIFIED: "mean",
     pb.AGGREGATION_MEAN: "mean",
     pb.AGGREGATION_MAX: "max",
@@ -30,30 +40,27 @@ AGGREGATION: dict[int, dom.Aggregation] = {
     pb.AGGREGATION_SUM: "sum",
     pb.AGGREGATION_SIGNED_MAX: "signed_max",
 }
-PRIORITY: dict[int, Priority] = {
-    pb.PRIORITY_UNSPECIFIED: "interactive",
-    pb.PRIORITY_INTERACTIVE: "interactive",
-    pb.PRIORITY_BATCH: "batch",
-}
 MODE: dict[int, InferenceMode] = {
     pb.INFERENCE_MODE_UNSPECIFIED: "logits",
     pb.INFERENCE_MODE_LOGITS: "logits",
     pb.INFERENCE_MODE_SOFTMAX: "softmax",
     pb.INFERENCE_MODE_LOG_SOFTMAX: "log_softmax",
 }
-REDUCTION: dict[int, dom.Reduction | None] = {
-    pb.GRADIENT_REDUCTION_UNSPECIFIED: None,
+PRIORITY: dict[int, Priority] = {
+    pb.PRIORITY_UNSPECIFIED: "interactive",
+    pb.PRIORITY_INTERACTIVE: "interactive",
+    pb.PRIORITY_BATCH: "batch",
+}
+REDUCTION: dict[int, str] = {
     pb.GRADIENT_REDUCTION_SIGNED_SUM: "signed_sum",
     pb.GRADIENT_REDUCTION_L2_NORM: "l2_norm",
     pb.GRADIENT_REDUCTION_MEAN_ABS: "mean_abs",
 }
 BASELINE: dict[int, str] = {
-    pb.BASELINE_UNSPECIFIED: "zero",
     pb.BASELINE_ZERO: "zero",
     pb.BASELINE_REPLACEMENT: "replacement",
 }
-RULE: dict[int, dom.IntegrationRule] = {
-    pb.INTEGRATION_RULE_UNSPECIFIED: "gauss_legendre",
+RULE: dict[int, str] = {
     pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
     pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
     pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
@@ -61,13 +68,11 @@ RULE: dict[int, dom.IntegrationRule] = {
     pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gauss_legendre",
 }
 DISTANCE: dict[int, str] = {
-    pb.LIME_DISTANCE_UNSPECIFIED: "cosine",
     pb.LIME_DISTANCE_COSINE: "cosine",
     pb.LIME_DISTANCE_HAMMING: "hamming",
     pb.LIME_DISTANCE_EUCLIDEAN: "euclidean",
 }
 SAMPLER: dict[int, str] = {
-    pb.SOBOL_SAMPLER_UNSPECIFIED: "sobol",
     pb.SOBOL_SAMPLER_SOBOL: "sobol",
     pb.SOBOL_SAMPLER_HALTON: "halton",
     pb.SOBOL_SAMPLER_LATIN_HYPERCUBE: "latin_hypercube",
@@ -81,10 +86,24 @@ ACTIVATION_GRANULARITY: dict[int, act.ActivationGranularity] = {
     pb.ACTIVATION_GRANULARITY_SENTENCE: "sentence",
 }
 ORDER: dict[int, str] = {
-    pb.SOBOL_ORDER_UNSPECIFIED: "total",
     pb.SOBOL_ORDER_FIRST: "first",
     pb.SOBOL_ORDER_TOTAL: "total",
 }
+
+
+#: The enums of method and generation parameters, by proto enum name: value -> domain value. An
+#: unset enum (UNSPECIFIED, 0) is not here: it leaves the parameter at its default.
+PARAMETER_ENUMS: dict[str, dict[int, str]] = {
+    "GradientReduction": REDUCTION,
+    "Baseline": BASELINE,
+    "IntegrationRule": RULE,
+    "LimeDistance": DISTANCE,
+    "SobolSampler": SAMPLER,
+    "SobolOrder": ORDER,
+}
+#: The request's `method` oneof: each field's message converts to the method registered under the
+#: field's name, parameter by parameter (`explain/methods/`).
+METHODS: dict[str, type[Method]] = methods()
 
 
 def _enum(table: dict[int, T], value: int, field: str) -> T:
@@ -94,58 +113,40 @@ def _enum(table: dict[int, T], value: int, field: str) -> T:
         raise InvalidArgument(f"unknown value {value} for {field}", field=field) from None
 
 
-def _opt(message: object, name: str, default: float) -> float:
-    return float(getattr(message, name)) if message.HasField(name) else default  # type: ignore[attr-defined]
+def _parameters(message: Message, cls: type[Any], prefix: str) -> Any:
+    """A parameter message to the dataclass `cls`, field by field of the same name: an unset
+    field (absent, or proto3's zero) leaves the dataclass default, so defaults live there only."""
+    values: dict[str, Any] = {}
+    by_name = message.DESCRIPTOR.fields_by_name
+    for f in dataclasses.fields(cls):
+        desc = by_name.get(f.name)
+        if desc is None:
+            continue
+        raw = getattr(message, f.name)
+        if (desc.has_presence and not message.HasField(f.name)) or (
+            not desc.has_presence and not raw
+        ):
+            continue
+        if desc.enum_type is not None:
+            values[f.name] = _enum(PARAMETER_ENUMS[desc.enum_type.name], raw, f"{prefix}.{f.name}")
+        elif desc.type in (desc.TYPE_FLOAT, desc.TYPE_DOUBLE):
+            values[f.name] = float(raw)
+        else:
+            values[f.name] = raw
+    return cls(**values)
 
 
-def _gradient(kind: dom.GradientKind, m: object) -> dom.Gradient:
-    """A gradient method message (any of the seven) to the domain form."""
-    fields = {f.name for f in m.DESCRIPTOR.fields}  # type: ignore[attr-defined]
-    n_samples = int(getattr(m, "n_samples", 0)) or 32
-    return dom.Gradient(
-        kind=kind,
-        n_steps=int(getattr(m, "n_steps", 0)) or 64,
-        n_samples=n_samples,
-        noise_std=_opt(m, "noise_std", 0.1) if "noise_std" in fields else 0.1,
-        baseline=_enum(BASELINE, int(getattr(m, "baseline", 0)), f"{kind}.baseline"),  # type: ignore[arg-type]
-        rule=_enum(RULE, int(getattr(m, "rule", 0)), f"{kind}.rule"),
-        reduction=_enum(REDUCTION, int(getattr(m, "reduction", 0)), f"{kind}.reduction"),
-    )
-
-
-def method_from_proto(request: pb.ExplainRequest) -> dom.Method:
+def method_from_proto(request: pb.ExplainRequest) -> Method:
     """The request's method oneof to the domain form (defaults for unset fields)."""
     which = request.WhichOneof("method")
     if which is None:
-        raise InvalidArgument(
-            "no method set: choose one of occlusion, lime, kernel_shap, sobol, saliency, "
-            "input_x_gradient, integrated_gradients, smooth_grad, square_grad, var_grad, "
-            "gradient_shap",
-            field="method",
-        )
-    m = getattr(request, which)
-    if which == "occlusion":
-        return dom.Occlusion()
-    if which == "lime":
-        return dom.Lime(
-            n_perturbations=m.n_perturbations or 256,
-            perturb_probability=_opt(m, "perturb_probability", 0.5),
-            distance=_enum(DISTANCE, m.distance, "lime.distance"),  # type: ignore[arg-type]
-            kernel_width=float(m.kernel_width) if m.HasField("kernel_width") else None,
-            alpha=_opt(m, "alpha", 1.0),
-        )
-    if which == "kernel_shap":
-        return dom.KernelShap(n_perturbations=m.n_perturbations or 256)
-    if which == "sobol":
-        return dom.Sobol(
-            n_points=m.n_points or 32,
-            order=_enum(ORDER, m.order, "sobol.order"),  # type: ignore[arg-type]
-            sampler=_enum(SAMPLER, m.sampler, "sobol.sampler"),  # type: ignore[arg-type]
-        )
-    return _gradient(which, m)
+        names = [f.name for f in request.DESCRIPTOR.oneofs_by_name["method"].fields]
+        raise InvalidArgument(f"no method set: choose one of {', '.join(names)}", field="method")
+    method: Method = _parameters(getattr(request, which), METHODS[which], which)
+    return method
 
 
-def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> dom.InputSpec:
+def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> InputSpec:
     """One input's content (text or token ids) with the given targets and continuation."""
     content = item.WhichOneof("content")
     continuation_text = None
@@ -168,14 +169,14 @@ def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> dom.I
                 field=f"inputs[{i}].continuation",
             )
     if content == "text":
-        return dom.InputSpec(
+        return InputSpec(
             text=item.text,
             targets=targets,
             continuation_text=continuation_text,
             continuation_ids=continuation_ids,
         )
     if content == "token_ids":
-        return dom.InputSpec(
+        return InputSpec(
             ids=list(item.token_ids.ids),
             attention=list(item.token_ids.attention_mask) or None,
             targets=targets,
@@ -189,13 +190,8 @@ def generation_from_proto(request: pb.ExplainRequest) -> dom.Generation | None:
     """The request's generation parameters (defaults for unset fields), None when unset."""
     if not request.HasField("generation"):
         return None
-    g = request.generation
-    return dom.Generation(
-        max_new_tokens=g.max_new_tokens or None,
-        do_sample=g.do_sample,
-        temperature=_opt(g, "temperature", 1.0),
-        top_p=_opt(g, "top_p", 1.0),
-    )
+    generation: dom.Generation = _parameters(request.generation, dom.Generation, "generation")
+    return generation
 
 
 def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:

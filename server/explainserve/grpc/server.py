@@ -11,8 +11,7 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,55 +22,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from explainserve.activations.service import Activator
 from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import ServerInterceptor, ServingState
+from explainserve.grpc.options import ServerOptions
 from explainserve.grpc.servicer import ExplainServicer
 from explainserve.memory import IdleTrimmer
 from explainserve.metrics import Metrics
 from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-# Well above gRPC's 4 MiB default: explanation batches and activations can be large.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """How the server listens."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    workers: int = 8
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    grace_seconds: float = 30.0
-    #: Tokens per input at most (0 = each model's maximum); see `explainserve.inputs`.
-    max_tokens_per_input: int = 0
-    #: Bearer tokens accepted (metadata `authorization: Bearer <token>`); none = no auth.
-    #: Health checks stay open.
-    auth_tokens: tuple[str, ...] = ()
-    #: PEM server certificate chain and private key: TLS when both are given.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    #: PEM CA bundle: clients must present a certificate it signed (mutual TLS).
-    tls_client_ca: Path | None = None
-    #: HTTP/2 keepalive pings to idle clients every this many seconds (0 = gRPC's default).
-    keepalive_time_s: float = 0.0
-    #: How long to wait for a ping's answer before closing the connection (0 = default).
-    keepalive_timeout_s: float = 0.0
-    #: Clients may ping this often at most (0 = gRPC's default of 5 minutes).
-    min_client_ping_interval_s: float = 0.0
-    #: Let clients ping connections that have no call in flight.
-    keepalive_permit_without_calls: bool = False
-    #: Close connections idle this long (0 = never).
-    max_connection_idle_s: float = 0.0
-    #: Close connections this old, so clients reconnect and spread over replicas (0 = never).
-    max_connection_age_s: float = 0.0
-    #: Time in-flight calls get on a connection closed for its age (0 = gRPC's default).
-    max_connection_age_grace_s: float = 0.0
-    #: Prometheus metrics on http://metrics_host:metrics_port/metrics; None = off.
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    #: Extra channel arguments, appended last.
-    extra_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)
 
 
 def channel_options(options: ServerOptions) -> list[tuple[str, int | str]]:

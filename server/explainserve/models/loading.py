@@ -23,7 +23,8 @@ from explainserve.errors import InvalidArgument
 from explainserve.models.capture import find_head, first_tensor, head_input_name
 from explainserve.models.registry import Replacement, ServedModel
 from explainserve.models.runners import CausalLMRunner, ClassifierRunner
-from explainserve.scheduling.worker import Worker, WorkerOptions
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.scheduling.worker import Worker
 
 log = logging.getLogger(__name__)
 # Loading prints per-weight progress bars otherwise; the server logs what it loaded itself.

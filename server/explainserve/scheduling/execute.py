@@ -25,10 +25,10 @@ from explainserve.scheduling.jobs import (
     GenerationOptions,
     GradientJob,
     HeadJob,
-    InferenceMode,
     Job,
     Pieces,
 )
+from explainserve.vocabulary import InferenceMode
 
 if TYPE_CHECKING:
     from explainserve.models.heads import KeptPositions

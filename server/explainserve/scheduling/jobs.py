@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-InferenceMode = Literal["logits", "softmax", "log_softmax"]
+from explainserve.vocabulary import InferenceMode, Priority
 
 #: A job's kind: the batches it may share, the code that runs them, its label in metrics.
 Kind = Literal["forward", "gradient", "activation", "head", "generate"]
 
 #: How a request's rows are scheduled: "interactive" rows go before queued "batch" rows.
-Priority = Literal["interactive", "batch"]
 
 R = TypeVar("R")
 

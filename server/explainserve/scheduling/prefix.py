@@ -28,7 +28,6 @@ from numpy.typing import NDArray
 from explainserve.models.runners import position_ids
 
 if TYPE_CHECKING:
-    from explainserve.models.heads import KeptPositions
     from explainserve.scheduling.execute import Runner
     from explainserve.scheduling.jobs import ForwardJob
     from explainserve.scheduling.worker import WorkerStats

@@ -22,56 +22,14 @@ from typing import Any, Protocol
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling.cost import CostModel
 from explainserve.scheduling.execute import Executor, Runner, is_out_of_memory
-from explainserve.scheduling.jobs import Job, Kind, Pieces, Priority
+from explainserve.scheduling.jobs import Job, Kind, Pieces
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import Priority
 
 log = logging.getLogger(__name__)
 
 #: A batch of the worker: row ranges of jobs of one kind.
 Batch = Pieces[Job[Any]]
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Batching, queueing and out-of-memory knobs."""
-
-    #: Rows x padded length of one no-grad batch: the memory bound.
-    token_budget: int = 8192
-    #: The time one batch may take at most (milliseconds): batches are also cut by what they
-    #: are predicted to cost, from the measured cost of past batches of their kind
-    #: (`scheduling.cost`), so that rows of a request that arrives behind a huge one wait for at
-    #: most about one batch. None: `DEFAULT_MAX_BATCH_MS` of the model's device (what
-    #: `explainserve serve` uses unless configured); 0: no time bound, the default here, so that
-    #: a worker built in code (tests, embedding) cuts batches the same way on every machine.
-    #: Isolated requests (`RequestTag.isolated`) are cut by tokens only.
-    max_batch_ms: float | None = 0.0
-    #: Rows x padded length of one gradient batch (activations are kept for backward).
-    gradient_token_budget: int = 4096
-    #: Hard cap on rows per batch.
-    max_batch_rows: int = 512
-    #: Activation jobs are single inputs of every length, and a batch mixing short and long ones
-    #: computes much padding. Once an activation batch holds `activation_fill_tokens` real tokens,
-    #: it only takes jobs that keep its padded / real tokens at most `activation_max_padding`:
-    #: with many inputs waiting, batches are of (nearly) equal lengths; a small request still
-    #: goes in one batch.
-    activation_max_padding: float = 1.02
-    activation_fill_tokens: int = 256
-    #: How long the oldest queued job may wait for others to share its batch (seconds), unless
-    #: a full batch is already queued. Under load the queue is never empty and nothing waits.
-    batch_wait_seconds: float = 0.002
-    #: Rows (sequences) waiting at most; a submission that would go beyond is refused with
-    #: ResourceExhausted at once.
-    max_queued_rows: int = 200_000
-    #: After an out-of-memory error the batch size is capped at what worked; the cap grows by
-    #: an eighth after this many batches in a row that ran at the cap.
-    oom_grow_after: int = 32
-    #: Causal LMs: positions x vocabulary of the logits one batch may hold (the vocab-sized
-    #: logits of the continuation's positions, reduced to the target scores in the batch).
-    logits_budget: int = 1 << 26
-    #: Do less than the naive work where the result is the same: causal LMs run each perturbed
-    #: row only from its first changed position, on the cached keys and values of the
-    #: unperturbed sequence (`scheduling.prefix`), and the explain layer runs identical rows and
-    #: identical inputs of a request once. Off only to measure what it saves (bench/).
-    reuse: bool = True
 
 
 @dataclass

@@ -1,12 +1,18 @@
-"""Inputs to tokens to units: tokenization with character offsets, and grouping by the native core.
+"""The shared vocabulary of the domain: what an input is, how it becomes tokens and units, and
+how the model's outputs are read. `explain/`, `activations/`, `scheduling/` and the transport
+import these terms; none of them owns them.
 
-A text input is tokenized with offsets; a token-id input is decoded and re-tokenized so that
-units still get text and character spans (when the round trip does not give the same ids, each
-token's decoded string is laid end to end to make the text).
+- `InputSpec`: one input of a request (text or token ids, targets, a causal LM's continuation).
+- `Granularity`, `Aggregation`, `InferenceMode`: the request's choices every layer understands.
+- `Encoded` / `Units` and `make_units`: tokens with character offsets, grouped into units by the
+  native core. A text input is tokenized with offsets; a token-id input is decoded and
+  re-tokenized so that units still get text and character spans (when the round trip does not
+  give the same ids, each token's decoded string is laid end to end to make the text).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -18,7 +24,35 @@ from transformers import PreTrainedTokenizerBase
 from explainserve import _native
 from explainserve.errors import InvalidArgument
 
+#: ALL_TOKENS (special tokens included), TOKEN (special tokens excluded), WORD, SENTENCE.
 Granularity = Literal["all_tokens", "token", "word", "sentence"]
+#: How a unit's score is combined from its tokens' (and a causal LM's target unit's rows).
+Aggregation = Literal["mean", "max", "min", "sum", "signed_max"]
+#: What is explained of the model's output: the logits, or their (log-)softmax.
+InferenceMode = Literal["logits", "softmax", "log_softmax"]
+#: "interactive" requests' rows are batched before queued "batch" rows.
+Priority = Literal["interactive", "batch"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input: text, or token ids (+ optional attention mask); targets by index or label.
+
+    Causal LMs: the input is the prompt, and the target is a continuation given as text or token
+    ids (at most one of the two); with neither, the model's own continuation is generated.
+    """
+
+    text: str | None = None
+    ids: list[int] | None = None
+    attention: list[int] | None = None
+    targets: list[int | str] = dataclasses.field(default_factory=list)
+    continuation_text: str | None = None
+    continuation_ids: list[int] | None = None
+
+    @property
+    def has_continuation(self) -> bool:
+        """True when a continuation is given (text or ids)."""
+        return self.continuation_text is not None or self.continuation_ids is not None
 
 
 @dataclass(frozen=True)
