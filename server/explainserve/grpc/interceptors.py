@@ -26,9 +26,13 @@ REQUEST_ID_KEY = "x-request-id"
 #: A client's own request id is kept when it looks like one (else a fresh one is made).
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: Services that answer without a token and whatever the state: load balancers probe them.
-OPEN_SERVICES = ("/grpc.health.v1.Health/",)
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 #: Services gated by the serving state and measured.
-WORK_SERVICES = ("/explainserve.v1.",)
+WORK_SERVICES = ("/explainserve.v1.", "/inference.GRPCInferenceService/ModelInfer")
 
 _local = threading.local()
 
@@ -152,7 +156,11 @@ def _labels(request: Any) -> tuple[str, str]:
     inner = getattr(request, "request", None)
     if inner is not None:  # ExplainStreamRequest
         request = inner
-    model = str(getattr(request, "model", "") or getattr(request, "name", ""))
+    model = str(
+        getattr(request, "model", "")
+        or getattr(request, "name", "")
+        or getattr(request, "model_name", "")  # OIP's ModelInferRequest
+    )
     method = ""
     with contextlib.suppress(AttributeError, ValueError):
         method = request.WhichOneof("method") or ""
