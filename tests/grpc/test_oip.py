@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from numpy.typing import NDArray
 
+from explainserve.grpc.server import ServerOptions, start
 from explainserve.oip import grpc_predict_v2_pb2 as oip
 from explainserve.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from explainserve.v1 import explain_pb2 as pb
@@ -487,3 +488,24 @@ def test_readiness_follows_the_serving_state(
     with pytest.raises(grpc.RpcError) as info:
         oip_stub.ModelReady(oip.ModelReadyRequest(name="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+
+
+def test_a_starting_server_is_live_but_not_ready(live_server: Any) -> None:
+    """Before its models are loaded (and while draining) the server is live, not ready, and
+    ModelInfer is UNAVAILABLE, like ExplainService."""
+    running = start(ServerOptions(port=0, workers=2), live_server.explainer, serving=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            starting = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            assert starting.ServerLive(oip.ServerLiveRequest(), timeout=10).live
+            assert not starting.ServerReady(oip.ServerReadyRequest(), timeout=10).ready
+            assert not starting.ModelReady(oip.ModelReadyRequest(name="bert"), timeout=10).ready
+            code, message = status_of(
+                starting, oip.ModelInferRequest(model_name="bert", inputs=[TEXT_OK])
+            )
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "starting" in message
+            running.set_serving()
+            assert starting.ServerReady(oip.ServerReadyRequest(), timeout=10).ready
+    finally:
+        running.stop(grace=None)

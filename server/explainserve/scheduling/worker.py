@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from explainserve import tracing
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling import prefix
 
@@ -526,6 +527,8 @@ class Worker:
             else:
                 queued.append(job)
         rows = sum(job.n_rows for job in queued)
+        # Tracing: the jobs' RPC span, noted on the submitting thread (explainserve.tracing).
+        tracing.jobs_submitted(queued)
         with self._cond:
             self._check_room(rows)
             submission = object()
@@ -753,6 +756,8 @@ class Worker:
                     budget,
                     time.perf_counter() - started,
                 )
+            # Tracing: queue and batch spans of each request in the batch (explainserve.tracing).
+            tracing.batch_ran(pieces, started)
             self._note_success(pieces)
 
     def _on_out_of_memory(self, pieces: Pieces, exc: Exception) -> None:
