@@ -509,3 +509,34 @@ def test_a_starting_server_is_live_but_not_ready(live_server: Any) -> None:
             assert starting.ServerReady(oip.ServerReadyRequest(), timeout=10).ready
     finally:
         running.stop(grace=None)
+
+
+def test_a_reply_over_the_message_limit_is_refused_clearly(live_server: Any) -> None:
+    """Every token's rows of 100 inputs (100 x 100 x 32 float32: 1.28 MB) do not fit a server
+    whose messages are limited to 256 KiB: RESOURCE_EXHAUSTED saying what to do, not gRPC's
+    own failure to send."""
+    running = start(
+        ServerOptions(port=0, workers=2, max_message_bytes=256 * 1024), live_server.explainer
+    )
+    ids = [[101, *([1037] * 98), 102]] * 100
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            small = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            request = oip.ModelInferRequest(
+                model_name="bert",
+                inputs=[ids_input("input_ids", ids)],
+                outputs=[
+                    oip.ModelInferRequest.InferRequestedOutputTensor(name="bert.encoder.layer.1")
+                ],
+                parameters={"granularity": oip.InferParameter(string_param="all_tokens")},
+            )
+            code, message = status_of(small, request)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_message_bytes" in message
+            assert "GetActivations" in message
+            # The head's row of each input fits.
+            del request.parameters["granularity"]
+            reply = small.ModelInfer(request, timeout=60)
+            assert list(reply.outputs[0].shape) == [100, 32]
+    finally:
+        running.stop(grace=None)

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from explainserve import __version__
 from explainserve.activations.params import ActivationGranularity, ActivationParams
 from explainserve.activations.service import Activator, split_point_of
-from explainserve.errors import InvalidArgument, NotFound, quote
+from explainserve.errors import InvalidArgument, NotFound, ResourceExhausted, quote
 from explainserve.explain.params import InputSpec
 from explainserve.grpc.status import abort
 from explainserve.inputs import fit_inputs
@@ -127,12 +127,15 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         activator: Activator,
         is_ready: Callable[[], bool],
         max_tokens_per_input: int = 0,
+        max_response_bytes: int = 0,
     ) -> None:
         self.activator = activator
         self.registry: Registry = activator.registry
         self.is_ready = is_ready
         #: The server's token limit per input (0 = each model's maximum).
         self.max_tokens_per_input = max_tokens_per_input
+        #: The largest message the server sends (its max_message_bytes; 0 = unchecked here).
+        self.max_response_bytes = max_response_bytes
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -229,6 +232,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         data: dict[str, list[bytes]] = {name: [] for name in outputs}
         features: dict[str, tuple[int, ...]] = {}
         tokens: int | None = None
+        size = 0
         chunks = self.activator.get_activations(
             params, is_cancelled=lambda: not context.is_active()
         )
@@ -249,9 +253,20 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
                     if name in data:
                         data[name].append(tensor.data)
                         features[name] = tensor.shape[1:]
+                        size += len(tensor.data)
                 if chunk.logits is not None and LOGITS_OUTPUT in data:
                     data[LOGITS_OUTPUT].append(chunk.logits.data)
                     features[LOGITS_OUTPUT] = chunk.logits.shape[1:]
+                    size += len(chunk.logits.data)
+                # Checked as the chunks come: a reply that cannot be sent stops its work early
+                # (GetActivations streams the same rows in chunks, without this bound).
+                if self.max_response_bytes and size > self.max_response_bytes:
+                    raise ResourceExhausted(
+                        f"the outputs take more than {self.max_response_bytes} bytes, the "
+                        "server's max_message_bytes: send fewer inputs per request, ask for "
+                        "fewer outputs or granularity cls_token, or use GetActivations (it "
+                        "streams them in chunks)"
+                    )
         response = oip.ModelInferResponse(
             model_name=model.name, model_version=MODEL_VERSION, id=request.id
         )

@@ -337,6 +337,7 @@ def start(
                 activator,
                 lambda: state.state == "serving",
                 options.max_tokens_per_input,
+                max_response_bytes=options.max_message_bytes,
             ),
             server,
         )
