@@ -540,3 +540,29 @@ def test_a_reply_over_the_message_limit_is_refused_clearly(live_server: Any) -> 
             assert list(reply.outputs[0].shape) == [100, 32]
     finally:
         running.stop(grace=None)
+
+
+def test_authentication_spares_only_liveness_and_readiness(live_server: Any) -> None:
+    """With bearer tokens, ServerLive and ServerReady answer without one (probes, like the
+    health service); metadata and inference need it."""
+    running = start(
+        ServerOptions(port=0, workers=2, auth_tokens=("s3cret",)), live_server.explainer
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            guarded = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            assert guarded.ServerLive(oip.ServerLiveRequest(), timeout=10).live
+            assert guarded.ServerReady(oip.ServerReadyRequest(), timeout=10).ready
+            with pytest.raises(grpc.RpcError) as info:
+                guarded.ModelMetadata(oip.ModelMetadataRequest(name="bert"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            code, _ = status_of(guarded, oip.ModelInferRequest(model_name="bert", inputs=[TEXT_OK]))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            reply = guarded.ModelInfer(
+                oip.ModelInferRequest(model_name="bert", inputs=[TEXT_OK]),
+                metadata=[("authorization", "Bearer s3cret")],
+                timeout=60,
+            )
+            assert list(reply.outputs[0].shape) == [1, 3]
+    finally:
+        running.stop(grace=None)
