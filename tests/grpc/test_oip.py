@@ -17,7 +17,9 @@ import pytest
 from google.protobuf import descriptor_pb2
 from numpy.typing import NDArray
 
+from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
+from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.oip import grpc_predict_v2_pb2 as oip
 from explainserve.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from explainserve.v1 import explain_pb2 as pb
@@ -566,3 +568,27 @@ def test_authentication_spares_only_liveness_and_readiness(live_server: Any) -> 
             assert list(reply.outputs[0].shape) == [1, 3]
     finally:
         running.stop(grace=None)
+
+
+def test_causal_lms_are_not_served_through_oip(tiny_gpt2_lm_dir: Path) -> None:
+    registry = Registry()
+    try:
+        registry.add(load_model(ModelConfig(name="lm", path=tiny_gpt2_lm_dir, device="cpu")))
+        running = start(ServerOptions(port=0, workers=2), Explainer(registry))
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                lm = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+                for call, request in (
+                    (lm.ModelReady, oip.ModelReadyRequest(name="lm")),
+                    (lm.ModelMetadata, oip.ModelMetadataRequest(name="lm")),
+                    (lm.ModelInfer, oip.ModelInferRequest(model_name="lm", inputs=[TEXT_OK])),
+                ):
+                    with pytest.raises(grpc.RpcError) as info:
+                        call(request, timeout=30)
+                    error: Any = info.value
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert "causal LM" in error.details()
+        finally:
+            running.stop(grace=None)
+    finally:
+        registry.close()

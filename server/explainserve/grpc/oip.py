@@ -154,9 +154,10 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     def ModelReady(  # noqa: N802 (gRPC method name)
         self, request: oip.ModelReadyRequest, context: grpc.ServicerContext
     ) -> oip.ModelReadyResponse:
-        """Ready when the server is and the model is loaded; NOT_FOUND for an unknown model."""
+        """Ready when the server is and the model is loaded; NOT_FOUND for an unknown model,
+        INVALID_ARGUMENT for a causal LM (not served through this protocol)."""
         try:
-            self._model(request.name, request.version)
+            self._classifier(request.name, request.version)
             return oip.ModelReadyResponse(ready=self.is_ready())
         except Exception as exc:
             abort(context, exc)
