@@ -330,8 +330,9 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 _, started, traced = begin(request, context)
                 ok = False
-                messages = stream_behavior(request, context)
+                messages: Any = None
                 try:
+                    messages = stream_behavior(request, context)
                     for message in messages:
                         yield serialize(message)
                     ok = True
