@@ -62,6 +62,14 @@ def named(finished: list[ReadableSpan], name: str) -> list[ReadableSpan]:
     return [s for s in finished if s.name == name]
 
 
+def request_rows(finished: list[ReadableSpan]) -> int:
+    """This trace's rows over the batch spans."""
+    return sum(
+        int(s.attributes["explainserve.batch.request_rows"])  # type: ignore[index, arg-type]
+        for s in named(finished, "explainserve.batch")
+    )
+
+
 def token_count(live_server: Any, text: str) -> int:
     tokenizer = live_server.explainer.registry.get("bert").tokenizer
     return len(tokenizer(text)["input_ids"])
@@ -83,16 +91,7 @@ def test_get_activations_trace(
         )
     )
     rows = len(TEXTS)
-    finished = wait_for(
-        spans,
-        lambda f: (
-            sum(
-                s.attributes["explainserve.batch.request_rows"]
-                for s in named(f, "explainserve.batch")
-            )
-            >= rows
-        ),  # type: ignore[index, misc]
-    )
+    finished = wait_for(spans, lambda f: request_rows(f) >= rows)
     (rpc,) = named(finished, "explainserve.v1.ExplainService/GetActivations")
     assert rpc.kind == trace.SpanKind.SERVER
     assert rpc.context.trace_id == TRACE_ID
@@ -149,14 +148,14 @@ def test_model_infer_trace_and_a_failed_call(spans: InMemorySpanExporter, live_s
         metadata=[("traceparent", TRACEPARENT)],
         timeout=60,
     )
-    finished = wait_for(spans, lambda f: bool(named(f, "explainserve.batch")))
+    finished = wait_for(spans, lambda f: request_rows(f) >= 2)
     (rpc,) = named(finished, "inference.GRPCInferenceService/ModelInfer")
     assert rpc.context.trace_id == TRACE_ID
-    (batch,) = named(finished, "explainserve.batch")
-    assert batch.parent is not None
-    assert batch.parent.span_id == rpc.context.span_id
-    assert batch.attributes is not None
-    assert batch.attributes["explainserve.batch.request_rows"] == 2
+    batches = named(finished, "explainserve.batch")
+    for batch in batches:
+        assert batch.parent is not None
+        assert batch.parent.span_id == rpc.context.span_id
+    assert request_rows(finished) == 2
     spans.clear()
 
     with pytest.raises(grpc.RpcError):
