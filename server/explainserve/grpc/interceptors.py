@@ -103,12 +103,12 @@ class ServingState:
             self._calls[threading.get_ident()] = (call, time.monotonic())
             return True
 
-    def leave(self) -> None:
-        """Counts a call out."""
+    def leave(self, thread: int | None = None) -> None:
+        """Counts a call out: the one `enter` counted on thread `thread` (default: this one)."""
         with self._cond:
             self._in_flight -= 1
             self._completed += 1
-            self._calls.pop(threading.get_ident(), None)
+            self._calls.pop(threading.get_ident() if thread is None else thread, None)
             self._cond.notify_all()
 
     def running(self) -> list[str]:
@@ -308,7 +308,11 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 {"request_id": current_request_id() or "", "model": model, "method": method},
             )
             _local.request_id = None
-            state.leave()
+            # Counted out once gRPC has sent the reply, not when the handler returns: a drain
+            # that stopped the server in between cancelled the reply of a finished call.
+            thread = threading.get_ident()
+            if not context.add_callback(lambda: state.leave(thread)):
+                state.leave(thread)  # the call has terminated already
 
         if h.unary_unary is not None:
             behavior = h.unary_unary
