@@ -29,17 +29,24 @@ PROTO_ROOT = ROOT / "proto"
 CLIENT_SRC = ROOT / "clients" / "python" / "src"
 #: The light client's package, standing in for the protos' `explainserve` in module names.
 CLIENT_PACKAGE = "explainserve_client"
+#: Vendored protocols (the Open Inference Protocol v2): generated for the server only, since
+#: their clients are other projects' (Triton's, KServe's).
+VENDORED = PROTO_ROOT / "explainserve" / "oip"
 
 
-def proto_files() -> list[Path]:
-    """Every .proto of the public contract, in a stable order."""
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+def proto_files(*, vendored: bool = True) -> list[Path]:
+    """Every .proto of the public contract, in a stable order (without the vendored ones when
+    `vendored` is false)."""
+    return sorted(
+        p for p in PROTO_ROOT.rglob("*.proto") if vendored or not p.is_relative_to(VENDORED)
+    )
 
 
-def generate(out: Path) -> list[Path]:
-    """Writes *_pb2.py, *_pb2.pyi and *_pb2_grpc.py under `out`; returns the written files."""
+def generate(out: Path, *, vendored: bool = True) -> list[Path]:
+    """Writes *_pb2.py, *_pb2.pyi and *_pb2_grpc.py under `out` (of the vendored protos too
+    unless `vendored` is false); returns the written files."""
     well_known = resources.files("grpc_tools") / "_proto"
-    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files(vendored=vendored)]
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -71,7 +78,7 @@ def generate_client(out: Path) -> list[Path]:
     generated import lines and module names are renamed, never the serialized descriptor."""
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
-        generated = generate(staged)
+        generated = generate(staged, vendored=False)
         stems = [p.name.removesuffix(".py") for p in generated if p.name.endswith("_pb2.py")]
         written = []
         for path in generated:

@@ -114,7 +114,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    """Text or JSON log lines on stderr, each with the request id of the RPC it is about."""
+    """Text or JSON log lines on stderr, each with the request id and the trace id of the RPC
+    it is about ("-" outside RPCs)."""
     from explainserve.grpc.interceptors import RequestIdFilter
     from explainserve.logs import JsonFormatter
 
@@ -126,7 +127,9 @@ def setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s [%(request_id)s trace=%(trace_id)s] %(message)s"
+            )
         )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
@@ -151,6 +154,7 @@ def serve(config: ServeConfig) -> None:
     config.check_tasks()
     tokens = config.tokens()
 
+    from explainserve import tracing
     from explainserve.activations.service import Activator
     from explainserve.explain.service import Explainer
     from explainserve.grpc.server import serve_forever
@@ -159,6 +163,11 @@ def serve(config: ServeConfig) -> None:
 
     # Logging first: building a built-in model (model_configs) logs what it does.
     setup_logging(config.log_level, config.log_format)
+    # Span export, when the OTEL_* environment variables ask for it (explainserve.tracing).
+    try:
+        tracing.configure_from_env()
+    except ValueError as e:
+        raise ConfigError("OTEL_TRACES_EXPORTER", str(e)) from None
     model_configs = config.model_configs()
     registry = Registry()
     explainer = Explainer(registry, config.limits)
@@ -174,6 +183,7 @@ def serve(config: ServeConfig) -> None:
         Activator(registry, config.activations),
         load,
     )
+    tracing.uninstall()  # flushes the spans not exported yet
 
 
 def main(argv: Sequence[str] | None = None) -> int:

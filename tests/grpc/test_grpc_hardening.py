@@ -142,6 +142,7 @@ def test_health_list_gives_every_service(live_server: object) -> None:
     assert {name: s.status for name, s in reply.statuses.items()} == {
         "": serving,
         "explainserve.v1.ExplainService": serving,
+        "inference.GRPCInferenceService": serving,
     }
 
 

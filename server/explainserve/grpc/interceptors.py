@@ -1,7 +1,8 @@
 """What every RPC goes through before ExplainService: the serving state (UNAVAILABLE while the
 server starts or drains), bearer-token authentication, a request id (echoed in the response's
 initial and trailing metadata as `x-request-id`, put on log records, named in INTERNAL errors),
-metrics and an access log line."""
+tracing (a span continuing the caller's `traceparent`, see `explainserve.tracing`; its trace id
+on log records too), metrics and an access log line."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from explainserve import tracing
 from explainserve.errors import quote
 from explainserve.metrics import Metrics
 
@@ -26,9 +28,13 @@ REQUEST_ID_KEY = "x-request-id"
 #: A client's own request id is kept when it looks like one (else a fresh one is made).
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: Services that answer without a token and whatever the state: load balancers probe them.
-OPEN_SERVICES = ("/grpc.health.v1.Health/",)
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 #: Services gated by the serving state and measured.
-WORK_SERVICES = ("/explainserve.v1.",)
+WORK_SERVICES = ("/explainserve.v1.", "/inference.GRPCInferenceService/ModelInfer")
 
 _local = threading.local()
 
@@ -39,11 +45,14 @@ def current_request_id() -> str | None:
 
 
 class RequestIdFilter(logging.Filter):
-    """Puts `request_id` (or "-") on every log record."""
+    """Puts `request_id`, `trace_id` and `span_id` (each "-" when there is none) on every log
+    record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id() or "-"
+        if not hasattr(record, "trace_id"):
+            record.trace_id, record.span_id = tracing.log_ids()
         return True
 
 
@@ -94,12 +103,12 @@ class ServingState:
             self._calls[threading.get_ident()] = (call, time.monotonic())
             return True
 
-    def leave(self) -> None:
-        """Counts a call out."""
+    def leave(self, thread: int | None = None) -> None:
+        """Counts a call out: the one `enter` counted on thread `thread` (default: this one)."""
         with self._cond:
             self._in_flight -= 1
             self._completed += 1
-            self._calls.pop(threading.get_ident(), None)
+            self._calls.pop(threading.get_ident() if thread is None else thread, None)
             self._cond.notify_all()
 
     def running(self) -> list[str]:
@@ -152,7 +161,11 @@ def _labels(request: Any) -> tuple[str, str]:
     inner = getattr(request, "request", None)
     if inner is not None:  # ExplainStreamRequest
         request = inner
-    model = str(getattr(request, "model", "") or getattr(request, "name", ""))
+    model = str(
+        getattr(request, "model", "")
+        or getattr(request, "name", "")
+        or getattr(request, "model_name", "")  # OIP's ModelInferRequest
+    )
     method = ""
     with contextlib.suppress(AttributeError, ValueError):
         method = request.WhichOneof("method") or ""
@@ -214,40 +227,60 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         for key, value in metadata or ():
             if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
                 client_id = value
-        return self._wrap(handler, method.rsplit("/", 1)[-1], client_id)
+        return self._wrap(handler, method, client_id, metadata)
 
     def _wrap(
-        self, handler: grpc.RpcMethodHandler, rpc: str, client_id: str
+        self,
+        handler: grpc.RpcMethodHandler,
+        full_method: str,
+        client_id: str,
+        metadata: Sequence[tuple[str, Any]] | None,
     ) -> grpc.RpcMethodHandler:
         h: Any = handler
+        rpc = full_method.rsplit("/", 1)[-1]
         metrics = self.metrics
         serializer = h.response_serializer
-        if metrics is not None and serializer is not None:
-            histogram = metrics.serialize_seconds.labels(rpc)
+        histogram = metrics.serialize_seconds.labels(rpc) if metrics is not None else None
 
-            def serialize(message: Any) -> bytes:
+        def serialize(message: Any) -> Any:
+            """The response's bytes, made inside the handler (so within the RPC's span and
+            measured); gRPC then sends them as they are."""
+            if serializer is None:
+                return message
+            with tracing.serialize_span():
                 started = time.perf_counter()
                 out: bytes = serializer(message)
-                histogram.observe(time.perf_counter() - started)
-                return out
+                if histogram is not None:
+                    histogram.observe(time.perf_counter() - started)
+            return out
 
-            h = h._replace(response_serializer=serialize)
+        if serializer is not None:
+            h = h._replace(response_serializer=_already_serialized)
 
         state = self.state
 
-        def begin(request: Any, context: grpc.ServicerContext) -> tuple[str, float]:
+        def begin(
+            request: Any, context: grpc.ServicerContext
+        ) -> tuple[str, float, tracing.RpcTrace]:
             request_id = client_id or uuid.uuid4().hex[:16]
             method, model = _labels(request)
             call = f"{rpc} model={quote(model, 64)} method={method or '-'} request_id={request_id}"
             if not state.enter(call):  # started draining since the handler was chosen
                 context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
             _local.request_id = request_id
+            traced = tracing.start_rpc(full_method, metadata)
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             # In the trailers too: an error reply (trailers only) has no initial metadata.
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            return request_id, time.perf_counter()
+            return request_id, time.perf_counter(), traced
 
-        def end(request: Any, context: grpc.ServicerContext, started: float, ok: bool) -> None:
+        def end(
+            request: Any,
+            context: grpc.ServicerContext,
+            started: float,
+            ok: bool,
+            traced: tracing.RpcTrace,
+        ) -> None:
             code = grpc.StatusCode.OK if ok else (_code(context) or grpc.StatusCode.UNKNOWN)
             seconds = time.perf_counter() - started
             method, model = _labels(request)
@@ -269,37 +302,58 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     "ms": round(seconds * 1000.0, 3),
                 },
             )
+            tracing.end_rpc(
+                traced,
+                code.name,
+                {"request_id": current_request_id() or "", "model": model, "method": method},
+            )
             _local.request_id = None
-            state.leave()
+            # Counted out once gRPC has sent the reply, not when the handler returns: a drain
+            # that stopped the server in between cancelled the reply of a finished call.
+            thread = threading.get_ident()
+            if not context.add_callback(lambda: state.leave(thread)):
+                state.leave(thread)  # the call has terminated already
 
         if h.unary_unary is not None:
             behavior = h.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                _, started = begin(request, context)
+                _, started, traced = begin(request, context)
                 ok = False
                 try:
-                    out = behavior(request, context)
+                    out = serialize(behavior(request, context))
                     ok = True
                     return out
                 finally:
-                    end(request, context, started, ok)
+                    end(request, context, started, ok, traced)
 
             return h._replace(unary_unary=unary)
         if h.unary_stream is not None:
             stream_behavior = h.unary_stream
 
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                _, started = begin(request, context)
+                _, started, traced = begin(request, context)
                 ok = False
+                messages: Any = None
                 try:
-                    yield from stream_behavior(request, context)
+                    messages = stream_behavior(request, context)
+                    for message in messages:
+                        yield serialize(message)
                     ok = True
                 finally:
-                    end(request, context, started, ok)
+                    # What `yield from` would do: a closed call closes the handler's generator.
+                    close = getattr(messages, "close", None)
+                    if close is not None:
+                        close()
+                    end(request, context, started, ok, traced)
 
             return h._replace(unary_stream=unary_stream)
         return h
+
+
+def _already_serialized(data: bytes) -> bytes:
+    """The response serializer of a wrapped handler: its behavior returns bytes already."""
+    return data
 
 
 def _unavailable(state: str) -> str:

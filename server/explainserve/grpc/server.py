@@ -1,5 +1,6 @@
-"""Builds and runs the gRPC server: ExplainService, health, reflection, the interceptor (serving
-state, authentication, request ids, metrics), TLS, keepalive and the metrics endpoint."""
+"""Builds and runs the gRPC server: ExplainService, the Open Inference Protocol v2, health,
+reflection, the interceptor (serving state, authentication, request ids, metrics), TLS,
+keepalive and the metrics endpoint."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from explainserve.activations.service import Activator
 from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import ServerInterceptor, ServingState
+from explainserve.grpc.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from explainserve.grpc.oip import OipServicer
 from explainserve.grpc.options import ServerOptions
 from explainserve.grpc.servicer import ExplainServicer
 from explainserve.memory import IdleTrimmer
 from explainserve.metrics import Metrics
+from explainserve.oip import grpc_predict_v2_pb2_grpc
 from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -273,6 +277,8 @@ def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names: list[str] = []
     if explainer is not None:
+        # One activator for both protocols: OIP's ModelInfer is an activation request.
+        activator = activator or Activator(explainer.registry)
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(  # type: ignore[no-untyped-call]
             ExplainServicer(
                 explainer,
@@ -283,6 +289,16 @@ def start(
             server,
         )
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            OipServicer(
+                activator,
+                lambda: state.state == "serving",
+                options.max_tokens_per_input,
+                max_response_bytes=options.max_message_bytes,
+            ),
+            server,
+        )
+        service_names.append(OIP_SERVICE_NAME)
     _add_reflection(server, service_names)
     address = f"{options.host}:{options.port}"
     credentials = server_credentials(options)

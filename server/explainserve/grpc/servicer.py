@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import queue
 import threading
@@ -112,7 +113,13 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
             finally:
                 events.put(None)
 
-        threading.Thread(target=produce, name="explain-stream", daemon=True).start()
+        # In a copy of this thread's context: the jobs it queues belong to this RPC's trace.
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(produce,),
+            name="explain-stream",
+            daemon=True,
+        ).start()
         while True:
             event = events.get()
             if event is None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from explainserve import tracing
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling.cost import CostModel
 from explainserve.scheduling.execute import Executor, Runner, is_out_of_memory
@@ -229,6 +230,8 @@ class Worker:
             else:
                 queued.append(job)
         rows = sum(job.n_rows for job in queued)
+        # Tracing: the jobs' RPC span, noted on the submitting thread (explainserve.tracing).
+        tracing.jobs_submitted(queued)
         with self._cond:
             self._check_room(rows)
             submission = object()
@@ -540,6 +543,8 @@ class Worker:
                     self._budget(pieces[0][0]),
                     seconds,
                 )
+            # Tracing: queue and batch spans of each request in the batch (explainserve.tracing).
+            tracing.batch_ran(pieces, started)
             self._note_success(pieces)
 
     def _on_out_of_memory(self, pieces: Batch, exc: Exception) -> None:
