@@ -83,7 +83,8 @@ def test_a_replica_drained_under_load_fails_no_call(replicas: list[Replica]) -> 
     lock = threading.Lock()
     stop = threading.Event()
 
-    with Client(balanced_target(replicas), balance=True) as client:
+    # No retry policy: a call that fails is counted, not retried elsewhere.
+    with Client(balanced_target(replicas), balance=True, retry=False) as client:
         _until_both_answer(client, replicas)
 
         def call_in_a_loop() -> None:

@@ -59,6 +59,9 @@ class ServingState:
         #: the sync server runs on one thread from start to end): a drain names them.
         self._calls: dict[int, tuple[str, float]] = {}
         self._completed = 0
+        #: Calls whose RPC has not terminated yet: a handler that returned may still have its
+        #: reply in gRPC's buffers, and stopping the server then would cancel it in transit.
+        self._unsent = 0
 
     @property
     def state(self) -> str:
@@ -91,8 +94,16 @@ class ServingState:
             if self._state != "serving":
                 return False
             self._in_flight += 1
+            self._unsent += 1
             self._calls[threading.get_ident()] = (call, time.monotonic())
             return True
+
+    def sent(self) -> None:
+        """Counts a call's RPC as terminated (its reply sent, or the call cancelled): gRPC
+        calls this through the call context's callback."""
+        with self._cond:
+            self._unsent -= 1
+            self._cond.notify_all()
 
     def leave(self) -> None:
         """Counts a call out."""
@@ -110,9 +121,10 @@ class ServingState:
         return [f"{call or '?'} ({now - since:.1f} s)" for call, since in calls]
 
     def wait_idle(self, timeout: float | None) -> bool:
-        """Waits until no call is in flight (True) or `timeout` seconds pass (False)."""
+        """Waits until no call is in flight and every reply has been sent (True), or `timeout`
+        seconds pass (False)."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+            return self._cond.wait_for(lambda: self._in_flight == 0 and self._unsent == 0, timeout)
 
 
 def _abort_handler(
@@ -241,6 +253,8 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             call = f"{rpc} model={quote(model, 64)} method={method or '-'} request_id={request_id}"
             if not state.enter(call):  # started draining since the handler was chosen
                 context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
+            if not context.add_callback(state.sent):
+                state.sent()  # already terminated (cancelled before it started)
             _local.request_id = request_id
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             # In the trailers too: an error reply (trailers only) has no initial metadata.
