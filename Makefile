@@ -193,6 +193,13 @@ bench-gpu-prepare: install ## Build .gpu/ (this project's abi3 wheel, the tokeni
 bench-gpu: ## Every bench in fp32 and bf16 on CUDA, one table (bench/gpu.sh; ARGS="--device cpu --quick")
 	bash bench/gpu.sh $(ARGS)
 
+# The container image built and run (start, health, one Explain, drain): needs a Docker engine;
+# IMPORT_BASES=1 builds the base images with debootstrap where no image registry is reachable,
+# CA_BUNDLE=PATH hands a proxy's CA to the build. Not part of `make test`.
+.PHONY: image-test
+image-test: ## Build the Dockerfile's image and test it (needs a Docker engine; IMPORT_BASES=1)
+	bash scripts/image_test.sh
+
 .PHONY: fmt
 fmt: install ## Format Rust and Python
 	cargo fmt --all

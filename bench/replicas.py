@@ -48,6 +48,7 @@ class Load:
 def start(n: int, args: argparse.Namespace) -> list[Replica]:
     """`n` replicas, started one after the other (each prints its port once it serves)."""
     flags = ["--device", "cpu", "--log-level", "WARNING", "--workers", "16"]
+    flags += ["--drain-delay-s", str(args.drain_delay)]
     if args.model:
         flags += ["--model", args.model]
     replicas: list[Replica] = []
@@ -204,6 +205,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="calls per scenario")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads")
     parser.add_argument("--quick", action="store_true", help="60 calls per scenario")
+    parser.add_argument(
+        "--drain-delay", type=float, default=2.0, help="the replicas' --drain-delay-s"
+    )
     args = parser.parse_args()
     if args.quick:
         args.calls = 60

@@ -172,6 +172,7 @@ def serve(config: ServeConfig) -> None:
             workers=config.workers,
             max_message_bytes=config.max_message_bytes,
             grace_seconds=config.grace_seconds,
+            drain_delay_s=config.drain_delay_s,
             max_tokens_per_input=config.max_tokens_per_input,
             auth_tokens=tokens,
             tls_cert=config.tls_cert,

@@ -68,6 +68,11 @@ class ServeConfig:
         unit="bytes",
     )
     grace_seconds: float = _opt(30.0, "drain time on SIGTERM, seconds")
+    drain_delay_s: float = _opt(
+        0.0,
+        "on SIGTERM, keep taking new calls this long after health turns NOT_SERVING, so "
+        "health-checking clients stop sending before calls are refused (0: refuse at once)",
+    )
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = _opt(
         "float32",

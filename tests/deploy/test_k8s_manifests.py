@@ -157,7 +157,8 @@ def test_manifests_match_the_server(overlay: str) -> None:
     assert args["host"] == args["metrics-host"] == "0.0.0.0"
     # The kubelet's SIGKILL comes after preStop plus the server's whole drain.
     (sleep,) = [int(x) for x in container["lifecycle"]["preStop"]["exec"]["command"][1:]]
-    assert pod["spec"]["terminationGracePeriodSeconds"] > sleep + float(args["grace-seconds"])
+    drain = float(args["drain-delay-s"]) + float(args["grace-seconds"])
+    assert pod["spec"]["terminationGracePeriodSeconds"] > sleep + drain
     assert float(args["max-connection-age-s"]) > 0
     for probe in ("startupProbe", "readinessProbe"):
         grpc_probe = container[probe]["grpc"]
@@ -181,7 +182,9 @@ def test_service_pdb_hpa_and_servicemonitor_fit_together() -> None:
     )
     monitor = built["ServiceMonitor"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"

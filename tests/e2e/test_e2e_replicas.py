@@ -38,6 +38,10 @@ def replicas(tiny_bert_dir: Path) -> Iterator[list[Replica]]:
                         "WARNING",
                         "--grace-seconds",
                         "60",
+                        # Calls picked before the client's health check saw NOT_SERVING are
+                        # served, not refused (2 s: ample for a loopback update under load).
+                        "--drain-delay-s",
+                        "2",
                     ]
                 )
             )
@@ -74,9 +78,10 @@ def test_round_robin_spreads_calls_evenly(replicas: list[Replica]) -> None:
 
 @pytest.mark.slow
 def test_a_replica_drained_under_load_fails_no_call(replicas: list[Replica]) -> None:
-    """SIGTERM to one replica while 4 threads keep calling: its health turns NOT_SERVING (the
-    channel stops picking it), its calls in flight finish, it exits 0, and no call fails at the
-    client: the survivor answers everything after."""
+    """SIGTERM to one replica while 4 threads keep calling, with no retry policy: its health
+    turns NOT_SERVING (the channel stops picking it), the calls it still gets within
+    --drain-delay-s and those in flight finish, it exits 0, and no call fails at the client:
+    the survivor answers everything after."""
     first, second = replicas
     failures: list[str] = []
     ok = [0]
