@@ -49,13 +49,17 @@ RUN if ! python3 -m venv --help > /dev/null 2>&1; then \
     fi \
     && useradd --system --uid ${UID} --user-group --create-home --home-dir /home/explainserve \
         explainserve
-COPY --from=build /dist /tmp/dist
+# The dependencies first, in a layer of their own: a change of the code alone reinstalls only
+# the wheel.
+COPY --from=build /dist/runtime.lock /tmp/runtime.lock
 RUN --mount=type=secret,id=ca \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && python3 -m venv /opt/explainserve \
     && /opt/explainserve/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --require-hashes --no-deps -r /tmp/dist/runtime.lock \
-    && /opt/explainserve/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
+        --require-hashes --no-deps -r /tmp/runtime.lock \
+    && rm /tmp/runtime.lock
+COPY --from=build /dist/*.whl /tmp/dist/
+RUN /opt/explainserve/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
         /tmp/dist/explainserve-*.whl \
     && /opt/explainserve/bin/pip check \
     && rm -rf /tmp/dist

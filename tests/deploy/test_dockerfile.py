@@ -69,7 +69,7 @@ def test_two_stages_from_build_arguments(dockerfile: DockerfileParser) -> None:
     assert "maturin build --release --locked" in build_runs
     assert "lock_subset.py requirements.lock --runtime" in build_runs
     runtime_runs = " ".join(i["value"] for i in runtime if i["instruction"] == "RUN")
-    assert "--require-hashes --no-deps -r /tmp/dist/runtime.lock" in runtime_runs
+    assert "--require-hashes --no-deps -r /tmp/runtime.lock" in runtime_runs
     assert "pip check" in runtime_runs
     assert "python -m explainserve.models.default_model" in runtime_runs
 
