@@ -4,6 +4,7 @@ per replica from each replica's own metrics, failed calls at the client), never 
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ def test_a_replica_drained_under_load_fails_no_call(replicas: list[Replica]) -> 
         try:
             while second.requests() < 10 and not failures:
                 time.sleep(0.01)
-            second.proc.send_signal(15)
+            second.proc.send_signal(signal.SIGTERM)
             assert second.proc.wait(120) == 0
             after_exit = first.requests()
             with lock:
