@@ -4,7 +4,7 @@
 
 (a) spread: calls per replica, from each replica's own Prometheus metrics;
 (b) drain: one replica gets SIGTERM while C threads keep calling; failed calls at the client,
-    with the light client's retry policy (the default) and without it;
+    without retries (--drain-delay-s 2, then 0), and with the light client's retry policy;
 (c) throughput: calls/s with 2 replicas vs 1, same load, measured in this run.
 
     .venv/bin/python bench/replicas.py [--quick] [--model NAME=DIR] [--calls 200]
@@ -45,10 +45,11 @@ class Load:
     seconds: float
 
 
-def start(n: int, args: argparse.Namespace) -> list[Replica]:
+def start(n: int, args: argparse.Namespace, drain_delay: float | None = None) -> list[Replica]:
     """`n` replicas, started one after the other (each prints its port once it serves)."""
     flags = ["--device", "cpu", "--log-level", "WARNING", "--workers", "16"]
-    flags += ["--drain-delay-s", str(args.drain_delay)]
+    delay = args.drain_delay if drain_delay is None else drain_delay
+    flags += ["--drain-delay-s", str(delay)]
     if args.model:
         flags += ["--model", args.model]
     replicas: list[Replica] = []
@@ -141,9 +142,10 @@ def spread(args: argparse.Namespace) -> None:
     )
 
 
-def drain(args: argparse.Namespace, retry: bool) -> None:
-    """(b) SIGTERM to one of two replicas a third of the way through the load."""
-    replicas = start(2, args)
+def drain(args: argparse.Namespace, retry: bool, drain_delay: float) -> None:
+    """(b) SIGTERM to one of two replicas (`--drain-delay-s drain_delay`) a third of the way
+    through the load."""
+    replicas = start(2, args, drain_delay)
     first, second = replicas
     try:
         message = request(args)
@@ -168,7 +170,8 @@ def drain(args: argparse.Namespace, retry: bool) -> None:
             r.stop()
     reasons = sorted(set(result.failed))
     print(
-        f"(b) drain, retry policy {'on' if retry else 'off'}: {args.calls} calls, "
+        f"(b) drain, retry policy {'on' if retry else 'off'}, --drain-delay-s {drain_delay:g}: "
+        f"{args.calls} calls, "
         f"{args.concurrency} threads, SIGTERM to replica 2 after {args.calls // 3}: "
         f"{result.ok} OK, {len(result.failed)} failed"
         + (f" ({'; '.join(reasons[:3])})" if reasons else "")
@@ -199,7 +202,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    """Runs (a), (b) twice (retry on, off) and (c)."""
+    """Runs (a), (b) three times and (c)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="NAME=DIR (default: the embedded default model)")
     parser.add_argument("--calls", type=int, default=200, help="calls per scenario")
@@ -217,8 +220,11 @@ def main() -> None:
         f"{os.getloadavg()[0]:.2f}; model {args.model_name}; Python {platform.python_version()}"
     )
     spread(args)
-    drain(args, retry=True)
-    drain(args, retry=False)
+    drain(args, retry=False, drain_delay=args.drain_delay)
+    # Without the delay: calls that race the health update are refused (UNAVAILABLE), unless
+    # the client's retry policy resends them.
+    drain(args, retry=False, drain_delay=0.0)
+    drain(args, retry=True, drain_delay=0.0)
     throughput(args)
 
 
