@@ -53,7 +53,8 @@ reply = stub.Explain(pb.ExplainRequest(model="minilm-sentiment",
     occlusion=pb.Occlusion(), granularity=pb.GRANULARITY_WORD), timeout=120)
 e = reply.explanations[0]
 print("Explain:", " ".join(f"{u.text}={s:+.3f}" for u, s in zip(e.units, e.scores.values)))
-assert len(e.units) == 9, len(e.units)
+assert [u.text for u in e.units][-2:] == ["rude", "."], e.units
+assert max(e.scores.values) == e.scores.values[-2]  # "rude" drives the negative label
 '
 docker stop -t 60 "$name" > /dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$name")
