@@ -121,6 +121,22 @@ GO_RAWCALL := .make/bin/rawcall
 $(GO_RAWCALL): $(STAMPS)/go-client
 	cd clients/go && go build -o $(abspath $(GO_RAWCALL)) ./cmd/rawcall
 
+# kustomize and kubeconform (tests/deploy: deploy/k8s built and validated offline) from the Go
+# module proxy into .make/bin; the Kubernetes schemas come from the PyPI package
+# kubernetes-validate (in the lock).
+KUSTOMIZE_VERSION := v5.7.1
+KUBECONFORM_VERSION := v0.7.0
+K8S_TOOLS_STAMP := $(STAMPS)/k8s-tools-$(KUSTOMIZE_VERSION)-$(KUBECONFORM_VERSION)
+
+$(K8S_TOOLS_STAMP):
+	@mkdir -p .make/bin
+	GOBIN=$(abspath .make/bin) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	GOBIN=$(abspath .make/bin) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	@touch $@
+
+.PHONY: k8s-tools
+k8s-tools: $(K8S_TOOLS_STAMP) ## kustomize and kubeconform (the tests of deploy/k8s need them)
+
 .PHONY: clients
 clients: $(GO_PLUGINS_STAMP) $(STAMPS)/go-client $(GO_RAWCALL) $(STAMPS)/node-client ## Go and Node client toolchains (the tests of clients/ need them)
 
@@ -150,7 +166,7 @@ run: install ## Start the server on the embedded default model (PORT=50051, ARGS
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install $(BUF) clients $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
+test: install $(BUF) clients k8s-tools $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
 	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -176,6 +192,13 @@ bench-gpu-prepare: install ## Build .gpu/ (this project's abi3 wheel, the tokeni
 .PHONY: bench-gpu
 bench-gpu: ## Every bench in fp32 and bf16 on CUDA, one table (bench/gpu.sh; ARGS="--device cpu --quick")
 	bash bench/gpu.sh $(ARGS)
+
+# The container image built and run (start, health, one Explain, drain): needs a Docker engine;
+# IMPORT_BASES=1 builds the base images with debootstrap where no image registry is reachable,
+# CA_BUNDLE=PATH hands a proxy's CA to the build. Not part of `make test`.
+.PHONY: image-test
+image-test: ## Build the Dockerfile's image and test it (needs a Docker engine; IMPORT_BASES=1)
+	bash scripts/image_test.sh
 
 .PHONY: fmt
 fmt: install ## Format Rust and Python

@@ -110,3 +110,11 @@ def test_service_config_names_the_service() -> None:
     assert method["name"] == [{"service": "explainserve.v1.ExplainService"}]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert "retryPolicy" not in json.loads(service_config(retry=False))["methodConfig"][0]
+
+
+def test_balanced_service_config_round_robins_over_healthy_replicas() -> None:
+    config = json.loads(service_config(balance=True))
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["healthCheckConfig"] == {"serviceName": "explainserve.v1.ExplainService"}
+    assert config["methodConfig"][0]["retryPolicy"] == RETRY_POLICY
+    assert "loadBalancingConfig" not in json.loads(service_config())

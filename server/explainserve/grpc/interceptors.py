@@ -119,7 +119,8 @@ class ServingState:
         return [f"{call or '?'} ({now - since:.1f} s)" for call, since in calls]
 
     def wait_idle(self, timeout: float | None) -> bool:
-        """Waits until no call is in flight (True) or `timeout` seconds pass (False)."""
+        """Waits until no call is in flight and every reply has been sent (True), or `timeout`
+        seconds pass (False)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
 

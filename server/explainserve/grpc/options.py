@@ -25,6 +25,14 @@ class ServerOptions:
         unit="bytes",
     )
     grace_seconds: float = option(30.0, "drain time on SIGTERM, seconds")
+    #: A client balancing over replicas with health checks may pick this one until the
+    #: NOT_SERVING update reaches it: such a call is served rather than refused.
+    drain_delay_s: float = option(
+        0.0,
+        "on SIGTERM, keep taking new calls this long after health turns NOT_SERVING, so "
+        "health-checking clients stop sending before calls are refused (0: refuse at once)",
+        minimum=0,
+    )
     #: See `explainserve.inputs`.
     max_tokens_per_input: int = option(
         0,

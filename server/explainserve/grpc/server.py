@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -227,14 +228,16 @@ class RunningServer:
         for name in ["", *self.service_names]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float | None) -> None:
+    def stop(self, grace: float | None, delay: float = 0.0) -> None:
         """Drains, then stops. Draining: every service NOT_SERVING (health checks still
-        answered, so load balancers see it), new ExplainService calls UNAVAILABLE at once, and
-        the calls in flight get up to `grace` seconds to finish; then the calls still running
-        are logged (what they are, for how long) and cancelled, and the server stops.
-        `grace=None`: stop at once."""
-        self.state.set_draining()
+        answered, so load balancers see it), new ExplainService calls UNAVAILABLE after `delay`
+        seconds (taken until then), and the calls in flight get up to `grace` seconds more to
+        finish and send their replies; then the calls still running are logged (what they are,
+        for how long) and cancelled, and the server stops. `grace=None`: stop at once."""
         self.health.enter_graceful_shutdown()
+        if grace is not None and delay > 0:
+            time.sleep(delay)
+        self.state.set_draining()
         if grace is not None and not self.state.wait_idle(grace):
             running = self.state.running()
             log.warning(
@@ -390,6 +393,6 @@ def serve_forever(
                 flush=True,
             )
     stopped.wait()
-    running.stop(options.grace_seconds)
+    running.stop(options.grace_seconds, options.drain_delay_s)
     if explainer is not None:
         explainer.registry.close()

@@ -47,12 +47,20 @@ RETRY_POLICY: Final = {
 }
 
 
-def service_config(retry: bool = True) -> str:
-    """The channel's service config (JSON): RETRY_POLICY on ExplainService, or none."""
+def service_config(retry: bool = True, balance: bool = False) -> str:
+    """The channel's service config (JSON): RETRY_POLICY on ExplainService, or none; with
+    `balance`, gRPC's `round_robin` over every address the target resolves to (a Kubernetes
+    headless Service's pods, or `ipv4:127.0.0.1:P1,127.0.0.1:P2`) and client-side health checking
+    of ExplainService (a replica whose health turns NOT_SERVING, one that loads or drains, is no
+    longer picked)."""
     method: dict[str, object] = {"name": [{"service": SERVICE}]}
     if retry:
         method["retryPolicy"] = RETRY_POLICY
-    return json.dumps({"methodConfig": [method]})
+    config: dict[str, object] = {"methodConfig": [method]}
+    if balance:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": SERVICE}
+    return json.dumps(config)
 
 
 @dataclass(frozen=True)
@@ -329,7 +337,10 @@ class Client:
     `target` is "host:port"; `token` is sent as `authorization: Bearer <token>` on every call;
     `tls` is False (plaintext), True (TLS, the system's CAs) or a `Tls`. Each call has a deadline:
     `timeout=` seconds (DEFAULT_TIMEOUT for the calls that run models, METADATA_TIMEOUT for the
-    others), None for none. `retry` applies RETRY_POLICY (UNAVAILABLE only).
+    others), None for none. `retry` applies RETRY_POLICY (UNAVAILABLE only). `balance` spreads
+    the calls over every address of `target` (`dns:///explainserve-headless:50051`,
+    `ipv4:10.0.0.1:50051,10.0.0.2:50051`) with gRPC's round_robin, skipping replicas whose health
+    is not SERVING (see `service_config`).
     gRPC errors are raised as `grpc.RpcError` (`.code()`, `.details()`).
 
     Use it as a context manager, or call `close()`."""
@@ -341,6 +352,7 @@ class Client:
         token: str | None = None,
         tls: bool | Tls = False,
         retry: bool = True,
+        balance: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
@@ -348,7 +360,7 @@ class Client:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1 if retry else 0),
-            ("grpc.service_config", service_config(retry)),
+            ("grpc.service_config", service_config(retry, balance)),
         ]
         if isinstance(tls, Tls) and tls.server_name is not None:
             channel_options.append(("grpc.ssl_target_name_override", tls.server_name))
