@@ -437,9 +437,9 @@ class Peers:
         self._proc.wait(timeout=60)
 
 
-def texts(quick: bool) -> list[str]:
-    """bench/explain.py's 8 review sentences (15-20 words) and the default model's first
-    held-out sentences (8-12 words): 32 texts, or 8 with `quick`."""
+def texts(n: int) -> list[str]:
+    """`n` texts: half bench/explain.py's 8 review sentences (15-20 words) as far as they go, the
+    rest the default model's first held-out sentences (8-12 words); 32 = 8 + 24."""
     import importlib.util
 
     from explainserve.models.default_model import HELDOUT_FILE, read_dataset
@@ -453,7 +453,8 @@ def texts(quick: bool) -> list[str]:
     spec.loader.exec_module(module)
     long: list[str] = list(module.TEXTS)
     short = list(read_dataset(HELDOUT_FILE).texts)
-    return (long[:4] + short[:4]) if quick else (long + short[:24])
+    head = long[: min(len(long), n // 2)]
+    return head + short[: n - len(head)]
 
 
 @dataclass(frozen=True)
@@ -557,11 +558,11 @@ class ExplainServeSide:
         self.registry.close()
 
 
-def configs(quick: bool) -> list[Config]:
+def configs(sizes: Sequence[int], captum: bool = True) -> list[Config]:
     """Every configuration measured for a method (Captum is dropped where it has none)."""
-    sizes = (4, 64) if quick else INTERPRETO_BATCH_SIZES
     out = [Config("interpreto", batch_size=b) for b in sizes]
-    out.append(Config("captum", batch_size=CAPTUM_BATCH_SIZE))
+    if captum:
+        out.append(Config("captum", batch_size=CAPTUM_BATCH_SIZE))
     for budget in (DEFAULT_BUDGETS[0], SMALL_BUDGET):
         for clients in (1, CLIENTS):
             out.append(Config("explainserve", token_budget=budget, clients=clients))
@@ -666,7 +667,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="8 texts, small parameters, 1 repeat")
+    parser.add_argument(
+        "--quick", action="store_true", help="8 texts, small parameters, 1 repeat, bs 4 and 64"
+    )
     parser.add_argument("--repeats", type=int, default=0, help="default 3 (1 with --quick)")
     parser.add_argument(
         "--threads",
@@ -678,6 +681,17 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--peers-venv", type=Path, default=Path(".venv-peers"))
+    parser.add_argument("--n-texts", type=int, help="texts explained (default 32, 8 with --quick)")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="--quick's method parameters (LIME/KernelSHAP n=32, "
+        "Sobol k=4, IG/SmoothGrad 8), with the full batch sizes and repeats",
+    )
+    parser.add_argument(
+        "--batch-sizes", help="Interpreto's batch sizes, e.g. 4,16,64 (default 4,16,64,256)"
+    )
+    parser.add_argument("--no-captum", action="store_true", help="leave Captum out")
     parser.add_argument("--methods", help="comma-separated subset, e.g. occlusion,lime")
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     parser.add_argument(
@@ -705,8 +719,13 @@ def main() -> int:
 
         args.model_dir = default_model_dir()
     repeats = args.repeats or (1 if args.quick else 3)
-    the_texts = texts(args.quick)
-    all_cases = cases(args.quick)
+    sizes = (
+        [int(b) for b in args.batch_sizes.split(",")]
+        if args.batch_sizes
+        else ((4, 64) if args.quick else INTERPRETO_BATCH_SIZES)
+    )
+    the_texts = texts(args.n_texts or (8 if args.quick else 32))
+    all_cases = cases(args.quick or args.small)
     if args.methods:
         wanted = set(args.methods.split(","))
         all_cases = [c for c in all_cases if c.method in wanted]
@@ -740,7 +759,7 @@ def main() -> int:
             peers,
             server,
             all_cases,
-            configs(args.quick),
+            configs(sizes, captum=not args.no_captum),
             the_texts,
             repeats,
             warmup_texts=4,
