@@ -558,6 +558,73 @@ class ExplainServeSide:
         self.registry.close()
 
 
+def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
+    """The bare model's rows/s on the Occlusion rows of `the_texts` (every word replaced by the
+    mask token in turn, plus the unperturbed rows), sorted by length, cut into batches of a fixed
+    row count or of a token budget (rows x padded length, as the worker cuts them): what the
+    batch shape alone costs on this machine, without any explainer. Interleaved repeats."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    rows: list[list[int]] = []
+    for text in the_texts:
+        enc = tok(text)
+        ids, words = enc["input_ids"], enc.word_ids()
+        rows.append(list(ids))
+        for w in sorted({w for w in words if w is not None}):
+            rows.append(
+                [tok.mask_token_id if wi == w else t for t, wi in zip(ids, words, strict=True)]
+            )
+    rows.sort(key=len)
+
+    def cut(limit: int, by_tokens: bool) -> list[list[list[int]]]:
+        batches: list[list[list[int]]] = [[]]
+        for r in rows:
+            size = len(r) * (len(batches[-1]) + 1) if by_tokens else len(batches[-1]) + 1
+            if batches[-1] and size > limit:
+                batches.append([])
+            batches[-1].append(r)
+        return batches
+
+    shapes = {f"{b} rows": cut(b, False) for b in INTERPRETO_BATCH_SIZES}
+    shapes |= {f"budget {t} tokens": cut(t, True) for t in (SMALL_BUDGET, DEFAULT_BUDGETS[0])}
+    tensors = {
+        name: [
+            (
+                torch.tensor([r + [tok.pad_token_id] * (len(b[-1]) - len(r)) for r in b]),
+                torch.tensor([[1] * len(r) + [0] * (len(b[-1]) - len(r)) for r in b]),
+            )
+            for b in batches
+        ]
+        for name, batches in shapes.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in tensors}
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for name, batches in tensors.items():
+                t0 = time.perf_counter()
+                for ids, att in batches:
+                    model(input_ids=ids, attention_mask=att)
+                if rep:  # the first round is the warm-up
+                    times[name].append(time.perf_counter() - t0)
+    lines = [
+        f"Bare model, {len(rows)} Occlusion rows of {len(the_texts)} texts, sorted by length:",
+        "",
+        "| batches of | batches | mean rows / batch | rows/s (median) | min-max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, batches in shapes.items():
+        rates = [len(rows) / t for t in times[name]]
+        lines.append(
+            f"| {name} | {len(batches)} | {len(rows) / len(batches):.0f} | "
+            f"{statistics.median(rates):.0f} | {min(rates):.0f}-{max(rates):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def configs(sizes: Sequence[int], captum: bool = True) -> list[Config]:
     """Every configuration measured for a method (Captum is dropped where it has none)."""
     out = [Config("interpreto", batch_size=b) for b in sizes]
@@ -692,6 +759,9 @@ def main() -> int:
         "--batch-sizes", help="Interpreto's batch sizes, e.g. 4,16,64 (default 4,16,64,256)"
     )
     parser.add_argument("--no-captum", action="store_true", help="leave Captum out")
+    parser.add_argument(
+        "--model-sweep", action="store_true", help="only the bare model's rows/s by batch shape"
+    )
     parser.add_argument("--methods", help="comma-separated subset, e.g. occlusion,lime")
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     parser.add_argument(
@@ -729,6 +799,13 @@ def main() -> int:
     if args.methods:
         wanted = set(args.methods.split(","))
         all_cases = [c for c in all_cases if c.method in wanted]
+    if args.model_sweep:
+        print(
+            f"# bench/peers.py --model-sweep, {args.threads} threads, load average {_load()}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        )
+        print(model_sweep(args.model_dir, the_texts, repeats))
+        return 0
     python = ensure_peers_venv(args.peers_venv)
     peers = Peers(python, args.model_dir, args.threads, args.device)
     server = ExplainServeSide(args.model_dir, args.device)
