@@ -84,6 +84,11 @@ class ServeConfig:
     batch_wait_ms: float = _opt(
         2.0, "how long a queued job may wait for others to share its batch, milliseconds"
     )
+    max_batch_ms: float | None = _opt(
+        None,
+        "the time one batch may take at most, from the measured cost of past batches, "
+        "milliseconds (none: 100 on a CPU, 30 on an accelerator; 0: no time bound)",
+    )
     max_queued_rows: int = _opt(200_000, "sequences waiting per model before RESOURCE_EXHAUSTED")
     max_inputs: int = _opt(256, "Explain: inputs per request at most")
     max_rows_per_input: int = _opt(
@@ -175,6 +180,7 @@ class ServeConfig:
             token_budget=self.token_budget,
             gradient_token_budget=self.gradient_token_budget,
             batch_wait_seconds=self.batch_wait_ms / 1000.0,
+            max_batch_ms=self.max_batch_ms,
             max_queued_rows=self.max_queued_rows,
             logits_budget=self.logits_budget,
             reuse=self.reuse,

@@ -36,6 +36,8 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+#: Finer around the time bound of a batch (tens to hundreds of milliseconds).
+BATCH_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 10.0)
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.5)
 
 
@@ -77,13 +79,36 @@ class _WorkerCollector(Collector):
             k: CounterMetricFamily(name, doc, labels=["model"])
             for k, (name, doc) in counters.items()
         }
+        cost = {
+            "intercept": GaugeMetricFamily(
+                "explainserve_batch_cost_intercept_seconds",
+                "Learnt fixed cost of a batch (seconds ~ intercept + slope x tokens)",
+                labels=["model", "kind"],
+            ),
+            "slope": GaugeMetricFamily(
+                "explainserve_batch_cost_seconds_per_token",
+                "Learnt cost of a batch per token, padding counted",
+                labels=["model", "kind"],
+            ),
+            "cap": GaugeMetricFamily(
+                "explainserve_batch_time_cap_tokens",
+                "Tokens a batch may hold under the time bound (max_batch_ms)",
+                labels=["model", "kind"],
+            ),
+        }
         for model in self.models.list():
             stats = model.worker.stats
             depth.add_metric([model.name], model.worker.queued_rows)
             for k, family in families.items():
                 family.add_metric([model.name], getattr(stats, k))
+            for kind, fit in model.worker.cost.fits().items():
+                cost["intercept"].add_metric([model.name, kind], fit.intercept)
+                cost["slope"].add_metric([model.name, kind], fit.slope)
+            for kind, cap in model.worker.time_caps().items():
+                cost["cap"].add_metric([model.name, kind], cap)
         yield depth
         yield from families.values()
+        yield from cost.values()
         import torch
 
         if torch.cuda.is_available():
@@ -108,11 +133,15 @@ class _WorkerObserver:
     def queued(self, kind: str, seconds: float) -> None:
         self.metrics.queue_seconds.labels(self.model, kind).observe(seconds)
 
+    def request_queued(self, priority: str, seconds: float) -> None:
+        self.metrics.request_queue_seconds.labels(self.model, priority).observe(seconds)
+
     def batch(
         self, kind: str, rows: int, padded: int, real: int, budget: int, seconds: float
     ) -> None:
         m = self.metrics
         m.compute_seconds.labels(self.model, kind).observe(seconds)
+        m.batch_seconds.labels(self.model, kind).observe(seconds)
         m.batch_fill.labels(self.model, kind).observe(padded / max(budget, 1))
         m.padding.labels(self.model, kind).observe(1.0 - real / max(padded, 1))
 
@@ -142,6 +171,21 @@ class Metrics:
             "Time a job waits in the model's queue before its first rows run",
             ["model", "kind"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_queue_seconds = Histogram(
+            "explainserve_request_queue_seconds",
+            "Time a request's work waits in the model's queue before its first rows run (once "
+            "per round a request queues), by priority (interactive or batch)",
+            ["model", "priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "explainserve_batch_seconds",
+            "Time one batch takes, against the worker's time bound (max_batch_ms)",
+            ["model", "kind"],
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.compute_seconds = Histogram(

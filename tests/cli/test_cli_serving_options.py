@@ -27,6 +27,16 @@ def test_worker_defaults() -> None:
     assert model.worker.max_queued_rows == 200_000
 
 
+def test_max_batch_ms_by_device_by_default_from_toml_or_flag(tmp_path: Path) -> None:
+    (model,) = parse("--model", "m=/m").model_configs()
+    assert model.worker.max_batch_ms is None  # the worker picks 100 on a CPU, 30 on a GPU
+    toml = tmp_path / "serve.toml"
+    toml.write_text("max_batch_ms = 50\n[models]\nm = '/m'\n")
+    assert parse("--config", str(toml)).model_configs()[0].worker.max_batch_ms == 50.0
+    flagged = parse("--config", str(toml), "--max-batch-ms", "0").model_configs()[0]
+    assert flagged.worker.max_batch_ms == 0.0
+
+
 def test_reuse_is_on_by_default_and_switched_off_by_toml_or_flag(tmp_path: Path) -> None:
     (model,) = parse("--model", "m=/m").model_configs()
     assert model.worker.reuse is True

@@ -32,7 +32,8 @@ from explainserve.explain.params import (
 )
 from explainserve.explain.service import Explainer, Limits
 from explainserve.models.registry import ModelConfig, Registry, load_model
-from explainserve.scheduling.worker import GenerateJob, WorkerOptions
+from explainserve.scheduling.jobs import GenerateJob
+from explainserve.scheduling.worker import WorkerOptions
 
 MODELS = ["gpt2-lm", "llama-lm"]
 PROMPT = "Hello there, world"

@@ -28,7 +28,8 @@ from explainserve.explain.params import (
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import ModelConfig, Registry, load_model
 from explainserve.scheduling import prefix
-from explainserve.scheduling.worker import ForwardJob, WorkerOptions
+from explainserve.scheduling.jobs import ForwardJob
+from explainserve.scheduling.worker import WorkerOptions
 
 LMS = ["gpt2-lm", "llama-lm", "gpt2-zero"]
 PROMPT = "Hello there, world of words. Cats sat on the mat"

@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from explainserve.explain.service import Explainer
-from explainserve.scheduling.worker import Job, Worker
+from explainserve.scheduling.jobs import Job
+from explainserve.scheduling.worker import Worker
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

@@ -17,7 +17,7 @@ from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
 from explainserve.launch import spawn_serve
 from explainserve.models.registry import ModelConfig, Registry, load_model
-from explainserve.scheduling.worker import Job
+from explainserve.scheduling.jobs import Job
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 

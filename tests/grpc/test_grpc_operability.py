@@ -20,7 +20,7 @@ from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import RequestIdFilter
 from explainserve.grpc.server import RunningServer, ServerOptions, channel_options, start
 from explainserve.logs import JsonFormatter
-from explainserve.scheduling.worker import Job
+from explainserve.scheduling.jobs import Job
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
@@ -152,6 +152,28 @@ def test_prometheus_metrics(metered: RunningServer) -> None:
         r'explainserve_oom_splits_total\{model="bert"\} \d',
         r'explainserve_tokens_run_total\{model="bert"\} [1-9]',
         r'explainserve_naive_tokens_total\{model="bert"\} [1-9]',
+    ]:
+        assert re.search(pattern, text), pattern
+
+
+def test_latency_metrics_by_priority_and_batch_cost(metered: RunningServer) -> None:
+    """Each request's queue wait, labelled by its priority; batch times; the cost the worker
+    learnt and its time cap (after the 8 batches its first fit needs: 5 requests of 2 rounds)."""
+    channel, stub = connect(metered)
+    background = pb.ExplainRequest(priority=pb.PRIORITY_BATCH)
+    background.MergeFrom(SMALL)
+    with channel:
+        for _ in range(4):
+            stub.Explain(SMALL, timeout=30)
+        stub.Explain(background, timeout=30)
+    text = scrape(metered)
+    for pattern in [
+        r'explainserve_request_queue_seconds_count\{model="bert",priority="interactive"\} [1-9]',
+        r'explainserve_request_queue_seconds_count\{model="bert",priority="batch"\} [1-9]',
+        r'explainserve_batch_seconds_count\{kind="forward",model="bert"\} [1-9]',
+        r'explainserve_batch_seconds_bucket\{kind="forward",le="0.1",model="bert"\} \d',
+        r'explainserve_batch_cost_seconds_per_token\{kind="forward",model="bert"\} \d',
+        r'explainserve_batch_cost_intercept_seconds\{kind="forward",model="bert"\} \d',
     ]:
         assert re.search(pattern, text), pattern
 

@@ -46,7 +46,7 @@ from explainserve.explain.units import (
 )
 from explainserve.models.capture import HEAD_ATTRIBUTES
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import ActivationJob, ActivationResult, HeadJob, Selection
+from explainserve.scheduling.jobs import ActivationJob, ActivationResult, HeadJob, Selection
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from explainserve.explain.units import (
     make_units,
     place_spans,
 )
-from explainserve.scheduling.worker import GenerationOptions
+from explainserve.scheduling.jobs import GenerationOptions
 
 #: Tokens generated when the request does not say (or the server's limit when lower).
 DEFAULT_MAX_NEW_TOKENS = 32

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.explain.units import Encoded, Units
-from explainserve.scheduling.worker import ForwardJob, GradientJob
+from explainserve.scheduling.jobs import ForwardJob, GradientJob
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from explainserve import _native
 from explainserve.explain.common import Item, Progress
 from explainserve.explain.params import Aggregation, Gradient, IntegrationRule, Reduction
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling.worker import GradientJob, InferenceMode
+from explainserve.scheduling.jobs import GradientJob, InferenceMode
 
 _DEFAULT_REDUCTION: dict[str, Reduction] = {
     "saliency": "l2_norm",

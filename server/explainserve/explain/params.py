@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.explain.units import Granularity, Units
-from explainserve.scheduling.worker import InferenceMode
+from explainserve.scheduling.jobs import InferenceMode, Priority
 
 Aggregation = Literal["mean", "max", "min", "sum", "signed_max"]
 Reduction = Literal["signed_sum", "l2_norm", "mean_abs"]
@@ -126,6 +126,8 @@ class ExplainParams:
     target_context: bool = True
     #: Batch this request's rows apart from other requests' (bit-exact under any traffic).
     isolate: bool = False
+    #: "interactive" rows are batched before queued "batch" rows (`scheduling.jobs.RequestTag`).
+    priority: Priority = "interactive"
 
 
 @dataclass(frozen=True)

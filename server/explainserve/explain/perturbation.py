@@ -23,7 +23,7 @@ from explainserve import _native
 from explainserve.explain.common import Item, Progress
 from explainserve.explain.params import KernelShap, Lime, Occlusion, Sobol
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling.worker import ForwardJob, InferenceMode
+from explainserve.scheduling.jobs import ForwardJob, InferenceMode
 
 PerturbationMethod = Occlusion | Lime | KernelShap | Sobol
 

@@ -28,7 +28,7 @@ from explainserve.explain.params import (
 )
 from explainserve.explain.units import Encoded, encode_ids, encode_text, make_units
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.worker import ForwardJob, GenerateJob, InferenceMode, IsolatedRequest
+from explainserve.scheduling.jobs import ForwardJob, GenerateJob, InferenceMode, RequestTag
 
 # Noise beyond this many standard deviations of the embeddings only measures the noise (and
 # overflows float16/bfloat16 models).
@@ -162,8 +162,8 @@ class Explainer:
         """
         started = time.perf_counter()
         model = self.registry.get(params.model)
-        if params.isolate:
-            is_cancelled = IsolatedRequest(is_cancelled)
+        # Every job of the request shares this tag: the worker keys the request by it.
+        is_cancelled = RequestTag(is_cancelled, isolated=params.isolate, priority=params.priority)
         if not params.inputs:
             raise InvalidArgument("the request has no inputs", field="inputs")
         if len(params.inputs) > self.limits.max_inputs:

@@ -10,7 +10,7 @@ from explainserve.errors import InvalidArgument
 from explainserve.explain import params as dom
 from explainserve.explain.units import Granularity, Units
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling.worker import InferenceMode
+from explainserve.scheduling.jobs import InferenceMode, Priority
 from explainserve.v1 import explain_pb2 as pb
 
 T = TypeVar("T")
@@ -29,6 +29,11 @@ AGGREGATION: dict[int, dom.Aggregation] = {
     pb.AGGREGATION_MIN: "min",
     pb.AGGREGATION_SUM: "sum",
     pb.AGGREGATION_SIGNED_MAX: "signed_max",
+}
+PRIORITY: dict[int, Priority] = {
+    pb.PRIORITY_UNSPECIFIED: "interactive",
+    pb.PRIORITY_INTERACTIVE: "interactive",
+    pb.PRIORITY_BATCH: "batch",
 }
 MODE: dict[int, InferenceMode] = {
     pb.INFERENCE_MODE_UNSPECIFIED: "logits",
@@ -221,6 +226,7 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
         generation=generation_from_proto(request),
         target_context=not request.prompt_units_only,
         isolate=request.isolate_batches,
+        priority=_enum(PRIORITY, request.priority, "priority"),
     )
 
 

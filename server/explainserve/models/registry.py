@@ -24,7 +24,8 @@ from transformers.utils import logging as hf_logging
 
 from explainserve.errors import InvalidArgument, NotFound, quote
 from explainserve.models.capture import capture, find_head, first_tensor, head_input_name
-from explainserve.scheduling.worker import GenerationOptions, Worker, WorkerOptions
+from explainserve.scheduling.jobs import GenerationOptions
+from explainserve.scheduling.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 # Loading prints per-weight progress bars otherwise; the server logs what it loaded itself.
@@ -168,6 +169,42 @@ class ClassifierRunner(_ModelRunner):
         if out is None:
             raise RuntimeError(f"the head '{self.head}' returned no tensor")
         return out.reshape(inputs.shape[0], -1)
+
+    # What only causal LMs do (`scheduling.execute.Runner` declares it for every runner): a
+    # classifier has no next-token logits, no prefix cache and does not generate.
+    vocab_size = 0
+    prefix_reuse = False
+
+    def token_logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
+        keep: int,
+        positions: torch.Tensor | None = None,
+        cache: Any | None = None,
+    ) -> torch.Tensor:
+        """Classifiers have no next-token logits."""
+        raise InvalidArgument("the model is a classifier: it has no next-token logits")
+
+    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> None:
+        """Classifiers keep no prefix cache."""
+        return None
+
+    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int) -> Any:
+        """Classifiers keep no prefix cache."""
+        raise InvalidArgument("the model is a classifier: it has no prefix cache")
+
+    def generate(
+        self,
+        prompts: list[torch.Tensor],
+        options: GenerationOptions,
+        stop_ids: set[int],
+        on_token: Callable[[int], None] | None = None,
+        is_cancelled: Callable[[int], bool] | None = None,
+    ) -> list[list[int] | None]:
+        """Classifiers do not generate."""
+        raise InvalidArgument("the model is a classifier: it cannot generate")
 
 
 class CausalLMRunner(_ModelRunner):

@@ -19,14 +19,16 @@ tokens instead of `n`; LIME, KernelSHAP and Sobol rows save their leading kept u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from explainserve.scheduling.worker import ForwardJob, WorkerStats
+    from explainserve.scheduling.execute import Runner
+    from explainserve.scheduling.jobs import ForwardJob
+    from explainserve.scheduling.worker import WorkerStats
 
 #: Padding a suffix group may add, as a fraction of its real tokens: more groups cost more
 #: passes (small on a GPU, smaller on a CPU), fewer cost padded tokens.
@@ -37,41 +39,6 @@ MAX_GROUP_PADDING = 0.125
 #: (the prefix, one per suffix group) cost more than the tokens saved (measured on short
 #: prompts: bench/RESULTS.md).
 MIN_SAVING = 0.25
-
-
-class PrefixRunner(Protocol):
-    """What the prefix path needs from a causal LM runner (`models.registry.CausalLMRunner`)."""
-
-    pad_id: int
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model lives."""
-        ...
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings."""
-        ...
-
-    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> Any | None:
-        """The KV cache of left-padded rows, or None if this model's cache cannot be cut."""
-        ...
-
-    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int) -> Any:
-        """A cache of `cache`'s rows `rows`, first `length` slots."""
-        ...
-
-    def token_logits(
-        self,
-        ids: torch.Tensor,
-        attention: torch.Tensor,
-        inputs_embeds: torch.Tensor | None,
-        keep: int,
-        positions: torch.Tensor | None = None,
-        cache: Any | None = None,
-    ) -> torch.Tensor:
-        """`(b, keep, V)` next-token logits of the last `keep` positions."""
-        ...
 
 
 def row_starts(job: ForwardJob) -> NDArray[np.int64]:
@@ -113,16 +80,15 @@ def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
 
 
 def forward_scores(
-    runner: object, pieces: list[tuple[ForwardJob, int, int]], stats: WorkerStats
+    runner: Runner, pieces: list[tuple[ForwardJob, int, int]], stats: WorkerStats
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
     counted) when it would save less than `MIN_SAVING` of the tokens or the runner cannot cut
     its cache."""
-    from explainserve.scheduling.worker import apply_mode  # worker imports this module
+    from explainserve.scheduling.execute import apply_mode  # execute imports this module
 
-    if not getattr(runner, "prefix_reuse", False):
+    if not runner.prefix_reuse:
         return None
-    run: PrefixRunner = runner  # type: ignore[assignment]
     # Flat row table: piece, row within the job, start, job length.
     piece_of, row_of, start_of = [], [], []
     for p, (job, start, stop) in enumerate(pieces):
@@ -150,8 +116,8 @@ def forward_scores(
     prefixed = [k for k in jobs if prefix_len[k] > 0]
     slot = {k: i for i, k in enumerate(prefixed)}
     width = max(prefix_len[k] for k in prefixed)
-    device = run.device
-    pre_ids = torch.full((len(prefixed), width), run.pad_id, dtype=torch.long)
+    device = runner.device
+    pre_ids = torch.full((len(prefixed), width), runner.pad_id, dtype=torch.long)
     pre_att = torch.zeros((len(prefixed), width), dtype=torch.long)
     for i, k in enumerate(prefixed):
         m = prefix_len[k]
@@ -169,7 +135,7 @@ def forward_scores(
         return made[id(job)]
 
     with torch.inference_mode():
-        cache = run.prefix_cache(pre_ids.to(device), pre_att.to(device))
+        cache = runner.prefix_cache(pre_ids.to(device), pre_att.to(device))
         if cache is None:
             return None
         padded = len(prefixed) * width
@@ -189,7 +155,7 @@ def forward_scores(
             )
             ends = np.where(s[group] > 0, offset + s[group], 0)
             cached = int(ends.max())
-            ids = torch.full((g, span), run.pad_id, dtype=torch.long)
+            ids = torch.full((g, span), runner.pad_id, dtype=torch.long)
             att = torch.zeros((g, cached + span), dtype=torch.long)
             pos = torch.zeros((g, span), dtype=torch.long)
             zero = torch.zeros((g, span), dtype=torch.bool)
@@ -211,13 +177,13 @@ def forward_scores(
                     any_zero = True
                 keep = max(keep, job.keep)
             ids_d = ids.to(device)
-            embeds = run.embed(ids_d)
+            embeds = runner.embed(ids_d)
             if any_zero:
                 embeds = embeds.masked_fill(zero.to(device).unsqueeze(-1), 0.0)
             rows_cache = None
             if cached > 0:
-                rows_cache = run.cache_rows(cache, torch.from_numpy(job_slot).to(device), cached)
-            logits = run.token_logits(
+                rows_cache = runner.cache_rows(cache, torch.from_numpy(job_slot).to(device), cached)
+            logits = runner.token_logits(
                 ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache
             )
             for p in np.unique(piece[group]).tolist():

@@ -31,6 +31,12 @@ class InferenceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INFERENCE_MODE_SOFTMAX: _ClassVar[InferenceMode]
     INFERENCE_MODE_LOG_SOFTMAX: _ClassVar[InferenceMode]
 
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_INTERACTIVE: _ClassVar[Priority]
+    PRIORITY_BATCH: _ClassVar[Priority]
+
 class GradientReduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GRADIENT_REDUCTION_UNSPECIFIED: _ClassVar[GradientReduction]
@@ -96,6 +102,9 @@ INFERENCE_MODE_UNSPECIFIED: InferenceMode
 INFERENCE_MODE_LOGITS: InferenceMode
 INFERENCE_MODE_SOFTMAX: InferenceMode
 INFERENCE_MODE_LOG_SOFTMAX: InferenceMode
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_INTERACTIVE: Priority
+PRIORITY_BATCH: Priority
 GRADIENT_REDUCTION_UNSPECIFIED: GradientReduction
 GRADIENT_REDUCTION_SIGNED_SUM: GradientReduction
 GRADIENT_REDUCTION_L2_NORM: GradientReduction
@@ -276,7 +285,7 @@ class GradientShap(_message.Message):
     def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate", "isolate_batches")
+    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate", "isolate_batches", "priority")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +307,7 @@ class ExplainRequest(_message.Message):
     PROMPT_UNITS_ONLY_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     ISOLATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     occlusion: Occlusion
@@ -319,7 +329,8 @@ class ExplainRequest(_message.Message):
     prompt_units_only: bool
     truncate: bool
     isolate_batches: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ExplainStreamRequest(_message.Message):
     __slots__ = ("request",)

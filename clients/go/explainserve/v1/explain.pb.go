@@ -203,6 +203,61 @@ func (InferenceMode) EnumDescriptor() ([]byte, []int) {
 	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{2}
 }
 
+// How a request's sequences are scheduled against other requests' on the same model.
+type Priority int32
+
+const (
+	// The server default: INTERACTIVE.
+	Priority_PRIORITY_UNSPECIFIED Priority = 0
+	// Latency first: its sequences go into the next batches before any queued BATCH request's,
+	// sharing each batch fairly with the other interactive requests.
+	Priority_PRIORITY_INTERACTIVE Priority = 1
+	// Throughput work (an analyst's Sobol run, a backfill): its sequences run in the room
+	// interactive requests leave, so it waits while interactive traffic keeps the model busy.
+	Priority_PRIORITY_BATCH Priority = 2
+)
+
+// Enum value maps for Priority.
+var (
+	Priority_name = map[int32]string{
+		0: "PRIORITY_UNSPECIFIED",
+		1: "PRIORITY_INTERACTIVE",
+		2: "PRIORITY_BATCH",
+	}
+	Priority_value = map[string]int32{
+		"PRIORITY_UNSPECIFIED": 0,
+		"PRIORITY_INTERACTIVE": 1,
+		"PRIORITY_BATCH":       2,
+	}
+)
+
+func (x Priority) Enum() *Priority {
+	p := new(Priority)
+	*p = x
+	return p
+}
+
+func (x Priority) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Priority) Descriptor() protoreflect.EnumDescriptor {
+	return file_explainserve_v1_explain_proto_enumTypes[3].Descriptor()
+}
+
+func (Priority) Type() protoreflect.EnumType {
+	return &file_explainserve_v1_explain_proto_enumTypes[3]
+}
+
+func (x Priority) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Priority.Descriptor instead.
+func (Priority) EnumDescriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{3}
+}
+
 // How gradient x input products are reduced over the hidden dimension.
 type GradientReduction int32
 
@@ -242,11 +297,11 @@ func (x GradientReduction) String() string {
 }
 
 func (GradientReduction) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[3].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[4].Descriptor()
 }
 
 func (GradientReduction) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[3]
+	return &file_explainserve_v1_explain_proto_enumTypes[4]
 }
 
 func (x GradientReduction) Number() protoreflect.EnumNumber {
@@ -255,7 +310,7 @@ func (x GradientReduction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GradientReduction.Descriptor instead.
 func (GradientReduction) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{3}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{4}
 }
 
 // The point gradient paths start from.
@@ -295,11 +350,11 @@ func (x Baseline) String() string {
 }
 
 func (Baseline) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[4].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[5].Descriptor()
 }
 
 func (Baseline) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[4]
+	return &file_explainserve_v1_explain_proto_enumTypes[5]
 }
 
 func (x Baseline) Number() protoreflect.EnumNumber {
@@ -308,7 +363,7 @@ func (x Baseline) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Baseline.Descriptor instead.
 func (Baseline) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{4}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{5}
 }
 
 // Quadrature rule of the Integrated Gradients path integral.
@@ -355,11 +410,11 @@ func (x IntegrationRule) String() string {
 }
 
 func (IntegrationRule) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[5].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[6].Descriptor()
 }
 
 func (IntegrationRule) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[5]
+	return &file_explainserve_v1_explain_proto_enumTypes[6]
 }
 
 func (x IntegrationRule) Number() protoreflect.EnumNumber {
@@ -368,7 +423,7 @@ func (x IntegrationRule) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IntegrationRule.Descriptor instead.
 func (IntegrationRule) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{5}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{6}
 }
 
 // LIME's distance between a perturbed input and the original.
@@ -409,11 +464,11 @@ func (x LimeDistance) String() string {
 }
 
 func (LimeDistance) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[6].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[7].Descriptor()
 }
 
 func (LimeDistance) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[6]
+	return &file_explainserve_v1_explain_proto_enumTypes[7]
 }
 
 func (x LimeDistance) Number() protoreflect.EnumNumber {
@@ -422,7 +477,7 @@ func (x LimeDistance) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LimeDistance.Descriptor instead.
 func (LimeDistance) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{6}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{7}
 }
 
 // Design of the Sobol method's points.
@@ -463,11 +518,11 @@ func (x SobolSampler) String() string {
 }
 
 func (SobolSampler) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[7].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[8].Descriptor()
 }
 
 func (SobolSampler) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[7]
+	return &file_explainserve_v1_explain_proto_enumTypes[8]
 }
 
 func (x SobolSampler) Number() protoreflect.EnumNumber {
@@ -476,7 +531,7 @@ func (x SobolSampler) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SobolSampler.Descriptor instead.
 func (SobolSampler) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{7}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{8}
 }
 
 // Which Sobol index is returned as the score.
@@ -514,11 +569,11 @@ func (x SobolOrder) String() string {
 }
 
 func (SobolOrder) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[8].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[9].Descriptor()
 }
 
 func (SobolOrder) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[8]
+	return &file_explainserve_v1_explain_proto_enumTypes[9]
 }
 
 func (x SobolOrder) Number() protoreflect.EnumNumber {
@@ -527,7 +582,7 @@ func (x SobolOrder) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SobolOrder.Descriptor instead.
 func (SobolOrder) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{8}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{9}
 }
 
 // Which rows GetActivations returns for each input.
@@ -585,11 +640,11 @@ func (x ActivationGranularity) String() string {
 }
 
 func (ActivationGranularity) Descriptor() protoreflect.EnumDescriptor {
-	return file_explainserve_v1_explain_proto_enumTypes[9].Descriptor()
+	return file_explainserve_v1_explain_proto_enumTypes[10].Descriptor()
 }
 
 func (ActivationGranularity) Type() protoreflect.EnumType {
-	return &file_explainserve_v1_explain_proto_enumTypes[9]
+	return &file_explainserve_v1_explain_proto_enumTypes[10]
 }
 
 func (x ActivationGranularity) Number() protoreflect.EnumNumber {
@@ -598,7 +653,7 @@ func (x ActivationGranularity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ActivationGranularity.Descriptor instead.
 func (ActivationGranularity) EnumDescriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{9}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{10}
 }
 
 // Token ids given directly instead of text.
@@ -1697,8 +1752,11 @@ type ExplainRequest struct {
 	// equal to float32 rounding: a shared batch may be padded to another length). Costs
 	// throughput under load.
 	IsolateBatches bool `protobuf:"varint,101,opt,name=isolate_batches,json=isolateBatches,proto3" json:"isolate_batches,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Interactive (the default) or batch: batch requests' sequences run only when no
+	// interactive request's of the same model wait (see Priority).
+	Priority      Priority `protobuf:"varint,102,opt,name=priority,proto3,enum=explainserve.v1.Priority" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExplainRequest) Reset() {
@@ -1905,6 +1963,13 @@ func (x *ExplainRequest) GetIsolateBatches() bool {
 		return x.IsolateBatches
 	}
 	return false
+}
+
+func (x *ExplainRequest) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 type isExplainRequest_Method interface {
@@ -3609,7 +3674,7 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\bbaseline\x18\x03 \x01(\x0e2\x19.explainserve.v1.BaselineR\bbaseline\x12@\n" +
 	"\treduction\x18\x04 \x01(\x0e2\".explainserve.v1.GradientReductionR\treductionB\f\n" +
 	"\n" +
-	"_noise_std\"\xa0\t\n" +
+	"_noise_std\"\xd7\t\n" +
 	"\x0eExplainRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12.\n" +
 	"\x06inputs\x18\x02 \x03(\v2\x16.explainserve.v1.InputR\x06inputs\x12:\n" +
@@ -3637,7 +3702,8 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"generation\x12*\n" +
 	"\x11prompt_units_only\x18\b \x01(\bR\x0fpromptUnitsOnly\x12\x1a\n" +
 	"\btruncate\x18d \x01(\bR\btruncate\x12'\n" +
-	"\x0fisolate_batches\x18e \x01(\bR\x0eisolateBatchesB\b\n" +
+	"\x0fisolate_batches\x18e \x01(\bR\x0eisolateBatches\x125\n" +
+	"\bpriority\x18f \x01(\x0e2\x19.explainserve.v1.PriorityR\bpriorityB\b\n" +
 	"\x06method\"Q\n" +
 	"\x14ExplainStreamRequest\x129\n" +
 	"\arequest\x18\x01 \x01(\v2\x1f.explainserve.v1.ExplainRequestR\arequest\"y\n" +
@@ -3769,7 +3835,11 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x1aINFERENCE_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15INFERENCE_MODE_LOGITS\x10\x01\x12\x1a\n" +
 	"\x16INFERENCE_MODE_SOFTMAX\x10\x02\x12\x1e\n" +
-	"\x1aINFERENCE_MODE_LOG_SOFTMAX\x10\x03*\x9b\x01\n" +
+	"\x1aINFERENCE_MODE_LOG_SOFTMAX\x10\x03*R\n" +
+	"\bPriority\x12\x18\n" +
+	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n" +
+	"\x0ePRIORITY_BATCH\x10\x02*\x9b\x01\n" +
 	"\x11GradientReduction\x12\"\n" +
 	"\x1eGRADIENT_REDUCTION_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGRADIENT_REDUCTION_SIGNED_SUM\x10\x01\x12\x1e\n" +
@@ -3830,132 +3900,134 @@ func file_explainserve_v1_explain_proto_rawDescGZIP() []byte {
 	return file_explainserve_v1_explain_proto_rawDescData
 }
 
-var file_explainserve_v1_explain_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_explainserve_v1_explain_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
 var file_explainserve_v1_explain_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_explainserve_v1_explain_proto_goTypes = []any{
 	(Granularity)(0),                       // 0: explainserve.v1.Granularity
 	(Aggregation)(0),                       // 1: explainserve.v1.Aggregation
 	(InferenceMode)(0),                     // 2: explainserve.v1.InferenceMode
-	(GradientReduction)(0),                 // 3: explainserve.v1.GradientReduction
-	(Baseline)(0),                          // 4: explainserve.v1.Baseline
-	(IntegrationRule)(0),                   // 5: explainserve.v1.IntegrationRule
-	(LimeDistance)(0),                      // 6: explainserve.v1.LimeDistance
-	(SobolSampler)(0),                      // 7: explainserve.v1.SobolSampler
-	(SobolOrder)(0),                        // 8: explainserve.v1.SobolOrder
-	(ActivationGranularity)(0),             // 9: explainserve.v1.ActivationGranularity
-	(*TokenIds)(nil),                       // 10: explainserve.v1.TokenIds
-	(*Target)(nil),                         // 11: explainserve.v1.Target
-	(*Continuation)(nil),                   // 12: explainserve.v1.Continuation
-	(*Input)(nil),                          // 13: explainserve.v1.Input
-	(*Generation)(nil),                     // 14: explainserve.v1.Generation
-	(*Occlusion)(nil),                      // 15: explainserve.v1.Occlusion
-	(*Lime)(nil),                           // 16: explainserve.v1.Lime
-	(*KernelShap)(nil),                     // 17: explainserve.v1.KernelShap
-	(*Sobol)(nil),                          // 18: explainserve.v1.Sobol
-	(*Saliency)(nil),                       // 19: explainserve.v1.Saliency
-	(*InputXGradient)(nil),                 // 20: explainserve.v1.InputXGradient
-	(*IntegratedGradients)(nil),            // 21: explainserve.v1.IntegratedGradients
-	(*SmoothGrad)(nil),                     // 22: explainserve.v1.SmoothGrad
-	(*SquareGrad)(nil),                     // 23: explainserve.v1.SquareGrad
-	(*VarGrad)(nil),                        // 24: explainserve.v1.VarGrad
-	(*GradientShap)(nil),                   // 25: explainserve.v1.GradientShap
-	(*ExplainRequest)(nil),                 // 26: explainserve.v1.ExplainRequest
-	(*ExplainStreamRequest)(nil),           // 27: explainserve.v1.ExplainStreamRequest
-	(*Unit)(nil),                           // 28: explainserve.v1.Unit
-	(*ExplainedTarget)(nil),                // 29: explainserve.v1.ExplainedTarget
-	(*Matrix)(nil),                         // 30: explainserve.v1.Matrix
-	(*Counters)(nil),                       // 31: explainserve.v1.Counters
-	(*Explanation)(nil),                    // 32: explainserve.v1.Explanation
-	(*ExplainResponse)(nil),                // 33: explainserve.v1.ExplainResponse
-	(*Progress)(nil),                       // 34: explainserve.v1.Progress
-	(*ExplainStreamResponse)(nil),          // 35: explainserve.v1.ExplainStreamResponse
-	(*ListModelsRequest)(nil),              // 36: explainserve.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),             // 37: explainserve.v1.ListModelsResponse
-	(*GetModelRequest)(nil),                // 38: explainserve.v1.GetModelRequest
-	(*GetModelResponse)(nil),               // 39: explainserve.v1.GetModelResponse
-	(*SplitPoint)(nil),                     // 40: explainserve.v1.SplitPoint
-	(*ModelInfo)(nil),                      // 41: explainserve.v1.ModelInfo
-	(*Tensor)(nil),                         // 42: explainserve.v1.Tensor
-	(*GetActivationsRequest)(nil),          // 43: explainserve.v1.GetActivationsRequest
-	(*SplitPointActivations)(nil),          // 44: explainserve.v1.SplitPointActivations
-	(*InputUnits)(nil),                     // 45: explainserve.v1.InputUnits
-	(*GetActivationsResponse)(nil),         // 46: explainserve.v1.GetActivationsResponse
-	(*PredictFromActivationsRequest)(nil),  // 47: explainserve.v1.PredictFromActivationsRequest
-	(*PredictFromActivationsResponse)(nil), // 48: explainserve.v1.PredictFromActivationsResponse
+	(Priority)(0),                          // 3: explainserve.v1.Priority
+	(GradientReduction)(0),                 // 4: explainserve.v1.GradientReduction
+	(Baseline)(0),                          // 5: explainserve.v1.Baseline
+	(IntegrationRule)(0),                   // 6: explainserve.v1.IntegrationRule
+	(LimeDistance)(0),                      // 7: explainserve.v1.LimeDistance
+	(SobolSampler)(0),                      // 8: explainserve.v1.SobolSampler
+	(SobolOrder)(0),                        // 9: explainserve.v1.SobolOrder
+	(ActivationGranularity)(0),             // 10: explainserve.v1.ActivationGranularity
+	(*TokenIds)(nil),                       // 11: explainserve.v1.TokenIds
+	(*Target)(nil),                         // 12: explainserve.v1.Target
+	(*Continuation)(nil),                   // 13: explainserve.v1.Continuation
+	(*Input)(nil),                          // 14: explainserve.v1.Input
+	(*Generation)(nil),                     // 15: explainserve.v1.Generation
+	(*Occlusion)(nil),                      // 16: explainserve.v1.Occlusion
+	(*Lime)(nil),                           // 17: explainserve.v1.Lime
+	(*KernelShap)(nil),                     // 18: explainserve.v1.KernelShap
+	(*Sobol)(nil),                          // 19: explainserve.v1.Sobol
+	(*Saliency)(nil),                       // 20: explainserve.v1.Saliency
+	(*InputXGradient)(nil),                 // 21: explainserve.v1.InputXGradient
+	(*IntegratedGradients)(nil),            // 22: explainserve.v1.IntegratedGradients
+	(*SmoothGrad)(nil),                     // 23: explainserve.v1.SmoothGrad
+	(*SquareGrad)(nil),                     // 24: explainserve.v1.SquareGrad
+	(*VarGrad)(nil),                        // 25: explainserve.v1.VarGrad
+	(*GradientShap)(nil),                   // 26: explainserve.v1.GradientShap
+	(*ExplainRequest)(nil),                 // 27: explainserve.v1.ExplainRequest
+	(*ExplainStreamRequest)(nil),           // 28: explainserve.v1.ExplainStreamRequest
+	(*Unit)(nil),                           // 29: explainserve.v1.Unit
+	(*ExplainedTarget)(nil),                // 30: explainserve.v1.ExplainedTarget
+	(*Matrix)(nil),                         // 31: explainserve.v1.Matrix
+	(*Counters)(nil),                       // 32: explainserve.v1.Counters
+	(*Explanation)(nil),                    // 33: explainserve.v1.Explanation
+	(*ExplainResponse)(nil),                // 34: explainserve.v1.ExplainResponse
+	(*Progress)(nil),                       // 35: explainserve.v1.Progress
+	(*ExplainStreamResponse)(nil),          // 36: explainserve.v1.ExplainStreamResponse
+	(*ListModelsRequest)(nil),              // 37: explainserve.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),             // 38: explainserve.v1.ListModelsResponse
+	(*GetModelRequest)(nil),                // 39: explainserve.v1.GetModelRequest
+	(*GetModelResponse)(nil),               // 40: explainserve.v1.GetModelResponse
+	(*SplitPoint)(nil),                     // 41: explainserve.v1.SplitPoint
+	(*ModelInfo)(nil),                      // 42: explainserve.v1.ModelInfo
+	(*Tensor)(nil),                         // 43: explainserve.v1.Tensor
+	(*GetActivationsRequest)(nil),          // 44: explainserve.v1.GetActivationsRequest
+	(*SplitPointActivations)(nil),          // 45: explainserve.v1.SplitPointActivations
+	(*InputUnits)(nil),                     // 46: explainserve.v1.InputUnits
+	(*GetActivationsResponse)(nil),         // 47: explainserve.v1.GetActivationsResponse
+	(*PredictFromActivationsRequest)(nil),  // 48: explainserve.v1.PredictFromActivationsRequest
+	(*PredictFromActivationsResponse)(nil), // 49: explainserve.v1.PredictFromActivationsResponse
 }
 var file_explainserve_v1_explain_proto_depIdxs = []int32{
-	10, // 0: explainserve.v1.Continuation.token_ids:type_name -> explainserve.v1.TokenIds
-	10, // 1: explainserve.v1.Input.token_ids:type_name -> explainserve.v1.TokenIds
-	11, // 2: explainserve.v1.Input.targets:type_name -> explainserve.v1.Target
-	12, // 3: explainserve.v1.Input.continuation:type_name -> explainserve.v1.Continuation
-	6,  // 4: explainserve.v1.Lime.distance:type_name -> explainserve.v1.LimeDistance
-	8,  // 5: explainserve.v1.Sobol.order:type_name -> explainserve.v1.SobolOrder
-	7,  // 6: explainserve.v1.Sobol.sampler:type_name -> explainserve.v1.SobolSampler
-	3,  // 7: explainserve.v1.Saliency.reduction:type_name -> explainserve.v1.GradientReduction
-	3,  // 8: explainserve.v1.InputXGradient.reduction:type_name -> explainserve.v1.GradientReduction
-	4,  // 9: explainserve.v1.IntegratedGradients.baseline:type_name -> explainserve.v1.Baseline
-	5,  // 10: explainserve.v1.IntegratedGradients.rule:type_name -> explainserve.v1.IntegrationRule
-	3,  // 11: explainserve.v1.IntegratedGradients.reduction:type_name -> explainserve.v1.GradientReduction
-	3,  // 12: explainserve.v1.SmoothGrad.reduction:type_name -> explainserve.v1.GradientReduction
-	3,  // 13: explainserve.v1.SquareGrad.reduction:type_name -> explainserve.v1.GradientReduction
-	3,  // 14: explainserve.v1.VarGrad.reduction:type_name -> explainserve.v1.GradientReduction
-	4,  // 15: explainserve.v1.GradientShap.baseline:type_name -> explainserve.v1.Baseline
-	3,  // 16: explainserve.v1.GradientShap.reduction:type_name -> explainserve.v1.GradientReduction
-	13, // 17: explainserve.v1.ExplainRequest.inputs:type_name -> explainserve.v1.Input
-	15, // 18: explainserve.v1.ExplainRequest.occlusion:type_name -> explainserve.v1.Occlusion
-	16, // 19: explainserve.v1.ExplainRequest.lime:type_name -> explainserve.v1.Lime
-	17, // 20: explainserve.v1.ExplainRequest.kernel_shap:type_name -> explainserve.v1.KernelShap
-	18, // 21: explainserve.v1.ExplainRequest.sobol:type_name -> explainserve.v1.Sobol
-	19, // 22: explainserve.v1.ExplainRequest.saliency:type_name -> explainserve.v1.Saliency
-	20, // 23: explainserve.v1.ExplainRequest.input_x_gradient:type_name -> explainserve.v1.InputXGradient
-	21, // 24: explainserve.v1.ExplainRequest.integrated_gradients:type_name -> explainserve.v1.IntegratedGradients
-	22, // 25: explainserve.v1.ExplainRequest.smooth_grad:type_name -> explainserve.v1.SmoothGrad
-	23, // 26: explainserve.v1.ExplainRequest.square_grad:type_name -> explainserve.v1.SquareGrad
-	24, // 27: explainserve.v1.ExplainRequest.var_grad:type_name -> explainserve.v1.VarGrad
-	25, // 28: explainserve.v1.ExplainRequest.gradient_shap:type_name -> explainserve.v1.GradientShap
+	11, // 0: explainserve.v1.Continuation.token_ids:type_name -> explainserve.v1.TokenIds
+	11, // 1: explainserve.v1.Input.token_ids:type_name -> explainserve.v1.TokenIds
+	12, // 2: explainserve.v1.Input.targets:type_name -> explainserve.v1.Target
+	13, // 3: explainserve.v1.Input.continuation:type_name -> explainserve.v1.Continuation
+	7,  // 4: explainserve.v1.Lime.distance:type_name -> explainserve.v1.LimeDistance
+	9,  // 5: explainserve.v1.Sobol.order:type_name -> explainserve.v1.SobolOrder
+	8,  // 6: explainserve.v1.Sobol.sampler:type_name -> explainserve.v1.SobolSampler
+	4,  // 7: explainserve.v1.Saliency.reduction:type_name -> explainserve.v1.GradientReduction
+	4,  // 8: explainserve.v1.InputXGradient.reduction:type_name -> explainserve.v1.GradientReduction
+	5,  // 9: explainserve.v1.IntegratedGradients.baseline:type_name -> explainserve.v1.Baseline
+	6,  // 10: explainserve.v1.IntegratedGradients.rule:type_name -> explainserve.v1.IntegrationRule
+	4,  // 11: explainserve.v1.IntegratedGradients.reduction:type_name -> explainserve.v1.GradientReduction
+	4,  // 12: explainserve.v1.SmoothGrad.reduction:type_name -> explainserve.v1.GradientReduction
+	4,  // 13: explainserve.v1.SquareGrad.reduction:type_name -> explainserve.v1.GradientReduction
+	4,  // 14: explainserve.v1.VarGrad.reduction:type_name -> explainserve.v1.GradientReduction
+	5,  // 15: explainserve.v1.GradientShap.baseline:type_name -> explainserve.v1.Baseline
+	4,  // 16: explainserve.v1.GradientShap.reduction:type_name -> explainserve.v1.GradientReduction
+	14, // 17: explainserve.v1.ExplainRequest.inputs:type_name -> explainserve.v1.Input
+	16, // 18: explainserve.v1.ExplainRequest.occlusion:type_name -> explainserve.v1.Occlusion
+	17, // 19: explainserve.v1.ExplainRequest.lime:type_name -> explainserve.v1.Lime
+	18, // 20: explainserve.v1.ExplainRequest.kernel_shap:type_name -> explainserve.v1.KernelShap
+	19, // 21: explainserve.v1.ExplainRequest.sobol:type_name -> explainserve.v1.Sobol
+	20, // 22: explainserve.v1.ExplainRequest.saliency:type_name -> explainserve.v1.Saliency
+	21, // 23: explainserve.v1.ExplainRequest.input_x_gradient:type_name -> explainserve.v1.InputXGradient
+	22, // 24: explainserve.v1.ExplainRequest.integrated_gradients:type_name -> explainserve.v1.IntegratedGradients
+	23, // 25: explainserve.v1.ExplainRequest.smooth_grad:type_name -> explainserve.v1.SmoothGrad
+	24, // 26: explainserve.v1.ExplainRequest.square_grad:type_name -> explainserve.v1.SquareGrad
+	25, // 27: explainserve.v1.ExplainRequest.var_grad:type_name -> explainserve.v1.VarGrad
+	26, // 28: explainserve.v1.ExplainRequest.gradient_shap:type_name -> explainserve.v1.GradientShap
 	0,  // 29: explainserve.v1.ExplainRequest.granularity:type_name -> explainserve.v1.Granularity
 	1,  // 30: explainserve.v1.ExplainRequest.aggregation:type_name -> explainserve.v1.Aggregation
 	2,  // 31: explainserve.v1.ExplainRequest.inference_mode:type_name -> explainserve.v1.InferenceMode
-	14, // 32: explainserve.v1.ExplainRequest.generation:type_name -> explainserve.v1.Generation
-	26, // 33: explainserve.v1.ExplainStreamRequest.request:type_name -> explainserve.v1.ExplainRequest
-	28, // 34: explainserve.v1.Explanation.units:type_name -> explainserve.v1.Unit
-	29, // 35: explainserve.v1.Explanation.targets:type_name -> explainserve.v1.ExplainedTarget
-	30, // 36: explainserve.v1.Explanation.scores:type_name -> explainserve.v1.Matrix
-	31, // 37: explainserve.v1.Explanation.counters:type_name -> explainserve.v1.Counters
-	28, // 38: explainserve.v1.Explanation.target_units:type_name -> explainserve.v1.Unit
-	32, // 39: explainserve.v1.ExplainResponse.explanations:type_name -> explainserve.v1.Explanation
-	34, // 40: explainserve.v1.ExplainStreamResponse.progress:type_name -> explainserve.v1.Progress
-	32, // 41: explainserve.v1.ExplainStreamResponse.explanation:type_name -> explainserve.v1.Explanation
-	41, // 42: explainserve.v1.ListModelsResponse.models:type_name -> explainserve.v1.ModelInfo
-	41, // 43: explainserve.v1.GetModelResponse.model:type_name -> explainserve.v1.ModelInfo
-	40, // 44: explainserve.v1.ModelInfo.split_points:type_name -> explainserve.v1.SplitPoint
-	13, // 45: explainserve.v1.GetActivationsRequest.inputs:type_name -> explainserve.v1.Input
-	9,  // 46: explainserve.v1.GetActivationsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
-	1,  // 47: explainserve.v1.GetActivationsRequest.aggregation:type_name -> explainserve.v1.Aggregation
-	42, // 48: explainserve.v1.SplitPointActivations.values:type_name -> explainserve.v1.Tensor
-	28, // 49: explainserve.v1.InputUnits.units:type_name -> explainserve.v1.Unit
-	44, // 50: explainserve.v1.GetActivationsResponse.activations:type_name -> explainserve.v1.SplitPointActivations
-	45, // 51: explainserve.v1.GetActivationsResponse.units:type_name -> explainserve.v1.InputUnits
-	42, // 52: explainserve.v1.GetActivationsResponse.logits:type_name -> explainserve.v1.Tensor
-	42, // 53: explainserve.v1.PredictFromActivationsRequest.activations:type_name -> explainserve.v1.Tensor
-	42, // 54: explainserve.v1.PredictFromActivationsResponse.logits:type_name -> explainserve.v1.Tensor
-	26, // 55: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
-	27, // 56: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
-	36, // 57: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
-	38, // 58: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
-	43, // 59: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
-	47, // 60: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
-	33, // 61: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
-	35, // 62: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
-	37, // 63: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
-	39, // 64: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
-	46, // 65: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
-	48, // 66: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
-	61, // [61:67] is the sub-list for method output_type
-	55, // [55:61] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	15, // 32: explainserve.v1.ExplainRequest.generation:type_name -> explainserve.v1.Generation
+	3,  // 33: explainserve.v1.ExplainRequest.priority:type_name -> explainserve.v1.Priority
+	27, // 34: explainserve.v1.ExplainStreamRequest.request:type_name -> explainserve.v1.ExplainRequest
+	29, // 35: explainserve.v1.Explanation.units:type_name -> explainserve.v1.Unit
+	30, // 36: explainserve.v1.Explanation.targets:type_name -> explainserve.v1.ExplainedTarget
+	31, // 37: explainserve.v1.Explanation.scores:type_name -> explainserve.v1.Matrix
+	32, // 38: explainserve.v1.Explanation.counters:type_name -> explainserve.v1.Counters
+	29, // 39: explainserve.v1.Explanation.target_units:type_name -> explainserve.v1.Unit
+	33, // 40: explainserve.v1.ExplainResponse.explanations:type_name -> explainserve.v1.Explanation
+	35, // 41: explainserve.v1.ExplainStreamResponse.progress:type_name -> explainserve.v1.Progress
+	33, // 42: explainserve.v1.ExplainStreamResponse.explanation:type_name -> explainserve.v1.Explanation
+	42, // 43: explainserve.v1.ListModelsResponse.models:type_name -> explainserve.v1.ModelInfo
+	42, // 44: explainserve.v1.GetModelResponse.model:type_name -> explainserve.v1.ModelInfo
+	41, // 45: explainserve.v1.ModelInfo.split_points:type_name -> explainserve.v1.SplitPoint
+	14, // 46: explainserve.v1.GetActivationsRequest.inputs:type_name -> explainserve.v1.Input
+	10, // 47: explainserve.v1.GetActivationsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
+	1,  // 48: explainserve.v1.GetActivationsRequest.aggregation:type_name -> explainserve.v1.Aggregation
+	43, // 49: explainserve.v1.SplitPointActivations.values:type_name -> explainserve.v1.Tensor
+	29, // 50: explainserve.v1.InputUnits.units:type_name -> explainserve.v1.Unit
+	45, // 51: explainserve.v1.GetActivationsResponse.activations:type_name -> explainserve.v1.SplitPointActivations
+	46, // 52: explainserve.v1.GetActivationsResponse.units:type_name -> explainserve.v1.InputUnits
+	43, // 53: explainserve.v1.GetActivationsResponse.logits:type_name -> explainserve.v1.Tensor
+	43, // 54: explainserve.v1.PredictFromActivationsRequest.activations:type_name -> explainserve.v1.Tensor
+	43, // 55: explainserve.v1.PredictFromActivationsResponse.logits:type_name -> explainserve.v1.Tensor
+	27, // 56: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
+	28, // 57: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
+	37, // 58: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
+	39, // 59: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
+	44, // 60: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
+	48, // 61: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
+	34, // 62: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
+	36, // 63: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
+	38, // 64: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
+	40, // 65: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
+	47, // 66: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
+	49, // 67: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
+	62, // [62:68] is the sub-list for method output_type
+	56, // [56:62] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_explainserve_v1_explain_proto_init() }
@@ -4003,7 +4075,7 @@ func file_explainserve_v1_explain_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_explainserve_v1_explain_proto_rawDesc), len(file_explainserve_v1_explain_proto_rawDesc)),
-			NumEnums:      10,
+			NumEnums:      11,
 			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -197,6 +197,55 @@ export function inferenceModeToJSON(object: InferenceMode): string {
   }
 }
 
+/** How a request's sequences are scheduled against other requests' on the same model. */
+export enum Priority {
+  /** PRIORITY_UNSPECIFIED - The server default: INTERACTIVE. */
+  PRIORITY_UNSPECIFIED = 0,
+  /**
+   * PRIORITY_INTERACTIVE - Latency first: its sequences go into the next batches before any queued BATCH request's,
+   * sharing each batch fairly with the other interactive requests.
+   */
+  PRIORITY_INTERACTIVE = 1,
+  /**
+   * PRIORITY_BATCH - Throughput work (an analyst's Sobol run, a backfill): its sequences run in the room
+   * interactive requests leave, so it waits while interactive traffic keeps the model busy.
+   */
+  PRIORITY_BATCH = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function priorityFromJSON(object: any): Priority {
+  switch (object) {
+    case 0:
+    case "PRIORITY_UNSPECIFIED":
+      return Priority.PRIORITY_UNSPECIFIED;
+    case 1:
+    case "PRIORITY_INTERACTIVE":
+      return Priority.PRIORITY_INTERACTIVE;
+    case 2:
+    case "PRIORITY_BATCH":
+      return Priority.PRIORITY_BATCH;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return Priority.UNRECOGNIZED;
+  }
+}
+
+export function priorityToJSON(object: Priority): string {
+  switch (object) {
+    case Priority.PRIORITY_UNSPECIFIED:
+      return "PRIORITY_UNSPECIFIED";
+    case Priority.PRIORITY_INTERACTIVE:
+      return "PRIORITY_INTERACTIVE";
+    case Priority.PRIORITY_BATCH:
+      return "PRIORITY_BATCH";
+    case Priority.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** How gradient x input products are reduced over the hidden dimension. */
 export enum GradientReduction {
   /** GRADIENT_REDUCTION_UNSPECIFIED - The server default: SIGNED_SUM for products, L2 norm for plain gradients. */
@@ -762,6 +811,11 @@ export interface ExplainRequest {
    * throughput under load.
    */
   isolateBatches: boolean;
+  /**
+   * Interactive (the default) or batch: batch requests' sequences run only when no
+   * interactive request's of the same model wait (see Priority).
+   */
+  priority: Priority;
 }
 
 /** ExplainStream's request: an Explain request. */
@@ -2716,6 +2770,7 @@ function createBaseExplainRequest(): ExplainRequest {
     promptUnitsOnly: false,
     truncate: false,
     isolateBatches: false,
+    priority: 0,
   };
 }
 
@@ -2783,6 +2838,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     }
     if (message.isolateBatches !== false) {
       writer.uint32(808).bool(message.isolateBatches);
+    }
+    if (message.priority !== 0) {
+      writer.uint32(816).int32(message.priority);
     }
     return writer;
   },
@@ -2968,6 +3026,14 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.isolateBatches = reader.bool();
             continue;
           }
+          case 102: {
+            if (tag !== 816) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3043,6 +3109,7 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         : isSet(object.isolate_batches)
         ? globalThis.Boolean(object.isolate_batches)
         : false,
+      priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
     };
   },
 
@@ -3111,6 +3178,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     if (message.isolateBatches !== false) {
       obj.isolateBatches = message.isolateBatches;
     }
+    if (message.priority !== 0) {
+      obj.priority = priorityToJSON(message.priority);
+    }
     return obj;
   },
 
@@ -3160,6 +3230,7 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     message.promptUnitsOnly = object.promptUnitsOnly ?? false;
     message.truncate = object.truncate ?? false;
     message.isolateBatches = object.isolateBatches ?? false;
+    message.priority = object.priority ?? 0;
     return message;
   },
 };

@@ -6,91 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import torch
+from toy_worker import ToyRunner, make_job, record, start
 
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
-from explainserve.scheduling.worker import ForwardJob, IsolatedRequest, Job, Worker, WorkerOptions
-
-VOCAB = 64
-
-
-class ToyRunner:
-    """Logits = sum of the real positions' embeddings: exact whatever the batch and padding,
-    because every embedding is a small multiple of 1/4 (float32 adds those exactly in any order,
-    so the summation order that batch shapes change cannot show). `gate`, while cleared, holds
-    every batch (to fill the queue)."""
-
-    pad_id = 0
-    padding_side = "right"
-
-    def __init__(self) -> None:
-        quarters = torch.randint(-8, 9, (VOCAB, 3), generator=torch.Generator().manual_seed(0))
-        self.table = quarters.float() / 4
-        self.gate = threading.Event()
-        self.gate.set()
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.table[ids]
-
-    def logits(
-        self, ids: torch.Tensor, attention: torch.Tensor, inputs_embeds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        self.gate.wait()
-        embeds = self.embed(ids) if inputs_embeds is None else inputs_embeds
-        return (embeds * attention[..., None]).sum(1)
-
-    def expected(self, job: ForwardJob) -> np.ndarray:
-        full = self.table[torch.from_numpy(job.ids)].sum(1).double().numpy()
-        return full[:, job.targets]
-
-
-def make_job(rows: int, length: int, seed: int, **kwargs: object) -> ForwardJob:
-    rng = np.random.default_rng(seed)
-    return ForwardJob(
-        ids=rng.integers(1, VOCAB, size=(rows, length)),
-        attention=np.ones(length, dtype=np.int64),
-        targets=np.array([0, 2]),
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-def runner() -> ToyRunner:
-    return ToyRunner()
-
-
-def start(runner: ToyRunner, **options: object) -> Worker:
-    defaults: dict[str, object] = {"batch_wait_seconds": 0.0}
-    return Worker(runner, WorkerOptions(**{**defaults, **options}), name="toy")  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def batches() -> list[list[tuple[int, int, int]]]:
-    """Filled by `record`: each batch attempt as (job id, start, stop) pieces."""
-    return []
-
-
-def record(into: list[list[tuple[int, int, int]]]):  # type: ignore[no-untyped-def]
-    def hook(pieces: Sequence[tuple[Job, int, int]]) -> None:
-        into.append([(id(job), start, stop) for job, start, stop in pieces])
-
-    return hook
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for w in workers:
-        w.close()
+from explainserve.scheduling.jobs import Job, RequestTag
+from explainserve.scheduling.worker import Worker
 
 
 def test_out_of_memory_halves_the_batch_then_grows_back(
@@ -215,7 +140,7 @@ def test_isolated_requests_never_share_a_batch(
     worker = start(runner, batch_wait_seconds=0.05)
     closing.append(worker)
     worker.fault_hook = record(batches)
-    isolated = IsolatedRequest(None)
+    isolated = RequestTag(None, isolated=True)
     mine = [make_job(5, 6, seed=s, is_cancelled=isolated) for s in range(3)]
     others = [make_job(5, 6, seed=10 + s, is_cancelled=lambda: False) for s in range(3)]
     worker.submit_all([others[0], *mine, *others[1:]])

@@ -1,0 +1,216 @@
+"""Latency under mixed traffic: small requests while a huge one runs, in one run.
+
+One client sends a huge request (KernelSHAP with `--huge-rows` coalitions on a long text: one
+input, that many sequences through the model); meanwhile `--small-clients` other clients each
+send small requests (Occlusion of one short sentence, a dozen sequences) one after the other,
+with a pause of `--think` seconds between them, until the huge one is done. Measured, in one
+run, on one live server on loopback (each client with its own channel):
+
+- idle: the small requests alone, one by one (median and p99 latency);
+- huge alone: the huge request with nothing else running;
+- mixed: the small requests' p50 / p99 while the huge one runs, and the huge one's time.
+
+The goal (issue 12, on a 2-core CPU): small p99 <= idle p99 + 2 x max_batch_ms, and the huge
+request slowed by at most 15 % against running alone. The small requests' own work takes model
+time too; the report gives their share so the slowdown can be read against it. `--max-batch-ms 0`
+runs without a time bound (batches cut by the token budget alone: the behaviour before it).
+
+    .venv/bin/python bench/mixed.py [--huge-rows 512] [--small-clients 2] [--max-batch-ms 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import grpc
+import numpy as np
+import torch
+
+from explainserve.explain.service import Explainer, Limits
+from explainserve.grpc.server import ServerOptions, start
+from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.scheduling.worker import WorkerOptions
+from explainserve.v1 import explain_pb2 as pb
+from explainserve.v1 import explain_pb2_grpc
+
+#: About 120 tokens: the huge request's text.
+LONG_TEXT = (
+    "The hotel was in a great location, close to the station and the old town, and the staff "
+    "at the front desk were friendly and quick to help with every question we had. The room "
+    "itself was small but spotless, the bed was comfortable and the shower had good pressure. "
+    "Breakfast was the weak point: the coffee was lukewarm, the bread was stale on two of the "
+    "three mornings, and the eggs ran out before nine. The noise from the street kept us awake "
+    "on Friday night, although the windows were double glazed. Overall we would stay again for "
+    "the price and the location, but we would eat breakfast somewhere else."
+)
+SMALL_TEXTS = [
+    "The food was great.",
+    "Terrible service, never again.",
+    "I loved every minute of it!",
+    "Not worth the money.",
+    "Friendly staff and quick delivery.",
+    "It broke on the second day.",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q`-th percentile (linear interpolation, as numpy)."""
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> int:
+    """Runs the benchmark and prints a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--huge-rows", type=int, default=512, help="KernelSHAP coalitions")
+    parser.add_argument("--small-clients", type=int, default=2)
+    parser.add_argument("--think", type=float, default=0.5, help="seconds between a client's calls")
+    parser.add_argument("--idle-calls", type=int, default=30)
+    parser.add_argument("--max-batch-ms", type=float, help="default: the worker's (by device)")
+    parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--token-budget", type=int, default=8192)
+    parser.add_argument(
+        "--priority",
+        choices=("interactive", "batch"),
+        default="interactive",
+        help="the huge request's priority",
+    )
+    args = parser.parse_args()
+    if args.model_dir is None:
+        from explainserve.models.default_model import default_model_dir
+
+        args.model_dir = default_model_dir()
+    registry = Registry()
+    served = load_model(
+        ModelConfig(
+            "bench",
+            args.model_dir,
+            device=args.device,
+            worker=WorkerOptions(token_budget=args.token_budget, max_batch_ms=args.max_batch_ms),
+        )
+    )
+    registry.add(served)
+    worker = served.worker
+    running = start(
+        ServerOptions(port=0, workers=args.small_clients + 8), Explainer(registry, Limits())
+    )
+    target = f"127.0.0.1:{running.port}"
+    channels = [grpc.insecure_channel(target) for _ in range(args.small_clients + 1)]
+    stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
+    huge = pb.ExplainRequest(
+        model="bench",
+        inputs=[pb.Input(text=LONG_TEXT)],
+        kernel_shap=pb.KernelShap(n_perturbations=args.huge_rows),
+        priority=pb.PRIORITY_BATCH if args.priority == "batch" else pb.PRIORITY_INTERACTIVE,
+    )
+
+    def small(i: int) -> pb.ExplainRequest:
+        return pb.ExplainRequest(
+            model="bench",
+            inputs=[pb.Input(text=SMALL_TEXTS[i % len(SMALL_TEXTS)])],
+            occlusion=pb.Occlusion(),
+        )
+
+    def timed_call(
+        stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainRequest
+    ) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        reply = stub.Explain(request, timeout=600)
+        return time.perf_counter() - t0, sum(e.counters.forward_passes for e in reply.explanations)
+
+    try:
+        # Warm-up: the cost model learns from these batches too.
+        for i in range(10):
+            timed_call(stubs[0], small(i))
+        timed_call(stubs[0], huge)
+        idle = [timed_call(stubs[0], small(i))[0] for i in range(args.idle_calls)]
+        huge_rows = 0
+        batches0, tokens0 = worker.stats.batches, worker.stats.padded_tokens
+        huge_alone, huge_rows = timed_call(stubs[0], huge)
+        huge_batches = worker.stats.batches - batches0
+        huge_tokens = worker.stats.padded_tokens - tokens0
+
+        done = threading.Event()
+        latencies: list[float] = []
+        small_rows = [0]
+        lock = threading.Lock()
+
+        def client(c: int) -> None:
+            i = c
+            while not done.is_set():
+                seconds, rows = timed_call(stubs[1 + c], small(i))
+                with lock:
+                    if not done.is_set():
+                        latencies.append(seconds)
+                        small_rows[0] += rows
+                i += args.small_clients
+                done.wait(args.think)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.small_clients)]
+        busy0, tokens0 = worker.stats.busy_seconds, worker.stats.padded_tokens
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        huge_mixed, _ = timed_call(stubs[0], huge)
+        done.set()
+        mixed_wall = time.perf_counter() - t0
+        for t in threads:
+            t.join()
+        busy = worker.stats.busy_seconds - busy0
+        # The small requests' share of the tokens run meanwhile (padding counted).
+        small_share = 1 - huge_tokens / max(worker.stats.padded_tokens - tokens0, 1)
+        bound = worker.max_batch_seconds
+        caps = worker.time_caps()
+        print(
+            f"# bench/mixed.py on {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, model "
+            f"{args.model_dir.name}; huge: KernelSHAP-{args.huge_rows} on a "
+            f"{len(served.tokenizer(LONG_TEXT)['input_ids'])}-token text ({huge_rows} sequences, "
+            f"priority {args.priority}); small: Occlusion of one sentence, "
+            f"{args.small_clients} clients, {args.think} s between calls; max_batch_ms "
+            f"{'off' if bound is None else f'{bound * 1000:.0f}'}; token budget "
+            f"{args.token_budget}; time caps (tokens) {dict(caps)}"
+        )
+        print()
+        print("| measurement | value |")
+        print("|---|---:|")
+        print(
+            f"| small, idle: p50 / p99 (s) | {statistics.median(idle):.3f} / "
+            f"{percentile(idle, 99):.3f} |"
+        )
+        if latencies:
+            print(
+                f"| small, beside the huge one: p50 / p99 (s), {len(latencies)} calls | "
+                f"{statistics.median(latencies):.3f} / {percentile(latencies, 99):.3f} |"
+            )
+        print(f"| huge alone (s), {huge_batches} batches | {huge_alone:.2f} |")
+        print(f"| huge beside the small ones (s) | {huge_mixed:.2f} |")
+        print(f"| huge slowed | {huge_mixed / huge_alone - 1:+.1%} |")
+        print(f"| small requests' share of the tokens run while mixed | {small_share:.1%} |")
+        print(f"| worker busy / wall while mixed | {busy / mixed_wall:.2f} |")
+        print()
+        if bound is not None and latencies:
+            goal = percentile(idle, 99) + 2 * bound
+            print(
+                f"goal small p99 <= idle p99 + 2 x max_batch_ms = {goal:.3f} s: "
+                f"{'met' if percentile(latencies, 99) <= goal else 'missed'}; "
+                f"goal huge slowed <= 15%: {'met' if huge_mixed <= 1.15 * huge_alone else 'missed'}"
+            )
+    finally:
+        for c in channels:
+            c.close()
+        running.stop(grace=None)
+        registry.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,440 @@
+"""Running a batch: the `Runner` protocol (what the worker needs from a model) and the torch
+code of each job kind, from padding the rows to handing each job its results.
+
+`Executor.run` takes a batch of row ranges of one kind (see `scheduling.jobs`) and runs it on
+the calling thread (the worker's, which owns the model); it raises what the model raises, and the
+worker handles it. Nothing here knows about queues or about attribution methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from explainserve.errors import Cancelled
+from explainserve.scheduling import prefix
+from explainserve.scheduling.jobs import (
+    ActivationJob,
+    ActivationResult,
+    ForwardJob,
+    GenerateJob,
+    GenerationOptions,
+    GradientJob,
+    HeadJob,
+    InferenceMode,
+    Job,
+    Pieces,
+)
+
+if TYPE_CHECKING:
+    from explainserve.scheduling.worker import WorkerStats
+
+
+class Runner(Protocol):
+    """What the worker needs from a model. Every runner has all of it; what a kind of model
+    cannot do (a classifier's next-token logits, a causal LM's classification head) raises."""
+
+    pad_id: int
+    #: "right" (encoders) or "left" (heads that read the last token, causal LMs).
+    padding_side: str
+    #: Causal LMs: the size of the next-token logits (bounds a batch's logits); 0 for others.
+    vocab_size: int
+    #: Causal LMs: whether forward rows may run on a cached prefix (`scheduling.prefix`).
+    prefix_reuse: bool
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives."""
+        ...
+
+    def logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(b, C)` logits for `(b, L)` ids (or `(b, L, h)` embeddings) and attention mask."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """`(b, L, h)` input embeddings of `(b, L)` ids."""
+        ...
+
+    def capture(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        split_points: list[str],
+        with_logits: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Activations of a padded batch at `split_points`, and the logits when `with_logits`
+        (otherwise the pass may stop once everything is captured). Activation jobs only."""
+        ...
+
+    def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`(r, C)` logits of the classification head on `(r, *features)` rows. Head jobs only."""
+        ...
+
+    def token_logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
+        keep: int,
+        positions: torch.Tensor | None = None,
+        cache: Any | None = None,
+    ) -> torch.Tensor:
+        """Causal LMs: `(b, keep, V)` next-token logits of the last `keep` positions of a
+        left-padded batch; with a `cache` (from `cache_rows`) the rows continue it, `positions`
+        giving the new positions' ids."""
+        ...
+
+    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> Any | None:
+        """Causal LMs: the KV cache of left-padded rows, or None if it cannot be cut."""
+        ...
+
+    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int) -> Any:
+        """Causal LMs: a cache of `cache`'s rows `rows`, first `length` slots."""
+        ...
+
+    def generate(
+        self,
+        prompts: list[torch.Tensor],
+        options: GenerationOptions,
+        stop_ids: set[int],
+        on_token: Callable[[int], None] | None = None,
+        is_cancelled: Callable[[int], bool] | None = None,
+    ) -> list[list[int] | None]:
+        """Causal LMs: continues the prompts together; None for a prompt cancelled meanwhile."""
+        ...
+
+
+def apply_mode(logits: torch.Tensor, mode: InferenceMode) -> torch.Tensor:
+    """The function of the logits that is explained, over the last (class) dimension."""
+    if mode == "softmax":
+        return torch.softmax(logits.float(), dim=-1)
+    if mode == "log_softmax":
+        return torch.log_softmax(logits.float(), dim=-1)
+    return logits.float()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a device out-of-memory error (CUDA's, or an injected one)."""
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+class Executor:
+    """Runs batches of one model (on the worker's thread) and counts them in `stats`."""
+
+    def __init__(self, runner: Runner, stats: WorkerStats, reuse: bool) -> None:
+        self.runner = runner
+        self.stats = stats
+        #: Causal LMs: forward rows may run on the cached prefix of their reference.
+        self.reuse = reuse
+
+    def free_cached_memory(self) -> None:
+        """Returns the device memory torch caches (before a batch is retried smaller)."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def run(self, pieces: Pieces[Job[Any]]) -> None:
+        """Runs a batch of jobs of one kind, and resolves the futures of those it completes."""
+        kind = pieces[0][0].kind
+        # The batch's kind is declared by its jobs; the casts say what the worker guarantees.
+        if kind == "forward":
+            self._run_forward(cast(Pieces[ForwardJob], pieces))
+        elif kind == "gradient":
+            self._run_gradient(cast(Pieces[GradientJob], pieces))
+        elif kind == "activation":
+            self._run_activation(cast(Pieces[ActivationJob], pieces))
+        elif kind == "head":
+            self._run_head(cast(Pieces[HeadJob], pieces))
+        else:
+            self._run_generate([cast(GenerateJob, job) for job, _, _ in pieces])
+
+    def _columns(self, width: int, length: int) -> slice:
+        """Where a row of `length` tokens sits in a batch of `width` (the runner's side)."""
+        if self.runner.padding_side == "left":
+            return slice(width - length, width)
+        return slice(0, length)
+
+    def _pad(
+        self, pieces: Sequence[tuple[ForwardJob | GradientJob | ActivationJob, int, int]]
+    ) -> tuple[int, torch.Tensor]:
+        """The padded width and the `(b, L)` attention mask of a batch."""
+        width = max(job.length for job, _, _ in pieces)
+        rows = sum(stop - start for _, start, stop in pieces)
+        attention = torch.zeros((rows, width), dtype=torch.long)
+        at = 0
+        for job, start, stop in pieces:
+            cols = self._columns(width, job.length)
+            attention[at : at + stop - start, cols] = torch.from_numpy(job.attention)
+            at += stop - start
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.padded_tokens += rows * width
+        real = sum((stop - start) * job.length for job, start, stop in pieces)
+        self.stats.real_tokens += real
+        self.stats.naive_tokens += real
+        return width, attention
+
+    def _run_forward(self, pieces: Pieces[ForwardJob]) -> None:
+        host = None
+        if self.reuse and any(job.reference is not None for job, _, _ in pieces):
+            host = prefix.forward_scores(self.runner, pieces, self.stats)
+        if host is None:
+            host = self._forward_scores(pieces)
+        for (job, start, stop), out in zip(pieces, host, strict=True):
+            if job._out is None:
+                job._out = np.empty((job.n_rows, len(job.targets)), dtype=np.float64)
+            job._out[start:stop] = out
+            if job.count_done(stop - start):
+                job.future.set_result(job._out)
+
+    def _forward_scores(self, pieces: Pieces[ForwardJob]) -> list[NDArray[np.float64]]:
+        """Each piece's `(rows, t)` scores, every row run in full in one padded batch."""
+        width, attention = self._pad(pieces)
+        rows = attention.shape[0]
+        ids = torch.full((rows, width), self.runner.pad_id, dtype=torch.long)
+        zero_mask = None
+        if any(job.replaced is not None for job, _, _ in pieces):
+            zero_mask = torch.zeros((rows, width), dtype=torch.bool)
+        at = 0
+        for job, start, stop in pieces:
+            cols = self._columns(width, job.length)
+            ids[at : at + stop - start, cols] = torch.from_numpy(job.ids[start:stop])
+            if zero_mask is not None and job.replaced is not None:
+                zero_mask[at : at + stop - start, cols] = torch.from_numpy(job.replaced[start:stop])
+            at += stop - start
+        device = self.runner.device
+        with torch.inference_mode():
+            ids_d = ids.to(device, non_blocking=True)
+            att_d = attention.to(device, non_blocking=True)
+            embeds = None
+            if zero_mask is not None:
+                embeds = self.runner.embed(ids_d)
+                embeds = embeds.masked_fill(zero_mask.to(device).unsqueeze(-1), 0.0)
+            keep = max(job.keep for job, _, _ in pieces)
+            if keep:
+                outputs = self._token_scores(pieces, ids_d, att_d, embeds, keep)
+            else:
+                logits = self.runner.logits(ids_d, att_d, embeds)
+                at = 0
+                outputs = []
+                for job, start, stop in pieces:
+                    scores = apply_mode(logits[at : at + stop - start], job.mode)
+                    outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
+                    at += stop - start
+            return [o.double().cpu().numpy() for o in outputs]
+
+    def _token_scores(
+        self,
+        pieces: Pieces[ForwardJob],
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        embeds: torch.Tensor | None,
+        keep: int,
+    ) -> list[torch.Tensor]:
+        """Causal LMs: each job's `(rows, t)` target-token scores from the `(b, keep, V)` logits
+        of the batch's last positions (rows are left-padded: a job's positions are the same
+        distance from the end in all its rows). Only these scores leave the batch."""
+        logits = self.runner.token_logits(ids, attention, embeds, keep)
+        device = logits.device
+        at = 0
+        outputs = []
+        for job, start, stop in pieces:
+            assert job.positions is not None
+            n = stop - start
+            cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
+            scores = apply_mode(logits[at : at + n, cols], job.mode)  # (n, t, V)
+            index = torch.from_numpy(job.targets).to(device).view(1, -1, 1).expand(n, -1, 1)
+            outputs.append(scores.gather(2, index)[..., 0])
+            del scores
+            at += n
+        return outputs
+
+    def _run_gradient(self, pieces: Pieces[GradientJob]) -> None:
+        width, attention = self._pad(pieces)
+        rows = attention.shape[0]
+        device = self.runner.device
+        first = pieces[0][0].embeds
+        embeds = torch.zeros((rows, width, first.shape[-1]), dtype=first.dtype, device=device)
+        targets = torch.empty(rows, dtype=torch.long)
+        modes = []
+        at = 0
+        for job, start, stop in pieces:
+            cols = self._columns(width, job.length)
+            embeds[at : at + stop - start, cols] = job.points(start, stop).to(device)
+            targets[at : at + stop - start] = torch.from_numpy(job.targets[start:stop])
+            modes.append((at, at + stop - start, job.mode))
+            at += stop - start
+        keep = max(job.keep for job, _, _ in pieces)
+        columns = None
+        if keep:
+            # Causal LMs: row i is scored at its own position, `keep - (length - position)`
+            # among the batch's last `keep` positions (rows are left-padded).
+            columns = torch.cat(
+                [
+                    torch.from_numpy(keep - (job.length - job.positions[start:stop]))
+                    for job, start, stop in pieces
+                    if job.positions is not None
+                ]
+            ).to(device)
+        embeds.requires_grad_(True)
+        with torch.enable_grad():
+            no_ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+            if columns is not None:
+                kept = self.runner.token_logits(no_ids, attention.to(device), embeds, keep)
+                logits = kept[torch.arange(rows, device=device), columns]
+            else:
+                logits = self.runner.logits(no_ids, attention.to(device), embeds)
+            picked = []
+            for lo, hi, mode in modes:
+                scored = apply_mode(logits[lo:hi], mode)
+                picked.append(scored.gather(1, targets[lo:hi].to(device).unsqueeze(1))[:, 0])
+            score = torch.cat(picked)
+            (grads,) = torch.autograd.grad(score.sum(), embeds)
+        grads_host = grads.float().cpu()
+        score_host = score.detach().double().cpu().numpy()
+        at = 0
+        for job, start, stop in pieces:
+            if job._scores is None:
+                shape = (job.n_rows, *job.embeds.shape[1:]) if job.accumulate is None else (0,)
+                job._grads = torch.empty(shape, dtype=torch.float32)
+                job._scores = np.empty(job.n_rows, dtype=np.float64)
+            n = stop - start
+            piece = grads_host[at : at + n, self._columns(width, job.length)]
+            if job.accumulate is not None:
+                job.accumulate(start, stop, piece)
+            else:
+                assert job._grads is not None
+                job._grads[start:stop] = piece
+            job._scores[start:stop] = score_host[at : at + n]
+            at += n
+            if job.count_done(n):
+                assert job._grads is not None
+                job.future.set_result((job._grads, job._scores))
+
+    def _run_activation(self, pieces: Pieces[ActivationJob]) -> None:
+        """One padded forward for the batch's inputs, hooks on the union of their split points;
+        each job gets its own rows, cut on the device before the copy to the host."""
+        width, attention = self._pad(pieces)
+        rows = attention.shape[0]
+        ids = torch.full((rows, width), self.runner.pad_id, dtype=torch.long)
+        real = torch.zeros((rows, width), dtype=torch.bool)
+        head_pos = torch.empty(rows, dtype=torch.long)
+        starts = []  # each job's first row in the flattened real positions
+        n_real = 0
+        for at, (job, _, _) in enumerate(pieces):
+            cols = self._columns(width, job.length)
+            ids[at, cols] = torch.from_numpy(job.ids)
+            real[at, cols] = True
+            # Left-padded runners' heads read the last token; the others, the first.
+            head_pos[at] = cols.stop - 1 if self.runner.padding_side == "left" else cols.start
+            starts.append(n_real)
+            n_real += job.length
+        names = sorted({name for job, _, _ in pieces for name in job.split_points})
+        token_dim = {
+            name: tok
+            for job, _, _ in pieces
+            for name, tok in zip(job.split_points, job.token_dim, strict=True)
+        }
+        selections = {
+            (name, job.select if tok else "whole")
+            for job, _, _ in pieces
+            for name, tok in zip(job.split_points, job.token_dim, strict=True)
+        }
+        with_logits = any(job.logits for job, _, _ in pieces)
+        device = self.runner.device
+        host: dict[tuple[str, str], NDArray[np.float32]] = {}
+        with torch.inference_mode():
+            captured, logits = self.runner.capture(
+                ids.to(device, non_blocking=True),
+                attention.to(device, non_blocking=True),
+                names,
+                with_logits,
+            )
+            for name, how in sorted(selections):
+                t = captured[name]
+                if token_dim[name] and (t.dim() < 2 or t.shape[1] != width):
+                    raise RuntimeError(
+                        f"split point {name} has shape {list(t.shape)}: no token dimension of "
+                        f"{width} in second place"
+                    )
+                if how == "all":
+                    picked = t[real.to(device)]
+                elif how == "head":
+                    picked = t[torch.arange(rows, device=device), head_pos.to(device)]
+                else:
+                    picked = t
+                host[(name, how)] = picked.float().cpu().numpy()
+            logits_host = logits.float().cpu().numpy() if logits is not None else None
+        for at, (job, _, _) in enumerate(pieces):
+            values = []
+            for name, tok in zip(job.split_points, job.token_dim, strict=True):
+                if not tok:
+                    values.append(host[(name, "whole")][at : at + 1])
+                elif job.select == "head":
+                    values.append(host[(name, "head")][at : at + 1])
+                else:
+                    values.append(host[(name, "all")][starts[at] : starts[at] + job.length])
+            job_logits = logits_host[at] if job.logits and logits_host is not None else None
+            if job.count_done(1):
+                job.future.set_result(ActivationResult(values, job_logits))
+
+    def _run_head(self, pieces: Pieces[HeadJob]) -> None:
+        """The classification head alone on the batch's rows."""
+        x = torch.cat([torch.from_numpy(job.inputs[start:stop]) for job, start, stop in pieces])
+        self.stats.batches += 1
+        self.stats.rows += int(x.shape[0])
+        with torch.inference_mode():
+            out = self.runner.run_head(x).float().cpu().numpy()
+        at = 0
+        for job, start, stop in pieces:
+            n = stop - start
+            if job._out is None:
+                job._out = np.empty((job.n_rows, out.shape[1]), dtype=np.float32)
+            job._out[start:stop] = out[at : at + n]
+            at += n
+            if job.count_done(n):
+                job.future.set_result(job._out)
+
+    def _run_generate(self, jobs: list[GenerateJob]) -> None:
+        """Continues prompts together (causal LMs' own continuations, when no target is given)."""
+        self.stats.batches += 1
+        self.stats.rows += len(jobs)
+        done = [0] * len(jobs)
+
+        def on_token(i: int) -> None:
+            done[i] += 1
+            callback = jobs[i].on_rows_done
+            if callback is not None:
+                callback(1)
+
+        def is_cancelled(i: int) -> bool:
+            check = jobs[i].is_cancelled
+            return check is not None and check()
+
+        first = jobs[0]
+        results = self.runner.generate(
+            [torch.from_numpy(job.prompt) for job in jobs],
+            first.options,
+            set(first.stop_ids),
+            on_token,
+            is_cancelled,
+        )
+        for i, (job, tokens) in enumerate(zip(jobs, results, strict=True)):
+            job._rows_done = 1
+            if job.future.done():
+                continue
+            if tokens is None:
+                job.future.set_exception(Cancelled("request cancelled"))
+                continue
+            left = job.options.max_new_tokens - done[i]
+            if left > 0 and job.on_rows_done is not None:
+                job.on_rows_done(left)
+            job.future.set_result(tokens)

@@ -1,0 +1,238 @@
+"""Latency under mixed traffic, on the toy runner and its fake clock (a batch costs `overhead +
+per_token x tokens` on it, exactly): the cost model, batches cut at `max_batch_ms`, fair shares of
+a batch between requests, priorities, and the observer's request queue waits. Batches are
+counted and their fake durations computed; nothing depends on the machine's speed."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+from toy_worker import ToyRunner, make_job, record, start
+
+from explainserve.scheduling.cost import MAX_OVERHEAD, CostModel, Fit, theil_sen
+from explainserve.scheduling.jobs import RequestTag
+from explainserve.scheduling.worker import Worker, fair_shares
+
+OVERHEAD = 0.001
+PER_TOKEN = 1e-4
+
+
+def test_theil_sen_recovers_the_line_despite_outliers() -> None:
+    points = [(x, 0.002 + 1e-4 * x) for x in range(100, 1100, 100)]
+    points += [(300, 0.5), (700, 0.9)]  # two batches that waited for the CPU
+    fit = theil_sen(points)
+    # The median slope is one of the exact pairs' slopes: float64 rounding of the differences.
+    assert fit.slope == pytest.approx(1e-4, rel=1e-9)
+    assert fit.intercept == pytest.approx(0.002, rel=1e-9)
+    assert fit.samples == 12
+    # One batch size only: the line through the origin and the median.
+    flat = theil_sen([(500, 0.05), (500, 0.06), (500, 0.07)])
+    assert (flat.intercept, flat.slope) == (0.0, pytest.approx(0.06 / 500))
+
+
+def test_the_time_bound_never_cuts_below_the_overhead_floor() -> None:
+    # (0.1 - 0.002) / 1e-4 = 980 tokens fit the bound; the floor is 0.002 / 1e-4 * 19 = 380.
+    assert Fit(0.002, 1e-4, 8).tokens_within(0.1) == 980
+    # A fixed cost of 10 ms: below 1900 tokens it would be more than MAX_OVERHEAD of a batch.
+    floor = Fit(0.01, 1e-4, 8).tokens_within(0.1)
+    assert floor == pytest.approx(0.01 / 1e-4 * (1 - MAX_OVERHEAD) / MAX_OVERHEAD, abs=1)
+    assert Fit(0.0, 0.0, 8).tokens_within(0.1) > 1 << 40  # no cost per token: no bound
+
+
+def test_the_cost_model_fits_after_enough_batches() -> None:
+    model = CostModel(min_samples=8, refit_every=4)
+    for i in range(7):
+        model.observe("forward", 100 * (i + 1), OVERHEAD + PER_TOKEN * 100 * (i + 1))
+    assert model.fit("forward") is None
+    model.observe("forward", 800, OVERHEAD + PER_TOKEN * 800)
+    fit = model.fit("forward")
+    assert fit is not None
+    assert fit.slope == pytest.approx(PER_TOKEN, rel=1e-9)
+    assert fit.intercept == pytest.approx(OVERHEAD, rel=1e-6)
+    assert model.fit("gradient") is None
+
+
+def test_fair_shares_meet_small_demands_and_split_the_rest() -> None:
+    assert fair_shares({"a": 80, "b": 5000, "c": 5000}, 512) == {"a": 80, "b": 216, "c": 216}
+    assert fair_shares({"a": 100, "b": 100}, 512) == {"a": 100, "b": 100}
+
+
+def train(worker: Worker, runner: ToyRunner) -> None:
+    """Eight batches of different sizes, run alone: enough for the cost model's first fit."""
+    for i in range(8):
+        job = make_job(8 * (i + 1), 8, seed=50 + i)
+        worker.submit(job)
+        job.future.result(timeout=10)
+
+
+def test_batches_are_cut_at_max_batch_ms_once_the_cost_is_learnt(
+    closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    runner = ToyRunner(overhead=OVERHEAD, per_token=PER_TOKEN)
+    worker = start(runner, max_batch_ms=100)
+    closing.append(worker)
+    train(worker, runner)
+    assert worker.stats.batches == 8
+    worker.fault_hook = record(batches)
+    job = make_job(400, 8, seed=1)  # 3,200 tokens: one batch of the token budget
+    worker.submit(job)
+    np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    cap = worker.time_cap("forward")
+    assert cap is not None
+    # (0.1 - 0.001) / 1e-4 = 990 tokens fit; the cap is the step of 2^(1/4) below.
+    assert 990 / 2**0.25 < cap <= 990
+    sizes = [sum(stop - start for _, start, stop in b) for b in batches]
+    assert sizes == [cap // 8] * (400 // (cap // 8)) + (
+        [400 % (cap // 8)] if 400 % (cap // 8) else []
+    )
+    assert all(OVERHEAD + PER_TOKEN * 8 * rows <= 0.1 for rows in sizes)
+    assert len(sizes) == math.ceil(400 / (cap // 8))
+
+
+def test_no_time_bound_and_isolated_requests_are_cut_by_tokens_only(
+    closing: list[Worker],
+) -> None:
+    runner = ToyRunner(overhead=OVERHEAD, per_token=PER_TOKEN)
+    unbounded = start(runner, max_batch_ms=0)
+    bounded = start(runner, max_batch_ms=100)
+    closing.extend([unbounded, bounded])
+    for worker in (unbounded, bounded):
+        train(worker, runner)
+    before = unbounded.stats.batches
+    job = make_job(400, 8, seed=1)
+    unbounded.submit(job)
+    job.future.result(timeout=10)
+    assert unbounded.stats.batches == before + 1
+    assert unbounded.time_cap("forward") is None
+    # Isolated: the batches it gets alone do not depend on timings (bit-exact results).
+    before = bounded.stats.batches
+    isolated = make_job(400, 8, seed=1, is_cancelled=RequestTag(None, isolated=True))
+    bounded.submit(isolated)
+    np.testing.assert_array_equal(isolated.future.result(timeout=10), job.future.result())
+    assert bounded.stats.batches == before + 1
+
+
+def test_a_fixed_cost_that_dominates_keeps_batches_whole(closing: list[Worker]) -> None:
+    """A batch's fixed cost of 50 ms: cutting batches at 100 ms would spend half the time on
+    it, so the overhead floor (MAX_OVERHEAD) keeps them at the token budget."""
+    runner = ToyRunner(overhead=0.05, per_token=1e-5)
+    worker = start(runner, max_batch_ms=100)
+    closing.append(worker)
+    train(worker, runner)
+    before = worker.stats.batches
+    job = make_job(500, 16, seed=1)  # 8,000 tokens: (0.1 - 0.05) / 1e-5 = 5,000 by time alone
+    worker.submit(job)
+    job.future.result(timeout=10)
+    assert worker.stats.batches == before + 1
+
+
+def hold_first_batch(worker: Worker, runner: ToyRunner, rows_left: int) -> None:
+    """Waits until the worker has taken its first batch (held at the runner's gate)."""
+    deadline = time.monotonic() + 10
+    while worker.queued_rows != rows_left and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert worker.queued_rows == rows_left
+
+
+def test_a_small_request_gets_all_its_rows_into_the_next_batch_it_does_not_lead(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    """Two huge requests and a small one: the next batch is led by a huge one, and the small
+    one's rows all go in it all the same (its fair share covers them), not one batch later."""
+    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
+    closing.append(worker)
+    worker.fault_hook = record(batches)
+    runner.gate.clear()
+    try:
+        huge1 = make_job(300, 8, seed=1, is_cancelled=threading.Event().is_set)
+        worker.submit(huge1)
+        hold_first_batch(worker, runner, 300 - 64)
+        huge2 = make_job(300, 8, seed=2, is_cancelled=threading.Event().is_set)
+        small = make_job(10, 8, seed=3, is_cancelled=threading.Event().is_set)
+        worker.submit(huge2)
+        worker.submit(small)
+    finally:
+        runner.gate.set()
+    for job in (huge1, huge2, small):
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    second = batches[1]
+    assert second[0][0] == id(huge2)  # huge2 leads it
+    assert (id(small), 0, 10) in second
+    # The rest is split fairly between the two huge requests: (512 - 80) / 2 = 216 tokens each.
+    rows = {job_id: stop - start for job_id, start, stop in second}
+    assert rows == {id(huge2): 27, id(small): 10, id(huge1): 27}
+
+
+def test_interactive_rows_overtake_queued_batch_rows(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
+    closing.append(worker)
+    worker.fault_hook = record(batches)
+    runner.gate.clear()
+    try:
+        background = make_job(
+            300, 8, seed=1, is_cancelled=RequestTag(threading.Event().is_set, priority="batch")
+        )
+        worker.submit(background)
+        hold_first_batch(worker, runner, 300 - 64)
+        interactive = make_job(200, 8, seed=2, is_cancelled=threading.Event().is_set)
+        worker.submit(interactive)
+    finally:
+        runner.gate.set()
+    for job in (background, interactive):
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    with_interactive = [i for i, b in enumerate(batches) if any(p[0] == id(interactive) for p in b)]
+    # 200 rows at 64 a batch: batches 1 to 4, right after the one that was running; the batch
+    # request only fills what the last of them leaves.
+    assert with_interactive == [1, 2, 3, 4]
+    for b in batches[1:4]:
+        assert all(p[0] == id(interactive) for p in b)
+    assert sum(stop - start for _, start, stop in batches[4]) == 64
+
+
+class Recorder:
+    """An observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, float]] = []
+        self.batches: list[tuple[str, int, int, float]] = []
+
+    def queued(self, kind: str, seconds: float) -> None:
+        pass
+
+    def request_queued(self, priority: str, seconds: float) -> None:
+        self.requests.append((priority, seconds))
+
+    def batch(
+        self, kind: str, rows: int, padded: int, real: int, budget: int, seconds: float
+    ) -> None:
+        self.batches.append((kind, rows, padded, seconds))
+
+
+def test_the_observer_hears_each_request_once_and_each_batch_with_its_time(
+    closing: list[Worker],
+) -> None:
+    runner = ToyRunner(overhead=OVERHEAD, per_token=PER_TOKEN)
+    worker = start(runner, max_batch_ms=0, token_budget=8 * 64)
+    closing.append(worker)
+    observer = Recorder()
+    worker.observer = observer
+    tag = RequestTag(None, priority="batch")
+    jobs = [make_job(100, 8, seed=s, is_cancelled=tag) for s in range(2)]
+    worker.submit_all(jobs)  # one request, two jobs, four batches
+    for job in jobs:
+        job.future.result(timeout=10)
+    alone = make_job(5, 8, seed=9)
+    worker.submit(alone)
+    alone.future.result(timeout=10)
+    worker.close()  # the observer hears of a batch after its futures resolve
+    assert [p for p, _ in observer.requests] == ["batch", "interactive"]
+    assert [b[1] for b in observer.batches] == [64, 64, 64, 8, 5]
+    for kind, _rows, padded, seconds in observer.batches:
+        assert kind == "forward"
+        assert seconds == pytest.approx(OVERHEAD + PER_TOKEN * padded, rel=1e-9)
