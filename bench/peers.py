@@ -421,14 +421,17 @@ class Peers:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def run(self, tool: str, case: Case, batch_size: int, texts: list[str]) -> tuple[float, int]:
-        """Seconds and model rows of one explanation of `texts` by the peer `tool`."""
+    def run(
+        self, tool: str, case: Case, batch_size: int, texts: list[str]
+    ) -> tuple[float, int, int]:
+        """Seconds and model rows of one explanation of `texts` by the peer `tool` (and 0: the
+        peers' batches are not counted)."""
         assert self._proc.stdin is not None
         ask = {"tool": tool, "case": asdict(case), "batch_size": batch_size, "texts": texts}
         self._proc.stdin.write(json.dumps(ask) + "\n")
         self._proc.stdin.flush()
         answer = self._read()
-        return float(answer["seconds"]), int(answer["rows"])
+        return float(answer["seconds"]), int(answer["rows"]), 0
 
     def close(self) -> None:
         """Ends the worker (end of its input)."""
@@ -465,6 +468,8 @@ class Config:
     batch_size: int = 0
     token_budget: int = 0
     clients: int = 1
+    #: ExplainServe without the scheduler's time bound (`WorkerOptions.max_batch_ms = 0`).
+    untimed: bool = False
 
     @property
     def label(self) -> str:
@@ -474,14 +479,16 @@ class Config:
         if self.tool == "captum":
             return f"Captum (per text, batch {self.batch_size})"
         shape = "1 request" if self.clients == 1 else f"{self.clients} clients"
-        return f"ExplainServe {shape}, budget {self.token_budget}"
+        bound = ", no time bound" if self.untimed else ""
+        return f"ExplainServe {shape}, budget {self.token_budget}{bound}"
 
 
 class ExplainServeSide:
     """A live server on loopback serving the default model twice: at the default token budgets
-    and at `SMALL_BUDGET` (names `b8192`, `b2048`), same weights, float32."""
+    and at `SMALL_BUDGET` (names `b8192`, `b2048`), same weights, float32; with `untimed`, a
+    third time at the default budgets without the time bound (`b8192-untimed`)."""
 
-    def __init__(self, model_dir: Path, device: str) -> None:
+    def __init__(self, model_dir: Path, device: str, untimed: bool) -> None:
         import grpc
 
         from explainserve.explain.service import Explainer, Limits
@@ -491,17 +498,30 @@ class ExplainServeSide:
         from explainserve.v1 import explain_pb2_grpc
 
         self.registry = Registry()
-        for budget, grad_budget in (DEFAULT_BUDGETS, (SMALL_BUDGET, SMALL_BUDGET)):
+        models = {
+            f"b{DEFAULT_BUDGETS[0]}": {
+                "token_budget": DEFAULT_BUDGETS[0],
+                "gradient_token_budget": DEFAULT_BUDGETS[1],
+            },
+            f"b{SMALL_BUDGET}": {
+                "token_budget": SMALL_BUDGET,
+                "gradient_token_budget": SMALL_BUDGET,
+            },
+        }
+        if untimed:
+            models[f"b{DEFAULT_BUDGETS[0]}-untimed"] = {
+                **models[f"b{DEFAULT_BUDGETS[0]}"],
+                "max_batch_ms": 0.0,
+            }
+        for name, options in models.items():
             self.registry.add(
                 load_model(
                     ModelConfig(
-                        f"b{budget}",
+                        name,
                         model_dir,
                         device=device,
                         dtype="float32",
-                        worker=WorkerOptions(
-                            token_budget=budget, gradient_token_budget=grad_budget
-                        ),
+                        worker=WorkerOptions(**options),
                     )
                 )
             )
@@ -513,11 +533,11 @@ class ExplainServeSide:
             for c in self.channels
         ]
 
-    def run(self, config: Config, case: Case, texts: list[str]) -> tuple[float, int]:
-        """Seconds (end to end, at the clients) and model rows the worker ran."""
+    def run(self, config: Config, case: Case, texts: list[str]) -> tuple[float, int, int]:
+        """Seconds (end to end, at the clients), model rows and batches the worker ran."""
         from explainserve.v1 import explain_pb2 as pb
 
-        name = f"b{config.token_budget}"
+        name = f"b{config.token_budget}" + ("-untimed" if config.untimed else "")
         fields = explainserve_request(case)
         share = -(-len(texts) // config.clients)
         requests = [
@@ -525,7 +545,7 @@ class ExplainServeSide:
             for part in (texts[i : i + share] for i in range(0, len(texts), share))
         ]
         stats = self.registry.get(name).worker.stats
-        before = stats.rows
+        before = (stats.rows, stats.batches)
         errors: list[BaseException] = []
         start = threading.Barrier(len(requests) + 1)
 
@@ -548,7 +568,7 @@ class ExplainServeSide:
         seconds = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        return seconds, stats.rows - before
+        return seconds, stats.rows - before[0], stats.batches - before[1]
 
     def close(self) -> None:
         """Stops the server and the models' workers."""
@@ -625,7 +645,7 @@ def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def configs(sizes: Sequence[int], captum: bool = True) -> list[Config]:
+def configs(sizes: Sequence[int], captum: bool = True, untimed: bool = False) -> list[Config]:
     """Every configuration measured for a method (Captum is dropped where it has none)."""
     out = [Config("interpreto", batch_size=b) for b in sizes]
     if captum:
@@ -633,6 +653,8 @@ def configs(sizes: Sequence[int], captum: bool = True) -> list[Config]:
     for budget in (DEFAULT_BUDGETS[0], SMALL_BUDGET):
         for clients in (1, CLIENTS):
             out.append(Config("explainserve", token_budget=budget, clients=clients))
+    if untimed:
+        out.append(Config("explainserve", token_budget=DEFAULT_BUDGETS[0], untimed=True))
     return out
 
 
@@ -648,7 +670,7 @@ def measure(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{method label: {config label: {"times": [s/text per repeat], "rows": rows per run}}}."""
 
-    def runner(config: Config, case: Case) -> Callable[[list[str]], tuple[float, int]]:
+    def runner(config: Config, case: Case) -> Callable[[list[str]], tuple[float, int, int]]:
         if config.tool == "explainserve":
             return lambda t: server.run(config, case, t)
         return lambda t: peers.run(config.tool, case, config.batch_size, t)
@@ -656,16 +678,19 @@ def measure(
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for case in all_cases:
         todo = [c for c in all_configs if c.tool != "captum" or captum_call(case)]
-        per: dict[str, dict[str, Any]] = {c.label: {"times": [], "rows": 0} for c in todo}
+        per: dict[str, dict[str, Any]] = {
+            c.label: {"times": [], "rows": 0, "batches": 0} for c in todo
+        }
         for config in todo:
             runner(config, case)(the_texts[:warmup_texts])
         for rep in range(repeats):
             # Rotated each repeat, so no configuration always follows the same one.
             shift = rep % len(todo)
             for config in todo[shift:] + todo[:shift]:
-                seconds, rows = runner(config, case)(the_texts)
+                seconds, rows, batches = runner(config, case)(the_texts)
                 per[config.label]["times"].append(seconds / len(the_texts))
                 per[config.label]["rows"] = rows
+                per[config.label]["batches"] = batches
             print(f"# {case.label}: repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
         results[case.label] = per
         save(results)
@@ -683,14 +708,18 @@ def _spread(times: list[float]) -> str:
 def report(results: dict[str, dict[str, dict[str, Any]]], n_texts: int) -> str:
     """The markdown tables: every configuration's s/text, then the ratios and the goal."""
     lines = [
-        "| method | configuration | model rows / run | s/text (median) | min-max | rows/s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | configuration | model rows / run | rows / batch | s/text (median) | min-max "
+        "| rows/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for method, per in results.items():
         for label, r in per.items():
             med = statistics.median(r["times"])
+            batches = r.get("batches", 0)
+            per_batch = f"{r['rows'] / batches:.0f}" if batches else "-"
             lines.append(
-                f"| {method} | {label} | {r['rows']} | {med:.4f} | {_spread(r['times'])} | "
+                f"| {method} | {label} | {r['rows']} | {per_batch} | {med:.4f} | "
+                f"{_spread(r['times'])} | "
                 f"{r['rows'] / (med * n_texts):.0f} |"
             )
     lines += [
@@ -760,6 +789,11 @@ def main() -> int:
     )
     parser.add_argument("--no-captum", action="store_true", help="leave Captum out")
     parser.add_argument(
+        "--untimed",
+        action="store_true",
+        help="also ExplainServe (1 request, budget 8192) without the scheduler's time bound",
+    )
+    parser.add_argument(
         "--model-sweep", action="store_true", help="only the bare model's rows/s by batch shape"
     )
     parser.add_argument("--methods", help="comma-separated subset, e.g. occlusion,lime")
@@ -808,7 +842,7 @@ def main() -> int:
         return 0
     python = ensure_peers_venv(args.peers_venv)
     peers = Peers(python, args.model_dir, args.threads, args.device)
-    server = ExplainServeSide(args.model_dir, args.device)
+    server = ExplainServeSide(args.model_dir, args.device, args.untimed)
     from importlib.metadata import version
 
     # The server's worker threads must run with the same intra-op threads as the peers.
@@ -836,7 +870,7 @@ def main() -> int:
             peers,
             server,
             all_cases,
-            configs(sizes, captum=not args.no_captum),
+            configs(sizes, captum=not args.no_captum, untimed=args.untimed),
             the_texts,
             repeats,
             warmup_texts=4,
