@@ -498,14 +498,17 @@ class ExplainServeSide:
         from explainserve.v1 import explain_pb2_grpc
 
         self.registry = Registry()
-        models = {
+        # max_batch_ms None: the time bound `explainserve serve` uses for the device.
+        models: dict[str, dict[str, Any]] = {
             f"b{DEFAULT_BUDGETS[0]}": {
                 "token_budget": DEFAULT_BUDGETS[0],
                 "gradient_token_budget": DEFAULT_BUDGETS[1],
+                "max_batch_ms": None,
             },
             f"b{SMALL_BUDGET}": {
                 "token_budget": SMALL_BUDGET,
                 "gradient_token_budget": SMALL_BUDGET,
+                "max_batch_ms": None,
             },
         }
         if untimed:
