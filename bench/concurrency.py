@@ -126,6 +126,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--token-budget", type=int, default=8192)
+    parser.add_argument(
+        "--max-batch-ms", type=float, help="the worker's time bound (default: by device; 0: none)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.clients, args.requests_per_client, args.repeats = 8, 2, 1
@@ -140,7 +143,7 @@ def main() -> int:
             args.model_dir,
             device=args.device,
             dtype=args.dtype,
-            worker=WorkerOptions(token_budget=args.token_budget),
+            worker=WorkerOptions(token_budget=args.token_budget, max_batch_ms=args.max_batch_ms),
         )
     )
     registry.add(served)
@@ -199,13 +202,16 @@ def main() -> int:
         rate = {k: statistics.median(v) for k, v in results.items()}
         served_batches = stats.batches - batches0
         served_rows = stats.rows - rows0
+        seconds = served.worker.max_batch_seconds
+        bound = "off" if seconds is None else f"{seconds * 1000:g}"
         print(
             f"# bench/concurrency.py on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, "
             f"{args.clients} clients x {args.requests_per_client} requests (one sentence each, "
             f"Occlusion and LIME-{LIME_PERTURBATIONS} alternately), {counts['raw']} sequences "
             f"per measurement, {args.repeats} interleaved repeats (medians), token budget "
-            f"{args.token_budget}"
+            f"{args.token_budget}, max_batch_ms {bound}, time caps (tokens) "
+            f"{served.worker.time_caps()}"
         )
         print()
         print("| measurement | sequences/s | vs raw model |")

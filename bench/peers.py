@@ -493,8 +493,9 @@ class ExplainServeSide:
 
         from explainserve.explain.service import Explainer, Limits
         from explainserve.grpc.server import ServerOptions, start
-        from explainserve.models.registry import ModelConfig, Registry, load_model
-        from explainserve.scheduling.worker import WorkerOptions
+        from explainserve.models.loading import ModelConfig, load_model
+        from explainserve.models.registry import Registry
+        from explainserve.scheduling.options import WorkerOptions
         from explainserve.v1 import explain_pb2_grpc
 
         self.registry = Registry()

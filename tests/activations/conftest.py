@@ -1,7 +1,7 @@
 """Fixtures of the GetActivations domain tests: four tiny classifiers served through a `Registry`
 (BERT: the head reads the pooler; RoBERTa: the head reads the first token of the sequence output;
 DistilBERT: the head reads `pre_classifier`'s output; GPT-2: `score` reads the last token), the
-same weights loaded directly (`activation_refs.Direct`), and activators with default and small
+same weights loaded directly (`reference_models.Direct`), and activators with default and small
 chunks.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from activation_refs import SERVED, Direct
+from activation_refs import SERVED
+from reference_models import Direct
 
 from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.service import Activator

@@ -24,7 +24,8 @@ from packaging.utils import canonicalize_name
 
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import RunningServer, ServerOptions, start
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.probe import DEFAULT_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]

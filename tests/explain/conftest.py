@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from reference_models import Direct
+from transformers import AutoTokenizer
 
 from explainserve.explain.limits import Limits
 from explainserve.explain.method import Method
@@ -37,79 +38,6 @@ SERVED = {
 #: Words of the linear model's text and their weights for class 0 ("pos"); class 1 is the negation.
 LINEAR_WORDS = ["cats", "dogs", "birds", "fish", "horses", "cows", "sheep", "goats"]
 LINEAR_WEIGHTS = [2.0, -1.5, 0.7, 3.1, -0.4, 1.2, -2.6, 0.1]
-
-
-def apply_mode_ref(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """The explained function of the logits, computed in float64."""
-    x = logits.double()
-    if mode == "softmax":
-        return torch.softmax(x, dim=-1)
-    if mode == "log_softmax":
-        return torch.log_softmax(x, dim=-1)
-    return x
-
-
-class Direct:
-    """A served model's Hugging Face model loaded a second time and called directly."""
-
-    def __init__(self, path: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32
-        )
-        self.model = model.eval()
-        self.model.requires_grad_(False)
-        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-    def encode(self, text: str) -> NDArray[np.int64]:
-        """Token ids of `text`, special tokens included."""
-        return np.asarray(self.tokenizer(text)["input_ids"], dtype=np.int64)
-
-    def embed(self, ids: NDArray[np.int64]) -> torch.Tensor:
-        """`(b, n, h)` word embeddings of `(b, n)` (or `(n,)`) ids."""
-        t = torch.as_tensor(np.atleast_2d(ids))
-        with torch.no_grad():
-            out: torch.Tensor = self.model.get_input_embeddings()(t).float()
-        return out
-
-    def logits(
-        self, ids: NDArray[np.int64] | None = None, embeds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """`(b, C)` logits of unpadded rows of equal length, from ids or from embeddings."""
-        with torch.no_grad():
-            if embeds is not None:
-                mask = torch.ones(embeds.shape[:2], dtype=torch.long)
-                out = self.model(inputs_embeds=embeds, attention_mask=mask)
-            else:
-                assert ids is not None
-                t = torch.as_tensor(np.atleast_2d(ids))
-                out = self.model(input_ids=t, attention_mask=torch.ones_like(t))
-        logits: torch.Tensor = out.logits
-        return logits
-
-    def f(
-        self,
-        target: int,
-        mode: str = "logits",
-        *,
-        ids: NDArray[np.int64] | None = None,
-        embeds: torch.Tensor | None = None,
-    ) -> NDArray[np.float64]:
-        """`(b,)` explained score of `target` for each row."""
-        out: NDArray[np.float64] = apply_mode_ref(self.logits(ids, embeds), mode)[:, target].numpy()
-        return out
-
-    def grad(
-        self, embeds: torch.Tensor, target: int, mode: str = "logits"
-    ) -> tuple[torch.Tensor, NDArray[np.float64]]:
-        """Gradients `(b, n, h)` of each row's target score w.r.t. its input embeddings."""
-        e = embeds.detach().clone().requires_grad_(True)
-        mask = torch.ones(e.shape[:2], dtype=torch.long)
-        with torch.enable_grad():
-            logits = self.model(inputs_embeds=e, attention_mask=mask).logits
-            score = apply_mode_ref(logits, mode)[:, target]
-            (g,) = torch.autograd.grad(score.sum(), e)
-        return g.double(), score.detach().numpy()
 
 
 @dataclass

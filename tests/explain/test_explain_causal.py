@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from reference_models import Direct
+from transformers import AutoTokenizer
 
 from explainserve.errors import InvalidArgument
 from explainserve.explain.limits import CausalLimits, Limits
@@ -37,69 +38,6 @@ from explainserve.vocabulary import InputSpec
 MODELS = ["gpt2-lm", "llama-lm"]
 PROMPT = "Hello there, world"
 CONTINUATION = " of words."
-
-
-def mode_ref(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """The explained function over the vocabulary, in float64."""
-    x = logits.double()
-    if mode == "softmax":
-        return torch.softmax(x, dim=-1)
-    if mode == "log_softmax":
-        return torch.log_softmax(x, dim=-1)
-    return x
-
-
-class DirectLM:
-    """The served LM loaded a second time and called directly, one unpadded row at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32
-        ).eval()
-        self.model.requires_grad_(False)
-
-    def scores(
-        self,
-        ids: NDArray[np.int64],
-        p: int,
-        mode: str,
-        embeds: torch.Tensor | None = None,
-        targets: NDArray[np.int64] | None = None,
-    ) -> NDArray[np.float64]:
-        """`(t,)` teacher-forced scores of the continuation `targets` (default `ids[p:]`) after
-        the (perturbed) row `ids` or `embeds`."""
-        with torch.no_grad():
-            if embeds is None:
-                logits = self.model(input_ids=torch.as_tensor(ids)[None]).logits[0]
-            else:
-                logits = self.model(inputs_embeds=embeds[None]).logits[0]
-        t = len(ids) - p
-        rows = mode_ref(logits[p - 1 : p - 1 + t], mode)
-        wanted = torch.as_tensor(ids[p:] if targets is None else targets)
-        out: NDArray[np.float64] = rows[torch.arange(t), wanted].numpy()
-        return out
-
-    def embed(self, ids: NDArray[np.int64]) -> torch.Tensor:
-        """`(n, h)` word embeddings."""
-        with torch.no_grad():
-            out: torch.Tensor = self.model.get_input_embeddings()(torch.as_tensor(ids)).float()
-        return out
-
-    def greedy(self, prompt: NDArray[np.int64], n: int) -> list[int]:
-        """Greedy continuation without the cache (the reference for the worker's KV loop)."""
-        ids = list(prompt)
-        out = []
-        eos = self.tokenizer.eos_token_id
-        for _ in range(n):
-            with torch.no_grad():
-                logits = self.model(input_ids=torch.as_tensor(ids)[None]).logits[0, -1]
-            token = int(torch.argmax(logits))
-            if token == eos:
-                break
-            out.append(token)
-            ids.append(token)
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +77,14 @@ def lm_explainer(lm_registry: Registry) -> Explainer:
 
 
 @pytest.fixture(scope="module")
-def direct_lm(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> dict[str, DirectLM]:
+def direct_lm(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> dict[str, Direct]:
     """Served name -> the directly loaded model."""
-    gpt2 = DirectLM(tiny_gpt2_lm_dir)
+    gpt2 = Direct(tiny_gpt2_lm_dir)
     return {
         "gpt2-lm": gpt2,
         "gpt2-zero": gpt2,
         "gpt2-small-logits": gpt2,
-        "llama-lm": DirectLM(tiny_llama_lm_dir),
+        "llama-lm": Direct(tiny_llama_lm_dir),
     }
 
 
@@ -187,7 +125,7 @@ def expected_valid(e: Explanation) -> NDArray[np.bool_]:
 @pytest.mark.parametrize("model", [*MODELS, "gpt2-zero", "gpt2-small-logits"])
 @pytest.mark.parametrize("mode", ["logits", "softmax", "log_softmax"])
 def test_occlusion_matches_direct_teacher_forcing(
-    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str, mode: str
+    lm_explainer: Explainer, direct_lm: dict[str, Direct], model: str, mode: str
 ) -> None:
     e = one(lm_explainer, model, Occlusion(), mode=mode)
     d = direct_lm[model]
@@ -207,7 +145,7 @@ def test_occlusion_matches_direct_teacher_forcing(
     replacement = lm_explainer.registry.get(model).replacement
     for tokens in e.units.token_indices:
         if replacement.zero_embedding:
-            x = d.embed(ids)
+            x = d.embed(ids)[0]
             x[tokens] = 0.0
             rows.append(base - d.scores(ids, p, mode, embeds=x))
         else:
@@ -232,7 +170,7 @@ def test_small_logits_budget_cuts_batches(lm_explainer: Explainer) -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_input_x_gradient_matches_autograd(
-    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str
+    lm_explainer: Explainer, direct_lm: dict[str, Direct], model: str
 ) -> None:
     e = one(
         lm_explainer,
@@ -244,7 +182,7 @@ def test_input_x_gradient_matches_autograd(
     d = direct_lm[model]
     ids = e.token_ids
     p = e.prompt_tokens
-    x = d.embed(ids)
+    x = d.embed(ids)[0]
     rows = []
     for j in range(len(ids) - p):
         xe = x.clone().requires_grad_(True)
@@ -260,7 +198,7 @@ def test_input_x_gradient_matches_autograd(
 
 @pytest.mark.parametrize("model", MODELS)
 def test_integrated_gradients_completeness_per_target_token(
-    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str
+    lm_explainer: Explainer, direct_lm: dict[str, Direct], model: str
 ) -> None:
     e = one(
         lm_explainer,
@@ -274,18 +212,18 @@ def test_integrated_gradients_completeness_per_target_token(
     d = direct_lm[model]
     ids = e.token_ids
     p = e.prompt_tokens
-    x = d.embed(ids)
+    x = d.embed(ids)[0]
     baseline = x.clone()
     moved = [t for tokens in e.units.token_indices for t in tokens]
     unk = lm_explainer.registry.get(model).replacement.token_id
-    baseline[moved] = d.embed(np.asarray([unk]))[0]
+    baseline[moved] = d.embed(np.asarray([unk]))[0, 0]
     gap = d.scores(ids, p, "logits") - d.scores(ids, p, "logits", embeds=baseline)
     np.testing.assert_allclose(e.scores.sum(1), gap, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_kernel_shap_efficiency_per_target_row(
-    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str
+    lm_explainer: Explainer, direct_lm: dict[str, Direct], model: str
 ) -> None:
     # 4 word units, 16 <= 64 coalitions: the exact design, where the units at or after a row's
     # token (null players) get exactly 0, so zeroing them keeps the row's efficiency.
@@ -305,7 +243,7 @@ def test_kernel_shap_efficiency_per_target_row(
 
 @pytest.mark.parametrize("model", MODELS)
 def test_generated_continuation_is_greedy_and_explained_like_a_given_one(
-    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str
+    lm_explainer: Explainer, direct_lm: dict[str, Direct], model: str
 ) -> None:
     gen = Generation(max_new_tokens=6)
     (e,) = explain(lm_explainer, model, [InputSpec(text=PROMPT)], Occlusion(), generation=gen)
@@ -484,15 +422,6 @@ def test_task_is_detected(lm_registry: Registry) -> None:
     assert served.replacement.kind == "unk_token"
 
 
-def test_explicit_task_must_match_the_architecture(
-    tiny_gpt2_lm_dir: Path, tiny_gpt2_dir: Path
-) -> None:
-    with pytest.raises(InvalidArgument, match="is not a sequence classifier"):
-        load_model(ModelConfig("x", tiny_gpt2_lm_dir, device="cpu", task="sequence-classification"))
-    with pytest.raises(InvalidArgument, match="is not a causal LM"):
-        load_model(ModelConfig("x", tiny_gpt2_dir, device="cpu", task="causal-lm"))
-
-
 def test_gradient_rows_share_points_and_keep_only_sums(lm_registry: Registry) -> None:
     from explainserve.explain import causal
     from explainserve.explain.common import Item, Progress
@@ -568,7 +497,7 @@ def test_cancellation_stops_generation(lm_explainer: Explainer) -> None:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("sample", [False, True])
 def test_prompts_generated_together_equal_one_by_one(
-    lm_explainer: Explainer, direct_lm: dict[str, DirectLM], model: str, sample: bool
+    lm_explainer: Explainer, direct_lm: dict[str, Direct], model: str, sample: bool
 ) -> None:
     prompts = ["Hello", "The quick brown fox jumps over", "Deep learning models need"]
     gen = Generation(max_new_tokens=6, do_sample=sample, temperature=2.0)

@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
-from explainserve.models.registry import ModelConfig, Registry, load_model
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
 from explainserve.oip import grpc_predict_v2_pb2 as oip
 from explainserve.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from explainserve.v1 import explain_pb2 as pb
