@@ -15,7 +15,8 @@ from toy_worker import ToyRunner, make_job, record, start
 
 from explainserve.scheduling.cost import MAX_OVERHEAD, CostModel, Fit, theil_sen
 from explainserve.scheduling.jobs import RequestTag
-from explainserve.scheduling.worker import Worker, fair_shares
+from explainserve.scheduling.policy import fair_shares
+from explainserve.scheduling.worker import Worker
 
 OVERHEAD = 0.001
 PER_TOKEN = 1e-4

@@ -1,0 +1,289 @@
+"""Which rows go in the worker's next batch: the batching policy of `scheduling.worker`.
+
+The lead request (priority first, then the one that led a batch least recently), the rows that
+may share its batch (same kind, not isolated, close in length), max-min fair shares of the
+batch's tokens between requests, and the batch's size: its kind's token budget, under the cap
+learnt from out-of-memory errors and the time bound from the cost model (`scheduling.cost`).
+`BatchPolicy` is the part of `Worker` that decides; the worker queues, runs and recovers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from explainserve.scheduling.cost import CostModel
+from explainserve.scheduling.execute import Runner
+from explainserve.scheduling.jobs import Job, Kind, Pieces
+from explainserve.scheduling.options import WorkerOptions
+from explainserve.vocabulary import Priority
+
+if TYPE_CHECKING:
+    from explainserve.scheduling.worker import Observer
+
+#: A batch of the worker: row ranges of jobs of one kind.
+Batch = Pieces[Job[Any]]
+
+
+def _may_share(lead: Job[Any], job: Job[Any]) -> bool:
+    """Whether `job`'s rows may join a batch led by `lead`: always within a request; across
+    requests unless one of them is isolated."""
+    return job._key is lead._key or not (lead.isolated or job.isolated)
+
+
+#: Rows of other requests join a batch only if their length is within this factor of the lead's:
+#: short rows padded to long ones cost the long ones' time, and long rows in a batch of short
+#: ones make the short request wait for them (its batch would take a long one's time).
+MAX_SHARED_STRETCH = 2.0
+
+
+def _close_in_length(lead: Job[Any], job: Job[Any]) -> bool:
+    longer, shorter = max(lead.length, job.length), min(lead.length, job.length)
+    return longer <= MAX_SHARED_STRETCH * shorter
+
+
+#: Priorities in the order they are served.
+_RANK: dict[Priority, int] = {"interactive": 0, "batch": 1}
+
+#: A batch's time cap (tokens) stays while the cost model's estimate is within these factors of
+#: it, so batch sizes do not move with every refit (a new cap is 1 to 2^(1/4) below its estimate).
+CAP_KEEP = (0.85, 1.5)
+
+#: `WorkerOptions.max_batch_ms` when unset: on a CPU, and on an accelerator (bench/RESULTS.md).
+DEFAULT_MAX_BATCH_MS = {"cpu": 100.0, "accelerator": 30.0}
+
+
+def fair_shares(demands: dict[object, int], budget: int) -> dict[object, int]:
+    """Max-min fair shares of `budget` tokens: every demand below an equal split is met in full
+    and what it leaves is split again among the others (water filling)."""
+    shares: dict[object, int] = {}
+    left = budget
+    order = sorted(demands, key=lambda k: demands[k])
+    for i, key in enumerate(order):
+        share = min(demands[key], left // (len(order) - i))
+        shares[key] = share
+        left -= share
+    return shares
+
+
+class BatchPolicy:
+    """The worker's choice of each batch. Its state is the worker's (declared here, set by
+    `Worker.__init__`); every method runs on the worker thread with the worker's lock held."""
+
+    runner: Runner
+    options: WorkerOptions
+    observer: Observer | None
+    cost: CostModel
+    max_batch_seconds: float | None
+    _pending: deque[Job[Any]]
+    _queued_rows: int
+    _batch_seq: int
+    _last_lead: dict[object, int]
+    _token_cap: dict[Kind, int]
+    _time_cap: dict[Kind, int]
+    _waiting: dict[object, float]
+
+    def _lead(self) -> Job[Any]:
+        """The oldest job of the request that led a batch least recently, among the requests of
+        the first priority that has work waiting."""
+        first: dict[object, Job[Any]] = {}
+        for job in self._pending:
+            first.setdefault(job._key, job)
+        self._last_lead = {k: v for k, v in self._last_lead.items() if k in first}
+        self._waiting = {k: v for k, v in self._waiting.items() if k in first}
+        key = min(
+            first,
+            key=lambda k: (
+                _RANK[first[k].priority],
+                self._last_lead.get(k, -1),
+                first[k]._seq,
+            ),
+        )
+        self._batch_seq += 1
+        self._last_lead[key] = self._batch_seq
+        return first[key]
+
+    def _budget(self, job: Job[Any]) -> int:
+        """The token budget of a batch of `job`'s kind (before any out-of-memory cap)."""
+        if job.backward:
+            return self.options.gradient_token_budget
+        return self.options.token_budget
+
+    def _batch_tokens(self, lead: Job[Any]) -> int:
+        """The tokens a batch led by `lead` may hold: its kind's token budget, under the cap
+        learnt from out-of-memory errors and, unless `lead` is isolated, the time bound."""
+        budget = self._budget(lead)
+        budget = min(budget, self._token_cap.get(lead.kind, budget))
+        if not lead.isolated:
+            budget = min(budget, self.time_cap(lead.kind) or budget)
+        return budget
+
+    def time_caps(self) -> dict[Kind, int]:
+        """Per kind, the tokens a batch may hold under the time bound, as last computed."""
+        return dict(self._time_cap)
+
+    def time_cap(self, kind: Kind) -> int | None:
+        """The tokens a batch of `kind` may hold to take at most `max_batch_seconds`, from the
+        cost model (None: no bound, or too few batches measured yet). Worker thread only."""
+        fit = self.cost.fit(kind)
+        if self.max_batch_seconds is None or fit is None:
+            return None
+        estimate = min(fit.tokens_within(self.max_batch_seconds), 1 << 40)
+        cap = self._time_cap.get(kind)
+        if cap is None or not cap * CAP_KEEP[0] <= estimate < cap * CAP_KEEP[1]:
+            # A step of 2^(1/4) at or below the estimate: 84-100 % of the bound's tokens.
+            cap = min(estimate, max(1, int(2 ** (math.floor(4 * math.log2(estimate)) / 4))))
+            self._time_cap[kind] = cap
+        return cap
+
+    def _note_start(self, job: Job[Any]) -> None:
+        """Tells the observer that `job`'s first rows are taken (and its request's, if so)."""
+        if self.observer is None:
+            return
+        now = time.monotonic()
+        self.observer.queued(job.kind, now - job._enqueued)
+        since = self._waiting.pop(job._key, None)
+        if since is not None:
+            self.observer.request_queued(job.priority, now - since)
+
+    def _take_batch(self) -> Batch:
+        """Pops row ranges `(job, start, stop)` of one kind under the token budget.
+
+        The lead job's kind and rows come first (see the class docstring); the rest of the
+        batch is filled from the jobs of the same kind closest in length to it, to limit padding
+        (activation batches also cap it: `activation_max_padding`). A job whose rows are all
+        taken leaves the queue. Called with the lock held.
+        """
+        lead = self._lead()
+        kind = lead.kind
+        if kind == "generate":
+            return self._take_generation(lead)
+        budget = self._batch_tokens(lead)
+        same_kind = [
+            job
+            for job in self._pending
+            if job.kind == kind
+            and job is not lead
+            and _may_share(lead, job)
+            and (job._key is lead._key or _close_in_length(lead, job))
+        ]
+        closest = sorted(same_kind, key=lambda j: abs(j.length - lead.length))
+        requests: dict[object, list[Job[Any]]] = {lead._key: [lead]}
+        for job in closest:
+            requests.setdefault(job._key, []).append(job)
+        if len(requests) == 1:
+            return self._fill(kind, budget, [lead, *closest], None)
+        # Several requests share the batch: interactive ones first, each getting a max-min fair
+        # share of the tokens (a small request's rows all go in), then the batch-priority ones
+        # from what is left; then, if room is left, anyone's rows. Rows are counted at the
+        # widest candidate's length, which a shared batch pads them to.
+        width = max(job.length for job in [lead, *closest])
+        demands = {key: sum(j.rows_left for j in jobs) * width for key, jobs in requests.items()}
+        shares: dict[object, int] = {}
+        left = budget
+        for rank in sorted(set(_RANK.values())):
+            tier = {k: d for k, d in demands.items() if _RANK[requests[k][0].priority] == rank}
+            shares |= fair_shares(tier, left)
+            left -= sum(shares[k] for k in tier)
+        order = sorted(requests, key=lambda k: (k is not lead._key, _RANK[requests[k][0].priority]))
+        candidates = [job for key in order for job in requests[key]]
+        return self._fill(kind, budget, candidates, (shares, width))
+
+    def _fill(
+        self,
+        kind: Kind,
+        budget: int,
+        candidates: list[Job[Any]],
+        shares: tuple[dict[object, int], int] | None,
+    ) -> Batch:
+        """Takes rows of `candidates`, in order, under `budget` padded tokens, each request
+        taking at most its share of tokens (`shares`: per request, and the width its rows are
+        counted at) and then, with room left, any rows. Called with the lock held."""
+        max_padding = self.options.activation_max_padding if kind == "activation" else None
+        taken: dict[object, int] = {}
+        placed: dict[int, int] = {}  # a job's piece in the batch, by id(job)
+        batch: Batch = []
+        rows = 0
+        width = 0
+        real = 0
+        keep = 0
+        for limit in [shares, None] if shares is not None else [None]:
+            for job in candidates:
+                if job.rows_left == 0:
+                    continue
+                new_width = max(width, job.length)
+                new_keep = max(keep, job.keep)
+                fit = min(
+                    budget // max(new_width, 1) - rows,
+                    self.options.max_batch_rows - rows,
+                    job.rows_left,
+                )
+                if new_keep:  # causal LMs: the batch's vocabulary-sized logits are bounded too
+                    vocab = max(self.runner.vocab_size, 1)
+                    fit = min(fit, self.options.logits_budget // (new_keep * vocab) - rows)
+                if limit is not None:  # its request's fair share
+                    share, counted = limit
+                    fit = min(fit, (share[job._key] - taken.get(job._key, 0)) // counted)
+                if fit <= 0:
+                    if rows == 0:  # one row always goes, whatever its length
+                        fit = 1
+                    else:
+                        continue  # too long for what is left; a shorter job may still fit
+                if (
+                    max_padding is not None
+                    and real >= self.options.activation_fill_tokens
+                    and (rows + fit) * new_width > max_padding * (real + fit * job.length)
+                ):
+                    continue  # too much padding; a job closer in length may still fit
+                start = job._next_row
+                if start == 0:
+                    self._note_start(job)
+                job._next_row += fit
+                if id(job) in placed:  # the second pass extends the first's piece
+                    i = placed[id(job)]
+                    batch[i] = (job, batch[i][1], job._next_row)
+                else:
+                    placed[id(job)] = len(batch)
+                    batch.append((job, start, job._next_row))
+                rows += fit
+                real += fit * job.length
+                taken[job._key] = taken.get(job._key, 0) + fit * (limit[1] if limit else 0)
+                width = new_width
+                self._queued_rows -= fit
+                keep = new_keep
+                if job._next_row >= job.n_rows:
+                    self._pending.remove(job)
+                if rows >= self.options.max_batch_rows or rows * width >= budget:
+                    return batch
+        return batch
+
+    def _take_generation(self, lead: Job[Any]) -> Batch:
+        """The lead generation job and the others that generate the same way (a request's
+        prompts), whole, as many as fit the token budget (prompt width + new tokens per row)."""
+        same = [
+            job
+            for job in self._pending
+            if job.kind == lead.kind
+            and job is not lead
+            and _may_share(lead, job)
+            and job.may_join(lead)
+        ]
+        budget = self.options.token_budget
+        if not lead.isolated:
+            budget = min(budget, self.time_cap(lead.kind) or budget)
+        batch: Batch = []
+        width = 0
+        for job in [lead, *same]:
+            new_width = max(width, job.width)
+            rows = len(batch) + 1
+            if batch and (rows * new_width > budget or rows > self.options.max_batch_rows):
+                break
+            self._note_start(job)
+            self._pending.remove(job)
+            self._queued_rows -= job.rows_left
+            job._next_row = job.n_rows
+            batch.append((job, 0, job.n_rows))
+            width = new_width
+        return batch
