@@ -12,7 +12,8 @@ import torch
 
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import ServedModel
-from explainserve.models.runners import CausalLMRunner, ClassifierRunner, position_ids
+from explainserve.models.runners import CausalLMRunner, ClassifierRunner
+from explainserve.scheduling.jobs import position_ids
 
 
 def test_position_ids_count_real_tokens_from_zero_and_pads_get_zero() -> None:

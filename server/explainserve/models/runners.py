@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -20,18 +20,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from explainserve.errors import InvalidArgument
 from explainserve.models.capture import capture, first_tensor
 from explainserve.models.heads import KeptPositions, plain_head
-
-if TYPE_CHECKING:
-    from explainserve.scheduling.jobs import GenerationOptions
+from explainserve.scheduling.jobs import GenerationOptions, position_ids
 
 log = logging.getLogger(__name__)
-
-
-def position_ids(attention: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows from their `(..., L)` attention mask: cumulative attention
-    - 1, clamped at 0 for the padding, so a left-padded row sees the positions it would see
-    alone."""
-    return (attention.cumsum(-1) - 1).clamp(min=0)
 
 
 class ModelRunner:

@@ -31,8 +31,22 @@ from explainserve.scheduling.jobs import (
 from explainserve.vocabulary import InferenceMode
 
 if TYPE_CHECKING:
-    from explainserve.models.heads import KeptPositions
     from explainserve.scheduling.worker import WorkerStats
+
+
+class KeptPositions(Protocol):
+    """Causal LMs: the last positions of a batch, from which rows' scores are read (the models
+    layer's `models.heads.KeptPositions`, computing no more of the head than asked)."""
+
+    def logits(self, rows: slice | torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """`(n, t, V)` logits of batch rows `rows` at kept positions `cols` `(t,)`."""
+        ...
+
+    def target_logits(
+        self, rows: slice | torch.Tensor, cols: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """`(n, t)` logit of token `targets[k]` at kept position `cols[k]`, for rows `rows`."""
+        ...
 
 
 class Runner(Protocol):

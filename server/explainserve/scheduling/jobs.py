@@ -32,6 +32,13 @@ Kind = Literal["forward", "gradient", "activation", "head", "generate"]
 R = TypeVar("R")
 
 
+def position_ids(attention: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows from their `(..., L)` attention mask: cumulative attention
+    - 1, clamped at 0 for the padding, so a left-padded row sees the positions it would see
+    alone."""
+    return (attention.cumsum(-1) - 1).clamp(min=0)
+
+
 class RequestTag:
     """A request's cancellation check, shared by all its jobs (the worker keys requests by it),
     with how its rows are scheduled.

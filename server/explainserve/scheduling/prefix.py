@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from explainserve.models.runners import position_ids
+from explainserve.scheduling.jobs import position_ids
 
 if TYPE_CHECKING:
     from explainserve.scheduling.execute import Runner
