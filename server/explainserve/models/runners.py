@@ -212,6 +212,30 @@ class CausalLMRunner(ModelRunner):
         #: None computes the whole vocabulary at every kept position.
         self.target_head = plain_head(model)
 
+    def _model_inputs(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        cache: Any | None,
+    ) -> dict[str, Any]:
+        """The forward arguments of a left-padded batch (`token_logits`, `kept`): embeddings,
+        explicit position ids, and the KV cache the rows continue, if any."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(ids)
+        if positions is None:
+            positions = position_ids(attention)
+        cached: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            cached = {"use_cache": True, self._cache_name: cache}
+        return {
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention,
+            "position_ids": positions,
+            **cached,
+        }
+
     def token_logits(
         self,
         ids: torch.Tensor,
@@ -226,19 +250,9 @@ class CausalLMRunner(ModelRunner):
         With a `cache` (from `cache_rows`), the rows continue it: `attention` then covers the
         cache's slots and the new positions, and `positions` gives the new positions' ids.
         """
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(ids)
-        if positions is None:
-            positions = position_ids(attention)
-        cached: dict[str, Any] = {"use_cache": False}
-        if cache is not None:
-            cached = {"use_cache": True, self._cache_name: cache}
         out = self.model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention,
-            position_ids=positions,
+            **self._model_inputs(ids, attention, inputs_embeds, positions, cache),
             logits_to_keep=keep,
-            **cached,
         )
         logits: torch.Tensor = out.logits
         return logits
@@ -258,18 +272,8 @@ class CausalLMRunner(ModelRunner):
         if self.target_head is None:
             logits = self.token_logits(ids, attention, inputs_embeds, keep, positions, cache)
             return KeptPositions(logits)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(ids)
-        if positions is None:
-            positions = position_ids(attention)
-        cached: dict[str, Any] = {"use_cache": False}
-        if cache is not None:
-            cached = {"use_cache": True, self._cache_name: cache}
         out = self.model.base_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention,
-            position_ids=positions,
-            **cached,
+            **self._model_inputs(ids, attention, inputs_embeds, positions, cache)
         )
         hidden: torch.Tensor = out.last_hidden_state[:, -keep:]
         return KeptPositions(hidden, self.target_head)
