@@ -58,7 +58,7 @@ def test_perturbations_of_several_inputs_share_batches(
     request: pytest.FixtureRequest, direct, model_dir: str
 ) -> None:
     """Every input's perturbations fit one batch alone, so unshared batches would number at least
-    the inputs; shared, all inputs' rows (and the base forwards) take far fewer. Rows of
+    the inputs; shared, all inputs' rows (the unperturbed ones included) take far fewer. Rows of
     different lengths in one batch show up as padding."""
     path: Path = request.getfixturevalue(model_dir)
     texts = [*TEXTS, "Hello there, world of words.", "Another short line!", "It's a dog's life."]
@@ -76,7 +76,7 @@ def test_perturbations_of_several_inputs_share_batches(
             key=lambda e: e.input_index,
         )
         stats = worker.stats
-        per_input = [int(np.ceil((e.forward_passes - 1) * len(e.token_ids) / budget)) for e in out]
+        per_input = [int(np.ceil(e.forward_passes * len(e.token_ids) / budget)) for e in out]
         assert per_input == [1] * len(texts)
         assert stats.rows == sum(e.forward_passes for e in out)
         assert stats.batches < sum(per_input)

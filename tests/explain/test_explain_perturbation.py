@@ -111,7 +111,7 @@ def test_occlusion_golden(run, direct, model: str, granularity: str, mode: str) 
         assert any(len(g) > 1 for g in groups)
     assert e.scores.shape == (3, len(groups))
     assert e.scores.dtype == np.float32
-    assert e.forward_passes == len(groups) + 2  # the unperturbed input, once per unit, the base
+    assert e.forward_passes == len(groups) + 1  # the unperturbed input (it predicts), each unit
     for t in ALL_TARGETS:
         replaced = masked_outputs(ref, model, text, groups, np.eye(len(groups)), t, mode)
         expected = ref.f(t, mode, ids=ids) - replaced
@@ -198,7 +198,7 @@ def test_kernel_shap_exact_equals_brute_force_shapley(run, direct, model: str, m
         mode=mode,
     )
 
-    assert e.forward_passes == 2**g + 1  # the full enumeration, plus the base forward
+    assert e.forward_passes == 2**g  # the full enumeration (the empty coalition predicts)
     for t in ALL_TARGETS:
         expected = brute_force_shapley(coalition_values(ref, model, text, groups, t, mode), g)
         np.testing.assert_allclose(e.scores[t], expected, rtol=1e-4, atol=1e-5)
@@ -223,7 +223,7 @@ def test_kernel_shap_sampled_efficiency(run, direct, model: str, n_perturbations
         seed=3,
     )
 
-    assert e.forward_passes == n_perturbations + 1
+    assert e.forward_passes == n_perturbations  # the first coalition, empty, predicts
     for t in ALL_TARGETS:
         f_empty = masked_outputs(ref, model, text, groups, np.ones((1, g)), t, "logits")[0]
         gap = ref.f(t, ids=ids)[0] - f_empty
@@ -337,7 +337,7 @@ def test_sobol_golden(run, direct, model: str, order: str) -> None:
         mode="softmax",
         seed=5,
     )
-    assert e.forward_passes == (g + 2) * k + 1
+    assert e.forward_passes == (g + 2) * k + 1  # the design, and the unperturbed row added
     masks = _native.sobol_masks(g, k, "sobol", 5)
     for t in ALL_TARGETS:
         f = masked_outputs(ref, model, text, groups, masks, t, "softmax")

@@ -8,6 +8,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from explainserve import _native
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
@@ -63,7 +64,15 @@ def test_stream_of_one_input_equals_the_unary_reply(
     assert events[-1].WhichOneof("event") == "explanation"
     (unary,) = stub.Explain(request, timeout=60).explanations
     assert without_timing(explanations[0]) == without_timing(unary)
-    assert progress[-1].forward_passes_total == unary.counters.forward_passes == 64 + 1
+    # The 64 coalitions; the first, empty, is the unperturbed input that predicts the target.
+    assert progress[-1].forward_passes_total == unary.counters.forward_passes == 64
+
+
+def sobol_passes(n_units: int, n_points: int, seed: int) -> int:
+    """Sobol's rows, and the unperturbed input (that predicts the target) when its design's
+    first row is not that."""
+    first = _native.sobol_masks(n_units, n_points, "sobol", seed)[0]
+    return (n_units + 2) * n_points + int(first.any())
 
 
 def test_stream_sends_each_input_once_as_it_finishes(
@@ -102,12 +111,13 @@ def test_stream_sends_each_input_once_as_it_finishes(
         if ev.WhichOneof("event") == "explanation"
     }
     passes = [explanations[i].counters.forward_passes for i in range(len(texts))]
-    small, big = (2 + 2) * 8 + 1, (100 + 2) * 8 + 1
+    small, big = sobol_passes(2, 8, 3), sobol_passes(100, 8, 3)
+    assert (small, big) == ((2 + 2) * 8, (100 + 2) * 8 + 1)
     assert passes == [small, big, big, small]
     total = progress[-1].forward_passes_total
     assert total == sum(passes)
-    # The small first input is streamed while the big ones are still running: it needs 33 of
-    # the 1700 passes and the big ones another 1634 (about twenty batches, a good fraction of a
+    # The small first input is streamed while the big ones are still running: it needs 32 of
+    # the 1698 passes and the big ones another 1634 (about twenty batches, a good fraction of a
     # second) after it, so this only fails if the server's streaming thread starves for all of
     # that time.
     assert done_when_arrived[0] < total - big

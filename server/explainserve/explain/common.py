@@ -23,8 +23,36 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class TargetChoice:
+    """A classifier input's targets: those the request gives (`explicit`), or, when it gives
+    none, the class the model predicts for the unperturbed input (the argmax of its logits)."""
+
+    explicit: NDArray[np.int64] | None = None
+
+    def pick(self, logits: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The targets, given the unperturbed input's raw logits `(C,)`."""
+        if self.explicit is not None:
+            return self.explicit
+        return np.asarray([int(np.argmax(logits))], dtype=np.int64)
+
+    def key(self) -> bytes:
+        """What the targets depend on besides the input (identical inputs share runs)."""
+        return b"predicted" if self.explicit is None else self.explicit.tobytes()
+
+
+@dataclass(frozen=True)
+class Picked:
+    """What a run that carried the unperturbed input found: its targets and raw logits."""
+
+    targets: NDArray[np.int64]
+    logits: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
 class Item:
-    """One input ready to explain: tokens, units and resolved target indices."""
+    """One input ready to explain: tokens, units and resolved target indices (or, with
+    `choice`, how its run picks them from the unperturbed row it carries: `targets` is then
+    empty)."""
 
     index: int
     encoded: Encoded
@@ -32,6 +60,8 @@ class Item:
     targets: NDArray[np.int64]
     #: Causal LMs: per target token id, the position whose next-token logits score it.
     positions: NDArray[np.int64] | None = None
+    #: Classifiers' perturbation runs: the targets are picked once the rows are in.
+    choice: TargetChoice | None = None
 
 
 class Progress:
@@ -77,6 +107,12 @@ class Pending(Protocol):
         """`(targets, units)` scores; raises what the jobs raised."""
         ...
 
+    @property
+    def picked(self) -> Picked | None:
+        """After `finish`, for a run of an item with a `choice`: its targets and the
+        unperturbed input's logits; None for the others."""
+        ...
+
 
 def encode(model: ServedModel, spec: InputSpec, index: int) -> Encoded:
     """Input `index` tokenized (text) or checked and decoded (token ids)."""
@@ -108,9 +144,23 @@ def count_rows(
 def start_runs(
     model: ServedModel, items: list[Item], method: Method, ctx: RunContext
 ) -> dict[int, Pending]:
-    """One run per item, their jobs submitted together (so inputs share batches). With reuse,
-    an input identical to an earlier one of the request (same tokens, units and targets: for a
-    method whose rows depend on nothing else, its scores are the same) shares that input's run."""
+    """`plan_runs`, then `submit_runs`."""
+    runs = plan_runs(model, items, method, ctx)
+    submit_runs(model, runs)
+    return runs
+
+
+def submit_runs(model: ServedModel, runs: dict[int, Pending]) -> None:
+    """Every run's jobs, submitted together (so inputs share batches): one round."""
+    model.worker.submit_all(job for run in runs.values() for job in run.jobs)
+
+
+def plan_runs(
+    model: ServedModel, items: list[Item], method: Method, ctx: RunContext
+) -> dict[int, Pending]:
+    """One run per item (not yet submitted). With reuse, an input identical to an earlier one
+    of the request (same tokens, units and targets: for a method whose rows depend on nothing
+    else, its scores are the same) shares that input's run."""
     runs: dict[int, Pending] = {}
     firsts: dict[tuple[bytes, ...], int] = {}
     for item in items:
@@ -121,7 +171,6 @@ def start_runs(
                 continue
             firsts[key] = item.index
         runs[item.index] = method.start(item, ctx)
-    model.worker.submit_all(job for run in runs.values() for job in run.jobs)
     return runs
 
 
@@ -134,6 +183,7 @@ def _identity(item: Item) -> tuple[bytes, ...]:
         e.attention.tobytes(),
         item.units.token_to_unit.tobytes(),
         item.targets.tobytes(),
+        b"" if item.choice is None else item.choice.key(),
         positions,
     )
 
@@ -163,6 +213,11 @@ class _Twin:
     def finish(self) -> NDArray[np.float64]:
         """The other input's scores."""
         return self._run.finish()
+
+    @property
+    def picked(self) -> Picked | None:
+        """The other input's targets and logits."""
+        return self._run.picked
 
 
 def finished(runs: dict[int, Pending]) -> Iterator[tuple[int, NDArray[np.float64]]]:

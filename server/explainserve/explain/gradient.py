@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from explainserve import _native
 from explainserve.errors import InvalidArgument
-from explainserve.explain.common import Item
+from explainserve.explain.common import Item, Picked
 from explainserve.explain.method import Method, RunContext
 from explainserve.scheduling.jobs import GradientJob
 
@@ -263,6 +263,11 @@ class GradientRun:
     def futures(self) -> list[Future[Any]]:
         """The worker job's future."""
         return [self._job.future]
+
+    @property
+    def picked(self) -> Picked | None:
+        """None: its targets are known before it starts."""
+        return None
 
     def finish(self) -> NDArray[np.float64]:
         """`(targets, units)` scores."""

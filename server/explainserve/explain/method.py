@@ -47,6 +47,10 @@ class Method(ABC):
     #: Rows and scores depend only on an input's tokens, units and targets (and the request's
     #: parameters), so an input identical to an earlier one of the request may share its run.
     shares_identical_inputs: ClassVar[bool] = False
+    #: Classifiers: a run of an input with a `TargetChoice` carries the unperturbed row and
+    #: picks its targets once its rows are in (one round through the worker), instead of being
+    #: started once a first forward has picked them.
+    picks_targets_late: ClassVar[bool] = False
 
     def validate(self) -> None:  # noqa: B027 (a method without parameters has nothing to check)
         """Checks the parameters (ranges, NaN); raises InvalidArgument naming the field."""

@@ -8,6 +8,12 @@ With `WorkerOptions.reuse` (the default), identical rows of an input (common for
 KernelSHAP and Sobol with few units) go through the model once and their scores are copied back
 into place, so the estimators get exactly the matrices they would get without it; causal LMs'
 rows also carry the unperturbed sequence, so the worker runs them from their first change on.
+
+A classifier's input queues once: its job carries the unperturbed row (row 0: the design's own
+when its first mask is empty, as Occlusion's, LIME's and KernelSHAP's, else one row added in
+front, as for Sobol) and scores every row on all classes; the targets are then picked from row
+0's logits (`TargetChoice`) and each row's scores for them taken, so the scores are those of a
+job given the targets beforehand, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve import _native
-from explainserve.explain.common import Item, Progress
+from explainserve.explain.common import Item, Picked, Progress
 from explainserve.explain.method import Method, RunContext
 from explainserve.scheduling.jobs import ForwardJob
 from explainserve.vocabulary import InferenceMode
@@ -40,6 +46,7 @@ class PerturbationMethod(Method):
     an estimator of unit scores from the rows' outputs."""
 
     shares_identical_inputs: ClassVar[bool] = True
+    picks_targets_late: ClassVar[bool] = True
 
     @abstractmethod
     def design(self, n_units: int, seed: int) -> tuple[NDArray[np.uint8], Estimator]:
@@ -101,16 +108,27 @@ class PerturbationRun:
         t2u = item.units.token_to_unit
         masks, self._estimate = method.design(item.units.n_units, seed)
         self._masks = masks
+        self._choice = item.choice
+        self._picked: Picked | None = None
+        #: Whether row 0 (unperturbed) is added in front of the design's rows.
+        self._base_added = item.choice is not None and (len(masks) == 0 or bool(masks[0].any()))
+        run_masks = masks
+        if self._base_added:
+            run_masks = np.vstack([np.zeros((1, masks.shape[1]), dtype=masks.dtype), masks])
         replacement = model.replacement
         ids = _native.expand_ids(
-            masks, t2u, item.encoded.ids, 0 if replacement.zero_embedding else replacement.token_id
+            run_masks,
+            t2u,
+            item.encoded.ids,
+            0 if replacement.zero_embedding else replacement.token_id,
         )
         replaced = None
         if replacement.zero_embedding:
             in_unit = t2u >= 0
             replaced = np.zeros(ids.shape, dtype=bool)
-            replaced[:, in_unit] = masks[:, t2u[in_unit]].astype(bool)
-        #: Sequences the method sends through the model (its definition, duplicates counted).
+            replaced[:, in_unit] = run_masks[:, t2u[in_unit]].astype(bool)
+        #: Sequences the method sends through the model (its definition, duplicates counted,
+        #: with the unperturbed row when it is added).
         self.n_rows = int(ids.shape[0])
         causal = item.positions is not None
         self._inverse: NDArray[np.int64] | None = None
@@ -129,11 +147,15 @@ class PerturbationRun:
                 replaced = None if replaced is None else replaced[keep]
         #: Sequences actually run (distinct rows).
         self.rows_run = int(ids.shape[0])
+        targets = item.targets
+        if item.choice is not None:  # scored on every class, the targets picked afterwards
+            targets = np.arange(len(model.labels), dtype=np.int64)
         self._job = ForwardJob(
             ids=ids,
             attention=item.encoded.attention,
-            targets=item.targets,
+            targets=targets,
             mode=mode,
+            logits_row=item.choice is not None,
             replaced=replaced,
             positions=item.positions,
             reference=item.encoded.ids if causal else None,
@@ -157,9 +179,20 @@ class PerturbationRun:
         """The worker job's future."""
         return [self._job.future]
 
+    @property
+    def picked(self) -> Picked | None:
+        """After `finish`, with a target choice: the targets and row 0's raw logits."""
+        return self._picked
+
     def finish(self) -> NDArray[np.float64]:
         """`(targets, units)` scores."""
         out = self._job.future.result()
         if self._inverse is not None:
             out = out[self._inverse]
+        if self._choice is not None:
+            logits = self._job.row_logits
+            assert logits is not None  # row 0 ran (the job is done)
+            targets = self._choice.pick(logits)
+            self._picked = Picked(targets, logits)
+            out = out[1:, targets] if self._base_added else out[:, targets]
         return self._estimate(self._masks, out)

@@ -12,7 +12,18 @@ from numpy.typing import NDArray
 
 from explainserve.errors import InvalidArgument
 from explainserve.explain.causal_flow import explain_causal
-from explainserve.explain.common import Item, Progress, count_rows, encode, finished, start_runs
+from explainserve.explain.common import (
+    Item,
+    Picked,
+    Progress,
+    TargetChoice,
+    count_rows,
+    encode,
+    finished,
+    plan_runs,
+    start_runs,
+    submit_runs,
+)
 from explainserve.explain.limits import Limits
 from explainserve.explain.method import RunContext
 from explainserve.explain.params import ExplainParams, Explanation
@@ -21,11 +32,10 @@ from explainserve.scheduling.jobs import ForwardJob, RequestTag
 from explainserve.vocabulary import InputSpec, make_units
 
 
-def _resolve_targets(
-    model: ServedModel, spec: InputSpec, index: int, logits: NDArray[np.float64], limits: Limits
-) -> NDArray[np.int64]:
+def _target_choice(model: ServedModel, spec: InputSpec, index: int, limits: Limits) -> TargetChoice:
+    """The request's targets of input `index`, checked; none: the predicted class."""
     if not spec.targets:
-        return np.asarray([int(np.argmax(logits))], dtype=np.int64)
+        return TargetChoice()
     if len(spec.targets) > limits.max_targets:
         raise InvalidArgument(
             f"input {index} asks for {len(spec.targets)} targets, the limit is "
@@ -45,7 +55,7 @@ def _resolve_targets(
                 f"classes (0..{n_classes - 1})",
                 field=f"inputs[{index}].targets[{j}]",
             )
-    return np.asarray(out, dtype=np.int64)
+    return TargetChoice(np.asarray(out, dtype=np.int64))
 
 
 class Explainer:
@@ -115,6 +125,28 @@ class Explainer:
             )
             for i, u in enumerate(units)
         ]
+        choices = [
+            _target_choice(model, spec, i, self.limits) for i, spec in enumerate(params.inputs)
+        ]
+        ctx_args = (params.mode, params.aggregation, params.seed)
+        if params.method.picks_targets_late:
+            # One round: each input's job carries its unperturbed row, the targets are picked
+            # from it once the rows are in.
+            progress = Progress(0, on_progress)
+            ctx = RunContext(model, *ctx_args, progress, is_cancelled)
+            empty = np.zeros(0, dtype=np.int64)
+            items = [
+                Item(i, encoded[i], units[i], empty, choice=choices[i]) for i in range(len(encoded))
+            ]
+            runs = plan_runs(model, items, params.method, ctx)
+            progress.extend(sum(run.n_rows for run in runs.values()))
+            model.worker.admit(progress.total)  # a full queue refuses the request at once
+            submit_runs(model, runs)
+            for i, scores in finished(runs):
+                picked = runs[i].picked
+                assert picked is not None
+                yield self._explanation(model, items[i], scores, picked, runs[i].n_rows, started)
+            return
         progress = Progress(len(encoded) + sum(rows), on_progress)
         n_classes = len(model.labels)
         base_jobs = [
@@ -135,25 +167,36 @@ class Explainer:
                 index=i,
                 encoded=encoded[i],
                 units=units[i],
-                targets=_resolve_targets(model, params.inputs[i], i, logits[i], self.limits),
+                targets=choices[i].pick(logits[i]),
             )
             for i in range(len(encoded))
         ]
-        ctx = RunContext(
-            model, params.mode, params.aggregation, params.seed, progress, is_cancelled
-        )
+        ctx = RunContext(model, *ctx_args, progress, is_cancelled)
         runs = start_runs(model, items, params.method, ctx)
         for i, scores in finished(runs):
             item = items[i]
-            yield Explanation(
-                input_index=i,
-                units=item.units,
-                target_indices=[int(t) for t in item.targets],
-                target_labels=[model.labels[int(t)] for t in item.targets],
-                scores=np.ascontiguousarray(scores, dtype=np.float32),
-                logits=logits[i].astype(np.float32),
-                token_ids=item.encoded.ids,
-                text=item.encoded.text,
-                forward_passes=runs[i].n_rows + 1,
-                elapsed_ms=(time.perf_counter() - started) * 1000.0,
-            )
+            picked = Picked(item.targets, logits[i])
+            yield self._explanation(model, item, scores, picked, runs[i].n_rows + 1, started)
+
+    @staticmethod
+    def _explanation(
+        model: ServedModel,
+        item: Item,
+        scores: NDArray[np.float64],
+        picked: Picked,
+        forward_passes: int,
+        started: float,
+    ) -> Explanation:
+        """Input `item`'s explanation: its scores for targets `picked.targets`."""
+        return Explanation(
+            input_index=item.index,
+            units=item.units,
+            target_indices=[int(t) for t in picked.targets],
+            target_labels=[model.labels[int(t)] for t in picked.targets],
+            scores=np.ascontiguousarray(scores, dtype=np.float32),
+            logits=picked.logits.astype(np.float32),
+            token_ids=item.encoded.ids,
+            text=item.encoded.text,
+            forward_passes=forward_passes,
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+        )

@@ -272,6 +272,8 @@ class Executor:
                 at = 0
                 outputs = []
                 for job, start, stop in pieces:
+                    if job.logits_row and start == 0:
+                        job.row_logits = logits[at].double().cpu().numpy()
                     scores = apply_mode(logits[at : at + stop - start], job.mode)
                     outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
                     at += stop - start

@@ -162,6 +162,9 @@ class ForwardJob(Job[NDArray[np.float64]]):
     `reference` `(n,)`, when given, is the unperturbed sequence the rows were made from: a row
     that equals it up to position `s` may run from `s` on, with the reference's cached keys and
     values for the positions before (`WorkerOptions.reuse`, see `scheduling.prefix`).
+
+    Classifiers: with `logits_row`, the raw logits of row 0 `(C,)` (whatever `mode` scores the
+    rows) are kept in `row_logits`, so one job both predicts (row 0 unperturbed) and scores.
     """
 
     kind: ClassVar[Kind] = "forward"
@@ -173,6 +176,9 @@ class ForwardJob(Job[NDArray[np.float64]]):
     replaced: NDArray[np.bool_] | None = None
     positions: NDArray[np.int64] | None = None
     reference: NDArray[np.int64] | None = None
+    logits_row: bool = False
+    #: Row 0's raw logits, set when the batch holding row 0 has run (with `logits_row`).
+    row_logits: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
     _out: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
     #: Per row, the position it may start from on a cached prefix (computed once, on demand).
     _starts: NDArray[np.int64] | None = field(default=None, init=False, repr=False)
