@@ -8,7 +8,10 @@ run, on one live server on loopback (each client with its own channel):
 
 - idle: the small requests alone, one by one (median and p99 latency);
 - huge alone: the huge request with nothing else running;
-- mixed: the small requests' p50 / p99 while the huge one runs, and the huge one's time.
+- mixed: the small requests' p50 / p99 while the huge one runs, and the huge one's time;
+- the mean time of the batches that hold the huge request's rows, alone and mixed: a batch is
+  cut to `max_batch_ms` by the cost model's estimate, and under load (the small requests' gRPC
+  and explain work share the CPU) it overruns it, which the small requests then wait for.
 
 The goal (issue 12, on a 2-core CPU): small p99 <= idle p99 + 2 x max_batch_ms, and the huge
 request slowed by at most 15 % against running alone. The small requests' own work takes model
@@ -26,7 +29,9 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,6 +43,7 @@ from explainserve.explain.service import Explainer, Limits
 from explainserve.grpc.server import ServerOptions, start
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
+from explainserve.scheduling.jobs import Job
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
@@ -60,6 +66,37 @@ SMALL_TEXTS = [
     "Friendly staff and quick delivery.",
     "It broke on the second day.",
 ]
+
+
+class HugeBatches:
+    """The worker's fault hook and observer: the run time of each batch holding rows of a job of
+    at least `min_rows` rows (the huge request's), while `recording`."""
+
+    def __init__(self, min_rows: int) -> None:
+        self.min_rows = min_rows
+        self.recording = False
+        self.seconds: list[float] = []
+        self._huge = False
+
+    def hook(self, pieces: Sequence[tuple[Job[Any], int, int]]) -> None:
+        self._huge = any(job.n_rows >= self.min_rows for job, _, _ in pieces)
+
+    def queued(self, kind: str, seconds: float) -> None:
+        pass
+
+    def request_queued(self, priority: str, seconds: float) -> None:
+        pass
+
+    def batch(
+        self, kind: str, rows: int, padded: int, real: int, budget: int, seconds: float
+    ) -> None:
+        if self.recording and self._huge:
+            self.seconds.append(seconds)
+
+    def take(self) -> list[float]:
+        """The times recorded so far, and a fresh start."""
+        out, self.seconds = self.seconds, []
+        return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -100,6 +137,9 @@ def main() -> int:
     )
     registry.add(served)
     worker = served.worker
+    huge_batches_seen = HugeBatches(max(2, args.huge_rows // 2))
+    worker.fault_hook = huge_batches_seen.hook
+    worker.observer = huge_batches_seen
     running = start(
         ServerOptions(port=0, workers=args.small_clients + 8), Explainer(registry, Limits())
     )
@@ -135,7 +175,9 @@ def main() -> int:
         idle = [timed_call(stubs[0], small(i))[0] for i in range(args.idle_calls)]
         huge_rows = 0
         batches0, tokens0 = worker.stats.batches, worker.stats.padded_tokens
+        huge_batches_seen.recording = True
         huge_alone, huge_rows = timed_call(stubs[0], huge)
+        alone_batch_s = huge_batches_seen.take()
         huge_batches = worker.stats.batches - batches0
         huge_tokens = worker.stats.padded_tokens - tokens0
 
@@ -161,6 +203,7 @@ def main() -> int:
         for t in threads:
             t.start()
         huge_mixed, _ = timed_call(stubs[0], huge)
+        mixed_batch_s = huge_batches_seen.take()
         done.set()
         mixed_wall = time.perf_counter() - t0
         for t in threads:
@@ -195,6 +238,12 @@ def main() -> int:
         print(f"| huge alone (s), {huge_batches} batches | {huge_alone:.2f} |")
         print(f"| huge beside the small ones (s) | {huge_mixed:.2f} |")
         print(f"| huge slowed | {huge_mixed / huge_alone - 1:+.1%} |")
+        for label, times in (("alone", alone_batch_s), ("mixed", mixed_batch_s)):
+            if times:
+                print(
+                    f"| huge request's batches {label}: mean / max (s), {len(times)} batches | "
+                    f"{statistics.mean(times):.3f} / {max(times):.3f} |"
+                )
         print(f"| small requests' share of the tokens run while mixed | {small_share:.1%} |")
         print(f"| worker busy / wall while mixed | {busy / mixed_wall:.2f} |")
         print()
