@@ -19,7 +19,9 @@ tokens instead of `n`; LIME, KernelSHAP and Sobol rows save their leading kept u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,10 +39,69 @@ if TYPE_CHECKING:
 MAX_GROUP_PADDING = 0.125
 
 
-#: The share of a batch's tokens the prefix path must save to be taken: below, its extra passes
-#: (the prefix, one per suffix group) cost more than the tokens saved (measured on short
-#: prompts: bench/RESULTS.md).
+#: Isolated requests (and every batch before both paths were timed): the share of a batch's
+#: tokens the prefix path must save to be taken; below, its extra passes (the prefix, the
+#: suffixes) cost more than the tokens saved (measured on short prompts: bench/RESULTS.md).
+#: Other batches choose by measured cost (`PassCosts`).
 MIN_SAVING = 0.25
+
+#: Tests: take the prefix path whenever it can run, whatever it saves.
+ALWAYS = False
+
+
+class PassCosts:
+    """Which path a forward batch of a causal LM takes, from what each path has cost.
+
+    Each path's rate (seconds per token it runs, padding counted: the prefix path's prefix and
+    suffix tokens, the full path's rows times width) is a moving average of the batches timed
+    on it (`record`); a batch takes the path whose rate times its tokens is smaller. Until both
+    paths were timed, the prefix path is taken once (where it saves `MIN_SAVING`) and the full
+    path once; then every `EXPLORE`-th decision takes the other path, to keep both rates
+    current. Isolated requests never come here (fixed rules keep them reproducible).
+    """
+
+    #: One decision in this many takes the path the rates do not pick.
+    EXPLORE = 32
+    #: Weight of the newest timing in a rate.
+    WEIGHT = 0.3
+
+    def __init__(self) -> None:
+        self.rate: dict[str, float | None] = {"prefix": None, "full": None}
+        self.decisions = 0
+        #: Tokens of the full-path batch decided last and not yet timed.
+        self.pending_full = 0
+
+    def choose(self, prefix_tokens: int, full_tokens: int) -> bool:
+        """Whether a batch takes the prefix path (`prefix_tokens` run) rather than the full one
+        (`full_tokens`)."""
+        self.decisions += 1
+        prefix_rate, full_rate = self.rate["prefix"], self.rate["full"]
+        if prefix_rate is None or full_rate is None:
+            take = prefix_tokens <= (1 - MIN_SAVING) * full_tokens
+            if prefix_rate is None and full_rate is not None:
+                take = True
+            elif full_rate is None and prefix_rate is not None:
+                take = False
+        else:
+            take = prefix_rate * prefix_tokens < full_rate * full_tokens
+            if self.decisions % self.EXPLORE == 0:
+                take = not take
+        self.pending_full = 0 if take else full_tokens
+        return take
+
+    def record(self, path: str, tokens: int, seconds: float) -> None:
+        """A batch of `tokens` ran on `path` ("prefix" or "full") in `seconds`."""
+        if tokens <= 0:
+            return
+        rate = seconds / tokens
+        old = self.rate[path]
+        self.rate[path] = rate if old is None else (1 - self.WEIGHT) * old + self.WEIGHT * rate
+
+    def full_ran(self, seconds: float) -> None:
+        """The full-path batch last decided ran in `seconds`."""
+        if self.pending_full:
+            self.record("full", self.pending_full, seconds)
+            self.pending_full = 0
 
 
 def row_starts(job: ForwardJob) -> NDArray[np.int64]:
@@ -81,14 +142,35 @@ def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
     return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
+def _pack(rows: NDArray[np.int64], lengths: NDArray[np.int64], width: int) -> list[list[int]]:
+    """Rows `rows` (of one job) cut into bins of at most `width` tokens, first fit by
+    decreasing length: Occlusion's suffixes (lengths `n - start_j`, a triangle) pack nearly
+    without padding, two to three to a batch row."""
+    order = rows[np.argsort(-lengths[rows], kind="stable")]
+    bins: list[list[int]] = []
+    room = np.zeros(0, dtype=np.int64)
+    for r in order.tolist():
+        n = int(lengths[r])
+        fits = np.flatnonzero(room >= n)
+        if len(fits):
+            bins[int(fits[0])].append(r)
+            room[fits[0]] -= n
+        else:
+            bins.append([r])
+            room = np.append(room, width - n)
+    return bins
+
+
 def forward_scores(
-    runner: Runner, pieces: list[tuple[ForwardJob, int, int]], stats: WorkerStats
+    runner: Runner,
+    pieces: list[tuple[ForwardJob, int, int]],
+    stats: WorkerStats,
+    costs: PassCosts | None = None,
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
-    counted) when it would save less than `MIN_SAVING` of the tokens or the runner cannot cut
-    its cache."""
-    from explainserve.scheduling.execute import target_scores  # execute imports this module
-
+    counted) when the runner cannot cut its cache or the full path is chosen: by `costs` (the
+    executor's measured `PassCosts`), or without them (isolated requests) when the prefix path
+    would save less than `MIN_SAVING` of the tokens."""
     if not runner.prefix_reuse:
         return None
     # Flat row table: piece, row within the job, start, job length.
@@ -111,10 +193,52 @@ def forward_scores(
     for p, (job, _, _) in enumerate(pieces):
         m = int(s[piece == p].max(initial=0))
         prefix_len[id(job)] = max(prefix_len.get(id(job), 0), m)
+    naive = int(lengths[piece].sum())
+    suffix = lengths[piece] - s
+    prefixed = [k for k in prefix_len if prefix_len[k] > 0]
+    width = max(prefix_len[k] for k in prefixed)
+    packs: list[list[int]] | None = None
+    if runner.packing:
+        span = int(suffix.max())
+        packs = []
+        for k in prefix_len:
+            mine = np.flatnonzero(np.asarray([id(pieces[p][0]) == k for p in piece]))
+            packs.extend(_pack(mine, suffix, span))
+        run_tokens = len(prefixed) * width + len(packs) * span
+    else:
+        run_tokens = len(prefixed) * width + sum(
+            len(g) * int(suffix[g].max()) for g in _groups(suffix)
+        )
+    if ALWAYS:
+        pass
+    elif costs is not None:
+        if not costs.choose(run_tokens, len(s) * int(lengths[piece].max())):
+            return None
+    elif sum(prefix_len.values()) + naive - int(s.sum()) > (1 - MIN_SAVING) * naive:
+        return None
+    began = time.perf_counter()
+    host = _run(runner, pieces, stats, piece, row, s, prefix_len, packs)
+    if host is not None and costs is not None:
+        costs.record("prefix", run_tokens, time.perf_counter() - began)
+    return host
+
+
+def _run(
+    runner: Runner,
+    pieces: list[tuple[ForwardJob, int, int]],
+    stats: WorkerStats,
+    piece: NDArray[np.int64],
+    row: NDArray[np.int64],
+    s: NDArray[np.int64],
+    prefix_len: dict[int, int],
+    packs: list[list[int]] | None,
+) -> list[NDArray[np.float64]] | None:
+    """The prefix pass, then the suffixes: packed (`packs`, bins of flat rows) or in groups."""
+    from explainserve.scheduling.execute import target_scores  # execute imports this module
+
+    lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)
     jobs = {id(job): job for job, _, _ in pieces}
     naive = int(lengths[piece].sum())
-    if sum(prefix_len.values()) + naive - int(s.sum()) > (1 - MIN_SAVING) * naive:
-        return None
     prefixed = [k for k in jobs if prefix_len[k] > 0]
     slot = {k: i for i, k in enumerate(prefixed)}
     width = max(prefix_len[k] for k in prefixed)
@@ -145,7 +269,17 @@ def forward_scores(
         n_rows = len(s)
         suffix = lengths[piece] - s
         out_rows: list[tuple[NDArray[np.int64], torch.Tensor]] = []
-        for group in _groups(suffix):
+        if packs is not None:
+            span = int(suffix.max())
+            out_rows = _packed_scores(
+                runner, pieces, packs, span, piece, row, s, cache, pre_att,
+                [slot.get(id(pieces[p][0]), 0) for p in range(len(pieces))],
+                [width - prefix_len[id(job)] for job, _, _ in pieces],
+                job_positions,
+            )  # fmt: skip
+            padded += len(packs) * span
+            real += int(suffix.sum())
+        for group in [] if packs is not None else _groups(suffix):
             g = len(group)
             span = int(suffix[group].max())
             # Cache slots: row r's reference prefix sits at [width - m_j, width - m_j + s_r).
@@ -212,3 +346,106 @@ def forward_scores(
                 p = int(piece[r])
                 host[p][int(row[r]) - pieces[p][1]] = values_host[k]
     return host
+
+
+def _packed_scores(
+    runner: Runner,
+    pieces: list[tuple[ForwardJob, int, int]],
+    packs: list[list[int]],
+    span: int,
+    piece: NDArray[np.int64],
+    row: NDArray[np.int64],
+    s: NDArray[np.int64],
+    cache: Any,
+    pre_att: torch.Tensor,
+    job_slot: list[int],
+    job_offset: list[int],
+    job_positions: Callable[[ForwardJob], tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[NDArray[np.int64], torch.Tensor]]:
+    """The suffixes of the flat rows, several to a batch row (`packs`, `span` wide), in one
+    pass on the cache: each row's positions see the cache slots of its own reference prefix
+    (its job's, up to its start) and its own earlier positions, nothing of the rows packed
+    beside it (a 4D additive mask), with its own position ids. Each piece's `(rows, t)` scores.
+    """
+    from explainserve.scheduling.execute import target_scores  # execute imports this module
+
+    device = runner.device
+    b = len(packs)
+    ids = torch.full((b, span), runner.pad_id, dtype=torch.long)
+    pos = torch.zeros((b, span), dtype=torch.long)
+    zero = torch.zeros((b, span), dtype=torch.bool)
+    segment = torch.full((b, span), -1, dtype=torch.long)
+    local = torch.zeros((b, span), dtype=torch.long)
+    seen = torch.zeros((b, span), dtype=torch.bool)  # the position's own attention
+    cache_end = torch.zeros((b, span), dtype=torch.long)  # cache slots seen: [0, end)
+    slots = np.zeros(b, dtype=np.int64)
+    t_max = max(len(job.targets) for job, _, _ in pieces)
+    index = torch.zeros((len(s), t_max), dtype=torch.long)
+    any_zero = False
+    for i, members in enumerate(packs):
+        at = 0
+        for r in members:
+            p = int(piece[r])
+            job = pieces[p][0]
+            assert job.positions is not None
+            start, j = int(s[r]), int(row[r])
+            n = job.length - start
+            full_att, full_pos = job_positions(job)
+            cols = slice(at, at + n)
+            ids[i, cols] = torch.from_numpy(job.ids[j, start:])
+            pos[i, cols] = full_pos[start:]
+            if job.replaced is not None:
+                zero[i, cols] = torch.from_numpy(job.replaced[j, start:])
+                any_zero = True
+            segment[i, cols] = r
+            local[i, cols] = torch.arange(n)
+            seen[i, cols] = full_att[start:].bool()
+            if start > 0:
+                cache_end[i, cols] = job_offset[p] + start
+            slots[i] = job_slot[p]
+            index[r, : len(job.positions)] = torch.from_numpy(i * span + at + job.positions - start)
+            at += n
+    cached = int(cache_end.max())
+    row_att = pre_att[torch.from_numpy(slots), :cached].bool()  # (b, C)
+    real = segment >= 0
+    sees_cache = (
+        torch.arange(cached).view(1, 1, -1) < cache_end.unsqueeze(-1)
+    ) & row_att.unsqueeze(1)
+    sees_new = (
+        (segment.unsqueeze(-1) == segment.unsqueeze(1))
+        & (local.unsqueeze(1) <= local.unsqueeze(-1))
+        & seen.unsqueeze(1)
+        & real.unsqueeze(-1)
+    )
+    # A padding (or unattended) position sees itself only: no row of the mask is empty.
+    alone = ~(real & seen)
+    sees_new |= torch.diag_embed(alone)
+    sees = torch.cat([sees_cache, sees_new], dim=-1)
+    ids_d = ids.to(device)
+    embeds = runner.embed(ids_d)
+    if any_zero:
+        embeds = embeds.masked_fill(zero.to(device).unsqueeze(-1), 0.0)
+    mask = torch.zeros(sees.shape, dtype=embeds.dtype).masked_fill_(
+        ~sees, torch.finfo(embeds.dtype).min
+    )
+    same = bool((slots == slots[0]).all())
+    rows_cache = runner.cache_rows(
+        cache,
+        torch.from_numpy(slots[:1] if same else slots).to(device),
+        cached,
+        expand=b if same else 0,
+    )
+    kept = runner.packed(
+        embeds, mask.unsqueeze(1).to(device), pos.to(device), rows_cache, index.to(device)
+    )
+    out: list[tuple[NDArray[np.int64], torch.Tensor]] = []
+    for p in np.unique(piece).tolist():
+        job = pieces[p][0]
+        mine = np.flatnonzero(piece == p)
+        kept_cols = torch.arange(len(job.targets), device=device)
+        targets = torch.from_numpy(job.targets).to(device)
+        scores = target_scores(
+            kept, torch.from_numpy(mine).to(device), kept_cols, targets, job.mode
+        )
+        out.append((mine, scores))
+    return out
