@@ -394,7 +394,7 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
     inputs = [pb.Input(text=p, continuation=pb.Continuation(text=c)) for p, c in map(_split, TEXTS)]
     try:
         if reuse_names:
-            reuse_table(stub, registry, reuse_names, repeats, args.quick)
+            reuse_table(stub, registry, reuse_names, repeats, args.quick, args.warmup)
             if args.reuse_only:
                 return 0
         print()
@@ -508,9 +508,11 @@ def reuse_table(
     names: list[str],
     repeats: int,
     quick: bool,
+    warmup: int = 5,
 ) -> None:
     """Prefix reuse and row dedup against the same server's copy of each model with
-    `reuse=False` (served as NAME + "/no-reuse"), requests interleaved, medians."""
+    `reuse=False` (served as NAME + "/no-reuse"), requests interleaved, medians, after `warmup`
+    requests of each (the counts are those of the request after them)."""
     print()
     print(
         "| model | case | rows run / method rows | tokens run / naive tokens | "
@@ -530,11 +532,15 @@ def reuse_table(
                 )
                 for m in (fast.name, slow.name)
             }
+            # Warm-up: the worker's measured costs (`scheduling.prefix.PassCosts`) settle.
+            for _ in range(warmup):
+                for m in (fast.name, slow.name):
+                    stub.Explain(requests[m], timeout=600)
             counts = {}
             for served in (fast, slow):
                 st = served.worker.stats
                 before = (st.rows, st.real_tokens)
-                reply = stub.Explain(requests[served.name], timeout=600)  # also the warm-up
+                reply = stub.Explain(requests[served.name], timeout=600)
                 counts[served.name] = (st.rows - before[0], st.real_tokens - before[1])
             method_rows = sum(e.counters.forward_passes for e in reply.explanations)
             times: dict[str, list[float]] = {fast.name: [], slow.name: []}
@@ -573,6 +579,9 @@ def main() -> int:
         help="--causal: skip the prefix-reuse / dedup table (reuse on vs off)",
     )
     parser.add_argument("--reuse-only", action="store_true", help="--causal: only the reuse table")
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="--causal: reuse table requests before timing"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
     if args.causal:

@@ -371,63 +371,76 @@ def _packed_scores(
 
     device = runner.device
     b = len(packs)
-    ids = torch.full((b, span), runner.pad_id, dtype=torch.long)
-    pos = torch.zeros((b, span), dtype=torch.long)
-    zero = torch.zeros((b, span), dtype=torch.bool)
-    segment = torch.full((b, span), -1, dtype=torch.long)
-    local = torch.zeros((b, span), dtype=torch.long)
-    seen = torch.zeros((b, span), dtype=torch.bool)  # the position's own attention
-    cache_end = torch.zeros((b, span), dtype=torch.long)  # cache slots seen: [0, end)
+    n_flat = len(s)
+    lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)[piece]
+    suffix = lengths - s
+    # Each flat row's batch row and first column (plain integers: cheap).
+    where = np.zeros(n_flat, dtype=np.int64)
+    first = np.zeros(n_flat, dtype=np.int64)
     slots = np.zeros(b, dtype=np.int64)
-    t_max = max(len(job.targets) for job, _, _ in pieces)
-    index = torch.zeros((len(s), t_max), dtype=torch.long)
-    any_zero = False
     for i, members in enumerate(packs):
         at = 0
         for r in members:
-            p = int(piece[r])
-            job = pieces[p][0]
-            assert job.positions is not None
-            start, j = int(s[r]), int(row[r])
-            n = job.length - start
-            full_att, full_pos = job_positions(job)
-            cols = slice(at, at + n)
-            ids[i, cols] = torch.from_numpy(job.ids[j, start:])
-            pos[i, cols] = full_pos[start:]
-            if job.replaced is not None:
-                zero[i, cols] = torch.from_numpy(job.replaced[j, start:])
-                any_zero = True
-            segment[i, cols] = r
-            local[i, cols] = torch.arange(n)
-            seen[i, cols] = full_att[start:].bool()
-            if start > 0:
-                cache_end[i, cols] = job_offset[p] + start
-            slots[i] = job_slot[p]
-            index[r, : len(job.positions)] = torch.from_numpy(i * span + at + job.positions - start)
-            at += n
+            where[r] = i
+            first[r] = at
+            at += int(suffix[r])
+        slots[i] = job_slot[int(piece[members[0]])]
+    ids = np.full((b, span), runner.pad_id, dtype=np.int64)
+    pos = np.zeros((b, span), dtype=np.int64)
+    zero = np.zeros((b, span), dtype=bool)
+    segment = np.full((b, span), -1, dtype=np.int64)
+    local = np.zeros((b, span), dtype=np.int64)
+    seen = np.zeros((b, span), dtype=bool)  # the position's own attention
+    cache_end = np.zeros((b, span), dtype=np.int64)  # cache slots seen: [0, end)
+    t_max = max(len(job.targets) for job, _, _ in pieces)
+    index = np.zeros((n_flat, t_max), dtype=np.int64)
+    any_zero = False
+    for p in np.unique(piece).tolist():
+        job = pieces[p][0]
+        assert job.positions is not None
+        mine = np.flatnonzero(piece == p)
+        n_tok = suffix[mine]
+        # One entry per token run: its flat row, its offset in the row's suffix.
+        flat = np.repeat(mine, n_tok)
+        k = np.arange(len(flat)) - np.repeat(np.cumsum(n_tok) - n_tok, n_tok)
+        src = s[flat] + k
+        at_row, at_col = where[flat], first[flat] + k
+        ids[at_row, at_col] = job.ids[row[flat], src]
+        full_att, full_pos = job_positions(job)
+        pos[at_row, at_col] = full_pos.numpy()[src]
+        seen[at_row, at_col] = full_att.numpy()[src] != 0
+        if job.replaced is not None:
+            zero[at_row, at_col] = job.replaced[row[flat], src]
+            any_zero = True
+        segment[at_row, at_col] = flat
+        local[at_row, at_col] = k
+        cache_end[at_row, at_col] = np.where(s[flat] > 0, job_offset[p] + s[flat], 0)
+        index[mine, : len(job.positions)] = (where[mine] * span + first[mine] - s[mine])[
+            :, None
+        ] + job.positions[None, :]
     cached = int(cache_end.max())
-    row_att = pre_att[torch.from_numpy(slots), :cached].bool()  # (b, C)
+    row_att = pre_att.numpy()[slots, :cached] != 0  # (b, C)
     real = segment >= 0
-    sees_cache = (
-        torch.arange(cached).view(1, 1, -1) < cache_end.unsqueeze(-1)
-    ) & row_att.unsqueeze(1)
-    sees_new = (
-        (segment.unsqueeze(-1) == segment.unsqueeze(1))
-        & (local.unsqueeze(1) <= local.unsqueeze(-1))
-        & seen.unsqueeze(1)
-        & real.unsqueeze(-1)
-    )
+    sees = np.empty((b, span, cached + span), dtype=bool)
+    sees[:, :, :cached] = (np.arange(cached)[None, None, :] < cache_end[:, :, None]) & row_att[
+        :, None, :
+    ]
+    sees_new = sees[:, :, cached:]
+    np.equal(segment[:, :, None], segment[:, None, :], out=sees_new)
+    sees_new &= local[:, None, :] <= local[:, :, None]
+    sees_new &= seen[:, None, :] & real[:, :, None]
     # A padding (or unattended) position sees itself only: no row of the mask is empty.
-    alone = ~(real & seen)
-    sees_new |= torch.diag_embed(alone)
-    sees = torch.cat([sees_cache, sees_new], dim=-1)
-    ids_d = ids.to(device)
+    alone = np.nonzero(~(real & seen))
+    sees_new[alone[0], alone[1], alone[1]] = True
+    ids_d = torch.from_numpy(ids).to(device)
     embeds = runner.embed(ids_d)
     if any_zero:
-        embeds = embeds.masked_fill(zero.to(device).unsqueeze(-1), 0.0)
+        embeds = embeds.masked_fill(torch.from_numpy(zero).to(device).unsqueeze(-1), 0.0)
     mask = torch.zeros(sees.shape, dtype=embeds.dtype).masked_fill_(
-        ~sees, torch.finfo(embeds.dtype).min
+        torch.from_numpy(~sees), torch.finfo(embeds.dtype).min
     )
+    pos_t = torch.from_numpy(pos)
+    index_t = torch.from_numpy(index)
     same = bool((slots == slots[0]).all())
     rows_cache = runner.cache_rows(
         cache,
@@ -436,7 +449,7 @@ def _packed_scores(
         expand=b if same else 0,
     )
     kept = runner.packed(
-        embeds, mask.unsqueeze(1).to(device), pos.to(device), rows_cache, index.to(device)
+        embeds, mask.unsqueeze(1).to(device), pos_t.to(device), rows_cache, index_t.to(device)
     )
     out: list[tuple[NDArray[np.int64], torch.Tensor]] = []
     for p in np.unique(piece).tolist():
