@@ -6,10 +6,20 @@ causal). So a batch of forward rows runs in two steps:
 
 1. the prefix pass: each job's reference, cut to the longest prefix its rows in the batch
    share with it, left-padded together, keeping the KV cache;
-2. the suffix passes: the rows sorted by how many positions they still have to run, cut into
-   groups whose padding stays small; each group gets its rows' cache rows (gathered, and cut to
-   the group's longest prefix) and runs only its positions `s..n`, with explicit position ids
-   and an attention mask that hides each row's cache slots past its own `s` and its padding.
+2. the suffixes, each row's positions `s..n` only, with explicit position ids:
+   - packed (`Runner.packing`: attention that takes a 4D mask, a plain LM head): several rows'
+     suffixes to a batch row, as wide as the longest suffix, first fit by decreasing length, in
+     one pass; a 4D additive mask lets each position see its own job's cache slots before its
+     row's `s` and its own row's earlier positions, nothing of the rows packed beside it;
+     the scored positions' final states are gathered, and only the target rows of the head run;
+   - otherwise in groups: the rows sorted by how many positions they still have to run, cut
+     into groups whose padding stays small; each group gets its rows' cache rows (gathered, and
+     cut to the group's longest prefix) and a 2D mask that hides each row's cache slots past its
+     own `s` and its padding.
+
+Whether a batch takes this path or runs every row in full is measured (`PassCosts`: each
+path's seconds per token, per model), except for isolated requests, which keep a fixed rule
+(`MIN_SAVING` of the tokens saved) so that their results are reproducible.
 
 A row is run from `min(s, first scored position)`, so every logit it is scored by is computed.
 Scores equal the full recomputation up to float rounding (the same sums in another order: the
@@ -20,6 +30,7 @@ tokens instead of `n`; LIME, KernelSHAP and Sobol rows save their leading kept u
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +50,7 @@ if TYPE_CHECKING:
 MAX_GROUP_PADDING = 0.125
 
 
-#: Isolated requests (and every batch before both paths were timed): the share of a batch's
-#: tokens the prefix path must save to be taken; below, its extra passes (the prefix, the
+#: Isolated requests: the share of a batch's tokens the prefix path must save to be taken; below, its extra passes (the prefix, the
 #: suffixes) cost more than the tokens saved (measured on short prompts: bench/RESULTS.md).
 #: Other batches choose by measured cost (`PassCosts`).
 MIN_SAVING = 0.25
@@ -53,35 +63,42 @@ class PassCosts:
     """Which path a forward batch of a causal LM takes, from what each path has cost.
 
     Each path's rate (seconds per token it runs, padding counted: the prefix path's prefix and
-    suffix tokens, the full path's rows times width) is a moving average of the batches timed
-    on it (`record`); a batch takes the path whose rate times its tokens is smaller. Until both
-    paths were timed, the prefix path is taken once (where it saves `MIN_SAVING`) and the full
-    path once; then every `EXPLORE`-th decision takes the other path, to keep both rates
-    current. Isolated requests never come here (fixed rules keep them reproducible).
+    packed or grouped suffix tokens, the full path's rows times width) is the median of the
+    last `WINDOW` batches timed on it (`record`): a slow first call or a burst of load on the
+    machine does not decide for long. A batch takes the path whose rate times its tokens is
+    smaller. Until each path has `SAMPLES` timings, the batches alternate between them (the
+    prefix path first); then every `EXPLORE`-th decision takes the other path, to keep both
+    rates current. Isolated requests never come here (fixed rules keep them reproducible).
     """
 
     #: One decision in this many takes the path the rates do not pick.
     EXPLORE = 32
-    #: Weight of the newest timing in a rate.
-    WEIGHT = 0.3
+    #: Timings each path needs before the rates decide.
+    SAMPLES = 3
+    #: Timings a rate is the median of.
+    WINDOW = 8
 
     def __init__(self) -> None:
-        self.rate: dict[str, float | None] = {"prefix": None, "full": None}
+        self.rates: dict[str, deque[float]] = {
+            "prefix": deque(maxlen=self.WINDOW),
+            "full": deque(maxlen=self.WINDOW),
+        }
         self.decisions = 0
         #: Tokens of the full-path batch decided last and not yet timed.
         self.pending_full = 0
+
+    def rate(self, path: str) -> float | None:
+        """Seconds per token on `path` ("prefix" or "full"), None before `SAMPLES` timings."""
+        timed = self.rates[path]
+        return float(np.median(timed)) if len(timed) >= self.SAMPLES else None
 
     def choose(self, prefix_tokens: int, full_tokens: int) -> bool:
         """Whether a batch takes the prefix path (`prefix_tokens` run) rather than the full one
         (`full_tokens`)."""
         self.decisions += 1
-        prefix_rate, full_rate = self.rate["prefix"], self.rate["full"]
+        prefix_rate, full_rate = self.rate("prefix"), self.rate("full")
         if prefix_rate is None or full_rate is None:
-            take = prefix_tokens <= (1 - MIN_SAVING) * full_tokens
-            if prefix_rate is None and full_rate is not None:
-                take = True
-            elif full_rate is None and prefix_rate is not None:
-                take = False
+            take = len(self.rates["prefix"]) <= len(self.rates["full"])
         else:
             take = prefix_rate * prefix_tokens < full_rate * full_tokens
             if self.decisions % self.EXPLORE == 0:
@@ -91,11 +108,8 @@ class PassCosts:
 
     def record(self, path: str, tokens: int, seconds: float) -> None:
         """A batch of `tokens` ran on `path` ("prefix" or "full") in `seconds`."""
-        if tokens <= 0:
-            return
-        rate = seconds / tokens
-        old = self.rate[path]
-        self.rate[path] = rate if old is None else (1 - self.WEIGHT) * old + self.WEIGHT * rate
+        if tokens > 0:
+            self.rates[path].append(seconds / tokens)
 
     def full_ran(self, seconds: float) -> None:
         """The full-path batch last decided ran in `seconds`."""
