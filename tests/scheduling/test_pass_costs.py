@@ -1,7 +1,11 @@
-"""`prefix.PassCosts`: the prefix path or the full one, from the timings of each."""
+"""`prefix.PassCosts`: the prefix path or the full one, from the timings of each; the suffix
+groups of models without packing."""
 
 from __future__ import annotations
 
+import numpy as np
+
+from explainserve.scheduling import prefix
 from explainserve.scheduling.prefix import PassCosts
 
 
@@ -35,3 +39,22 @@ def test_a_rate_is_the_median_of_the_last_timings() -> None:
     assert costs.rate("prefix") == 0.003
     costs.full_ran(1.0)  # no full-path decision pending: not recorded
     assert len(costs.rates["full"]) == 0
+
+
+def test_suffix_groups_cover_every_row_and_trade_padding_for_passes() -> None:
+    # Occlusion-like suffix lengths: a triangle, plus repeats.
+    lengths = np.asarray([*range(8, 72), *([8] * 7)], dtype=np.int64)
+    groups = prefix._groups(lengths)
+    rows = np.sort(np.concatenate(groups))
+    np.testing.assert_array_equal(rows, np.arange(len(lengths)))
+    padded = sum(len(g) * int(lengths[g].max()) for g in groups)
+    cost = padded + prefix.GROUP_COST_TOKENS * len(groups)
+    # Better than one group (every row padded to 71) and than a group per length.
+    one = len(lengths) * 71 + prefix.GROUP_COST_TOKENS
+    each = int(lengths.sum()) + prefix.GROUP_COST_TOKENS * len(np.unique(lengths))
+    assert cost < min(one, each)
+    for length in np.unique(lengths):  # rows of one length stay together
+        assert sum(bool((lengths[g] == length).any()) for g in groups) == 1
+    firsts = [int(lengths[g].max()) for g in groups]
+    assert firsts == sorted(firsts, reverse=True)
+    assert prefix._groups(np.asarray([5], dtype=np.int64))[0].tolist() == [0]

@@ -45,14 +45,14 @@ if TYPE_CHECKING:
     from explainserve.scheduling.jobs import ForwardJob
     from explainserve.scheduling.worker import WorkerStats
 
-#: Padding a suffix group may add, as a fraction of its real tokens: more groups cost more
-#: passes (small on a GPU, smaller on a CPU), fewer cost padded tokens.
-MAX_GROUP_PADDING = 0.125
+#: Suffix groups (models without packing): what one more group (one more pass, its cache rows
+#: gathered) costs, in tokens run; the groups minimise padded tokens plus this per group.
+GROUP_COST_TOKENS = 96
 
 
-#: Isolated requests: the share of a batch's tokens the prefix path must save to be taken; below, its extra passes (the prefix, the
-#: suffixes) cost more than the tokens saved (measured on short prompts: bench/RESULTS.md).
-#: Other batches choose by measured cost (`PassCosts`).
+#: Isolated requests: the share of a batch's tokens the prefix path must save to be taken;
+#: below, its extra passes (the prefix, the suffixes) cost more than the tokens saved (measured
+#: on short prompts: bench/RESULTS.md). Other batches choose by measured cost (`PassCosts`).
 MIN_SAVING = 0.25
 
 #: Tests: take the prefix path whenever it can run, whatever it saves.
@@ -138,22 +138,29 @@ def row_starts(job: ForwardJob) -> NDArray[np.int64]:
 
 
 def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
-    """Row indices cut into groups of similar suffix length (longest first), each padded by at
-    most `MAX_GROUP_PADDING` of its real tokens."""
+    """Row indices cut into groups of similar suffix length (longest first): among the cuts of
+    the rows sorted by length, the one with the fewest padded tokens plus `GROUP_COST_TOKENS`
+    per group (dynamic programming over the distinct lengths; rows of one length stay
+    together)."""
     order = np.argsort(-lengths, kind="stable")
-    groups: list[list[int]] = []
-    width = 0
-    real = 0
-    for r in order.tolist():
-        n = int(lengths[r])
-        if groups and (len(groups[-1]) + 1) * width <= (1 + MAX_GROUP_PADDING) * (real + n):
-            groups[-1].append(r)
-            real += n
-        else:
-            groups.append([r])
-            width = n
-            real = n
-    return [np.asarray(g, dtype=np.int64) for g in groups]
+    sizes, counts = np.unique(-lengths[order], return_counts=True)
+    sizes = -sizes  # distinct lengths, longest first
+    d = len(sizes)
+    before = np.concatenate([[0], np.cumsum(counts)])  # rows before distinct length k
+    # best[j]: the cheapest cut of the first j distinct lengths; a group of lengths k..j-1 is
+    # padded to sizes[k].
+    best = np.zeros(d + 1, dtype=np.float64)
+    cut = np.zeros(d + 1, dtype=np.int64)
+    for j in range(1, d + 1):
+        costs = best[:j] + (before[j] - before[:j]) * sizes[:j] + GROUP_COST_TOKENS
+        k = int(np.argmin(costs))
+        best[j], cut[j] = costs[k], k
+    bounds = []
+    j = d
+    while j > 0:
+        bounds.append((int(before[cut[j]]), int(before[j])))
+        j = int(cut[j])
+    return [order[lo:hi].astype(np.int64) for lo, hi in reversed(bounds)]
 
 
 def _pack(rows: NDArray[np.int64], lengths: NDArray[np.int64], width: int) -> list[list[int]]:
