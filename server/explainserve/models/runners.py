@@ -170,7 +170,7 @@ class ClassifierRunner(ModelRunner):
         """Sequence classifiers keep no prefix cache."""
         return None
 
-    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int) -> Any:
+    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int, expand: int = 0) -> Any:
         """Sequence classifiers keep no prefix cache (`prefix_reuse` is off for them)."""
         raise RuntimeError("the model's runner has no prefix cache")
 
