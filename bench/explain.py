@@ -394,7 +394,7 @@ def main_causal(args: argparse.Namespace, repeats: int) -> int:
     inputs = [pb.Input(text=p, continuation=pb.Continuation(text=c)) for p, c in map(_split, TEXTS)]
     try:
         if reuse_names:
-            reuse_table(stub, registry, reuse_names, repeats, args.quick)
+            reuse_table(stub, registry, reuse_names, repeats, args.quick, args.warmup)
             if args.reuse_only:
                 return 0
         print()
@@ -508,9 +508,11 @@ def reuse_table(
     names: list[str],
     repeats: int,
     quick: bool,
+    warmup: int = 8,
 ) -> None:
     """Prefix reuse and row dedup against the same server's copy of each model with
-    `reuse=False` (served as NAME + "/no-reuse"), requests interleaved, medians."""
+    `reuse=False` (served as NAME + "/no-reuse"), requests interleaved, medians, after `warmup`
+    requests of each; rows and tokens run are per request, averaged over the timed ones."""
     print()
     print(
         "| model | case | rows run / method rows | tokens run / naive tokens | "
@@ -530,19 +532,30 @@ def reuse_table(
                 )
                 for m in (fast.name, slow.name)
             }
-            counts = {}
-            for served in (fast, slow):
-                st = served.worker.stats
-                before = (st.rows, st.real_tokens)
-                reply = stub.Explain(requests[served.name], timeout=600)  # also the warm-up
-                counts[served.name] = (st.rows - before[0], st.real_tokens - before[1])
-            method_rows = sum(e.counters.forward_passes for e in reply.explanations)
+            # Warm-up: the worker's measured costs (`scheduling.prefix.PassCosts`) settle.
+            for _ in range(warmup):
+                for m in (fast.name, slow.name):
+                    stub.Explain(requests[m], timeout=600)
+            # Rows and tokens: per request, over the timed ones (the measured costs may send a
+            # request's batches on either path).
+            before = {
+                served.name: (served.worker.stats.rows, served.worker.stats.real_tokens)
+                for served in (fast, slow)
+            }
             times: dict[str, list[float]] = {fast.name: [], slow.name: []}
             for _ in range(repeats):
                 for m in (fast.name, slow.name):
                     t0 = time.perf_counter()
-                    stub.Explain(requests[m], timeout=600)
+                    reply = stub.Explain(requests[m], timeout=600)
                     times[m].append(time.perf_counter() - t0)
+            counts = {
+                served.name: (
+                    round((served.worker.stats.rows - before[served.name][0]) / repeats),
+                    round((served.worker.stats.real_tokens - before[served.name][1]) / repeats),
+                )
+                for served in (fast, slow)
+            }
+            method_rows = sum(e.counters.forward_passes for e in reply.explanations)
             t_fast = statistics.median(times[fast.name])
             t_slow = statistics.median(times[slow.name])
             rows_run, tokens_run = counts[fast.name]
@@ -573,6 +586,9 @@ def main() -> int:
         help="--causal: skip the prefix-reuse / dedup table (reuse on vs off)",
     )
     parser.add_argument("--reuse-only", action="store_true", help="--causal: only the reuse table")
+    parser.add_argument(
+        "--warmup", type=int, default=8, help="--causal: reuse table requests before timing"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
     if args.causal:

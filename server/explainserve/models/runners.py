@@ -36,6 +36,11 @@ class ModelRunner:
     #: Whether forward rows may run on a cached prefix (`scheduling.prefix`).
     prefix_reuse = False
 
+    @property
+    def packing(self) -> bool:
+        """Whether rows may be packed several to a batch row on a cached prefix (`packed`)."""
+        return False
+
     def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
         self.model = model
         self.pad_id = pad_id
@@ -165,9 +170,20 @@ class ClassifierRunner(ModelRunner):
         """Sequence classifiers keep no prefix cache."""
         return None
 
-    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int) -> Any:
+    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int, expand: int = 0) -> Any:
         """Sequence classifiers keep no prefix cache (`prefix_reuse` is off for them)."""
         raise RuntimeError("the model's runner has no prefix cache")
+
+    def packed(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        index: torch.Tensor,
+    ) -> KeptPositions:
+        """Sequence classifiers run no packed rows (`packing` is off for them)."""
+        raise RuntimeError("the model's runner has no packed rows")
 
     def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
         """`(r, C)` logits of the classification head alone on `(r, *features)` rows of its input.
@@ -211,6 +227,16 @@ class CausalLMRunner(ModelRunner):
         #: The LM head when only the target tokens' rows of it may be computed (`plain_head`);
         #: None computes the whole vocabulary at every kept position.
         self.target_head = plain_head(model)
+        # Packed rows need a head whose target rows are read from hidden states, and an
+        # attention that takes a 4D additive mask as given (SDPA's and the eager one do).
+        attention_kind = getattr(model.config, "_attn_implementation", None)
+        self._mask_4d = attention_kind in ("sdpa", "eager")
+
+    @property
+    def packing(self) -> bool:
+        """Whether rows may be packed several to a batch row on a cached prefix (`packed`): the
+        attention takes a 4D mask and the head is plain (`target_head`)."""
+        return self._mask_4d and self.target_head is not None
 
     def _model_inputs(
         self,
@@ -301,21 +327,53 @@ class CausalLMRunner(ModelRunner):
             return None
         return cache
 
-    def cache_rows(self, cache: DynamicCache, rows: torch.Tensor, length: int) -> DynamicCache:
+    def cache_rows(
+        self, cache: DynamicCache, rows: torch.Tensor, length: int, expand: int = 0
+    ) -> DynamicCache:
         """A new cache of `cache`'s batch rows `rows` (repeats allowed), first `length` slots
-        (`cache` is left as it is: the model appends to the new one)."""
+        (`cache` is left as it is: the model appends to the new one); with `expand`, `rows` is
+        one row, viewed `expand` times instead of gathered."""
         cut = []
         for layer in cache.layers:
             keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
             if keys is None or values is None:
                 raise RuntimeError("the prefix cache has a layer without keys or values")
-            cut.append(
-                (
-                    keys[:, :, :length].index_select(0, rows),
-                    values[:, :, :length].index_select(0, rows),
+            if expand:
+                r = int(rows[0])
+                keys = keys[r : r + 1, :, :length]
+                values = values[r : r + 1, :, :length]
+                cut.append((keys.expand(expand, -1, -1, -1), values.expand(expand, -1, -1, -1)))
+            else:
+                cut.append(
+                    (
+                        keys[:, :, :length].index_select(0, rows),
+                        values[:, :, :length].index_select(0, rows),
+                    )
                 )
-            )
         return DynamicCache(cut)
+
+    def packed(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        index: torch.Tensor,
+    ) -> KeptPositions:
+        """Packed rows on a cache (`packing` only): `(b, W, h)` input embeddings continuing
+        `cache`, whose additive `(b, 1, W, C + W)` float `mask` says which cache slots and new
+        positions each position sees, and `(b, W)` position ids; returns the final hidden states
+        at `index` (`(m, t)` flat positions `row * W + column`) as `(m, t)` kept positions."""
+        out = self.model.base_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_name: cache},
+        )
+        hidden: torch.Tensor = out.last_hidden_state
+        states = hidden.reshape(-1, hidden.shape[-1])[index]
+        return KeptPositions(states, self.target_head)
 
     def logits(
         self,

@@ -8,6 +8,7 @@ worker handles it. Nothing here knows about queues or about attribution methods.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -60,6 +61,11 @@ class Runner(Protocol):
     vocab_size: int
     #: Causal LMs: whether forward rows may run on a cached prefix (`scheduling.prefix`).
     prefix_reuse: bool
+
+    @property
+    def packing(self) -> bool:
+        """Causal LMs: whether rows on a cached prefix may be packed several to a batch row."""
+        ...
 
     @property
     def device(self) -> torch.device:
@@ -126,8 +132,21 @@ class Runner(Protocol):
         """Causal LMs: the KV cache of left-padded rows, or None if it cannot be cut."""
         ...
 
-    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int) -> Any:
-        """Causal LMs: a cache of `cache`'s rows `rows`, first `length` slots."""
+    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int, expand: int = 0) -> Any:
+        """Causal LMs: a cache of `cache`'s rows `rows`, first `length` slots (with `expand`:
+        its one row `rows[0]`, viewed `expand` times)."""
+        ...
+
+    def packed(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        index: torch.Tensor,
+    ) -> KeptPositions:
+        """Causal LMs with `packing`: several rows packed into each batch row on a cache, a 4D
+        additive `mask` keeping them apart; the final states at flat positions `index`."""
         ...
 
     def generate(
@@ -181,6 +200,8 @@ class Executor:
         self.stats = stats
         #: Causal LMs: forward rows may run on the cached prefix of their reference.
         self.reuse = reuse
+        #: Causal LMs: what the prefix path and the full path have cost (`prefix.PassCosts`).
+        self.pass_costs = prefix.PassCosts()
 
     def free_cached_memory(self) -> None:
         """Returns the device memory torch caches (before a batch is retried smaller)."""
@@ -230,10 +251,19 @@ class Executor:
 
     def _run_forward(self, pieces: Pieces[ForwardJob]) -> None:
         host = None
+        costs = None
         if self.reuse and any(job.reference is not None for job, _, _ in pieces):
-            host = prefix.forward_scores(self.runner, pieces, self.stats)
+            # Isolated requests choose by fixed rules (their results reproducible), others by
+            # what each path has cost.
+            if not any(job.isolated for job, _, _ in pieces):
+                costs = self.pass_costs
+                costs.pending_full = 0
+            host = prefix.forward_scores(self.runner, pieces, self.stats, costs)
         if host is None:
+            began = time.perf_counter()
             host = self._forward_scores(pieces)
+            if costs is not None:
+                costs.full_ran(time.perf_counter() - began)
         for (job, start, stop), out in zip(pieces, host, strict=True):
             if job._out is None:
                 job._out = np.empty((job.n_rows, len(job.targets)), dtype=np.float64)

@@ -6,10 +6,20 @@ causal). So a batch of forward rows runs in two steps:
 
 1. the prefix pass: each job's reference, cut to the longest prefix its rows in the batch
    share with it, left-padded together, keeping the KV cache;
-2. the suffix passes: the rows sorted by how many positions they still have to run, cut into
-   groups whose padding stays small; each group gets its rows' cache rows (gathered, and cut to
-   the group's longest prefix) and runs only its positions `s..n`, with explicit position ids
-   and an attention mask that hides each row's cache slots past its own `s` and its padding.
+2. the suffixes, each row's positions `s..n` only, with explicit position ids:
+   - packed (`Runner.packing`: attention that takes a 4D mask, a plain LM head): several rows'
+     suffixes to a batch row, as wide as the longest suffix, first fit by decreasing length, in
+     one pass; a 4D additive mask lets each position see its own job's cache slots before its
+     row's `s` and its own row's earlier positions, nothing of the rows packed beside it;
+     the scored positions' final states are gathered, and only the target rows of the head run;
+   - otherwise in groups: the rows sorted by how many positions they still have to run, cut
+     into groups whose padding stays small; each group gets its rows' cache rows (gathered, and
+     cut to the group's longest prefix) and a 2D mask that hides each row's cache slots past its
+     own `s` and its padding.
+
+Whether a batch takes this path or runs every row in full is measured (`PassCosts`: each
+path's seconds per token, per model), except for isolated requests, which keep a fixed rule
+(`MIN_SAVING` of the tokens saved) so that their results are reproducible.
 
 A row is run from `min(s, first scored position)`, so every logit it is scored by is computed.
 Scores equal the full recomputation up to float rounding (the same sums in another order: the
@@ -19,7 +29,10 @@ tokens instead of `n`; LIME, KernelSHAP and Sobol rows save their leading kept u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,15 +45,77 @@ if TYPE_CHECKING:
     from explainserve.scheduling.jobs import ForwardJob
     from explainserve.scheduling.worker import WorkerStats
 
-#: Padding a suffix group may add, as a fraction of its real tokens: more groups cost more
-#: passes (small on a GPU, smaller on a CPU), fewer cost padded tokens.
-MAX_GROUP_PADDING = 0.125
+#: Suffix groups (models without packing): what one more group (one more pass, its cache rows
+#: gathered) costs, in tokens run; the groups minimise padded tokens plus this per group.
+GROUP_COST_TOKENS = 96
 
 
-#: The share of a batch's tokens the prefix path must save to be taken: below, its extra passes
-#: (the prefix, one per suffix group) cost more than the tokens saved (measured on short
-#: prompts: bench/RESULTS.md).
+#: Isolated requests: the share of a batch's tokens the prefix path must save to be taken;
+#: below, its extra passes (the prefix, the suffixes) cost more than the tokens saved (measured
+#: on short prompts: bench/RESULTS.md). Other batches choose by measured cost (`PassCosts`).
 MIN_SAVING = 0.25
+
+#: Tests: take the prefix path whenever it can run, whatever it saves.
+ALWAYS = False
+
+
+class PassCosts:
+    """Which path a forward batch of a causal LM takes, from what each path has cost.
+
+    Each path's rate (seconds per token it runs, padding counted: the prefix path's prefix and
+    packed or grouped suffix tokens, the full path's rows times width) is the median of the
+    last `WINDOW` batches timed on it (`record`): a slow first call or a burst of load on the
+    machine does not decide for long. A batch takes the path whose rate times its tokens is
+    smaller. Until each path has `SAMPLES` timings, the batches alternate between them (the
+    prefix path first); then every `EXPLORE`-th decision takes the other path, to keep both
+    rates current. Isolated requests never come here (fixed rules keep them reproducible).
+    """
+
+    #: One decision in this many takes the path the rates do not pick.
+    EXPLORE = 32
+    #: Timings each path needs before the rates decide.
+    SAMPLES = 3
+    #: Timings a rate is the median of.
+    WINDOW = 8
+
+    def __init__(self) -> None:
+        self.rates: dict[str, deque[float]] = {
+            "prefix": deque(maxlen=self.WINDOW),
+            "full": deque(maxlen=self.WINDOW),
+        }
+        self.decisions = 0
+        #: Tokens of the full-path batch decided last and not yet timed.
+        self.pending_full = 0
+
+    def rate(self, path: str) -> float | None:
+        """Seconds per token on `path` ("prefix" or "full"), None before `SAMPLES` timings."""
+        timed = self.rates[path]
+        return float(np.median(timed)) if len(timed) >= self.SAMPLES else None
+
+    def choose(self, prefix_tokens: int, full_tokens: int) -> bool:
+        """Whether a batch takes the prefix path (`prefix_tokens` run) rather than the full one
+        (`full_tokens`)."""
+        self.decisions += 1
+        prefix_rate, full_rate = self.rate("prefix"), self.rate("full")
+        if prefix_rate is None or full_rate is None:
+            take = len(self.rates["prefix"]) <= len(self.rates["full"])
+        else:
+            take = prefix_rate * prefix_tokens < full_rate * full_tokens
+            if self.decisions % self.EXPLORE == 0:
+                take = not take
+        self.pending_full = 0 if take else full_tokens
+        return take
+
+    def record(self, path: str, tokens: int, seconds: float) -> None:
+        """A batch of `tokens` ran on `path` ("prefix" or "full") in `seconds`."""
+        if tokens > 0:
+            self.rates[path].append(seconds / tokens)
+
+    def full_ran(self, seconds: float) -> None:
+        """The full-path batch last decided ran in `seconds`."""
+        if self.pending_full:
+            self.record("full", self.pending_full, seconds)
+            self.pending_full = 0
 
 
 def row_starts(job: ForwardJob) -> NDArray[np.int64]:
@@ -63,32 +138,60 @@ def row_starts(job: ForwardJob) -> NDArray[np.int64]:
 
 
 def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
-    """Row indices cut into groups of similar suffix length (longest first), each padded by at
-    most `MAX_GROUP_PADDING` of its real tokens."""
+    """Row indices cut into groups of similar suffix length (longest first): among the cuts of
+    the rows sorted by length, the one with the fewest padded tokens plus `GROUP_COST_TOKENS`
+    per group (dynamic programming over the distinct lengths; rows of one length stay
+    together)."""
     order = np.argsort(-lengths, kind="stable")
-    groups: list[list[int]] = []
-    width = 0
-    real = 0
+    sizes, counts = np.unique(-lengths[order], return_counts=True)
+    sizes = -sizes  # distinct lengths, longest first
+    d = len(sizes)
+    before = np.concatenate([[0], np.cumsum(counts)])  # rows before distinct length k
+    # best[j]: the cheapest cut of the first j distinct lengths; a group of lengths k..j-1 is
+    # padded to sizes[k].
+    best = np.zeros(d + 1, dtype=np.float64)
+    cut = np.zeros(d + 1, dtype=np.int64)
+    for j in range(1, d + 1):
+        costs = best[:j] + (before[j] - before[:j]) * sizes[:j] + GROUP_COST_TOKENS
+        k = int(np.argmin(costs))
+        best[j], cut[j] = costs[k], k
+    bounds = []
+    j = d
+    while j > 0:
+        bounds.append((int(before[cut[j]]), int(before[j])))
+        j = int(cut[j])
+    return [order[lo:hi].astype(np.int64) for lo, hi in reversed(bounds)]
+
+
+def _pack(rows: NDArray[np.int64], lengths: NDArray[np.int64], width: int) -> list[list[int]]:
+    """Rows `rows` (of one job) cut into bins of at most `width` tokens, first fit by
+    decreasing length: Occlusion's suffixes (lengths `n - start_j`, a triangle) pack nearly
+    without padding, two to three to a batch row."""
+    order = rows[np.argsort(-lengths[rows], kind="stable")]
+    bins: list[list[int]] = []
+    room = np.zeros(0, dtype=np.int64)
     for r in order.tolist():
         n = int(lengths[r])
-        if groups and (len(groups[-1]) + 1) * width <= (1 + MAX_GROUP_PADDING) * (real + n):
-            groups[-1].append(r)
-            real += n
+        fits = np.flatnonzero(room >= n)
+        if len(fits):
+            bins[int(fits[0])].append(r)
+            room[fits[0]] -= n
         else:
-            groups.append([r])
-            width = n
-            real = n
-    return [np.asarray(g, dtype=np.int64) for g in groups]
+            bins.append([r])
+            room = np.append(room, width - n)
+    return bins
 
 
 def forward_scores(
-    runner: Runner, pieces: list[tuple[ForwardJob, int, int]], stats: WorkerStats
+    runner: Runner,
+    pieces: list[tuple[ForwardJob, int, int]],
+    stats: WorkerStats,
+    costs: PassCosts | None = None,
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
-    counted) when it would save less than `MIN_SAVING` of the tokens or the runner cannot cut
-    its cache."""
-    from explainserve.scheduling.execute import target_scores  # execute imports this module
-
+    counted) when the runner cannot cut its cache or the full path is chosen: by `costs` (the
+    executor's measured `PassCosts`), or without them (isolated requests) when the prefix path
+    would save less than `MIN_SAVING` of the tokens."""
     if not runner.prefix_reuse:
         return None
     # Flat row table: piece, row within the job, start, job length.
@@ -111,10 +214,52 @@ def forward_scores(
     for p, (job, _, _) in enumerate(pieces):
         m = int(s[piece == p].max(initial=0))
         prefix_len[id(job)] = max(prefix_len.get(id(job), 0), m)
+    naive = int(lengths[piece].sum())
+    suffix = lengths[piece] - s
+    prefixed = [k for k in prefix_len if prefix_len[k] > 0]
+    width = max(prefix_len[k] for k in prefixed)
+    packs: list[list[int]] | None = None
+    if runner.packing:
+        span = int(suffix.max())
+        packs = []
+        for k in prefix_len:
+            mine = np.flatnonzero(np.asarray([id(pieces[p][0]) == k for p in piece]))
+            packs.extend(_pack(mine, suffix, span))
+        run_tokens = len(prefixed) * width + len(packs) * span
+    else:
+        run_tokens = len(prefixed) * width + sum(
+            len(g) * int(suffix[g].max()) for g in _groups(suffix)
+        )
+    if ALWAYS:
+        pass
+    elif costs is not None:
+        if not costs.choose(run_tokens, len(s) * int(lengths[piece].max())):
+            return None
+    elif sum(prefix_len.values()) + naive - int(s.sum()) > (1 - MIN_SAVING) * naive:
+        return None
+    began = time.perf_counter()
+    host = _run(runner, pieces, stats, piece, row, s, prefix_len, packs)
+    if host is not None and costs is not None:
+        costs.record("prefix", run_tokens, time.perf_counter() - began)
+    return host
+
+
+def _run(
+    runner: Runner,
+    pieces: list[tuple[ForwardJob, int, int]],
+    stats: WorkerStats,
+    piece: NDArray[np.int64],
+    row: NDArray[np.int64],
+    s: NDArray[np.int64],
+    prefix_len: dict[int, int],
+    packs: list[list[int]] | None,
+) -> list[NDArray[np.float64]] | None:
+    """The prefix pass, then the suffixes: packed (`packs`, bins of flat rows) or in groups."""
+    from explainserve.scheduling.execute import target_scores  # execute imports this module
+
+    lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)
     jobs = {id(job): job for job, _, _ in pieces}
     naive = int(lengths[piece].sum())
-    if sum(prefix_len.values()) + naive - int(s.sum()) > (1 - MIN_SAVING) * naive:
-        return None
     prefixed = [k for k in jobs if prefix_len[k] > 0]
     slot = {k: i for i, k in enumerate(prefixed)}
     width = max(prefix_len[k] for k in prefixed)
@@ -145,7 +290,17 @@ def forward_scores(
         n_rows = len(s)
         suffix = lengths[piece] - s
         out_rows: list[tuple[NDArray[np.int64], torch.Tensor]] = []
-        for group in _groups(suffix):
+        if packs is not None:
+            span = int(suffix.max())
+            out_rows = _packed_scores(
+                runner, pieces, packs, span, piece, row, s, cache, pre_att,
+                [slot.get(id(pieces[p][0]), 0) for p in range(len(pieces))],
+                [width - prefix_len[id(job)] for job, _, _ in pieces],
+                job_positions,
+            )  # fmt: skip
+            padded += len(packs) * span
+            real += int(suffix.sum())
+        for group in [] if packs is not None else _groups(suffix):
             g = len(group)
             span = int(suffix[group].max())
             # Cache slots: row r's reference prefix sits at [width - m_j, width - m_j + s_r).
@@ -212,3 +367,119 @@ def forward_scores(
                 p = int(piece[r])
                 host[p][int(row[r]) - pieces[p][1]] = values_host[k]
     return host
+
+
+def _packed_scores(
+    runner: Runner,
+    pieces: list[tuple[ForwardJob, int, int]],
+    packs: list[list[int]],
+    span: int,
+    piece: NDArray[np.int64],
+    row: NDArray[np.int64],
+    s: NDArray[np.int64],
+    cache: Any,
+    pre_att: torch.Tensor,
+    job_slot: list[int],
+    job_offset: list[int],
+    job_positions: Callable[[ForwardJob], tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[NDArray[np.int64], torch.Tensor]]:
+    """The suffixes of the flat rows, several to a batch row (`packs`, `span` wide), in one
+    pass on the cache: each row's positions see the cache slots of its own reference prefix
+    (its job's, up to its start) and its own earlier positions, nothing of the rows packed
+    beside it (a 4D additive mask), with its own position ids. Each piece's `(rows, t)` scores.
+    """
+    from explainserve.scheduling.execute import target_scores  # execute imports this module
+
+    device = runner.device
+    b = len(packs)
+    n_flat = len(s)
+    lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)[piece]
+    suffix = lengths - s
+    # Each flat row's batch row and first column (plain integers: cheap).
+    where = np.zeros(n_flat, dtype=np.int64)
+    first = np.zeros(n_flat, dtype=np.int64)
+    slots = np.zeros(b, dtype=np.int64)
+    for i, members in enumerate(packs):
+        at = 0
+        for r in members:
+            where[r] = i
+            first[r] = at
+            at += int(suffix[r])
+        slots[i] = job_slot[int(piece[members[0]])]
+    ids = np.full((b, span), runner.pad_id, dtype=np.int64)
+    pos = np.zeros((b, span), dtype=np.int64)
+    zero = np.zeros((b, span), dtype=bool)
+    segment = np.full((b, span), -1, dtype=np.int64)
+    local = np.zeros((b, span), dtype=np.int64)
+    seen = np.zeros((b, span), dtype=bool)  # the position's own attention
+    cache_end = np.zeros((b, span), dtype=np.int64)  # cache slots seen: [0, end)
+    t_max = max(len(job.targets) for job, _, _ in pieces)
+    index = np.zeros((n_flat, t_max), dtype=np.int64)
+    any_zero = False
+    for p in np.unique(piece).tolist():
+        job = pieces[p][0]
+        assert job.positions is not None
+        mine = np.flatnonzero(piece == p)
+        n_tok = suffix[mine]
+        # One entry per token run: its flat row, its offset in the row's suffix.
+        flat = np.repeat(mine, n_tok)
+        k = np.arange(len(flat)) - np.repeat(np.cumsum(n_tok) - n_tok, n_tok)
+        src = s[flat] + k
+        at_row, at_col = where[flat], first[flat] + k
+        ids[at_row, at_col] = job.ids[row[flat], src]
+        full_att, full_pos = job_positions(job)
+        pos[at_row, at_col] = full_pos.numpy()[src]
+        seen[at_row, at_col] = full_att.numpy()[src] != 0
+        if job.replaced is not None:
+            zero[at_row, at_col] = job.replaced[row[flat], src]
+            any_zero = True
+        segment[at_row, at_col] = flat
+        local[at_row, at_col] = k
+        cache_end[at_row, at_col] = np.where(s[flat] > 0, job_offset[p] + s[flat], 0)
+        index[mine, : len(job.positions)] = (where[mine] * span + first[mine] - s[mine])[
+            :, None
+        ] + job.positions[None, :]
+    cached = int(cache_end.max())
+    row_att = pre_att.numpy()[slots, :cached] != 0  # (b, C)
+    real = segment >= 0
+    sees = np.empty((b, span, cached + span), dtype=bool)
+    sees[:, :, :cached] = (np.arange(cached)[None, None, :] < cache_end[:, :, None]) & row_att[
+        :, None, :
+    ]
+    sees_new = sees[:, :, cached:]
+    np.equal(segment[:, :, None], segment[:, None, :], out=sees_new)
+    sees_new &= local[:, None, :] <= local[:, :, None]
+    sees_new &= seen[:, None, :] & real[:, :, None]
+    # A padding (or unattended) position sees itself only: no row of the mask is empty.
+    alone = np.nonzero(~(real & seen))
+    sees_new[alone[0], alone[1], alone[1]] = True
+    ids_d = torch.from_numpy(ids).to(device)
+    embeds = runner.embed(ids_d)
+    if any_zero:
+        embeds = embeds.masked_fill(torch.from_numpy(zero).to(device).unsqueeze(-1), 0.0)
+    mask = torch.zeros(sees.shape, dtype=embeds.dtype).masked_fill_(
+        torch.from_numpy(~sees), torch.finfo(embeds.dtype).min
+    )
+    pos_t = torch.from_numpy(pos)
+    index_t = torch.from_numpy(index)
+    same = bool((slots == slots[0]).all())
+    rows_cache = runner.cache_rows(
+        cache,
+        torch.from_numpy(slots[:1] if same else slots).to(device),
+        cached,
+        expand=b if same else 0,
+    )
+    kept = runner.packed(
+        embeds, mask.unsqueeze(1).to(device), pos_t.to(device), rows_cache, index_t.to(device)
+    )
+    out: list[tuple[NDArray[np.int64], torch.Tensor]] = []
+    for p in np.unique(piece).tolist():
+        job = pieces[p][0]
+        mine = np.flatnonzero(piece == p)
+        kept_cols = torch.arange(len(job.targets), device=device)
+        targets = torch.from_numpy(job.targets).to(device)
+        scores = target_scores(
+            kept, torch.from_numpy(mine).to(device), kept_cols, targets, job.mode
+        )
+        out.append((mine, scores))
+    return out

@@ -1,0 +1,96 @@
+"""Packed suffixes: causal LMs' rows on a cached prefix run several to a batch row.
+
+Both tiny LMs take SDPA attention and have a plain head, so their suffixes are packed; the
+packed scores must equal those of every row run in full, for rows of many lengths packed
+together, with the zero-embedding replacement too, and for several inputs in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry, ServedModel
+from explainserve.scheduling import prefix
+from explainserve.scheduling.jobs import ForwardJob
+from explainserve.scheduling.options import WorkerOptions
+
+
+@pytest.fixture(scope="module")
+def served(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[dict[str, ServedModel]]:
+    out: dict[str, ServedModel] = {}
+    reg = Registry()
+    for name, path in (("gpt2", tiny_gpt2_lm_dir), ("llama", tiny_llama_lm_dir)):
+        for reuse in (True, False):
+            options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.0)
+            model = load_model(ModelConfig(f"{name}-{reuse}", path, device="cpu", worker=options))
+            reg.add(model)
+            out[f"{name}-{reuse}"] = model
+    yield out
+    reg.close()
+
+
+def _job(ids: np.ndarray, p: int, replaced: np.ndarray | None, mode: str) -> ForwardJob:
+    n = ids.shape[1]
+    return ForwardJob(
+        ids=ids,
+        attention=np.ones(n, dtype=np.int64),
+        targets=np.arange(5, 5 + n - p, dtype=np.int64),
+        mode=mode,  # type: ignore[arg-type]
+        replaced=replaced,
+        positions=np.arange(p - 1, n - 1, dtype=np.int64),
+        reference=ids[-1].copy(),
+    )
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", ["logits", "log_softmax"])
+@pytest.mark.parametrize("zero", [False, True])
+def test_packed_rows_equal_full_rows(
+    served: dict[str, ServedModel],
+    model: str,
+    mode: str,
+    zero: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(prefix, "ALWAYS", True)
+    rng = np.random.default_rng(7)
+    jobs_ids = []
+    for n in (23, 17):  # two inputs of different lengths in one batch
+        reference = rng.integers(10, 200, size=n)
+        rows = np.repeat(reference[None], 2 * n, axis=0)
+        for r in range(2 * n - 1):  # rows changing at every position, some twice
+            at = r % n
+            rows[r, at:] = np.where(rng.random(n - at) < 0.3, rows[r, at:] + 1, rows[r, at:])
+            rows[r, at] = reference[at] + 1
+        jobs_ids.append(rows)
+    results = {}
+    for reuse in (True, False):
+        m = served[f"{model}-{reuse}"]
+        runner = m.worker.runner
+        if reuse:
+            assert runner.packing  # SDPA attention and a plain head
+        stats = m.worker.stats
+        before = (stats.padded_tokens, stats.real_tokens, stats.naive_tokens)
+        jobs = []
+        for rows in jobs_ids:
+            replaced = None
+            if zero:
+                replaced = np.zeros(rows.shape, dtype=bool)
+                replaced[::3, -4] = True
+            jobs.append(_job(rows, rows.shape[1] - 4, replaced, mode))
+        m.worker.submit_all(jobs)
+        results[reuse] = [j.future.result() for j in jobs]
+        padded = stats.padded_tokens - before[0]
+        run = stats.real_tokens - before[1]
+        naive = stats.naive_tokens - before[2]
+        if reuse:
+            # Packed: little padding beside the tokens run, far fewer than every row in full.
+            assert run < 0.8 * naive
+            assert padded < 1.3 * run
+    for a, b in zip(results[True], results[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1.0, float(np.abs(b).max())))
