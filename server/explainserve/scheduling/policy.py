@@ -3,7 +3,8 @@
 The lead request (priority first, then the one that led a batch least recently), the rows that
 may share its batch (same kind, not isolated, close in length), max-min fair shares of the
 batch's tokens between requests, and the batch's size: its kind's token budget, under the cap
-learnt from out-of-memory errors and the time bound from the cost model (`scheduling.cost`).
+learnt from out-of-memory errors, the time bound from the cost model and the measured
+throughput-optimal size (`scheduling.cost`), or an explicit `batch_tokens`.
 `BatchPolicy` is the part of `Worker` that decides; the worker queues, runs and recovers.
 """
 
@@ -14,7 +15,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from explainserve.scheduling.cost import CostModel
+from explainserve.scheduling.cost import CostModel, ThroughputModel
 from explainserve.scheduling.execute import Runner
 from explainserve.scheduling.jobs import Job, Kind, Pieces
 from explainserve.scheduling.options import WorkerOptions
@@ -76,6 +77,7 @@ class BatchPolicy:
     options: WorkerOptions
     observer: Observer | None
     cost: CostModel
+    throughput: ThroughputModel
     max_batch_seconds: float | None
     _pending: deque[Job[Any]]
     _queued_rows: int
@@ -113,12 +115,45 @@ class BatchPolicy:
 
     def _batch_tokens(self, lead: Job[Any]) -> int:
         """The tokens a batch led by `lead` may hold: its kind's token budget, under the cap
-        learnt from out-of-memory errors and, unless `lead` is isolated, the time bound."""
+        learnt from out-of-memory errors and, unless `lead` is isolated, the shared caps."""
         budget = self._budget(lead)
         budget = min(budget, self._token_cap.get(lead.kind, budget))
         if not lead.isolated:
-            budget = min(budget, self.time_cap(lead.kind) or budget)
+            budget = self._shared_cap(lead.kind, budget)
         return budget
+
+    def _shared_cap(self, kind: Kind, budget: int) -> int:
+        """`budget` (the memory bound) under the caps of batches shared between requests: the
+        time bound, and the explicit `batch_tokens` or else the measured throughput optimum
+        (with `calibrate`; one batch in `EXPLORE_EVERY` tries a neighbouring size, see
+        `ThroughputModel.next_cap`). Worker thread only: it counts batches."""
+        budget = min(budget, self.time_cap(kind) or budget)
+        if self.options.batch_tokens > 0:
+            return min(budget, self.options.batch_tokens)
+        if self.options.calibrate:
+            budget = min(budget, self.throughput.next_cap(kind) or budget)
+        return budget
+
+    def batch_caps(self) -> dict[Kind, int]:
+        """Per kind measured or bounded so far, the tokens a shared batch may hold now (memory
+        bound, time bound, `batch_tokens` or the throughput optimum; no exploration)."""
+        kinds: dict[Kind, int] = {
+            "forward": self.options.token_budget,
+            "gradient": self.options.gradient_token_budget,
+        }
+        # Copies: the worker thread writes these while GetModel or metrics read them.
+        memory, time_caps = dict(self._token_cap), dict(self._time_cap)
+        for kind in [*self.throughput.caps(), *time_caps, *memory]:
+            kinds.setdefault(kind, self.options.token_budget)
+        caps: dict[Kind, int] = {}
+        for kind, budget in kinds.items():
+            budget = min(budget, memory.get(kind, budget), time_caps.get(kind, budget))
+            if self.options.batch_tokens > 0:
+                budget = min(budget, self.options.batch_tokens)
+            elif self.options.calibrate:
+                budget = min(budget, self.throughput.cap(kind) or budget)
+            caps[kind] = budget
+        return caps
 
     def time_caps(self) -> dict[Kind, int]:
         """Per kind, the tokens a batch may hold under the time bound, as last computed."""
@@ -272,7 +307,7 @@ class BatchPolicy:
         ]
         budget = self.options.token_budget
         if not lead.isolated:
-            budget = min(budget, self.time_cap(lead.kind) or budget)
+            budget = self._shared_cap(lead.kind, budget)
         batch: Batch = []
         width = 0
         for job in [lead, *same]:
