@@ -3,9 +3,11 @@ timed, so that the worker's `ThroughputModel` (`scheduling.cost`) knows which si
 most tokens per second on this model, device and dtype before the first client's batch.
 
 Bounded twice: at most `ROUNDS` batches of each size of each kind (forward, and gradient
-where the model has it), smallest size first, every size once per round (a slow moment of a
-shared machine spreads over the sizes rather than falling on one); and no batch starts that
-would end past `WorkerOptions.calibration_seconds` (predicted from the batches run so far).
+where the model has it), smallest size first, every size of both kinds once per round (a slow
+moment of a shared machine spreads over the sizes rather than falling on one); and no batch
+starts that would end past `WorkerOptions.calibration_seconds` (predicted from the batches run
+so far): on a slow device the largest sizes are left out, and the online refinement tries them
+later if the measured optimum is the largest size calibrated.
 The batches are ordinary jobs of an isolated request (cut by the token budget alone, so each
 job is one batch of exactly the size asked), counted in `WorkerStats.calibration_batches`.
 Every later batch goes on refining the rates (`ThroughputModel.next_cap`).
@@ -132,15 +134,19 @@ def calibrate(
     #: Per kind and size, the seconds of its last batch (what the next one is predicted to take).
     last: dict[tuple[Kind, int], float] = {}
     failed: set[Kind] = set()
+    longest = max(len(rows_list) for _, rows_list in plans.values())
     for _ in range(ROUNDS):
-        for kind, (make, rows_list) in plans.items():
-            for i, rows in enumerate(rows_list):
-                if kind in failed:
-                    break
+        stopped = set(failed)  # kinds whose next size would end past the deadline
+        for i in range(longest):
+            for kind, (make, rows_list) in plans.items():
+                if kind in stopped or i >= len(rows_list):
+                    continue
+                rows = rows_list[i]
                 predicted = _predict(last, kind, rows_list, i)
                 now = clock()
                 if now + predicted > deadline:
-                    break  # larger sizes would take longer still
+                    stopped.add(kind)  # larger sizes would take longer still
+                    continue
                 job = make(worker, ids, rows)
                 worker.submit(job)
                 try:
@@ -148,7 +154,8 @@ def calibrate(
                 except Exception as exc:
                     log.warning("model %s: no %s calibration (%s)", worker.name, kind, exc)
                     failed.add(kind)
-                    break
+                    stopped.add(kind)
+                    continue
                 last[(kind, rows)] = clock() - now
     worker.wait_idle()  # the last batch counted
     spent = clock() - started

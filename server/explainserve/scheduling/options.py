@@ -39,7 +39,7 @@ class WorkerOptions:
     calibrate: bool = False
     #: The time the warm-up calibration may take at most, per model (seconds).
     calibration_seconds: float = option(
-        3.0, "the warm-up calibration of batch sizes, seconds per model at most", minimum=0
+        10.0, "the warm-up calibration of batch sizes, seconds per model at most", minimum=0
     )
     #: Rows x padded length of one gradient batch (activations are kept for backward).
     gradient_token_budget: int = option(4096, "tokens per gradient batch")
