@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from explainserve.scheduling.cost import CostModel, ThroughputModel
+from explainserve.scheduling.cost import CostModel, Rate, ThroughputModel
 from explainserve.scheduling.execute import Runner
 from explainserve.scheduling.jobs import Job, Kind, Pieces
 from explainserve.scheduling.options import WorkerOptions
@@ -54,6 +55,20 @@ CAP_KEEP = (0.85, 1.5)
 
 #: `WorkerOptions.max_batch_ms` when unset: on a CPU, and on an accelerator (bench/RESULTS.md).
 DEFAULT_MAX_BATCH_MS = {"cpu": 100.0, "accelerator": 30.0}
+
+
+@dataclass(frozen=True)
+class KindSizes:
+    """A job kind's batch sizes in tokens: the cap of shared batches now (the least of the
+    bounds), the memory bound, the time bound (0: none yet), the measured throughput-optimal
+    size (0: nothing measured) and the measured rates by size class."""
+
+    kind: Kind
+    cap: int
+    memory_bound: int
+    time_bound: int
+    optimum: int
+    rates: list[Rate]
 
 
 def fair_shares(demands: dict[object, int], budget: int) -> dict[object, int]:
@@ -134,26 +149,41 @@ class BatchPolicy:
             budget = min(budget, self.throughput.next_cap(kind) or budget)
         return budget
 
-    def batch_caps(self) -> dict[Kind, int]:
-        """Per kind measured or bounded so far, the tokens a shared batch may hold now (memory
-        bound, time bound, `batch_tokens` or the throughput optimum; no exploration)."""
-        kinds: dict[Kind, int] = {
+    def batch_sizes(self) -> list[KindSizes]:
+        """Per kind measured or bounded so far (forward and gradient always), its batch bounds
+        and the tokens a shared batch may hold now (no exploration). Any thread."""
+        budgets: dict[Kind, int] = {
             "forward": self.options.token_budget,
             "gradient": self.options.gradient_token_budget,
         }
         # Copies: the worker thread writes these while GetModel or metrics read them.
         memory, time_caps = dict(self._token_cap), dict(self._time_cap)
-        for kind in [*self.throughput.caps(), *time_caps, *memory]:
-            kinds.setdefault(kind, self.options.token_budget)
-        caps: dict[Kind, int] = {}
-        for kind, budget in kinds.items():
-            budget = min(budget, memory.get(kind, budget), time_caps.get(kind, budget))
+        optimum, rates = self.throughput.caps(), self.throughput.rates()
+        for kind in [*optimum, *time_caps, *memory]:
+            budgets.setdefault(kind, self.options.token_budget)
+        sizes = []
+        for kind, budget in budgets.items():
+            bound = min(budget, memory.get(kind, budget))
+            cap = min(bound, time_caps.get(kind, bound))
             if self.options.batch_tokens > 0:
-                budget = min(budget, self.options.batch_tokens)
+                cap = min(cap, self.options.batch_tokens)
             elif self.options.calibrate:
-                budget = min(budget, self.throughput.cap(kind) or budget)
-            caps[kind] = budget
-        return caps
+                cap = min(cap, optimum.get(kind, cap))
+            sizes.append(
+                KindSizes(
+                    kind,
+                    cap,
+                    bound,
+                    time_caps.get(kind, 0),
+                    optimum.get(kind, 0),
+                    rates.get(kind, []),
+                )
+            )
+        return sizes
+
+    def batch_caps(self) -> dict[Kind, int]:
+        """Per kind, the tokens a shared batch may hold now (`batch_sizes`)."""
+        return {s.kind: s.cap for s in self.batch_sizes()}
 
     def time_caps(self) -> dict[Kind, int]:
         """Per kind, the tokens a batch may hold under the time bound, as last computed."""
