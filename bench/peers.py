@@ -491,7 +491,7 @@ class ExplainServeSide:
     def __init__(self, model_dir: Path, device: str, untimed: bool, calibrate: bool) -> None:
         import grpc
 
-        from explainserve.cli import CALIBRATION_TEXT
+        from explainserve.cli import warm_up
         from explainserve.explain.service import Explainer, Limits
         from explainserve.grpc.server import ServerOptions, start
         from explainserve.models.loading import ModelConfig, load_model
@@ -533,17 +533,18 @@ class ExplainServeSide:
                     )
                 )
             )
-        #: Per model, what the warm-up calibration chose (as `explainserve serve` runs it).
+        # The warm-up `explainserve serve` runs, its calibration of batch sizes included.
+        explainer = Explainer(self.registry, Limits())
+        #: Per model, what the warm-up calibration chose.
         self.calibrations: dict[str, str] = {}
         for name in models:
-            served = self.registry.get(name)
-            if served.worker.options.calibrate:
-                ids = served.tokenizer(CALIBRATION_TEXT)["input_ids"]
-                done = served.worker.calibrate(list(ids))
+            warm_up(explainer, name)
+            done = self.registry.get(name).worker.calibration
+            if done is not None:
                 self.calibrations[name] = (
                     f"{done.batches} batches in {done.seconds:.1f} s, caps {done.caps}"
                 )
-        self.running = start(ServerOptions(port=0), Explainer(self.registry, Limits()))
+        self.running = start(ServerOptions(port=0), explainer)
         target = f"127.0.0.1:{self.running.port}"
         self.channels = [grpc.insecure_channel(target) for _ in range(CLIENTS)]
         self.stubs = [

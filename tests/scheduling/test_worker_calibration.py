@@ -167,17 +167,20 @@ def test_the_cap_is_never_above_the_memory_bound_the_override_or_the_time_bound(
         assert worker.batch_caps()["forward"] == 512
     finally:
         worker.close()
-    # The time bound: with a fixed cost of 0.5 ms (the optimum is still 2048 tokens), 10 ms
-    # hold at most (0.01 - 0.0005) / 1e-5 = 950 tokens, under the optimum.
+    # The time bound: with a fixed cost of 0.5 ms (the optimum would still be 2048 tokens),
+    # 10 ms hold at most (0.01 - 0.0005) / 1e-5 = 950 tokens.
     worker, _ = calibrated(overhead=0.0005, max_batch_ms=10)
     try:
         rows = batch_rows(worker, 320, 32)
         assert worker.calibration is not None
-        assert worker.calibration.caps["forward"] == CACHE_TOKENS
+        # Sizes above the first one slower than 10 ms (32 rows: 0.0107 s) are not measured.
+        assert worker.calibration.batches == ROUNDS * 2 * 3
+        # 1024 tokens run 95.3k tokens/s, 512 tokens 91.0k: within the 5 % hysteresis.
+        assert worker.calibration.caps["forward"] == 512
         cap = worker.time_caps()["forward"]
         assert cap <= 950
         assert max(rows) * 32 <= cap
-        assert worker.batch_caps()["forward"] == cap
+        assert worker.batch_caps()["forward"] == min(cap, worker.throughput.caps()["forward"])
     finally:
         worker.close()
 

@@ -7,7 +7,10 @@ where the model has it), smallest size first, every size of both kinds once per 
 moment of a shared machine spreads over the sizes rather than falling on one); and no batch
 starts that would end past `WorkerOptions.calibration_seconds` (predicted from the batches run
 so far): on a slow device the largest sizes are left out, and the online refinement tries them
-later if the measured optimum is the largest size calibrated.
+later if the measured optimum is the largest size calibrated. Sizes above the first one that
+takes longer than the time bound (`max_batch_ms`) are not measured: shared batches are cut
+below them anyway (on a CPU at 100 ms, that leaves the sizes up to ~1000 tokens, measured
+every round).
 The batches are ordinary jobs of an isolated request (cut by the token budget alone, so each
 job is one batch of exactly the size asked), counted in `WorkerStats.calibration_batches`.
 Every later batch goes on refining the rates (`ThroughputModel.next_cap`).
@@ -157,6 +160,10 @@ def calibrate(
                     stopped.add(kind)
                     continue
                 last[(kind, rows)] = clock() - now
+                bound = worker.max_batch_seconds
+                if bound is not None and last[(kind, rows)] > bound:
+                    # Larger batches would be cut by the time bound anyway: not measured.
+                    del rows_list[i + 1 :]
     worker.wait_idle()  # the last batch counted
     spent = clock() - started
     result = Calibration(
