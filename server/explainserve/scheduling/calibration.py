@@ -7,10 +7,10 @@ where the model has it), smallest size first, every size of both kinds once per 
 moment of a shared machine spreads over the sizes rather than falling on one); and no batch
 starts that would end past `WorkerOptions.calibration_seconds` (predicted from the batches run
 so far): on a slow device the largest sizes are left out, and the online refinement tries them
-later if the measured optimum is the largest size calibrated. Sizes above the first one that
-takes longer than the time bound (`max_batch_ms`) are not measured: shared batches are cut
-below them anyway (on a CPU at 100 ms, that leaves the sizes up to ~1000 tokens, measured
-every round).
+later if the measured optimum is the largest size calibrated. After the first round, sizes
+above the first one whose fastest batch took longer than the time bound (`max_batch_ms`) are
+not measured again: shared batches are cut below them anyway (within a round, only a batch of
+twice the bound stops the larger sizes: one slow moment must not hide them).
 The batches are ordinary jobs of an isolated request (cut by the token budget alone, so each
 job is one batch of exactly the size asked), counted in `WorkerStats.calibration_batches`.
 Every later batch goes on refining the rates (`ThroughputModel.next_cap`).
@@ -137,6 +137,9 @@ def calibrate(
     #: Per kind and size, the seconds of its last batch (what the next one is predicted to take).
     last: dict[tuple[Kind, int], float] = {}
     failed: set[Kind] = set()
+    #: Per kind and size, its fastest batch's seconds (the time bound's test, see below).
+    fastest: dict[tuple[Kind, int], float] = {}
+    bound = worker.max_batch_seconds
     longest = max(len(rows_list) for _, rows_list in plans.values())
     for _ in range(ROUNDS):
         stopped = set(failed)  # kinds whose next size would end past the deadline
@@ -159,11 +162,19 @@ def calibrate(
                     failed.add(kind)
                     stopped.add(kind)
                     continue
-                last[(kind, rows)] = clock() - now
-                bound = worker.max_batch_seconds
-                if bound is not None and last[(kind, rows)] > bound:
-                    # Larger batches would be cut by the time bound anyway: not measured.
-                    del rows_list[i + 1 :]
+                took = clock() - now
+                last[(kind, rows)] = took
+                fastest[(kind, rows)] = min(took, fastest.get((kind, rows), took))
+                if bound is not None and took > 2 * bound:
+                    del rows_list[i + 1 :]  # far past the time bound: larger ones are too
+        if bound is not None:
+            # Sizes above the first one whose fastest batch took longer than the time bound
+            # would be cut by it anyway: not measured in the next rounds.
+            for kind, (_, rows_list) in plans.items():
+                for i, rows in enumerate(rows_list):
+                    if fastest.get((kind, rows), 0.0) > bound:
+                        del rows_list[i + 1 :]
+                        break
     worker.wait_idle()  # the last batch counted
     spent = clock() - started
     result = Calibration(
