@@ -488,9 +488,10 @@ class ExplainServeSide:
     and at `SMALL_BUDGET` (names `b8192`, `b2048`), same weights, float32; with `untimed`, a
     third time at the default budgets without the time bound (`b8192-untimed`)."""
 
-    def __init__(self, model_dir: Path, device: str, untimed: bool) -> None:
+    def __init__(self, model_dir: Path, device: str, untimed: bool, calibrate: bool) -> None:
         import grpc
 
+        from explainserve.cli import warm_up
         from explainserve.explain.service import Explainer, Limits
         from explainserve.grpc.server import ServerOptions, start
         from explainserve.models.loading import ModelConfig, load_model
@@ -499,17 +500,20 @@ class ExplainServeSide:
         from explainserve.v1 import explain_pb2_grpc
 
         self.registry = Registry()
-        # max_batch_ms None: the time bound `explainserve serve` uses for the device.
+        # max_batch_ms None and calibrate: the time bound and the calibrated batch sizes
+        # `explainserve serve` uses (the calibration runs at warm-up, below).
         models: dict[str, dict[str, Any]] = {
             f"b{DEFAULT_BUDGETS[0]}": {
                 "token_budget": DEFAULT_BUDGETS[0],
                 "gradient_token_budget": DEFAULT_BUDGETS[1],
                 "max_batch_ms": None,
+                "calibrate": calibrate,
             },
             f"b{SMALL_BUDGET}": {
                 "token_budget": SMALL_BUDGET,
                 "gradient_token_budget": SMALL_BUDGET,
                 "max_batch_ms": None,
+                "calibrate": calibrate,
             },
         }
         if untimed:
@@ -529,7 +533,18 @@ class ExplainServeSide:
                     )
                 )
             )
-        self.running = start(ServerOptions(port=0), Explainer(self.registry, Limits()))
+        # The warm-up `explainserve serve` runs, its calibration of batch sizes included.
+        explainer = Explainer(self.registry, Limits())
+        #: Per model, what the warm-up calibration chose.
+        self.calibrations: dict[str, str] = {}
+        for name in models:
+            warm_up(explainer, name)
+            done = self.registry.get(name).worker.calibration
+            if done is not None:
+                self.calibrations[name] = (
+                    f"{done.batches} batches in {done.seconds:.1f} s, caps {done.caps}"
+                )
+        self.running = start(ServerOptions(port=0), explainer)
         target = f"127.0.0.1:{self.running.port}"
         self.channels = [grpc.insecure_channel(target) for _ in range(CLIENTS)]
         self.stubs = [
@@ -793,6 +808,11 @@ def main() -> int:
     )
     parser.add_argument("--no-captum", action="store_true", help="leave Captum out")
     parser.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="ExplainServe without the warm-up calibration of batch sizes (on in `serve`)",
+    )
+    parser.add_argument(
         "--untimed",
         action="store_true",
         help="also ExplainServe (1 request, budget 8192) without the scheduler's time bound",
@@ -846,7 +866,7 @@ def main() -> int:
         return 0
     python = ensure_peers_venv(args.peers_venv)
     peers = Peers(python, args.model_dir, args.threads, args.device)
-    server = ExplainServeSide(args.model_dir, args.device, args.untimed)
+    server = ExplainServeSide(args.model_dir, args.device, args.untimed, not args.no_calibrate)
     from importlib.metadata import version
 
     # The server's worker threads must run with the same intra-op threads as the peers.
@@ -860,7 +880,7 @@ def main() -> int:
         f"{version('transformers')}, {seen[0]} threads (worker threads); peers: "
         f"{json.dumps(peers.info)}; {len(the_texts)} texts, WORD granularity, {repeats} "
         f"interleaved repeats; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load "
-        f"average {_load()}"
+        f"average {_load()}; calibration: {server.calibrations or 'off'}"
     )
     print(header, flush=True)
 

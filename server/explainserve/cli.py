@@ -136,7 +136,8 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def warm_up(explainer: Explainer, model: str) -> None:
     """One small explanation of each kind (forward and gradient), so the first client does not
-    pay for lazy initialisation (kernels, allocator, tokenizer caches)."""
+    pay for lazy initialisation (kernels, allocator, tokenizer caches); then, with
+    `calibrate`, the calibration of batch sizes (a few seconds at most, logged)."""
     from explainserve.explain.methods.occlusion import Occlusion
     from explainserve.explain.methods.saliency import Saliency
     from explainserve.explain.params import ExplainParams
@@ -144,6 +145,18 @@ def warm_up(explainer: Explainer, model: str) -> None:
 
     for method in (Occlusion(), Saliency()):
         list(explainer.explain(ExplainParams(model, [InputSpec(text="Warm up.")], method)))
+    served = explainer.registry.get(model)
+    if served.worker.options.calibrate:
+        ids = served.tokenizer(CALIBRATION_TEXT, truncation=True, max_length=served.max_length)
+        served.worker.calibrate(list(ids["input_ids"]))
+
+
+#: The input the warm-up calibration of batch sizes runs (`Worker.calibrate`): a sentence of
+#: the length of a typical explained text (about 30 tokens).
+CALIBRATION_TEXT = (
+    "The service was slow and the food arrived cold, but the staff apologised, brought us a "
+    "fresh plate and did not charge for the drinks."
+)
 
 
 def serve(config: ServeConfig) -> None:

@@ -62,6 +62,12 @@ class ServeConfig:
         "milliseconds (none: 100 on a CPU, 30 on an accelerator; 0: no time bound)",
         minimum=0,
     )
+    # Likewise `WorkerOptions.calibrate`: off in the library (deterministic batches), on here.
+    calibrate: bool = option(
+        True,
+        "cut batches at the size measured to run the most tokens per second (a calibration of "
+        "a few seconds at warm-up, then every batch's timing)",
+    )
     dtype: str = option(
         "float32",
         "weights' floating-point type (reduced precision: CUDA)",
@@ -125,7 +131,9 @@ class ServeConfig:
                 device=self.device,
                 dtype=self.dtype,
                 replacement_fallback=self.replacement_fallback,
-                worker=replace(self.worker, max_batch_ms=self.max_batch_ms),
+                worker=replace(
+                    self.worker, max_batch_ms=self.max_batch_ms, calibrate=self.calibrate
+                ),
                 task=self.tasks.get(name, "auto"),  # type: ignore[arg-type]
             )
             for name, path in _resolve_builtins(models).items()

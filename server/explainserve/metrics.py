@@ -74,6 +74,10 @@ class _WorkerCollector(Collector):
                 "explainserve_naive_tokens",
                 "Tokens the same sequences would have cost each run in full",
             ),
+            "calibration_batches": (
+                "explainserve_calibration_batches",
+                "Batches run by the warm-up calibration of batch sizes",
+            ),
         }
         families = {
             k: CounterMetricFamily(name, doc, labels=["model"])
@@ -95,6 +99,22 @@ class _WorkerCollector(Collector):
                 "Tokens a batch may hold under the time bound (max_batch_ms)",
                 labels=["model", "kind"],
             ),
+            "batch_cap": GaugeMetricFamily(
+                "explainserve_batch_cap_tokens",
+                "Tokens a batch shared between requests may hold now: the least of the memory "
+                "bound, the time bound and batch_tokens or the measured throughput optimum",
+                labels=["model", "kind"],
+            ),
+            "optimum": GaugeMetricFamily(
+                "explainserve_batch_optimum_tokens",
+                "The batch size (tokens) measured to run the most tokens per second",
+                labels=["model", "kind"],
+            ),
+            "rate": GaugeMetricFamily(
+                "explainserve_batch_tokens_per_second",
+                "Measured throughput of batches of a size class (median of the last 5)",
+                labels=["model", "kind", "tokens"],
+            ),
         }
         for model in self.models.list():
             stats = model.worker.stats
@@ -106,6 +126,14 @@ class _WorkerCollector(Collector):
                 cost["slope"].add_metric([model.name, kind], fit.slope)
             for kind, cap in model.worker.time_caps().items():
                 cost["cap"].add_metric([model.name, kind], cap)
+            for sizes in model.worker.batch_sizes():
+                cost["batch_cap"].add_metric([model.name, sizes.kind], sizes.cap)
+                if sizes.optimum:
+                    cost["optimum"].add_metric([model.name, sizes.kind], sizes.optimum)
+                for rate in sizes.rates:
+                    cost["rate"].add_metric(
+                        [model.name, sizes.kind, str(rate.tokens)], rate.tokens_per_second
+                    )
         yield depth
         yield from families.values()
         yield from cost.values()

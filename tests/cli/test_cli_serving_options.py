@@ -75,3 +75,21 @@ def test_security_defaults_are_off() -> None:
     server = config.server
     assert (server.tls_cert, server.tls_key, server.metrics_port) == (None, None, None)
     assert config.log_format == "text"
+
+
+def test_calibration_is_on_when_served_and_configured_by_toml_or_flags(tmp_path: Path) -> None:
+    (model,) = parse("--model", "m=/m").model_configs()
+    assert model.worker.calibrate  # on in `serve`, off in a bare WorkerOptions
+    assert model.worker.calibration_seconds == 10.0
+    assert model.worker.batch_tokens == 0
+    toml = tmp_path / "serve.toml"
+    toml.write_text("calibrate = false\ncalibration_seconds = 2\n[models]\nm = '/m'\n")
+    (model,) = parse("--config", str(toml)).model_configs()
+    assert not model.worker.calibrate
+    assert model.worker.calibration_seconds == 2.0
+    flagged = parse("--config", str(toml), "--calibrate", "--batch-tokens", "1024")
+    (model,) = flagged.model_configs()
+    assert model.worker.calibrate
+    assert model.worker.batch_tokens == 1024
+    (model,) = parse("--model", "m=/m", "--no-calibrate").model_configs()
+    assert not model.worker.calibrate

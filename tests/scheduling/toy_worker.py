@@ -25,6 +25,7 @@ class ToyRunner:
 
     pad_id = 0
     padding_side = "right"
+    vocab_size = 0
 
     def __init__(self, overhead: float = 0.0, per_token: float = 0.0) -> None:
         #: The fake clock (seconds) and what a batch adds to it: `overhead + per_token x tokens`.

@@ -283,6 +283,37 @@ def model_to_proto(m: ServedModel) -> pb.ModelInfo:
     )
 
 
+def batching_to_proto(m: ServedModel) -> pb.BatchSizing:
+    """How a served model's worker sizes its batches (GetModel)."""
+    worker = m.worker
+    done = worker.calibration
+    return pb.BatchSizing(
+        calibrate=worker.options.calibrate,
+        batch_tokens=worker.options.batch_tokens,
+        kinds=[
+            pb.BatchKindSizing(
+                kind=k.kind,
+                cap_tokens=k.cap,
+                memory_bound_tokens=k.memory_bound,
+                time_bound_tokens=k.time_bound,
+                optimum_tokens=k.optimum,
+                rates=[
+                    pb.BatchRate(
+                        tokens=r.tokens, tokens_per_second=r.tokens_per_second, batches=r.batches
+                    )
+                    for r in k.rates
+                ],
+            )
+            for k in worker.batch_sizes()
+        ],
+        calibration=(
+            None
+            if done is None
+            else pb.BatchCalibration(batches=done.batches, seconds=done.seconds)
+        ),
+    )
+
+
 def activation_params_from_proto(request: pb.GetActivationsRequest) -> act.ActivationParams:
     """A GetActivationsRequest to the domain form (the inputs' targets are ignored)."""
     return act.ActivationParams(

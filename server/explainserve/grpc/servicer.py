@@ -141,8 +141,10 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
     ) -> pb.GetModelResponse:
         """One model's metadata; NOT_FOUND lists the loaded models."""
         try:
+            served = self.explainer.registry.get(request.name)
             return pb.GetModelResponse(
-                model=convert.model_to_proto(self.explainer.registry.get(request.name))
+                model=convert.model_to_proto(served),
+                batching=convert.batching_to_proto(served),
             )
         except Exception as exc:
             abort(context, exc)

@@ -64,6 +64,15 @@ class RequestTag:
         return self._is_cancelled is not None and self._is_cancelled()
 
 
+class CalibrationTag(RequestTag):
+    """The request of the worker's own calibration batches (`scheduling.calibration`): isolated,
+    so each of its jobs is one batch of the size asked, and counted apart
+    (`WorkerStats.calibration_batches`)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, isolated=True)
+
+
 @dataclass(eq=False, kw_only=True)
 class Job(Generic[R]):
     """What every job shares: progress and cancellation callbacks, the future of its result,

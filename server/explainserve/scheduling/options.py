@@ -23,6 +23,24 @@ class WorkerOptions:
     #: a worker built in code (tests, embedding) cuts batches the same way on every machine.
     #: Isolated requests (`RequestTag.isolated`) are cut by tokens only.
     max_batch_ms: float | None = 0.0
+    #: An explicit cap on a batch's tokens (padding counted), below the token budgets, for people
+    #: who know better than the measurement; 0: none (the calibrated optimum decides).
+    batch_tokens: int = option(
+        0,
+        "tokens per batch, padding counted, instead of the measured throughput optimum "
+        "(0: measured; never above the token budgets)",
+        minimum=0,
+    )
+    #: Cut batches at the size that runs the most tokens per second, measured: a short
+    #: calibration at warm-up (`Worker.calibrate`, over a few batch shapes) and every batch's
+    #: timing after it (`scheduling.cost.ThroughputModel`). Off here so that a worker built in
+    #: code (tests, embedding) cuts batches the same way on every machine; `explainserve serve`
+    #: turns it on (`--no-calibrate` to leave it off).
+    calibrate: bool = False
+    #: The time the warm-up calibration may take at most, per model (seconds).
+    calibration_seconds: float = option(
+        10.0, "the warm-up calibration of batch sizes, seconds per model at most", minimum=0
+    )
     #: Rows x padded length of one gradient batch (activations are kept for backward).
     gradient_token_budget: int = option(4096, "tokens per gradient batch")
     #: Hard cap on rows per batch.

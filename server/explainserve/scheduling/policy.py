@@ -3,7 +3,8 @@
 The lead request (priority first, then the one that led a batch least recently), the rows that
 may share its batch (same kind, not isolated, close in length), max-min fair shares of the
 batch's tokens between requests, and the batch's size: its kind's token budget, under the cap
-learnt from out-of-memory errors and the time bound from the cost model (`scheduling.cost`).
+learnt from out-of-memory errors, the time bound from the cost model and the measured
+throughput-optimal size (`scheduling.cost`), or an explicit `batch_tokens`.
 `BatchPolicy` is the part of `Worker` that decides; the worker queues, runs and recovers.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from explainserve.scheduling.cost import CostModel
+from explainserve.scheduling.cost import CostModel, Rate, ThroughputModel
 from explainserve.scheduling.execute import Runner
 from explainserve.scheduling.jobs import Job, Kind, Pieces
 from explainserve.scheduling.options import WorkerOptions
@@ -55,6 +57,20 @@ CAP_KEEP = (0.85, 1.5)
 DEFAULT_MAX_BATCH_MS = {"cpu": 100.0, "accelerator": 30.0}
 
 
+@dataclass(frozen=True)
+class KindSizes:
+    """A job kind's batch sizes in tokens: the cap of shared batches now (the least of the
+    bounds), the memory bound, the time bound (0: none yet), the measured throughput-optimal
+    size (0: nothing measured) and the measured rates by size class."""
+
+    kind: Kind
+    cap: int
+    memory_bound: int
+    time_bound: int
+    optimum: int
+    rates: list[Rate]
+
+
 def fair_shares(demands: dict[object, int], budget: int) -> dict[object, int]:
     """Max-min fair shares of `budget` tokens: every demand below an equal split is met in full
     and what it leaves is split again among the others (water filling)."""
@@ -76,6 +92,7 @@ class BatchPolicy:
     options: WorkerOptions
     observer: Observer | None
     cost: CostModel
+    throughput: ThroughputModel
     max_batch_seconds: float | None
     _pending: deque[Job[Any]]
     _queued_rows: int
@@ -113,12 +130,60 @@ class BatchPolicy:
 
     def _batch_tokens(self, lead: Job[Any]) -> int:
         """The tokens a batch led by `lead` may hold: its kind's token budget, under the cap
-        learnt from out-of-memory errors and, unless `lead` is isolated, the time bound."""
+        learnt from out-of-memory errors and, unless `lead` is isolated, the shared caps."""
         budget = self._budget(lead)
         budget = min(budget, self._token_cap.get(lead.kind, budget))
         if not lead.isolated:
-            budget = min(budget, self.time_cap(lead.kind) or budget)
+            budget = self._shared_cap(lead.kind, budget)
         return budget
+
+    def _shared_cap(self, kind: Kind, budget: int) -> int:
+        """`budget` (the memory bound) under the caps of batches shared between requests: the
+        time bound, and the explicit `batch_tokens` or else the measured throughput optimum
+        (with `calibrate`; one batch in `EXPLORE_EVERY` tries a neighbouring size, see
+        `ThroughputModel.next_cap`). Worker thread only: it counts batches."""
+        budget = min(budget, self.time_cap(kind) or budget)
+        if self.options.batch_tokens > 0:
+            return min(budget, self.options.batch_tokens)
+        if self.options.calibrate:
+            budget = min(budget, self.throughput.next_cap(kind) or budget)
+        return budget
+
+    def batch_sizes(self) -> list[KindSizes]:
+        """Per kind measured or bounded so far (forward and gradient always), its batch bounds
+        and the tokens a shared batch may hold now (no exploration). Any thread."""
+        budgets: dict[Kind, int] = {
+            "forward": self.options.token_budget,
+            "gradient": self.options.gradient_token_budget,
+        }
+        # Copies: the worker thread writes these while GetModel or metrics read them.
+        memory, time_caps = dict(self._token_cap), dict(self._time_cap)
+        optimum, rates = self.throughput.caps(), self.throughput.rates()
+        for kind in [*optimum, *time_caps, *memory]:
+            budgets.setdefault(kind, self.options.token_budget)
+        sizes = []
+        for kind, budget in budgets.items():
+            bound = min(budget, memory.get(kind, budget))
+            cap = min(bound, time_caps.get(kind, bound))
+            if self.options.batch_tokens > 0:
+                cap = min(cap, self.options.batch_tokens)
+            elif self.options.calibrate:
+                cap = min(cap, optimum.get(kind, cap))
+            sizes.append(
+                KindSizes(
+                    kind,
+                    cap,
+                    bound,
+                    time_caps.get(kind, 0),
+                    optimum.get(kind, 0),
+                    rates.get(kind, []),
+                )
+            )
+        return sizes
+
+    def batch_caps(self) -> dict[Kind, int]:
+        """Per kind, the tokens a shared batch may hold now (`batch_sizes`)."""
+        return {s.kind: s.cap for s in self.batch_sizes()}
 
     def time_caps(self) -> dict[Kind, int]:
         """Per kind, the tokens a batch may hold under the time bound, as last computed."""
@@ -272,7 +337,7 @@ class BatchPolicy:
         ]
         budget = self.options.token_budget
         if not lead.isolated:
-            budget = min(budget, self.time_cap(lead.kind) or budget)
+            budget = self._shared_cap(lead.kind, budget)
         batch: Batch = []
         width = 0
         for job in [lead, *same]:

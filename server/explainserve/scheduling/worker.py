@@ -21,9 +21,10 @@ from typing import Any, Protocol
 
 from explainserve import tracing
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
-from explainserve.scheduling.cost import CostModel
+from explainserve.scheduling import calibration
+from explainserve.scheduling.cost import CostModel, ThroughputModel
 from explainserve.scheduling.execute import Executor, Runner, is_out_of_memory
-from explainserve.scheduling.jobs import Job, Kind
+from explainserve.scheduling.jobs import CalibrationTag, Job, Kind
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.scheduling.policy import DEFAULT_MAX_BATCH_MS, Batch, BatchPolicy
 
@@ -57,6 +58,9 @@ class WorkerStats:
     rejected: int = 0
     #: Seconds spent in batches (forward and backward passes, copies to the host).
     busy_seconds: float = 0.0
+    #: Batches run by the warm-up calibration of batch sizes (`calibrate`), and their seconds.
+    calibration_batches: int = 0
+    calibration_seconds: float = 0.0
 
 
 class Observer(Protocol):
@@ -122,6 +126,11 @@ class Worker(BatchPolicy):
         self.clock = clock
         #: What batches cost, learnt from their timings: cuts batches at `max_batch_ms`.
         self.cost = CostModel()
+        #: Tokens per second by batch size, measured: the throughput-optimal batch size, used
+        #: with `options.calibrate` (`calibrate` measures it at warm-up).
+        self.throughput = ThroughputModel()
+        #: What the last `calibrate` ran and chose (None: never calibrated).
+        self.calibration: calibration.Calibration | None = None
         ms = self.options.max_batch_ms
         if ms is None:
             ms = DEFAULT_MAX_BATCH_MS["cpu" if runner.device.type == "cpu" else "accelerator"]
@@ -132,7 +141,11 @@ class Worker(BatchPolicy):
         self._time_cap: dict[Kind, int] = {}
         #: Requests with a submission waiting, and since when (the request queue-wait metric).
         self._waiting: dict[object, float] = {}
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        #: Notified when a batch is done (its counters written): `wait_batch_done`.
+        self._done = threading.Condition(lock)
+        self._running = False
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
         self._thread.start()
@@ -209,6 +222,17 @@ class Worker(BatchPolicy):
             self._cond.notify()
         self._thread.join()
 
+    def calibrate(self, sample: Sequence[int]) -> calibration.Calibration:
+        """Measures which batch size runs the most tokens per second, on batches of `sample`
+        (the token ids of a typical input) within `options.calibration_seconds`
+        (`scheduling.calibration`); with `options.calibrate`, shared batches are then cut at
+        the best size. Call it at warm-up, from any thread but the worker's; it waits for its
+        batches."""
+        self.calibration = calibration.calibrate(
+            self, sample, self.options.calibration_seconds, self.clock
+        )
+        return self.calibration
+
     def reset_memory_caps(self) -> None:
         """Forgets the batch sizes learnt from out-of-memory errors."""
         with self._cond:
@@ -229,9 +253,20 @@ class Worker(BatchPolicy):
                 if not self._pending:
                     continue
                 batch = self._take_batch()
+                self._running = True
             started = self.clock()
             self._execute(batch)
             self.stats.busy_seconds += self.clock() - started
+            with self._cond:
+                self._running = False
+                self._done.notify_all()
+
+    def wait_idle(self) -> None:
+        """Waits until no batch runs and none is queued: a job's future resolves inside its
+        last batch, before the worker counts that batch (calibration reads the counts)."""
+        with self._cond:
+            while self._running or self._pending:
+                self._done.wait()
 
     def _wait_for_company(self) -> None:
         """Lets the oldest job wait up to `batch_wait_seconds` (since it was queued) for others
@@ -315,7 +350,12 @@ class Worker(BatchPolicy):
         else:
             seconds = self.clock() - started
             kind = pieces[0][0].kind
-            self.cost.observe(kind, rows * max(job.width for job, _, _ in pieces), seconds)
+            tokens = rows * max(job.width for job, _, _ in pieces)
+            self.cost.observe(kind, tokens, seconds)
+            self.throughput.observe(kind, tokens, seconds)
+            if isinstance(pieces[0][0].is_cancelled, CalibrationTag):
+                self.stats.calibration_batches += 1
+                self.stats.calibration_seconds += seconds
             if self.observer is not None:
                 self.observer.batch(
                     kind,

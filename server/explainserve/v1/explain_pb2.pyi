@@ -451,10 +451,58 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GetModelResponse(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "batching")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+    batching: BatchSizing
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., batching: _Optional[_Union[BatchSizing, _Mapping]] = ...) -> None: ...
+
+class BatchSizing(_message.Message):
+    __slots__ = ("calibrate", "batch_tokens", "kinds", "calibration")
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    calibrate: bool
+    batch_tokens: int
+    kinds: _containers.RepeatedCompositeFieldContainer[BatchKindSizing]
+    calibration: BatchCalibration
+    def __init__(self, calibrate: _Optional[bool] = ..., batch_tokens: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[BatchKindSizing, _Mapping]]] = ..., calibration: _Optional[_Union[BatchCalibration, _Mapping]] = ...) -> None: ...
+
+class BatchKindSizing(_message.Message):
+    __slots__ = ("kind", "cap_tokens", "memory_bound_tokens", "time_bound_tokens", "optimum_tokens", "rates")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CAP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BOUND_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_BOUND_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RATES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    cap_tokens: int
+    memory_bound_tokens: int
+    time_bound_tokens: int
+    optimum_tokens: int
+    rates: _containers.RepeatedCompositeFieldContainer[BatchRate]
+    def __init__(self, kind: _Optional[str] = ..., cap_tokens: _Optional[int] = ..., memory_bound_tokens: _Optional[int] = ..., time_bound_tokens: _Optional[int] = ..., optimum_tokens: _Optional[int] = ..., rates: _Optional[_Iterable[_Union[BatchRate, _Mapping]]] = ...) -> None: ...
+
+class BatchRate(_message.Message):
+    __slots__ = ("tokens", "tokens_per_second", "batches")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    tokens_per_second: float
+    batches: int
+    def __init__(self, tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., batches: _Optional[int] = ...) -> None: ...
+
+class BatchCalibration(_message.Message):
+    __slots__ = ("batches", "seconds")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    batches: int
+    seconds: float
+    def __init__(self, batches: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SplitPoint(_message.Message):
     __slots__ = ("name", "shape", "head_input")

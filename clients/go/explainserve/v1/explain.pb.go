@@ -2829,8 +2829,10 @@ func (x *GetModelRequest) GetName() string {
 
 // GetModel's reply.
 type GetModelResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Model         *ModelInfo             `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model *ModelInfo             `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// How the model's worker sizes its batches now: bounds, measured throughput, calibration.
+	Batching      *BatchSizing `protobuf:"bytes,2,opt,name=batching,proto3" json:"batching,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2872,6 +2874,299 @@ func (x *GetModelResponse) GetModel() *ModelInfo {
 	return nil
 }
 
+func (x *GetModelResponse) GetBatching() *BatchSizing {
+	if x != nil {
+		return x.Batching
+	}
+	return nil
+}
+
+// How a model's worker cuts the batches that requests share (isolated requests are cut by
+// the token budget alone): at the size measured to run the most tokens per second, never above
+// the memory bound (the token budget, lowered after an out-of-memory error) nor the time bound
+// (max_batch_ms), unless an explicit batch_tokens replaces the measured size.
+type BatchSizing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the measured throughput-optimal size cuts batches (`calibrate`, on when served).
+	Calibrate bool `protobuf:"varint,1,opt,name=calibrate,proto3" json:"calibrate,omitempty"`
+	// The explicit cap on a batch's tokens (`batch_tokens`); 0: none, the measured size decides.
+	BatchTokens uint64 `protobuf:"varint,2,opt,name=batch_tokens,json=batchTokens,proto3" json:"batch_tokens,omitempty"`
+	// Per job kind measured or bounded so far ("forward", "gradient", ...).
+	Kinds []*BatchKindSizing `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	// The warm-up calibration; absent when it did not run.
+	Calibration   *BatchCalibration `protobuf:"bytes,4,opt,name=calibration,proto3" json:"calibration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchSizing) Reset() {
+	*x = BatchSizing{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchSizing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchSizing) ProtoMessage() {}
+
+func (x *BatchSizing) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchSizing.ProtoReflect.Descriptor instead.
+func (*BatchSizing) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *BatchSizing) GetCalibrate() bool {
+	if x != nil {
+		return x.Calibrate
+	}
+	return false
+}
+
+func (x *BatchSizing) GetBatchTokens() uint64 {
+	if x != nil {
+		return x.BatchTokens
+	}
+	return 0
+}
+
+func (x *BatchSizing) GetKinds() []*BatchKindSizing {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+func (x *BatchSizing) GetCalibration() *BatchCalibration {
+	if x != nil {
+		return x.Calibration
+	}
+	return nil
+}
+
+// The batch sizes of one job kind, in tokens (rows x padded length).
+type BatchKindSizing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "forward", "gradient", "activation", "head" or "generate".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The tokens a shared batch of this kind may hold now (the least of the bounds below).
+	CapTokens uint64 `protobuf:"varint,2,opt,name=cap_tokens,json=capTokens,proto3" json:"cap_tokens,omitempty"`
+	// The memory bound: the kind's token budget, or less after an out-of-memory error.
+	MemoryBoundTokens uint64 `protobuf:"varint,3,opt,name=memory_bound_tokens,json=memoryBoundTokens,proto3" json:"memory_bound_tokens,omitempty"`
+	// The time bound from max_batch_ms and the learnt cost of a batch; 0: none (yet).
+	TimeBoundTokens uint64 `protobuf:"varint,4,opt,name=time_bound_tokens,json=timeBoundTokens,proto3" json:"time_bound_tokens,omitempty"`
+	// The measured size class that runs the most tokens per second; 0: nothing measured.
+	OptimumTokens uint64 `protobuf:"varint,5,opt,name=optimum_tokens,json=optimumTokens,proto3" json:"optimum_tokens,omitempty"`
+	// The measured throughput of each size class, smallest first.
+	Rates         []*BatchRate `protobuf:"bytes,6,rep,name=rates,proto3" json:"rates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchKindSizing) Reset() {
+	*x = BatchKindSizing{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchKindSizing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchKindSizing) ProtoMessage() {}
+
+func (x *BatchKindSizing) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchKindSizing.ProtoReflect.Descriptor instead.
+func (*BatchKindSizing) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *BatchKindSizing) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *BatchKindSizing) GetCapTokens() uint64 {
+	if x != nil {
+		return x.CapTokens
+	}
+	return 0
+}
+
+func (x *BatchKindSizing) GetMemoryBoundTokens() uint64 {
+	if x != nil {
+		return x.MemoryBoundTokens
+	}
+	return 0
+}
+
+func (x *BatchKindSizing) GetTimeBoundTokens() uint64 {
+	if x != nil {
+		return x.TimeBoundTokens
+	}
+	return 0
+}
+
+func (x *BatchKindSizing) GetOptimumTokens() uint64 {
+	if x != nil {
+		return x.OptimumTokens
+	}
+	return 0
+}
+
+func (x *BatchKindSizing) GetRates() []*BatchRate {
+	if x != nil {
+		return x.Rates
+	}
+	return nil
+}
+
+// The measured throughput of batches of one doubling size class.
+type BatchRate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The class's size: batches of 71-141 % of it are of the class.
+	Tokens uint64 `protobuf:"varint,1,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// The median of the class's last 5 batches' tokens per second (padding counted).
+	TokensPerSecond float64 `protobuf:"fixed64,2,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
+	// Batches of the class measured since the model was loaded.
+	Batches       uint64 `protobuf:"varint,3,opt,name=batches,proto3" json:"batches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRate) Reset() {
+	*x = BatchRate{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRate) ProtoMessage() {}
+
+func (x *BatchRate) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRate.ProtoReflect.Descriptor instead.
+func (*BatchRate) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *BatchRate) GetTokens() uint64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *BatchRate) GetTokensPerSecond() float64 {
+	if x != nil {
+		return x.TokensPerSecond
+	}
+	return 0
+}
+
+func (x *BatchRate) GetBatches() uint64 {
+	if x != nil {
+		return x.Batches
+	}
+	return 0
+}
+
+// What the warm-up calibration of batch sizes ran.
+type BatchCalibration struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Batches it ran (a few sizes of each kind, a few times each).
+	Batches uint32 `protobuf:"varint,1,opt,name=batches,proto3" json:"batches,omitempty"`
+	// Seconds it took (bounded by `calibration_seconds`).
+	Seconds       float64 `protobuf:"fixed64,2,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCalibration) Reset() {
+	*x = BatchCalibration{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCalibration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCalibration) ProtoMessage() {}
+
+func (x *BatchCalibration) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCalibration.ProtoReflect.Descriptor instead.
+func (*BatchCalibration) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *BatchCalibration) GetBatches() uint32 {
+	if x != nil {
+		return x.Batches
+	}
+	return 0
+}
+
+func (x *BatchCalibration) GetSeconds() float64 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
 // A point of the model whose activations can be captured (GetActivations).
 type SplitPoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2889,7 +3184,7 @@ type SplitPoint struct {
 
 func (x *SplitPoint) Reset() {
 	*x = SplitPoint{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +3196,7 @@ func (x *SplitPoint) String() string {
 func (*SplitPoint) ProtoMessage() {}
 
 func (x *SplitPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +3209,7 @@ func (x *SplitPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitPoint.ProtoReflect.Descriptor instead.
 func (*SplitPoint) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{30}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SplitPoint) GetName() string {
@@ -2962,7 +3257,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2974,7 +3269,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2987,7 +3282,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{31}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -3086,7 +3381,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3098,7 +3393,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3111,7 +3406,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{32}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Tensor) GetDtype() string {
@@ -3167,7 +3462,7 @@ type GetActivationsRequest struct {
 
 func (x *GetActivationsRequest) Reset() {
 	*x = GetActivationsRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3474,7 @@ func (x *GetActivationsRequest) String() string {
 func (*GetActivationsRequest) ProtoMessage() {}
 
 func (x *GetActivationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3487,7 @@ func (x *GetActivationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetActivationsRequest.ProtoReflect.Descriptor instead.
 func (*GetActivationsRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{33}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetActivationsRequest) GetModel() string {
@@ -3271,7 +3566,7 @@ type SplitPointActivations struct {
 
 func (x *SplitPointActivations) Reset() {
 	*x = SplitPointActivations{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3283,7 +3578,7 @@ func (x *SplitPointActivations) String() string {
 func (*SplitPointActivations) ProtoMessage() {}
 
 func (x *SplitPointActivations) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3296,7 +3591,7 @@ func (x *SplitPointActivations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitPointActivations.ProtoReflect.Descriptor instead.
 func (*SplitPointActivations) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{34}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SplitPointActivations) GetSplitPoint() string {
@@ -3328,7 +3623,7 @@ type InputUnits struct {
 
 func (x *InputUnits) Reset() {
 	*x = InputUnits{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3635,7 @@ func (x *InputUnits) String() string {
 func (*InputUnits) ProtoMessage() {}
 
 func (x *InputUnits) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3648,7 @@ func (x *InputUnits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InputUnits.ProtoReflect.Descriptor instead.
 func (*InputUnits) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{35}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *InputUnits) GetInputIndex() uint32 {
@@ -3402,7 +3697,7 @@ type GetActivationsResponse struct {
 
 func (x *GetActivationsResponse) Reset() {
 	*x = GetActivationsResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3709,7 @@ func (x *GetActivationsResponse) String() string {
 func (*GetActivationsResponse) ProtoMessage() {}
 
 func (x *GetActivationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3722,7 @@ func (x *GetActivationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetActivationsResponse.ProtoReflect.Descriptor instead.
 func (*GetActivationsResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{36}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetActivationsResponse) GetInputStart() uint32 {
@@ -3495,7 +3790,7 @@ type PredictFromActivationsRequest struct {
 
 func (x *PredictFromActivationsRequest) Reset() {
 	*x = PredictFromActivationsRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3507,7 +3802,7 @@ func (x *PredictFromActivationsRequest) String() string {
 func (*PredictFromActivationsRequest) ProtoMessage() {}
 
 func (x *PredictFromActivationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3520,7 +3815,7 @@ func (x *PredictFromActivationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PredictFromActivationsRequest.ProtoReflect.Descriptor instead.
 func (*PredictFromActivationsRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{37}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PredictFromActivationsRequest) GetModel() string {
@@ -3550,7 +3845,7 @@ type PredictFromActivationsResponse struct {
 
 func (x *PredictFromActivationsResponse) Reset() {
 	*x = PredictFromActivationsResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3562,7 +3857,7 @@ func (x *PredictFromActivationsResponse) String() string {
 func (*PredictFromActivationsResponse) ProtoMessage() {}
 
 func (x *PredictFromActivationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3575,7 +3870,7 @@ func (x *PredictFromActivationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PredictFromActivationsResponse.ProtoReflect.Descriptor instead.
 func (*PredictFromActivationsResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{38}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PredictFromActivationsResponse) GetLogits() *Tensor {
@@ -3756,9 +4051,30 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x12ListModelsResponse\x122\n" +
 	"\x06models\x18\x01 \x03(\v2\x1a.explainserve.v1.ModelInfoR\x06models\"%\n" +
 	"\x0fGetModelRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"~\n" +
 	"\x10GetModelResponse\x120\n" +
-	"\x05model\x18\x01 \x01(\v2\x1a.explainserve.v1.ModelInfoR\x05model\"U\n" +
+	"\x05model\x18\x01 \x01(\v2\x1a.explainserve.v1.ModelInfoR\x05model\x128\n" +
+	"\bbatching\x18\x02 \x01(\v2\x1c.explainserve.v1.BatchSizingR\bbatching\"\xcb\x01\n" +
+	"\vBatchSizing\x12\x1c\n" +
+	"\tcalibrate\x18\x01 \x01(\bR\tcalibrate\x12!\n" +
+	"\fbatch_tokens\x18\x02 \x01(\x04R\vbatchTokens\x126\n" +
+	"\x05kinds\x18\x03 \x03(\v2 .explainserve.v1.BatchKindSizingR\x05kinds\x12C\n" +
+	"\vcalibration\x18\x04 \x01(\v2!.explainserve.v1.BatchCalibrationR\vcalibration\"\xf9\x01\n" +
+	"\x0fBatchKindSizing\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1d\n" +
+	"\n" +
+	"cap_tokens\x18\x02 \x01(\x04R\tcapTokens\x12.\n" +
+	"\x13memory_bound_tokens\x18\x03 \x01(\x04R\x11memoryBoundTokens\x12*\n" +
+	"\x11time_bound_tokens\x18\x04 \x01(\x04R\x0ftimeBoundTokens\x12%\n" +
+	"\x0eoptimum_tokens\x18\x05 \x01(\x04R\roptimumTokens\x120\n" +
+	"\x05rates\x18\x06 \x03(\v2\x1a.explainserve.v1.BatchRateR\x05rates\"i\n" +
+	"\tBatchRate\x12\x16\n" +
+	"\x06tokens\x18\x01 \x01(\x04R\x06tokens\x12*\n" +
+	"\x11tokens_per_second\x18\x02 \x01(\x01R\x0ftokensPerSecond\x12\x18\n" +
+	"\abatches\x18\x03 \x01(\x04R\abatches\"F\n" +
+	"\x10BatchCalibration\x12\x18\n" +
+	"\abatches\x18\x01 \x01(\rR\abatches\x12\x18\n" +
+	"\aseconds\x18\x02 \x01(\x01R\aseconds\"U\n" +
 	"\n" +
 	"SplitPoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -3901,7 +4217,7 @@ func file_explainserve_v1_explain_proto_rawDescGZIP() []byte {
 }
 
 var file_explainserve_v1_explain_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_explainserve_v1_explain_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_explainserve_v1_explain_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_explainserve_v1_explain_proto_goTypes = []any{
 	(Granularity)(0),                       // 0: explainserve.v1.Granularity
 	(Aggregation)(0),                       // 1: explainserve.v1.Aggregation
@@ -3944,15 +4260,19 @@ var file_explainserve_v1_explain_proto_goTypes = []any{
 	(*ListModelsResponse)(nil),             // 38: explainserve.v1.ListModelsResponse
 	(*GetModelRequest)(nil),                // 39: explainserve.v1.GetModelRequest
 	(*GetModelResponse)(nil),               // 40: explainserve.v1.GetModelResponse
-	(*SplitPoint)(nil),                     // 41: explainserve.v1.SplitPoint
-	(*ModelInfo)(nil),                      // 42: explainserve.v1.ModelInfo
-	(*Tensor)(nil),                         // 43: explainserve.v1.Tensor
-	(*GetActivationsRequest)(nil),          // 44: explainserve.v1.GetActivationsRequest
-	(*SplitPointActivations)(nil),          // 45: explainserve.v1.SplitPointActivations
-	(*InputUnits)(nil),                     // 46: explainserve.v1.InputUnits
-	(*GetActivationsResponse)(nil),         // 47: explainserve.v1.GetActivationsResponse
-	(*PredictFromActivationsRequest)(nil),  // 48: explainserve.v1.PredictFromActivationsRequest
-	(*PredictFromActivationsResponse)(nil), // 49: explainserve.v1.PredictFromActivationsResponse
+	(*BatchSizing)(nil),                    // 41: explainserve.v1.BatchSizing
+	(*BatchKindSizing)(nil),                // 42: explainserve.v1.BatchKindSizing
+	(*BatchRate)(nil),                      // 43: explainserve.v1.BatchRate
+	(*BatchCalibration)(nil),               // 44: explainserve.v1.BatchCalibration
+	(*SplitPoint)(nil),                     // 45: explainserve.v1.SplitPoint
+	(*ModelInfo)(nil),                      // 46: explainserve.v1.ModelInfo
+	(*Tensor)(nil),                         // 47: explainserve.v1.Tensor
+	(*GetActivationsRequest)(nil),          // 48: explainserve.v1.GetActivationsRequest
+	(*SplitPointActivations)(nil),          // 49: explainserve.v1.SplitPointActivations
+	(*InputUnits)(nil),                     // 50: explainserve.v1.InputUnits
+	(*GetActivationsResponse)(nil),         // 51: explainserve.v1.GetActivationsResponse
+	(*PredictFromActivationsRequest)(nil),  // 52: explainserve.v1.PredictFromActivationsRequest
+	(*PredictFromActivationsResponse)(nil), // 53: explainserve.v1.PredictFromActivationsResponse
 }
 var file_explainserve_v1_explain_proto_depIdxs = []int32{
 	11, // 0: explainserve.v1.Continuation.token_ids:type_name -> explainserve.v1.TokenIds
@@ -3998,36 +4318,40 @@ var file_explainserve_v1_explain_proto_depIdxs = []int32{
 	33, // 40: explainserve.v1.ExplainResponse.explanations:type_name -> explainserve.v1.Explanation
 	35, // 41: explainserve.v1.ExplainStreamResponse.progress:type_name -> explainserve.v1.Progress
 	33, // 42: explainserve.v1.ExplainStreamResponse.explanation:type_name -> explainserve.v1.Explanation
-	42, // 43: explainserve.v1.ListModelsResponse.models:type_name -> explainserve.v1.ModelInfo
-	42, // 44: explainserve.v1.GetModelResponse.model:type_name -> explainserve.v1.ModelInfo
-	41, // 45: explainserve.v1.ModelInfo.split_points:type_name -> explainserve.v1.SplitPoint
-	14, // 46: explainserve.v1.GetActivationsRequest.inputs:type_name -> explainserve.v1.Input
-	10, // 47: explainserve.v1.GetActivationsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
-	1,  // 48: explainserve.v1.GetActivationsRequest.aggregation:type_name -> explainserve.v1.Aggregation
-	43, // 49: explainserve.v1.SplitPointActivations.values:type_name -> explainserve.v1.Tensor
-	29, // 50: explainserve.v1.InputUnits.units:type_name -> explainserve.v1.Unit
-	45, // 51: explainserve.v1.GetActivationsResponse.activations:type_name -> explainserve.v1.SplitPointActivations
-	46, // 52: explainserve.v1.GetActivationsResponse.units:type_name -> explainserve.v1.InputUnits
-	43, // 53: explainserve.v1.GetActivationsResponse.logits:type_name -> explainserve.v1.Tensor
-	43, // 54: explainserve.v1.PredictFromActivationsRequest.activations:type_name -> explainserve.v1.Tensor
-	43, // 55: explainserve.v1.PredictFromActivationsResponse.logits:type_name -> explainserve.v1.Tensor
-	27, // 56: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
-	28, // 57: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
-	37, // 58: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
-	39, // 59: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
-	44, // 60: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
-	48, // 61: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
-	34, // 62: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
-	36, // 63: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
-	38, // 64: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
-	40, // 65: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
-	47, // 66: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
-	49, // 67: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
-	62, // [62:68] is the sub-list for method output_type
-	56, // [56:62] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	46, // 43: explainserve.v1.ListModelsResponse.models:type_name -> explainserve.v1.ModelInfo
+	46, // 44: explainserve.v1.GetModelResponse.model:type_name -> explainserve.v1.ModelInfo
+	41, // 45: explainserve.v1.GetModelResponse.batching:type_name -> explainserve.v1.BatchSizing
+	42, // 46: explainserve.v1.BatchSizing.kinds:type_name -> explainserve.v1.BatchKindSizing
+	44, // 47: explainserve.v1.BatchSizing.calibration:type_name -> explainserve.v1.BatchCalibration
+	43, // 48: explainserve.v1.BatchKindSizing.rates:type_name -> explainserve.v1.BatchRate
+	45, // 49: explainserve.v1.ModelInfo.split_points:type_name -> explainserve.v1.SplitPoint
+	14, // 50: explainserve.v1.GetActivationsRequest.inputs:type_name -> explainserve.v1.Input
+	10, // 51: explainserve.v1.GetActivationsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
+	1,  // 52: explainserve.v1.GetActivationsRequest.aggregation:type_name -> explainserve.v1.Aggregation
+	47, // 53: explainserve.v1.SplitPointActivations.values:type_name -> explainserve.v1.Tensor
+	29, // 54: explainserve.v1.InputUnits.units:type_name -> explainserve.v1.Unit
+	49, // 55: explainserve.v1.GetActivationsResponse.activations:type_name -> explainserve.v1.SplitPointActivations
+	50, // 56: explainserve.v1.GetActivationsResponse.units:type_name -> explainserve.v1.InputUnits
+	47, // 57: explainserve.v1.GetActivationsResponse.logits:type_name -> explainserve.v1.Tensor
+	47, // 58: explainserve.v1.PredictFromActivationsRequest.activations:type_name -> explainserve.v1.Tensor
+	47, // 59: explainserve.v1.PredictFromActivationsResponse.logits:type_name -> explainserve.v1.Tensor
+	27, // 60: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
+	28, // 61: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
+	37, // 62: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
+	39, // 63: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
+	48, // 64: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
+	52, // 65: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
+	34, // 66: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
+	36, // 67: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
+	38, // 68: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
+	40, // 69: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
+	51, // 70: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
+	53, // 71: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
+	66, // [66:72] is the sub-list for method output_type
+	60, // [60:66] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_explainserve_v1_explain_proto_init() }
@@ -4076,7 +4400,7 @@ func file_explainserve_v1_explain_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_explainserve_v1_explain_proto_rawDesc), len(file_explainserve_v1_explain_proto_rawDesc)),
 			NumEnums:      11,
-			NumMessages:   39,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -946,7 +946,62 @@ export interface GetModelRequest {
 
 /** GetModel's reply. */
 export interface GetModelResponse {
-  model: ModelInfo | undefined;
+  model:
+    | ModelInfo
+    | undefined;
+  /** How the model's worker sizes its batches now: bounds, measured throughput, calibration. */
+  batching: BatchSizing | undefined;
+}
+
+/**
+ * How a model's worker cuts the batches that requests share (isolated requests are cut by
+ * the token budget alone): at the size measured to run the most tokens per second, never above
+ * the memory bound (the token budget, lowered after an out-of-memory error) nor the time bound
+ * (max_batch_ms), unless an explicit batch_tokens replaces the measured size.
+ */
+export interface BatchSizing {
+  /** Whether the measured throughput-optimal size cuts batches (`calibrate`, on when served). */
+  calibrate: boolean;
+  /** The explicit cap on a batch's tokens (`batch_tokens`); 0: none, the measured size decides. */
+  batchTokens: number;
+  /** Per job kind measured or bounded so far ("forward", "gradient", ...). */
+  kinds: BatchKindSizing[];
+  /** The warm-up calibration; absent when it did not run. */
+  calibration: BatchCalibration | undefined;
+}
+
+/** The batch sizes of one job kind, in tokens (rows x padded length). */
+export interface BatchKindSizing {
+  /** "forward", "gradient", "activation", "head" or "generate". */
+  kind: string;
+  /** The tokens a shared batch of this kind may hold now (the least of the bounds below). */
+  capTokens: number;
+  /** The memory bound: the kind's token budget, or less after an out-of-memory error. */
+  memoryBoundTokens: number;
+  /** The time bound from max_batch_ms and the learnt cost of a batch; 0: none (yet). */
+  timeBoundTokens: number;
+  /** The measured size class that runs the most tokens per second; 0: nothing measured. */
+  optimumTokens: number;
+  /** The measured throughput of each size class, smallest first. */
+  rates: BatchRate[];
+}
+
+/** The measured throughput of batches of one doubling size class. */
+export interface BatchRate {
+  /** The class's size: batches of 71-141 % of it are of the class. */
+  tokens: number;
+  /** The median of the class's last 5 batches' tokens per second (padding counted). */
+  tokensPerSecond: number;
+  /** Batches of the class measured since the model was loaded. */
+  batches: number;
+}
+
+/** What the warm-up calibration of batch sizes ran. */
+export interface BatchCalibration {
+  /** Batches it ran (a few sizes of each kind, a few times each). */
+  batches: number;
+  /** Seconds it took (bounded by `calibration_seconds`). */
+  seconds: number;
 }
 
 /** A point of the model whose activations can be captured (GetActivations). */
@@ -4609,13 +4664,16 @@ export const GetModelRequest: MessageFns<GetModelRequest> = {
 };
 
 function createBaseGetModelResponse(): GetModelResponse {
-  return { model: undefined };
+  return { model: undefined, batching: undefined };
 }
 
 export const GetModelResponse: MessageFns<GetModelResponse> = {
   encode(message: GetModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.model !== undefined) {
       ModelInfo.encode(message.model, writer.uint32(10).fork()).join();
+    }
+    if (message.batching !== undefined) {
+      BatchSizing.encode(message.batching, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -4641,6 +4699,14 @@ export const GetModelResponse: MessageFns<GetModelResponse> = {
             message.model = ModelInfo.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.batching = BatchSizing.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4654,13 +4720,19 @@ export const GetModelResponse: MessageFns<GetModelResponse> = {
   },
 
   fromJSON(object: any): GetModelResponse {
-    return { model: isSet(object.model) ? ModelInfo.fromJSON(object.model) : undefined };
+    return {
+      model: isSet(object.model) ? ModelInfo.fromJSON(object.model) : undefined,
+      batching: isSet(object.batching) ? BatchSizing.fromJSON(object.batching) : undefined,
+    };
   },
 
   toJSON(message: GetModelResponse): unknown {
     const obj: any = {};
     if (message.model !== undefined) {
       obj.model = ModelInfo.toJSON(message.model);
+    }
+    if (message.batching !== undefined) {
+      obj.batching = BatchSizing.toJSON(message.batching);
     }
     return obj;
   },
@@ -4673,6 +4745,489 @@ export const GetModelResponse: MessageFns<GetModelResponse> = {
     message.model = (object.model !== undefined && object.model !== null)
       ? ModelInfo.fromPartial(object.model)
       : undefined;
+    message.batching = (object.batching !== undefined && object.batching !== null)
+      ? BatchSizing.fromPartial(object.batching)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseBatchSizing(): BatchSizing {
+  return { calibrate: false, batchTokens: 0, kinds: [], calibration: undefined };
+}
+
+export const BatchSizing: MessageFns<BatchSizing> = {
+  encode(message: BatchSizing, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.calibrate !== false) {
+      writer.uint32(8).bool(message.calibrate);
+    }
+    if (message.batchTokens !== 0) {
+      writer.uint32(16).uint64(message.batchTokens);
+    }
+    for (const v of message.kinds) {
+      BatchKindSizing.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.calibration !== undefined) {
+      BatchCalibration.encode(message.calibration, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchSizing {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchSizing();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.calibrate = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.batchTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kinds.push(BatchKindSizing.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.calibration = BatchCalibration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchSizing {
+    return {
+      calibrate: isSet(object.calibrate) ? globalThis.Boolean(object.calibrate) : false,
+      batchTokens: isSet(object.batchTokens)
+        ? globalThis.Number(object.batchTokens)
+        : isSet(object.batch_tokens)
+        ? globalThis.Number(object.batch_tokens)
+        : 0,
+      kinds: globalThis.Array.isArray(object?.kinds) ? object.kinds.map((e: any) => BatchKindSizing.fromJSON(e)) : [],
+      calibration: isSet(object.calibration) ? BatchCalibration.fromJSON(object.calibration) : undefined,
+    };
+  },
+
+  toJSON(message: BatchSizing): unknown {
+    const obj: any = {};
+    if (message.calibrate !== false) {
+      obj.calibrate = message.calibrate;
+    }
+    if (message.batchTokens !== 0) {
+      obj.batchTokens = Math.round(message.batchTokens);
+    }
+    if (message.kinds?.length) {
+      obj.kinds = message.kinds.map((e) => BatchKindSizing.toJSON(e));
+    }
+    if (message.calibration !== undefined) {
+      obj.calibration = BatchCalibration.toJSON(message.calibration);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchSizing>): BatchSizing {
+    return BatchSizing.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchSizing>): BatchSizing {
+    const message = createBaseBatchSizing();
+    message.calibrate = object.calibrate ?? false;
+    message.batchTokens = object.batchTokens ?? 0;
+    message.kinds = object.kinds?.map((e) => BatchKindSizing.fromPartial(e)) || [];
+    message.calibration = (object.calibration !== undefined && object.calibration !== null)
+      ? BatchCalibration.fromPartial(object.calibration)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseBatchKindSizing(): BatchKindSizing {
+  return { kind: "", capTokens: 0, memoryBoundTokens: 0, timeBoundTokens: 0, optimumTokens: 0, rates: [] };
+}
+
+export const BatchKindSizing: MessageFns<BatchKindSizing> = {
+  encode(message: BatchKindSizing, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.capTokens !== 0) {
+      writer.uint32(16).uint64(message.capTokens);
+    }
+    if (message.memoryBoundTokens !== 0) {
+      writer.uint32(24).uint64(message.memoryBoundTokens);
+    }
+    if (message.timeBoundTokens !== 0) {
+      writer.uint32(32).uint64(message.timeBoundTokens);
+    }
+    if (message.optimumTokens !== 0) {
+      writer.uint32(40).uint64(message.optimumTokens);
+    }
+    for (const v of message.rates) {
+      BatchRate.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchKindSizing {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchKindSizing();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.capTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.memoryBoundTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.timeBoundTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.optimumTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.rates.push(BatchRate.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchKindSizing {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      capTokens: isSet(object.capTokens)
+        ? globalThis.Number(object.capTokens)
+        : isSet(object.cap_tokens)
+        ? globalThis.Number(object.cap_tokens)
+        : 0,
+      memoryBoundTokens: isSet(object.memoryBoundTokens)
+        ? globalThis.Number(object.memoryBoundTokens)
+        : isSet(object.memory_bound_tokens)
+        ? globalThis.Number(object.memory_bound_tokens)
+        : 0,
+      timeBoundTokens: isSet(object.timeBoundTokens)
+        ? globalThis.Number(object.timeBoundTokens)
+        : isSet(object.time_bound_tokens)
+        ? globalThis.Number(object.time_bound_tokens)
+        : 0,
+      optimumTokens: isSet(object.optimumTokens)
+        ? globalThis.Number(object.optimumTokens)
+        : isSet(object.optimum_tokens)
+        ? globalThis.Number(object.optimum_tokens)
+        : 0,
+      rates: globalThis.Array.isArray(object?.rates)
+        ? object.rates.map((e: any) => BatchRate.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: BatchKindSizing): unknown {
+    const obj: any = {};
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.capTokens !== 0) {
+      obj.capTokens = Math.round(message.capTokens);
+    }
+    if (message.memoryBoundTokens !== 0) {
+      obj.memoryBoundTokens = Math.round(message.memoryBoundTokens);
+    }
+    if (message.timeBoundTokens !== 0) {
+      obj.timeBoundTokens = Math.round(message.timeBoundTokens);
+    }
+    if (message.optimumTokens !== 0) {
+      obj.optimumTokens = Math.round(message.optimumTokens);
+    }
+    if (message.rates?.length) {
+      obj.rates = message.rates.map((e) => BatchRate.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchKindSizing>): BatchKindSizing {
+    return BatchKindSizing.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchKindSizing>): BatchKindSizing {
+    const message = createBaseBatchKindSizing();
+    message.kind = object.kind ?? "";
+    message.capTokens = object.capTokens ?? 0;
+    message.memoryBoundTokens = object.memoryBoundTokens ?? 0;
+    message.timeBoundTokens = object.timeBoundTokens ?? 0;
+    message.optimumTokens = object.optimumTokens ?? 0;
+    message.rates = object.rates?.map((e) => BatchRate.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseBatchRate(): BatchRate {
+  return { tokens: 0, tokensPerSecond: 0, batches: 0 };
+}
+
+export const BatchRate: MessageFns<BatchRate> = {
+  encode(message: BatchRate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tokens !== 0) {
+      writer.uint32(8).uint64(message.tokens);
+    }
+    if (message.tokensPerSecond !== 0) {
+      writer.uint32(17).double(message.tokensPerSecond);
+    }
+    if (message.batches !== 0) {
+      writer.uint32(24).uint64(message.batches);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchRate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchRate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.tokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.tokensPerSecond = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.batches = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchRate {
+    return {
+      tokens: isSet(object.tokens) ? globalThis.Number(object.tokens) : 0,
+      tokensPerSecond: isSet(object.tokensPerSecond)
+        ? globalThis.Number(object.tokensPerSecond)
+        : isSet(object.tokens_per_second)
+        ? globalThis.Number(object.tokens_per_second)
+        : 0,
+      batches: isSet(object.batches) ? globalThis.Number(object.batches) : 0,
+    };
+  },
+
+  toJSON(message: BatchRate): unknown {
+    const obj: any = {};
+    if (message.tokens !== 0) {
+      obj.tokens = Math.round(message.tokens);
+    }
+    if (message.tokensPerSecond !== 0) {
+      obj.tokensPerSecond = floatToJson(message.tokensPerSecond);
+    }
+    if (message.batches !== 0) {
+      obj.batches = Math.round(message.batches);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchRate>): BatchRate {
+    return BatchRate.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchRate>): BatchRate {
+    const message = createBaseBatchRate();
+    message.tokens = object.tokens ?? 0;
+    message.tokensPerSecond = object.tokensPerSecond ?? 0;
+    message.batches = object.batches ?? 0;
+    return message;
+  },
+};
+
+function createBaseBatchCalibration(): BatchCalibration {
+  return { batches: 0, seconds: 0 };
+}
+
+export const BatchCalibration: MessageFns<BatchCalibration> = {
+  encode(message: BatchCalibration, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.batches !== 0) {
+      writer.uint32(8).uint32(message.batches);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(17).double(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchCalibration {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchCalibration();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.batches = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.seconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchCalibration {
+    return {
+      batches: isSet(object.batches) ? globalThis.Number(object.batches) : 0,
+      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
+    };
+  },
+
+  toJSON(message: BatchCalibration): unknown {
+    const obj: any = {};
+    if (message.batches !== 0) {
+      obj.batches = Math.round(message.batches);
+    }
+    if (message.seconds !== 0) {
+      obj.seconds = floatToJson(message.seconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchCalibration>): BatchCalibration {
+    return BatchCalibration.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchCalibration>): BatchCalibration {
+    const message = createBaseBatchCalibration();
+    message.batches = object.batches ?? 0;
+    message.seconds = object.seconds ?? 0;
     return message;
   },
 };
