@@ -7,9 +7,9 @@ rows across requests. Three measurements, interleaved over the repeats (medians)
 
 - concurrent: all clients at once, aggregate perturbed sequences per second;
 - sequential: the same requests one after the other from one client;
-- raw model: exactly the same sequences (each request's perturbations, and its unperturbed
-  input) straight through the model, sorted by length and packed into full batches of the same
-  token budget: the best the model alone can do.
+- raw model: exactly the same sequences (each request's rows: its design's, whose first is the
+  unperturbed input for Occlusion and LIME) straight through the model, sorted by length and
+  packed into full batches of the same token budget: the best the model alone can do.
 
 Target on CPU: concurrent >= 0.9 x raw model at 32 clients.
 
@@ -99,7 +99,8 @@ def raw_model(served: ServedModel, work: list[tuple[PerturbationMethod, str, int
         units = make_units(enc, "word", tok)
         masks, _ = method.design(units.n_units, seed)
         ids = _native.expand_ids(masks, units.token_to_unit, enc.ids, served.replacement.token_id)
-        rows.append(torch.from_numpy(enc.ids))
+        if masks[0].any():  # the server adds the unperturbed input where the design lacks it
+            rows.append(torch.from_numpy(enc.ids))
         rows.extend(torch.from_numpy(ids))
     batches = [_pad(b, served.runner.pad_id) for b in _packed(rows, budget)]
     model, device = served.model, served.device

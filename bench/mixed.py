@@ -213,6 +213,15 @@ def main() -> int:
         small_share = 1 - huge_tokens / max(worker.stats.padded_tokens - tokens0, 1)
         bound = worker.max_batch_seconds
         caps = worker.time_caps()
+        fit = worker.cost.fit("forward")
+        # The time cap never goes below the cost model's overhead floor (`cost.MAX_OVERHEAD`):
+        # with a large measured fixed cost per batch, the floor can exceed max_batch_ms.
+        fit_text = (
+            "none"
+            if fit is None
+            else f"{fit.intercept * 1000:.1f} ms + {fit.slope * 1e6:.1f} us/token, "
+            f"floor {fit.tokens_within(0.0)} tokens"
+        )
         print(
             f"# bench/mixed.py on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, model "
@@ -221,7 +230,7 @@ def main() -> int:
             f"priority {args.priority}); small: Occlusion of one sentence, "
             f"{args.small_clients} clients, {args.think} s between calls; max_batch_ms "
             f"{'off' if bound is None else f'{bound * 1000:.0f}'}; token budget "
-            f"{args.token_budget}; time caps (tokens) {dict(caps)}"
+            f"{args.token_budget}; time caps (tokens) {dict(caps)}; forward cost fit {fit_text}"
         )
         print()
         print("| measurement | value |")
