@@ -18,6 +18,7 @@ Every later batch goes on refining the rates (`ThroughputModel.next_cap`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -176,6 +177,8 @@ def calibrate(
                         del rows_list[i + 1 :]
                         break
     worker.wait_idle()  # the last batch counted
+    # Its batches' garbage (rows, activations' host copies) now rather than in a client's call.
+    gc.collect()
     spent = clock() - started
     result = Calibration(
         batches=worker.stats.calibration_batches - before,
