@@ -195,17 +195,22 @@ def test_a_ten_megabyte_text_is_refused_for_little_server_cpu(
         ),
     }
     for rpc in calls:
-        time.sleep(0.2)  # let the server's idle threads settle
-        before = cpu_seconds(pid)
-        with pytest.raises(grpc.RpcError) as err:
-            calls[rpc]()
-        used = cpu_seconds(pid) - before
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
-        assert err.value.details() == (
-            "input 0 has 10000000 characters, more than the limit of 2048 (16 per token of "
-            "the 128-token limit): shorten it, or set truncate to cut it"
-        )
-        assert used < 0.05, (rpc, used)
+        # The least of three calls: CPU time is counted in 10 ms ticks and includes the server's
+        # other threads (gRPC pollers, the metrics collector), which on a shared machine add a
+        # tick or two to one call now and then; tokenizing would cost seconds on every call.
+        used = []
+        for _ in range(3):
+            time.sleep(0.2)  # let the server's idle threads settle
+            before = cpu_seconds(pid)
+            with pytest.raises(grpc.RpcError) as err:
+                calls[rpc]()
+            used.append(cpu_seconds(pid) - before)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
+            assert err.value.details() == (
+                "input 0 has 10000000 characters, more than the limit of 2048 (16 per token of "
+                "the 128-token limit): shorten it, or set truncate to cut it"
+            )
+        assert min(used) < 0.05, (rpc, used)
 
 
 def test_a_ten_megabyte_text_with_truncate_is_cut(
