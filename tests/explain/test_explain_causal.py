@@ -309,8 +309,11 @@ def test_prompt_units_only(lm_explainer: Explainer) -> None:
     assert e.valid is not None
     assert e.valid.all()
     assert e.scores.shape == (3, 4)
-    # Occlusion of a prompt unit does not depend on which other units exist.
-    np.testing.assert_allclose(e.scores, full.scores[:, :4], rtol=1e-6, atol=1e-6)
+    # Occlusion of a prompt unit does not depend on which other units exist. Up to float32
+    # rounding: the two requests run different row sets, so their batches (padding, packed
+    # suffixes, prefix or full path by measured cost) differ; differences of log-probabilities
+    # of magnitude ~10 carry a few ulps (1.2e-7 relative) each, 1.4e-6 was seen.
+    np.testing.assert_allclose(e.scores, full.scores[:, :4], rtol=1e-5, atol=1e-5)
 
 
 def test_token_granularity_validity_is_triangular(lm_explainer: Explainer) -> None:

@@ -74,7 +74,8 @@ def test_ids_continuation_and_prompt_units_only(
     assert [u.text for u in ids_e.units] == ["Hello", "there", ",", "world"]
     assert all(ids_e.valid)
     full = np.asarray(text_e.scores.values).reshape(3, 7)[:, :4]
-    np.testing.assert_allclose(np.asarray(ids_e.scores.values).reshape(3, 4), full, atol=1e-6)
+    # float32 rounding: different row sets batch differently (see test_prompt_units_only).
+    np.testing.assert_allclose(np.asarray(ids_e.scores.values).reshape(3, 4), full, atol=1e-5)
 
 
 def test_generated_continuation(lm_stub: explain_pb2_grpc.ExplainServiceStub) -> None:
