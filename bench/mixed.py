@@ -19,6 +19,7 @@ time too; the report gives their share so the slowdown can be read against it. `
 runs without a time bound (batches cut by the token budget alone: the behaviour before it).
 
     .venv/bin/python bench/mixed.py [--huge-rows 512] [--small-clients 2] [--max-batch-ms 100]
+        [--no-calibrate]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import grpc
 import numpy as np
 import torch
 
+from explainserve.cli import warm_up
 from explainserve.explain.service import Explainer, Limits
 from explainserve.grpc.server import ServerOptions, start
 from explainserve.models.loading import ModelConfig, load_model
@@ -116,6 +118,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--token-budget", type=int, default=8192)
     parser.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the warm-up and batch-size calibration that `explainserve serve` runs",
+    )
+    parser.add_argument(
         "--priority",
         choices=("interactive", "batch"),
         default="interactive",
@@ -132,17 +139,24 @@ def main() -> int:
             "bench",
             args.model_dir,
             device=args.device,
-            worker=WorkerOptions(token_budget=args.token_budget, max_batch_ms=args.max_batch_ms),
+            worker=WorkerOptions(
+                token_budget=args.token_budget,
+                max_batch_ms=args.max_batch_ms,
+                calibrate=not args.no_calibrate,
+            ),
         )
     )
     registry.add(served)
+    explainer = Explainer(registry, Limits())
+    if not args.no_calibrate:
+        # As `explainserve serve` starts: warm-up explanations, then the batch-size calibration.
+        warm_up(explainer, "bench")
+        print(f"calibration: {served.worker.calibration}")
     worker = served.worker
     huge_batches_seen = HugeBatches(max(2, args.huge_rows // 2))
     worker.fault_hook = huge_batches_seen.hook
     worker.observer = huge_batches_seen
-    running = start(
-        ServerOptions(port=0, workers=args.small_clients + 8), Explainer(registry, Limits())
-    )
+    running = start(ServerOptions(port=0, workers=args.small_clients + 8), explainer)
     target = f"127.0.0.1:{running.port}"
     channels = [grpc.insecure_channel(target) for _ in range(args.small_clients + 1)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
