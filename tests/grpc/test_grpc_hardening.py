@@ -171,10 +171,11 @@ def served(tiny_bert_dir: Path) -> Iterator[tuple[int, explain_pb2_grpc.ExplainS
 def test_a_ten_megabyte_text_is_refused_for_little_server_cpu(
     served: tuple[int, explain_pb2_grpc.ExplainServiceStub],
 ) -> None:
-    """Tokenizing 10 MB takes seconds of CPU; the character bound (16 per token of the 128-token
-    limit: 2,048) refuses it before any tokenizing. The bound of 50 ms is on CPU time, which a
-    loaded machine does not inflate as it does wall time; receiving and parsing 10 MB costs a
-    few ms."""
+    """Tokenizing 10 MB takes seconds of CPU (17 s measured with a BERT tokenizer on this
+    project's 2-core machine); the character bound (16 per token of the 128-token limit: 2,048)
+    refuses it before any tokenizing. The bound of 250 ms is on CPU time, which a loaded machine
+    does not inflate as it does wall time: receiving, copying and parsing 10 MB in gRPC and
+    protobuf measured 50-60 ms of the server's CPU, and 250 ms is still 60x below tokenizing."""
     pid, stub = served
     text = "word " * 2_000_000
     # A warm connection and warm code paths: the first call of each RPC imports and caches.
@@ -196,8 +197,8 @@ def test_a_ten_megabyte_text_is_refused_for_little_server_cpu(
     }
     for rpc in calls:
         # The least of three calls: CPU time is counted in 10 ms ticks and includes the server's
-        # other threads (gRPC pollers, the metrics collector), which on a shared machine add a
-        # tick or two to one call now and then; tokenizing would cost seconds on every call.
+        # other threads (gRPC pollers, the metrics collector), which add a tick or two to one
+        # call now and then; tokenizing would cost seconds on every call.
         used = []
         for _ in range(3):
             time.sleep(0.2)  # let the server's idle threads settle
@@ -210,7 +211,7 @@ def test_a_ten_megabyte_text_is_refused_for_little_server_cpu(
                 "input 0 has 10000000 characters, more than the limit of 2048 (16 per token of "
                 "the 128-token limit): shorten it, or set truncate to cut it"
             )
-        assert min(used) < 0.05, (rpc, used)
+        assert min(used) < 0.25, (rpc, used)
 
 
 def test_a_ten_megabyte_text_with_truncate_is_cut(
