@@ -36,11 +36,17 @@ def test_theil_sen_recovers_the_line_despite_outliers() -> None:
 
 
 def test_the_time_bound_never_cuts_below_the_overhead_floor() -> None:
-    # (0.1 - 0.002) / 1e-4 = 980 tokens fit the bound; the floor is 0.002 / 1e-4 * 19 = 380.
+    # (0.1 - 0.002) / 1e-4 = 980 tokens fit the bound; the floor is 0.002 / 1e-4 = 20.
     assert Fit(0.002, 1e-4, 8).tokens_within(0.1) == 980
-    # A fixed cost of 10 ms: below 1900 tokens it would be more than MAX_OVERHEAD of a batch.
-    floor = Fit(0.01, 1e-4, 8).tokens_within(0.1)
-    assert floor == pytest.approx(0.01 / 1e-4 * (1 - MAX_OVERHEAD) / MAX_OVERHEAD, abs=1)
+    # The MiniLM forward measured on the 2-core CPU (25 ms + 0.23 ms per token): the bound
+    # decides, (0.1 - 0.025) / 2.3e-4 = 326 tokens; at the old 5 % floor it was 2,065 tokens,
+    # batches five times max_batch_ms long.
+    assert Fit(0.025, 2.3e-4, 8).tokens_within(0.1) == 326
+    # A fixed cost of 80 ms: 200 tokens fit 0.1 s, but the fixed cost would be 80 % of such a
+    # batch; the floor keeps it at half, a / b = 800 tokens.
+    floor = Fit(0.08, 1e-4, 8).tokens_within(0.1)
+    assert floor == pytest.approx(0.08 / 1e-4 * (1 - MAX_OVERHEAD) / MAX_OVERHEAD, abs=1)
+    assert floor == pytest.approx(800, abs=1)
     assert Fit(0.0, 0.0, 8).tokens_within(0.1) > 1 << 40  # no cost per token: no bound
 
 
@@ -118,14 +124,15 @@ def test_no_time_bound_and_isolated_requests_are_cut_by_tokens_only(
 
 
 def test_a_fixed_cost_that_dominates_keeps_batches_whole(closing: list[Worker]) -> None:
-    """A batch's fixed cost of 50 ms: cutting batches at 100 ms would spend half the time on
-    it, so the overhead floor (MAX_OVERHEAD) keeps them at the token budget."""
-    runner = ToyRunner(overhead=0.05, per_token=1e-5)
+    """A batch's fixed cost of 90 ms: batches cut at 100 ms (1,000 tokens) would spend 90 % of
+    their time on it, so the overhead floor (MAX_OVERHEAD, a / b = 9,000 tokens) keeps them at
+    the token budget."""
+    runner = ToyRunner(overhead=0.09, per_token=1e-5)
     worker = start(runner, max_batch_ms=100)
     closing.append(worker)
     train(worker, runner)
     before = worker.stats.batches
-    job = make_job(500, 16, seed=1)  # 8,000 tokens: (0.1 - 0.05) / 1e-5 = 5,000 by time alone
+    job = make_job(500, 16, seed=1)  # 8,000 tokens: (0.1 - 0.09) / 1e-5 = 1,000 by time alone
     worker.submit(job)
     job.future.result(timeout=10)
     assert worker.stats.batches == before + 1
