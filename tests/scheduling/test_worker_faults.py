@@ -244,6 +244,19 @@ def test_a_full_batch_does_not_wait(runner: ToyRunner, closing: list[Worker]) ->
     assert time.perf_counter() - started < 2.0
 
 
+def test_a_batch_full_at_the_shared_cap_does_not_wait(
+    runner: ToyRunner, closing: list[Worker]
+) -> None:
+    """Full is what a shared batch holds now (here the explicit `batch_tokens`), not the token
+    budget: 40 tokens fill it, and a 60 s wait would time the result out."""
+    worker = start(runner, batch_wait_seconds=60.0, batch_tokens=40)
+    closing.append(worker)
+    job = make_job(10, 4, seed=1)  # 40 tokens: a full batch at the cap, 0.5 % of the budget
+    worker.submit(job)
+    job.future.result(timeout=10)
+    assert worker.stats.batches == 1
+
+
 def test_cancelled_jobs_are_dropped_unrun(runner: ToyRunner, closing: list[Worker]) -> None:
     worker = start(runner, max_batch_rows=4)
     closing.append(worker)

@@ -164,11 +164,7 @@ class BatchPolicy:
         sizes = []
         for kind, budget in budgets.items():
             bound = min(budget, memory.get(kind, budget))
-            cap = min(bound, time_caps.get(kind, bound))
-            if self.options.batch_tokens > 0:
-                cap = min(cap, self.options.batch_tokens)
-            elif self.options.calibrate:
-                cap = min(cap, optimum.get(kind, cap))
+            cap = self._cap_below(bound, time_caps.get(kind), optimum.get(kind))
             sizes.append(
                 KindSizes(
                     kind,
@@ -180,6 +176,22 @@ class BatchPolicy:
                 )
             )
         return sizes
+
+    def _cap_below(self, bound: int, time_cap: int | None, optimum: int | None) -> int:
+        """The tokens a shared batch may hold under the memory `bound`: the least of it, the
+        time cap and the explicit `batch_tokens`, or else (with `calibrate`) the optimum."""
+        cap = min(bound, time_cap or bound)
+        if self.options.batch_tokens > 0:
+            return min(cap, self.options.batch_tokens)
+        if self.options.calibrate:
+            return min(cap, optimum or cap)
+        return cap
+
+    def shared_cap_now(self, kind: Kind, budget: int) -> int:
+        """`_shared_cap` without its side effects (no exploration, no refit of the time cap):
+        what a shared batch of `kind` would hold now. Worker thread only."""
+        bound = min(budget, self._token_cap.get(kind, budget))
+        return self._cap_below(bound, self._time_cap.get(kind), self.throughput.cap(kind))
 
     def batch_caps(self) -> dict[Kind, int]:
         """Per kind, the tokens a shared batch may hold now (`batch_sizes`)."""

@@ -270,19 +270,21 @@ class Worker(BatchPolicy):
 
     def _wait_for_company(self) -> None:
         """Lets the oldest job wait up to `batch_wait_seconds` (since it was queued) for others
-        to share its batch, unless a full batch is already waiting. Called with the lock held."""
+        to share its batch, unless a full batch is already waiting: as many tokens as a shared
+        batch of the oldest job's kind holds now (its time bound and measured optimum, not only
+        the token budget). Called with the lock held."""
         wait = self.options.batch_wait_seconds
         if wait <= 0:
             return
-        deadline = min(job._enqueued for job in self._pending) + wait
+        oldest = min(self._pending, key=lambda job: job._enqueued)
+        deadline = oldest._enqueued + wait
+        full = self._budget(oldest)
+        if not oldest.isolated:
+            full = self.shared_cap_now(oldest.kind, full)
         while not self._closed:
             tokens = sum(job.rows_left * job.length for job in self._pending)
             left = deadline - time.monotonic()
-            if (
-                left <= 0
-                or tokens >= self.options.token_budget
-                or self._queued_rows >= self.options.max_batch_rows
-            ):
+            if left <= 0 or tokens >= full or self._queued_rows >= self.options.max_batch_rows:
                 return
             self._cond.wait(left)
 
