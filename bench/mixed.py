@@ -1,10 +1,16 @@
 """Latency under mixed traffic: small requests while a huge one runs, in one run.
 
 One client sends a huge request (KernelSHAP with `--huge-rows` coalitions on a long text: one
-input, that many sequences through the model); meanwhile `--small-clients` other clients each
-send small requests (Occlusion of one short sentence, a dozen sequences) one after the other,
-with a pause of `--think` seconds between them, until the huge one is done. Measured, in one
-run, on one live server on loopback (each client with its own channel):
+input, that many sequences through the model); meanwhile small requests (Occlusion of one short
+sentence, a dozen sequences) arrive from `--small-clients` other clients as an open-loop stream,
+`--rate` per second in all at random (Poisson, fixed seed) times, until the huge one is done. A
+small request's latency counts from its arrival time, not from when a client got round to
+sending it, and the stream does not slow down when the server does: the small requests bring the
+same work whichever way the server schedules them, so the huge request's slowdown compares
+schedules, not how many small requests a faster one let the clients send. (A closed loop of
+clients that wait for each answer would send more requests the better small-request latency is,
+and the huge request would pay for them.) Measured, in one run, on one live server on loopback
+(each client with its own channel):
 
 - idle: the small requests alone, one by one (median and p99 latency);
 - huge alone: the huge request with nothing else running;
@@ -18,8 +24,8 @@ request slowed by at most 15 % against running alone. The small requests' own wo
 time too; the report gives their share so the slowdown can be read against it. `--max-batch-ms 0`
 runs without a time bound (batches cut by the token budget alone: the behaviour before it).
 
-    .venv/bin/python bench/mixed.py [--huge-rows 512] [--small-clients 2] [--max-batch-ms 100]
-        [--no-calibrate]
+    .venv/bin/python bench/mixed.py [--huge-rows 512] [--small-clients 2] [--rate 2]
+        [--max-batch-ms 100] [--no-calibrate]
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +119,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--huge-rows", type=int, default=512, help="KernelSHAP coalitions")
     parser.add_argument("--small-clients", type=int, default=2)
-    parser.add_argument("--think", type=float, default=0.5, help="seconds between a client's calls")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="small requests per second, all clients together"
+    )
     parser.add_argument("--idle-calls", type=int, default=30)
     parser.add_argument("--max-batch-ms", type=float, help="default: the worker's (by device)")
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
@@ -199,29 +209,43 @@ def main() -> int:
         latencies: list[float] = []
         small_rows = [0]
         lock = threading.Lock()
+        pool = ThreadPoolExecutor(max_workers=4 * args.small_clients + 4)
+        huge_done = [float("inf")]  # when the huge request's answer came
 
-        def client(c: int) -> None:
-            i = c
+        def send(i: int, arrival: float) -> None:
+            _, rows = timed_call(stubs[1 + i % args.small_clients], small(i))
+            end = time.perf_counter()
+            with lock:
+                if arrival <= huge_done[0]:  # it arrived while the huge one ran
+                    # From its arrival: a request the pool sent late still counts its wait.
+                    latencies.append(end - arrival)
+                    small_rows[0] += rows
+
+        def stream() -> None:
+            """Open loop: arrivals at Poisson times, whatever the answers take."""
+            arrivals = random.Random(1234)
+            i, at = 0, time.perf_counter()
             while not done.is_set():
-                seconds, rows = timed_call(stubs[1 + c], small(i))
-                with lock:
-                    if not done.is_set():
-                        latencies.append(seconds)
-                        small_rows[0] += rows
-                i += args.small_clients
-                done.wait(args.think)
+                at += arrivals.expovariate(args.rate)
+                if done.wait(max(0.0, at - time.perf_counter())):
+                    break
+                pool.submit(send, i, at)
+                i += 1
 
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.small_clients)]
+        threads = [threading.Thread(target=stream)]
         busy0, tokens0 = worker.stats.busy_seconds, worker.stats.padded_tokens
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         huge_mixed, _ = timed_call(stubs[0], huge)
+        with lock:
+            huge_done[0] = time.perf_counter()
         mixed_batch_s = huge_batches_seen.take()
         done.set()
         mixed_wall = time.perf_counter() - t0
         for t in threads:
             t.join()
+        pool.shutdown(wait=True)
         busy = worker.stats.busy_seconds - busy0
         # The small requests' share of the tokens run meanwhile (padding counted).
         small_share = 1 - huge_tokens / max(worker.stats.padded_tokens - tokens0, 1)
@@ -229,7 +253,7 @@ def main() -> int:
         caps = worker.time_caps()
         fit = worker.cost.fit("forward")
         # The time cap never goes below the cost model's overhead floor (`cost.MAX_OVERHEAD`):
-        # with a large measured fixed cost per batch, the floor can exceed max_batch_ms.
+        # where the measured fixed cost per batch is near max_batch_ms, the floor decides.
         fit_text = (
             "none"
             if fit is None
@@ -242,7 +266,7 @@ def main() -> int:
             f"{args.model_dir.name}; huge: KernelSHAP-{args.huge_rows} on a "
             f"{len(served.tokenizer(LONG_TEXT)['input_ids'])}-token text ({huge_rows} sequences, "
             f"priority {args.priority}); small: Occlusion of one sentence, "
-            f"{args.small_clients} clients, {args.think} s between calls; max_batch_ms "
+            f"{args.rate:g}/s from {args.small_clients} clients (open loop); max_batch_ms "
             f"{'off' if bound is None else f'{bound * 1000:.0f}'}; token budget "
             f"{args.token_budget}; time caps (tokens) {dict(caps)}; forward cost fit {fit_text}"
         )
