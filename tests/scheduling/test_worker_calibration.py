@@ -251,3 +251,35 @@ def test_theil_sen_ignores_pairs_of_nearly_equal_sizes() -> None:
     assert all(abs(a - b) < MIN_APART * 1010 for (a, _), (b, _) in itertools.pairwise(near))
     fit = theil_sen(line + near)
     assert fit.slope == pytest.approx(1e-4, rel=0.15)
+
+
+def test_a_batch_cut_at_its_cap_measures_the_cap() -> None:
+    model = ThroughputModel()
+    model.observe("forward", 129, 0.05, cap=256)  # one 129-token row cut at a cap of 256
+    model.observe("forward", 120, 0.05)  # a batch that ran out of rows: its own size
+    assert [(r.tokens, r.batches) for r in model.rates()["forward"]] == [(128, 1), (256, 1)]
+
+
+def test_one_row_batches_under_the_optimum_count_for_it() -> None:
+    """Rows of 1,100 tokens under the calibrated 2,048-token cap: each batch holds one row
+    (1,100 tokens, the 1,024 class by its size), and is counted for the cap that cut it, so the
+    2,048 class's rate follows what that cap gives; only the batches that explore the cap below
+    count for 1,024."""
+    worker, _ = calibrated()
+    try:
+        before = {r.tokens: r.batches for r in worker.throughput.rates()["forward"]}
+        rows = batch_rows(worker, 40, 1100)
+        after = {r.tokens: r.batches for r in worker.throughput.rates()["forward"]}
+        assert sum(rows) == 40
+        # Every EXPLORE_EVERY-th batch explores, alternately 1024 (one row still goes) and
+        # 4096 (three rows): the others are one-row batches at the cap 2048. Counted by their
+        # tokens, all the one-row batches would be of the 1,024 class.
+        assert set(rows) == {1, 3}
+        explored = len(rows) // EXPLORE_EVERY
+        assert after[4096] - before[4096] == sum(1 for r in rows if r == 3)
+        # At most one more for 1,024: the last batch, one row left, not cut by its cap.
+        assert 1 <= after[1024] - before[1024] <= explored + 1
+        assert after[2048] - before[2048] >= len(rows) - explored - 1
+        assert worker.batch_caps()["forward"] == CACHE_TOKENS
+    finally:
+        worker.close()

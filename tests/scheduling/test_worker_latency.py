@@ -257,3 +257,23 @@ def test_the_time_bound_defaults_by_device_when_unset(runner: ToyRunner) -> None
     finally:
         by_device.close()
         bare.close()
+
+
+def test_batches_of_one_size_keep_the_slope_and_refit_the_intercept() -> None:
+    model = CostModel(min_samples=8, refit_every=4)
+    for tokens in [100, 200, 400, 800] * 2:  # sizes apart: the line is measured
+        model.observe("forward", tokens, 0.02 + 2e-4 * tokens)
+    fit = model.fit("forward")
+    assert fit is not None
+    assert (fit.intercept, fit.slope) == (pytest.approx(0.02), pytest.approx(2e-4))
+    # Then 64 batches of one row of 129 tokens: no pair is apart, so the slope stays (through
+    # the origin it would become 0.0458 / 129 = 3.6e-4 and the time cap half what it is).
+    for _ in range(64):
+        model.observe("forward", 129, 0.02 + 2e-4 * 129)
+    fit = model.fit("forward")
+    assert fit is not None
+    assert (fit.intercept, fit.slope) == (pytest.approx(0.02), pytest.approx(2e-4))
+    assert fit.tokens_within(0.1) == pytest.approx((0.1 - 0.02) / 2e-4, abs=1)
+    # On a machine now 10 ms slower per batch, the intercept follows.
+    slower = theil_sen([(129, 0.03 + 2e-4 * 129)] * 64, previous=fit)
+    assert (slower.intercept, slower.slope) == (pytest.approx(0.03), pytest.approx(2e-4))

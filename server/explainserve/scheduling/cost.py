@@ -93,7 +93,7 @@ class CostModel:
             samples.append((tokens, seconds))
             since = self._since_fit.get(kind, self.refit_every - 1) + 1
             if since >= self.refit_every and len(samples) >= self.min_samples:
-                self._fits[kind] = theil_sen(samples)
+                self._fits[kind] = theil_sen(samples, self._fits.get(kind))
                 since = 0
             self._since_fit[kind] = since
 
@@ -113,14 +113,28 @@ class CostModel:
             return len(self._samples.get(kind, ()))
 
 
-def theil_sen(samples: deque[tuple[int, float]] | list[tuple[int, float]]) -> Fit:
-    """The Theil-Sen line through `(tokens, seconds)` pairs (see the module docstring); with
-    every batch of one size, the line through the origin and their median."""
+def theil_sen(
+    samples: deque[tuple[int, float]] | list[tuple[int, float]], previous: Fit | None = None
+) -> Fit:
+    """The Theil-Sen line through `(tokens, seconds)` pairs (see the module docstring).
+
+    With every batch of about one size (no pair `MIN_APART` apart) the slope cannot be
+    measured: the `previous` fit's slope stays and only the intercept is refitted (the machine's
+    speed may have changed). Without a previous fit: the slope of any pairs of different sizes,
+    or with every batch of one size, the line through the origin and their median. Refitting
+    the slope from sizes a few tokens apart, or through the origin, would fold the fixed cost
+    into the slope: the time cap would shrink, batches would stay of one size and the fit could
+    never recover (a window of 64 one-row batches on the 2-core CPU went from 0.24 to 0.45 ms
+    per token).
+    """
     xy = np.asarray(samples, dtype=np.float64)
     x, y = xy[:, 0], xy[:, 1]
     i, j = np.triu_indices(len(x), k=1)
     dx = x[j] - x[i]
     apart = np.abs(dx) >= MIN_APART * np.maximum(x[i], x[j])
+    if not apart.any() and previous is not None:
+        intercept = max(float(np.median(y - previous.slope * x)), 0.0)
+        return Fit(intercept=intercept, slope=previous.slope, samples=len(x))
     if not apart.any():  # every batch of about one size: any pair of different sizes
         apart = dx != 0
     if apart.any():
@@ -177,11 +191,21 @@ class ThroughputModel:
         self._taken: dict[Kind, int] = {}
         self._lock = threading.Lock()
 
-    def observe(self, kind: Kind, tokens: int, seconds: float) -> None:
-        """Records a batch of `tokens` tokens (padding counted) that ran in `seconds`."""
+    def observe(self, kind: Kind, tokens: int, seconds: float, cap: int | None = None) -> None:
+        """Records a batch of `tokens` tokens (padding counted) that ran in `seconds`: in the
+        size class of `cap` if the batch was cut at that cap (another row would not have fitted
+        under it), else of its tokens.
+
+        The cap is what `next_cap` chooses, so a cut batch is a measurement of the cap, not of
+        its token count: rows of 129 tokens under a cap of 256 make one-row batches of 129
+        tokens (the class below). Counted by their tokens, every batch the cap 256 cuts would
+        land in the class of 128 and the class of 256 would keep whatever rate it had, forever
+        (exploring it cuts one-row batches again): a slow moment during calibration then pins
+        the batches at one row (seen on the 2-core CPU: 480 one-row batches in a row).
+        """
         if tokens <= 0 or seconds <= 0:
             return
-        c = size_class(tokens)
+        c = size_class(cap if cap is not None else tokens)
         with self._lock:
             window = self._rates.setdefault(kind, {}).setdefault(c, deque(maxlen=RATE_WINDOW))
             window.append(tokens / seconds)

@@ -101,6 +101,7 @@ class BatchPolicy:
     _token_cap: dict[Kind, int]
     _time_cap: dict[Kind, int]
     _waiting: dict[object, float]
+    _cut_cap: int | None
 
     def _lead(self) -> Job[Any]:
         """The oldest job of the request that led a batch least recently, among the requests of
@@ -236,8 +237,10 @@ class BatchPolicy:
         lead = self._lead()
         kind = lead.kind
         if kind == "generate":
+            self._cut_cap = None
             return self._take_generation(lead)
         budget = self._batch_tokens(lead)
+        self._cut_cap = None if lead.isolated else budget
         same_kind = [
             job
             for job in self._pending

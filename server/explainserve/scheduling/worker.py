@@ -139,6 +139,8 @@ class Worker(BatchPolicy):
         #: Per kind, the tokens of a batch under the time bound (a power of two, changed only
         #: when the estimate moves well away from it, so batches do not change at every fit).
         self._time_cap: dict[Kind, int] = {}
+        #: The shared cap the last batch taken was cut at (None: isolated, or generation).
+        self._cut_cap: int | None = None
         #: Requests with a submission waiting, and since when (the request queue-wait metric).
         self._waiting: dict[object, float] = {}
         lock = threading.RLock()
@@ -354,7 +356,12 @@ class Worker(BatchPolicy):
             kind = pieces[0][0].kind
             tokens = rows * max(job.width for job, _, _ in pieces)
             self.cost.observe(kind, tokens, seconds)
-            self.throughput.observe(kind, tokens, seconds)
+            # A batch that its shared cap cut (one more row of its width would not have fitted)
+            # measures that cap, whatever its rows' length makes of its tokens: one 129-token
+            # row under a cap of 256 is what the cap 256 gives such rows (`ThroughputModel`).
+            cut = self._cut_cap
+            at_cap = cut if cut is not None and tokens + tokens // rows > cut else None
+            self.throughput.observe(kind, tokens, seconds, cap=at_cap)
             if isinstance(pieces[0][0].is_cancelled, CalibrationTag):
                 self.stats.calibration_batches += 1
                 self.stats.calibration_seconds += seconds
