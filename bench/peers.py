@@ -625,36 +625,46 @@ class ExplainServeSide:
 def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
     """The bare model's rows/s on the Occlusion rows of `the_texts` (every word replaced by the
     mask token in turn, plus the unperturbed rows), sorted by length, cut into batches of a fixed
-    row count or of a token budget (rows x padded length, as the worker cuts them): what the
-    batch shape alone costs on this machine, without any explainer. Interleaved repeats."""
+    row count or of a token budget (rows x padded length, as the worker cuts them), and each
+    text's rows alone by a fixed row count: what the batch shape alone costs on this machine,
+    without any explainer. Interleaved repeats."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
-    rows: list[list[int]] = []
+    per_text: list[list[list[int]]] = []
     for text in the_texts:
         enc = tok(text)
         ids, words = enc["input_ids"], enc.word_ids()
-        rows.append(list(ids))
+        per_text.append([list(ids)])
         for w in sorted({w for w in words if w is not None}):
-            rows.append(
+            per_text[-1].append(
                 [tok.mask_token_id if wi == w else t for t, wi in zip(ids, words, strict=True)]
             )
-    rows.sort(key=len)
+    rows = sorted((r for text_rows in per_text for r in text_rows), key=len)
 
-    def cut(limit: int, by_tokens: bool) -> list[list[list[int]]]:
+    def cut(limit: int, by_tokens: bool, these: list[list[int]]) -> list[list[list[int]]]:
         batches: list[list[list[int]]] = [[]]
-        for r in rows:
+        for r in these:
             size = len(r) * (len(batches[-1]) + 1) if by_tokens else len(batches[-1]) + 1
             if batches[-1] and size > limit:
                 batches.append([])
             batches[-1].append(r)
         return batches
 
-    shapes = {f"{b} rows": cut(b, False) for b in INTERPRETO_BATCH_SIZES}
-    shapes |= {f"budget {t} tokens": cut(t, True) for t in (SMALL_BUDGET, DEFAULT_BUDGETS[0])}
+    shapes = {f"{b} rows": cut(b, False, rows) for b in INTERPRETO_BATCH_SIZES}
+    # Each text's rows alone, `b` at a time (no padding): how Interpreto batches them.
+    shapes |= {
+        f"{b} rows of one text": [x for t in per_text for x in cut(b, False, t)]
+        for b in INTERPRETO_BATCH_SIZES[:3]
+    }
+    # The sizes the calibration chooses on this CPU (256-1024 tokens), and the budgets.
+    shapes |= {
+        f"budget {t} tokens": cut(t, True, rows)
+        for t in (256, 512, 1024, SMALL_BUDGET, DEFAULT_BUDGETS[0])
+    }
     tensors = {
         name: [
             (
@@ -677,14 +687,18 @@ def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
     lines = [
         f"Bare model, {len(rows)} Occlusion rows of {len(the_texts)} texts, sorted by length:",
         "",
-        "| batches of | batches | mean rows / batch | rows/s (median) | min-max |",
-        "|---|---:|---:|---:|---:|",
+        "| batches of | batches | mean rows / batch | padded / real tokens | rows/s (median) "
+        "| min-max | s for these rows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    real = sum(len(r) for r in rows)
     for name, batches in shapes.items():
         rates = [len(rows) / t for t in times[name]]
+        padded = sum(len(b) * max(len(r) for r in b) for b in batches)
         lines.append(
-            f"| {name} | {len(batches)} | {len(rows) / len(batches):.0f} | "
-            f"{statistics.median(rates):.0f} | {min(rates):.0f}-{max(rates):.0f} |"
+            f"| {name} | {len(batches)} | {len(rows) / len(batches):.0f} | {padded / real:.3f} | "
+            f"{statistics.median(rates):.0f} | {min(rates):.0f}-{max(rates):.0f} | "
+            f"{statistics.median(times[name]):.3f} |"
         )
     return "\n".join(lines)
 
