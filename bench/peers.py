@@ -655,10 +655,12 @@ def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
         return batches
 
     shapes = {f"{b} rows": cut(b, False, rows) for b in INTERPRETO_BATCH_SIZES}
-    # Each text's rows alone, `b` at a time (no padding): how Interpreto batches them.
+    # In the texts' order, `b` at a time (Interpreto's batches: its padded / real tokens match),
+    # and each text's rows alone (no padding).
+    in_order = [r for text_rows in per_text for r in text_rows]
+    shapes |= {f"{b} rows, texts in order": cut(b, False, in_order) for b in (16, 64)}
     shapes |= {
-        f"{b} rows of one text": [x for t in per_text for x in cut(b, False, t)]
-        for b in INTERPRETO_BATCH_SIZES[:3]
+        f"{b} rows of one text": [x for t in per_text for x in cut(b, False, t)] for b in (16, 64)
     }
     # The sizes the calibration chooses on this CPU (256-1024 tokens), and the budgets.
     shapes |= {
