@@ -219,8 +219,12 @@ class _PeerWorker:
             model_dir, dtype=torch.float32
         ).to(self.device)
         self.model.eval()
-        self.rows = 0
+        #: Per run: model rows and batches, padded and real tokens (the attention mask's ones),
+        #: and seconds in the model's forward passes (backward passes not included).
+        self.counts = dict.fromkeys(("rows", "batches", "padded", "real", "model_seconds"), 0.0)
+        self._started = 0.0
         self.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self.model.register_forward_hook(self._stop)
         self._explainers: dict[tuple[str, int], Any] = {}
 
     def _count(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -229,7 +233,19 @@ class _PeerWorker:
             x = kwargs.get("inputs_embeds")
         if x is None and args:
             x = args[0]
-        self.rows += int(x.shape[0])
+        mask = kwargs.get("attention_mask")
+        self.counts["rows"] += int(x.shape[0])
+        self.counts["batches"] += 1
+        self.counts["padded"] += int(x.shape[0] * x.shape[1])
+        self.counts["real"] += int(mask.sum()) if mask is not None else int(x.shape[0] * x.shape[1])
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+        self._started = time.perf_counter()
+
+    def _stop(self, *_: Any) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+        self.counts["model_seconds"] += time.perf_counter() - self._started
 
     def info(self) -> dict[str, Any]:
         """Versions and settings of this side."""
@@ -247,8 +263,8 @@ class _PeerWorker:
         }
 
     def run(self, tool: str, case: Case, batch_size: int, texts: list[str]) -> dict[str, Any]:
-        """Explains `texts`; the seconds it took and the model rows it ran."""
-        self.rows = 0
+        """Explains `texts`; the seconds it took and the model's counts (`counts`)."""
+        self.counts = dict.fromkeys(self.counts, 0.0)
         t0 = time.perf_counter()
         if tool == "interpreto":
             self._interpreto(case, batch_size)(texts)
@@ -257,7 +273,7 @@ class _PeerWorker:
                 self._captum(case, batch_size, text)
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
-        return {"seconds": time.perf_counter() - t0, "rows": self.rows}
+        return {"seconds": time.perf_counter() - t0, **self.counts}
 
     def _interpreto(self, case: Case, batch_size: int) -> Any:
         import interpreto
@@ -421,17 +437,14 @@ class Peers:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def run(
-        self, tool: str, case: Case, batch_size: int, texts: list[str]
-    ) -> tuple[float, int, int]:
-        """Seconds and model rows of one explanation of `texts` by the peer `tool` (and 0: the
-        peers' batches are not counted)."""
+    def run(self, tool: str, case: Case, batch_size: int, texts: list[str]) -> dict[str, float]:
+        """Seconds of one explanation of `texts` by the peer `tool`, and its model's counts
+        (`_PeerWorker.counts`)."""
         assert self._proc.stdin is not None
         ask = {"tool": tool, "case": asdict(case), "batch_size": batch_size, "texts": texts}
         self._proc.stdin.write(json.dumps(ask) + "\n")
         self._proc.stdin.flush()
-        answer = self._read()
-        return float(answer["seconds"]), int(answer["rows"]), 0
+        return {k: float(v) for k, v in self._read().items()}
 
     def close(self) -> None:
         """Ends the worker (end of its input)."""
@@ -552,8 +565,9 @@ class ExplainServeSide:
             for c in self.channels
         ]
 
-    def run(self, config: Config, case: Case, texts: list[str]) -> tuple[float, int, int]:
-        """Seconds (end to end, at the clients), model rows and batches the worker ran."""
+    def run(self, config: Config, case: Case, texts: list[str]) -> dict[str, float]:
+        """Seconds (end to end, at the clients) and what the worker ran: model rows, batches,
+        padded and real tokens, seconds in batches (forward and backward passes)."""
         from explainserve.v1 import explain_pb2 as pb
 
         name = f"b{config.token_budget}" + ("-untimed" if config.untimed else "")
@@ -564,7 +578,8 @@ class ExplainServeSide:
             for part in (texts[i : i + share] for i in range(0, len(texts), share))
         ]
         stats = self.registry.get(name).worker.stats
-        before = (stats.rows, stats.batches)
+        fields = ("rows", "batches", "padded_tokens", "real_tokens", "busy_seconds")
+        before = [getattr(stats, f) for f in fields]
         errors: list[BaseException] = []
         start = threading.Barrier(len(requests) + 1)
 
@@ -587,7 +602,17 @@ class ExplainServeSide:
         seconds = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        return seconds, stats.rows - before[0], stats.batches - before[1]
+        rows, batches, padded, real, busy = (
+            getattr(stats, f) - b for f, b in zip(fields, before, strict=True)
+        )
+        return {
+            "seconds": seconds,
+            "rows": rows,
+            "batches": batches,
+            "padded": padded,
+            "real": real,
+            "model_seconds": busy,
+        }
 
     def close(self) -> None:
         """Stops the server and the models' workers."""
@@ -600,36 +625,48 @@ class ExplainServeSide:
 def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
     """The bare model's rows/s on the Occlusion rows of `the_texts` (every word replaced by the
     mask token in turn, plus the unperturbed rows), sorted by length, cut into batches of a fixed
-    row count or of a token budget (rows x padded length, as the worker cuts them): what the
-    batch shape alone costs on this machine, without any explainer. Interleaved repeats."""
+    row count or of a token budget (rows x padded length, as the worker cuts them), and each
+    text's rows alone by a fixed row count: what the batch shape alone costs on this machine,
+    without any explainer. Interleaved repeats."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
-    rows: list[list[int]] = []
+    per_text: list[list[list[int]]] = []
     for text in the_texts:
         enc = tok(text)
         ids, words = enc["input_ids"], enc.word_ids()
-        rows.append(list(ids))
+        per_text.append([list(ids)])
         for w in sorted({w for w in words if w is not None}):
-            rows.append(
+            per_text[-1].append(
                 [tok.mask_token_id if wi == w else t for t, wi in zip(ids, words, strict=True)]
             )
-    rows.sort(key=len)
+    rows = sorted((r for text_rows in per_text for r in text_rows), key=len)
 
-    def cut(limit: int, by_tokens: bool) -> list[list[list[int]]]:
+    def cut(limit: int, by_tokens: bool, these: list[list[int]]) -> list[list[list[int]]]:
         batches: list[list[list[int]]] = [[]]
-        for r in rows:
+        for r in these:
             size = len(r) * (len(batches[-1]) + 1) if by_tokens else len(batches[-1]) + 1
             if batches[-1] and size > limit:
                 batches.append([])
             batches[-1].append(r)
         return batches
 
-    shapes = {f"{b} rows": cut(b, False) for b in INTERPRETO_BATCH_SIZES}
-    shapes |= {f"budget {t} tokens": cut(t, True) for t in (SMALL_BUDGET, DEFAULT_BUDGETS[0])}
+    shapes = {f"{b} rows": cut(b, False, rows) for b in INTERPRETO_BATCH_SIZES}
+    # In the texts' order, `b` at a time (Interpreto's batches: its padded / real tokens match),
+    # and each text's rows alone (no padding).
+    in_order = [r for text_rows in per_text for r in text_rows]
+    shapes |= {f"{b} rows, texts in order": cut(b, False, in_order) for b in (16, 64)}
+    shapes |= {
+        f"{b} rows of one text": [x for t in per_text for x in cut(b, False, t)] for b in (16, 64)
+    }
+    # The sizes the calibration chooses on this CPU (256-1024 tokens), and the budgets.
+    shapes |= {
+        f"budget {t} tokens": cut(t, True, rows)
+        for t in (256, 512, 1024, SMALL_BUDGET, DEFAULT_BUDGETS[0])
+    }
     tensors = {
         name: [
             (
@@ -652,14 +689,18 @@ def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
     lines = [
         f"Bare model, {len(rows)} Occlusion rows of {len(the_texts)} texts, sorted by length:",
         "",
-        "| batches of | batches | mean rows / batch | rows/s (median) | min-max |",
-        "|---|---:|---:|---:|---:|",
+        "| batches of | batches | mean rows / batch | padded / real tokens | rows/s (median) "
+        "| min-max | s for these rows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    real = sum(len(r) for r in rows)
     for name, batches in shapes.items():
         rates = [len(rows) / t for t in times[name]]
+        padded = sum(len(b) * max(len(r) for r in b) for b in batches)
         lines.append(
-            f"| {name} | {len(batches)} | {len(rows) / len(batches):.0f} | "
-            f"{statistics.median(rates):.0f} | {min(rates):.0f}-{max(rates):.0f} |"
+            f"| {name} | {len(batches)} | {len(rows) / len(batches):.0f} | {padded / real:.3f} | "
+            f"{statistics.median(rates):.0f} | {min(rates):.0f}-{max(rates):.0f} | "
+            f"{statistics.median(times[name]):.3f} |"
         )
     return "\n".join(lines)
 
@@ -689,7 +730,7 @@ def measure(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{method label: {config label: {"times": [s/text per repeat], "rows": rows per run}}}."""
 
-    def runner(config: Config, case: Case) -> Callable[[list[str]], tuple[float, int, int]]:
+    def runner(config: Config, case: Case) -> Callable[[list[str]], dict[str, float]]:
         if config.tool == "explainserve":
             return lambda t: server.run(config, case, t)
         return lambda t: peers.run(config.tool, case, config.batch_size, t)
@@ -698,7 +739,8 @@ def measure(
     for case in all_cases:
         todo = [c for c in all_configs if c.tool != "captum" or captum_call(case)]
         per: dict[str, dict[str, Any]] = {
-            c.label: {"times": [], "rows": 0, "batches": 0} for c in todo
+            c.label: {"times": [], "model": [], "rows": 0, "batches": 0, "padded": 0.0}
+            for c in todo
         }
         for config in todo:
             runner(config, case)(the_texts[:warmup_texts])
@@ -706,10 +748,12 @@ def measure(
             # Rotated each repeat, so no configuration always follows the same one.
             shift = rep % len(todo)
             for config in todo[shift:] + todo[:shift]:
-                seconds, rows, batches = runner(config, case)(the_texts)
-                per[config.label]["times"].append(seconds / len(the_texts))
-                per[config.label]["rows"] = rows
-                per[config.label]["batches"] = batches
+                run = runner(config, case)(the_texts)
+                r = per[config.label]
+                r["times"].append(run["seconds"] / len(the_texts))
+                r["model"].append(run["model_seconds"] / len(the_texts))
+                r["rows"], r["batches"] = int(run["rows"]), int(run["batches"])
+                r["padded"] = run["padded"] / max(run["real"], 1)
             print(f"# {case.label}: repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
         results[case.label] = per
         save(results)
@@ -727,20 +771,30 @@ def _spread(times: list[float]) -> str:
 def report(results: dict[str, dict[str, dict[str, Any]]], n_texts: int) -> str:
     """The markdown tables: every configuration's s/text, then the ratios and the goal."""
     lines = [
-        "| method | configuration | model rows / run | rows / batch | s/text (median) | min-max "
-        "| rows/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| method | configuration | model rows / run | rows / batch | padded / real tokens "
+        "| s/text (median) | min-max | rows/s | model s/text | model / total |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, per in results.items():
         for label, r in per.items():
             med = statistics.median(r["times"])
             batches = r.get("batches", 0)
             per_batch = f"{r['rows'] / batches:.0f}" if batches else "-"
+            padded = f"{r['padded']:.3f}" if r.get("padded") else "-"
+            model = "- | -"
+            if r.get("model"):
+                share = [m / t for m, t in zip(r["model"], r["times"], strict=True)]
+                model = f"{statistics.median(r['model']):.4f} | {statistics.median(share):.2f}"
             lines.append(
-                f"| {method} | {label} | {r['rows']} | {per_batch} | {med:.4f} | "
-                f"{_spread(r['times'])} | "
-                f"{r['rows'] / (med * n_texts):.0f} |"
+                f"| {method} | {label} | {r['rows']} | {per_batch} | {padded} | {med:.4f} | "
+                f"{_spread(r['times'])} | {r['rows'] / (med * n_texts):.0f} | {model} |"
             )
+    lines += [
+        "",
+        "Model s/text: seconds in the model per text; the peers' forward passes only (timed by "
+        "hooks on the model: a gradient method's backward passes are not counted), "
+        "ExplainServe's worker batches (forward and backward passes, inputs' copies).",
+    ]
     lines += [
         "",
         "Speed-up = Interpreto s/text / ExplainServe s/text (ratio of medians; in brackets the "

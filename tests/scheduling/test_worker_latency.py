@@ -1,7 +1,8 @@
 """Latency under mixed traffic, on the toy runner and its fake clock (a batch costs `overhead +
 per_token x tokens` on it, exactly): the cost model, batches cut at `max_batch_ms`, fair shares of
-a batch between requests, priorities, and the observer's request queue waits. Batches are
-counted and their fake durations computed; nothing depends on the machine's speed."""
+a batch between requests, length-aware shared batches, priorities, and the observer's request
+queue waits. Batches are counted and their fake durations computed; nothing depends on the
+machine's speed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 from toy_worker import ToyRunner, make_job, record, start
 
+from explainserve.scheduling import policy
 from explainserve.scheduling.cost import MAX_OVERHEAD, CostModel, Fit, theil_sen
-from explainserve.scheduling.jobs import RequestTag
+from explainserve.scheduling.jobs import ForwardJob, RequestTag
 from explainserve.scheduling.policy import fair_shares
 from explainserve.scheduling.worker import Worker
 
@@ -277,3 +279,106 @@ def test_batches_of_one_size_keep_the_slope_and_refit_the_intercept() -> None:
     # On a machine now 10 ms slower per batch, the intercept follows.
     slower = theil_sen([(129, 0.03 + 2e-4 * 129)] * 64, previous=fit)
     assert (slower.intercept, slower.slope) == (pytest.approx(0.03), pytest.approx(2e-4))
+
+
+#: bench/peers.py's 16 texts: (tokens, Occlusion rows at WORD granularity).
+PEER_TEXTS = [
+    (22, 20), (22, 18), (20, 19), (18, 17), (18, 17), (17, 16), (20, 19), (18, 17),
+    (15, 12), (14, 13), (16, 15), (15, 11), (13, 12), (13, 12), (12, 11), (13, 12),
+]  # fmt: skip
+
+
+def eight_clients(
+    runner: ToyRunner, worker: Worker
+) -> tuple[dict[int, ForwardJob], list[list[tuple[int, int, int]]]]:
+    """The peers bench's 8 clients (2 texts each, Occlusion rows), all queued before the
+    worker's next batch (a one-row batch of 4 tokens holds it meanwhile). Returns their jobs by
+    id and the batches after the held one, as (job id, start, stop) pieces. Results checked."""
+    batches: list[list[tuple[int, int, int]]] = []
+    worker.fault_hook = record(batches)
+    jobs: dict[int, ForwardJob] = {}
+    runner.gate.clear()
+    try:
+        worker.submit(make_job(1, 4, seed=99))
+        hold_first_batch(worker, runner, 0)
+        for c in range(8):
+            tag = RequestTag(threading.Event().is_set)
+            mine = [
+                make_job(rows, length, seed=i, is_cancelled=tag)
+                for i, (length, rows) in enumerate(PEER_TEXTS[2 * c : 2 * c + 2])
+            ]
+            worker.submit_all(mine)
+            jobs |= {id(job): job for job in mine}
+    finally:
+        runner.gate.set()
+    for job in jobs.values():
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    return jobs, batches[1:]
+
+
+@pytest.mark.parametrize("stretch_only", [False, True])
+def test_shared_batches_hold_rows_close_in_length(
+    runner: ToyRunner, closing: list[Worker], monkeypatch: pytest.MonkeyPatch, stretch_only: bool
+) -> None:
+    """8 concurrent requests of texts of 12-22 tokens in batches of 512 tokens: length-aware
+    filling pads 1 % of the tokens; rows of any requests within MAX_SHARED_STRETCH of the lead
+    (the filling before it, `stretch_only`) padded 28 %, in as many batches. Counted by the
+    worker's counters and from the batches' pieces."""
+    if stretch_only:
+        monkeypatch.setattr(policy, "MAX_SHARED_PADDING", policy.MAX_SHARED_STRETCH)
+    worker = start(runner, batch_tokens=512, max_batch_ms=0)
+    closing.append(worker)
+    jobs, batches = eight_clients(runner, worker)
+    worker.close()  # the counters count a batch after its futures resolve
+    stats = worker.stats
+    padded, real = stats.padded_tokens - 4, stats.real_tokens - 4  # less the held batch
+    assert real == sum(length * rows for length, rows in PEER_TEXTS)
+    assert stats.rows - 1 == sum(rows for _, rows in PEER_TEXTS)
+    assert len(batches) == stats.batches - 1 == 11
+    widths = [[jobs[j].length for j, _, _ in b] for b in batches]
+    requests = [len({id(jobs[j].is_cancelled) for j, _, _ in b}) for b in batches]
+    if stretch_only:
+        assert padded / real > 1.25
+        assert max(requests) == 8
+    else:
+        assert padded / real < 1.02
+        # No batch mixes requests whose rows differ by more than 5 % in length, but the last
+        # (small requests: what each has left fits its share, so it completes there).
+        for w, n in zip(widths[:-1], requests[:-1], strict=True):
+            assert n == 1 or max(w) <= policy.MAX_SHARED_PADDING * min(w)
+        assert max(requests) < 8
+
+
+def test_a_small_request_of_another_length_still_completes_in_the_next_batch(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    """A huge request of 16-token rows runs; another of 12-token rows and a small one of 12
+    tokens queue. The next batch, led by the 12-token one, takes all the small request's rows
+    but none of the 16-token rows (33 % padding); the 16-token request leads the one after,
+    alone, and so on in turn."""
+    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
+    closing.append(worker)
+    worker.fault_hook = record(batches)
+    runner.gate.clear()
+    try:
+        wide = make_job(300, 16, seed=1, is_cancelled=threading.Event().is_set)
+        worker.submit(wide)
+        hold_first_batch(worker, runner, 300 - 32)
+        narrow = make_job(300, 12, seed=2, is_cancelled=threading.Event().is_set)
+        small = make_job(10, 12, seed=3, is_cancelled=threading.Event().is_set)
+        worker.submit(narrow)
+        worker.submit(small)
+    finally:
+        runner.gate.set()
+    for job in (wide, narrow, small):
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    rows = [{job_id: stop - start for job_id, start, stop in b} for b in batches[:3]]
+    # 512 tokens: the small request's 120, the rest (392) to the narrow one: 32 rows.
+    assert rows == [{id(wide): 32}, {id(narrow): 32, id(small): 10}, {id(wide): 32}]
+    # The only padding: the narrow request's last 16 rows, small by then, complete in a batch
+    # the wide one leads (16 rows x 4 tokens).
+    mixed = [i for i, b in enumerate(batches) if len(b) > 1]
+    assert mixed == [1, 14]
+    assert {job_id: stop for job_id, _, stop in batches[14]} == {id(wide): 240, id(narrow): 300}
+    worker.close()  # the counters count a batch after its futures resolve
+    assert worker.stats.padded_tokens - worker.stats.real_tokens == 16 * 4
