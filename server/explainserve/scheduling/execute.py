@@ -128,8 +128,11 @@ class Runner(Protocol):
         need."""
         ...
 
-    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> Any | None:
-        """Causal LMs: the KV cache of left-padded rows, or None if it cannot be cut."""
+    def prefix_cache(
+        self, ids: torch.Tensor, attention: torch.Tensor, keep: int = 0
+    ) -> tuple[Any, KeptPositions | None] | None:
+        """Causal LMs: the KV cache of left-padded rows and, with `keep`, their last `keep`
+        positions (as `kept`); None if the cache cannot be cut."""
         ...
 
     def cache_rows(self, cache: Any, rows: torch.Tensor, length: int, expand: int = 0) -> Any:
