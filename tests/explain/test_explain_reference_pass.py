@@ -155,3 +155,36 @@ def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
     m.worker.submit(job)
     job.future.result()
     assert m.worker.stats.real_tokens - before == max(starts[:7]) + sum(n - s for s in starts[:7])
+
+
+def test_cost_models_record_the_tokens_the_prefix_path_ran(
+    served: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's cost and throughput models get a prefix-path batch's tokens as run (its
+    padded prefix and suffix tokens), not its rows x width; a full batch's rows x width."""
+    monkeypatch.setattr(prefix, "ALWAYS", True)
+    reference = np.random.default_rng(11).integers(10, 200, size=24).astype(np.int64)
+    n = len(reference)
+    for reuse in (True, False):
+        worker = served[f"gpt2-{reuse}"].worker
+        seen: dict[str, list[int]] = {"cost": [], "throughput": []}
+        for name in seen:
+            model = getattr(worker, name)
+            observe = model.observe
+
+            def spy(kind: str, tokens: int, seconds: float, _o=observe, _s=seen[name]) -> None:  # type: ignore[no-untyped-def]
+                _s.append(tokens)
+                _o(kind, tokens, seconds)
+
+            monkeypatch.setattr(model, "observe", spy)
+        base, method, _ = _jobs(reference, n - 4, "logits", False)
+        before = worker.stats.padded_tokens
+        worker.submit_all([base, method])
+        method.future.result()
+        worker.wait_idle()
+        ran = worker.stats.padded_tokens - before
+        assert seen["cost"] == seen["throughput"] == [ran]
+        if reuse:
+            assert ran < 0.7 * (n + 1) * n  # the prefix path: well under rows x width
+        else:
+            assert ran == (n + 1) * n

@@ -205,6 +205,10 @@ class Executor:
         self.reuse = reuse
         #: Causal LMs: what the prefix path and the full path have cost (`prefix.PassCosts`).
         self.pass_costs = prefix.PassCosts()
+        #: Tokens (padding counted) the last batch ran on the prefix path, which runs fewer
+        #: than its rows x width; None when it ran every row in full (the worker's cost and
+        #: throughput models record what actually ran).
+        self.ran_tokens: int | None = None
 
     def free_cached_memory(self) -> None:
         """Returns the device memory torch caches (before a batch is retried smaller)."""
@@ -214,6 +218,7 @@ class Executor:
     def run(self, pieces: Pieces[Job[Any]]) -> None:
         """Runs a batch of jobs of one kind, and resolves the futures of those it completes."""
         kind = pieces[0][0].kind
+        self.ran_tokens = None
         # The batch's kind is declared by its jobs; the casts say what the worker guarantees.
         if kind == "forward":
             self._run_forward(cast(Pieces[ForwardJob], pieces))
@@ -261,7 +266,10 @@ class Executor:
             if not any(job.isolated for job, _, _ in pieces):
                 costs = self.pass_costs
                 costs.pending_full = 0
+            padded = self.stats.padded_tokens
             host = prefix.forward_scores(self.runner, pieces, self.stats, costs)
+            if host is not None:
+                self.ran_tokens = self.stats.padded_tokens - padded
         if host is None:
             began = time.perf_counter()
             host = self._forward_scores(pieces)
