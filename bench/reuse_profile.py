@@ -16,7 +16,9 @@ worker's steps, and the medians per request are printed:
 
 Then the model alone, no worker: a pass of 1 row and of 70 rows of the request's length,
 giving the per-pass fixed cost `F` and the cost per token `r` (`t = F + r * tokens`), from
-which the best ratio reuse could give is computed. Medians, since the machine is shared.
+which the best ratio reuse could give is computed. Medians, since the machine is shared. The
+copy with reuse takes the prefix path for every batch it can (`prefix.ALWAYS`), unless
+`--measured-choice`.
 
     .venv/bin/python bench/reuse_profile.py [--layers 2] [--width 64] [--repeats 15]
 """
@@ -48,7 +50,7 @@ from explainserve.grpc.server import start
 from explainserve.models import runners
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-from explainserve.scheduling import worker
+from explainserve.scheduling import prefix, worker
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
@@ -79,7 +81,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--units", default="token", choices=["token", "word"])
+    parser.add_argument(
+        "--measured-choice",
+        action="store_true",
+        help="let the measured costs choose each batch's path (default: the prefix path always, "
+        "with reuse, so that its breakdown is what is timed)",
+    )
     args = parser.parse_args()
+    prefix.ALWAYS = not args.measured_choice
     _timed(worker.Worker, "_execute", "batches")
     _timed(runners.CausalLMRunner, "prefix_cache", "prefix pass")
     _timed(runners.CausalLMRunner, "packed", "packed pass")
