@@ -188,3 +188,29 @@ def test_cost_models_record_the_tokens_the_prefix_path_ran(
             assert ran < 0.7 * (n + 1) * n  # the prefix path: well under rows x width
         else:
             assert ran == (n + 1) * n
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_packed_rows_with_the_additive_mask_of_eager_attention(
+    served: dict[str, ServedModel], model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SDPA gets the packed rows' boolean mask as it is; the eager attention, which adds its
+    mask to the scores, gets it as 0 / the dtype's minimum. Both forms (SDPA takes either)
+    give the scores of every row run in full."""
+    monkeypatch.setattr(prefix, "ALWAYS", True)
+    reference = np.random.default_rng(13).integers(10, 200, size=21).astype(np.int64)
+    results = []
+    for name, additive in (
+        (f"{model}-True", False),
+        (f"{model}-True", True),
+        (f"{model}-False", False),
+    ):
+        m = served[name]
+        monkeypatch.setattr(m.worker.runner, "_additive_mask", additive)
+        base, method, _ = _jobs(reference, 16, "logits", False)
+        m.worker.submit_all([base, method])
+        results.append(method.future.result())
+    for out in results[:2]:
+        np.testing.assert_allclose(
+            out, results[2], rtol=0, atol=1e-5 * max(1.0, float(np.abs(results[2]).max()))
+        )

@@ -231,6 +231,8 @@ class CausalLMRunner(ModelRunner):
         # attention that takes a 4D additive mask as given (SDPA's and the eager one do).
         attention_kind = getattr(model.config, "_attn_implementation", None)
         self._mask_4d = attention_kind in ("sdpa", "eager")
+        # SDPA takes a boolean mask as it is; the eager attention adds the mask to its scores.
+        self._additive_mask = attention_kind != "sdpa"
 
     @property
     def packing(self) -> bool:
@@ -371,9 +373,14 @@ class CausalLMRunner(ModelRunner):
         index: torch.Tensor,
     ) -> KeptPositions:
         """Packed rows on a cache (`packing` only): `(b, W, h)` input embeddings continuing
-        `cache`, whose additive `(b, 1, W, C + W)` float `mask` says which cache slots and new
-        positions each position sees, and `(b, W)` position ids; returns the final hidden states
-        at `index` (`(m, t)` flat positions `row * W + column`) as `(m, t)` kept positions."""
+        `cache`, whose boolean `(b, 1, W, C + W)` `mask` says which cache slots and new
+        positions each position sees (True: seen), and `(b, W)` position ids; returns the final
+        hidden states at `index` (`(m, t)` flat positions `row * W + column`) as `(m, t)` kept
+        positions."""
+        if self._additive_mask:  # the eager attention: 0 where seen, the dtype's minimum else
+            mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(embeds.dtype).min
+            )
         out = self.model.base_model(
             inputs_embeds=embeds,
             attention_mask=mask,

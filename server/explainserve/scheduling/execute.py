@@ -149,7 +149,8 @@ class Runner(Protocol):
         index: torch.Tensor,
     ) -> KeptPositions:
         """Causal LMs with `packing`: several rows packed into each batch row on a cache, a 4D
-        additive `mask` keeping them apart; the final states at flat positions `index`."""
+        boolean `mask` (True: seen) keeping them apart; the final states at flat positions
+        `index`."""
         ...
 
     def generate(

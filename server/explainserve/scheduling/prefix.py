@@ -206,19 +206,21 @@ def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
 def _pack(rows: NDArray[np.int64], lengths: NDArray[np.int64], width: int) -> list[list[int]]:
     """Rows `rows` (of one job) cut into bins of at most `width` tokens, first fit by
     decreasing length: Occlusion's suffixes (lengths `n - start_j`, a triangle) pack nearly
-    without padding, two to three to a batch row."""
-    order = rows[np.argsort(-lengths[rows], kind="stable")]
+    without padding, two to three to a batch row. Plain lists: a batch has tens to hundreds
+    of rows, for which numpy's per-call cost is most of the time."""
+    order = rows[np.argsort(-lengths[rows], kind="stable")].tolist()
+    sizes = lengths[order].tolist()
     bins: list[list[int]] = []
-    room = np.zeros(0, dtype=np.int64)
-    for r in order.tolist():
-        n = int(lengths[r])
-        fits = np.flatnonzero(room >= n)
-        if len(fits):
-            bins[int(fits[0])].append(r)
-            room[fits[0]] -= n
+    room: list[int] = []
+    for r, n in zip(order, sizes, strict=True):
+        for b, left in enumerate(room):
+            if left >= n:
+                bins[b].append(r)
+                room[b] = left - n
+                break
         else:
             bins.append([r])
-            room = np.append(room, width - n)
+            room.append(width - n)
     return bins
 
 
@@ -481,7 +483,7 @@ def _packed_scores(
     """The suffixes of the flat rows, several to a batch row (`packs`, `span` wide), in one
     pass on the cache: each row's positions see the cache slots of its own reference prefix
     (its job's, up to its start) and its own earlier positions, nothing of the rows packed
-    beside it (a 4D additive mask), with its own position ids. Each piece's `(rows, t)` scores.
+    beside it (a 4D mask), with its own position ids. Each piece's `(rows, t)` scores.
     """
     from explainserve.scheduling.execute import target_scores  # execute imports this module
 
@@ -552,9 +554,7 @@ def _packed_scores(
     embeds = runner.embed(ids_d)
     if any_zero:
         embeds = embeds.masked_fill(torch.from_numpy(zero).to(device).unsqueeze(-1), 0.0)
-    mask = torch.zeros(sees.shape, dtype=embeds.dtype).masked_fill_(
-        torch.from_numpy(~sees), torch.finfo(embeds.dtype).min
-    )
+    mask = torch.from_numpy(sees)
     pos_t = torch.from_numpy(pos)
     index_t = torch.from_numpy(index)
     same = bool((slots == slots[0]).all())
