@@ -58,3 +58,22 @@ def test_suffix_groups_cover_every_row_and_trade_padding_for_passes() -> None:
     firsts = [int(lengths[g].max()) for g in groups]
     assert firsts == sorted(firsts, reverse=True)
     assert prefix._groups(np.asarray([5], dtype=np.int64))[0].tolist() == [0]
+
+
+def test_close_calls_try_the_other_path_more_often() -> None:
+    """Predicted times within `CLOSE` of each other: every `CLOSE_EXPLORE`-th decision takes
+    the other path, so a path timed slow in a burst of load is timed again soon; far apart,
+    every `EXPLORE`-th only."""
+    for prefix_seconds, every in ((0.3, PassCosts.CLOSE_EXPLORE), (0.6, PassCosts.EXPLORE)):
+        costs = PassCosts()
+        for _ in range(PassCosts.SAMPLES):
+            assert costs.choose(500, 1000)
+            costs.record("prefix", 500, prefix_seconds)
+            assert not costs.choose(500, 1000)
+            costs.full_ran(0.25)
+        decided = 2 * PassCosts.SAMPLES
+        picks = [costs.choose(500, 1000) for _ in range(2 * PassCosts.EXPLORE)]
+        explored = [decided + i + 1 for i, take in enumerate(picks) if take]
+        assert explored  # the prefix path, 1.2x or 2.4x slower, is still tried
+        assert all(d % every == 0 for d in explored)
+        assert len(explored) == (decided + 2 * PassCosts.EXPLORE) // every - decided // every

@@ -180,13 +180,16 @@ def _teacher_forced(
     progress: Progress,
     is_cancelled: Callable[[], bool] | None,
 ) -> ForwardJob:
-    """The unperturbed prompt + continuation: the score of every continuation token."""
+    """The unperturbed prompt + continuation: the score of every continuation token. Its row is
+    its own `reference`: in a batch with the method's rows on the same reference, it is scored
+    from the pass that computes their cached prefix (`scheduling.prefix`), not run again."""
     return ForwardJob(
         ids=item.encoded.ids[None, :],
         attention=item.encoded.attention,
         targets=item.targets,
         mode=mode,
         positions=item.positions,
+        reference=item.encoded.ids,
         on_rows_done=progress.add,
         is_cancelled=is_cancelled,
     )

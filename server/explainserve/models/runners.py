@@ -166,7 +166,7 @@ class ClassifierRunner(ModelRunner):
         """Sequence classifiers have no next-token logits (causal-LM jobs never reach them)."""
         raise RuntimeError("the model's runner has no next-token logits")
 
-    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> None:
+    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor, keep: int = 0) -> None:
         """Sequence classifiers keep no prefix cache."""
         return None
 
@@ -231,6 +231,8 @@ class CausalLMRunner(ModelRunner):
         # attention that takes a 4D additive mask as given (SDPA's and the eager one do).
         attention_kind = getattr(model.config, "_attn_implementation", None)
         self._mask_4d = attention_kind in ("sdpa", "eager")
+        # SDPA takes a boolean mask as it is; the eager attention adds the mask to its scores.
+        self._additive_mask = attention_kind != "sdpa"
 
     @property
     def packing(self) -> bool:
@@ -304,20 +306,30 @@ class CausalLMRunner(ModelRunner):
         hidden: torch.Tensor = out.last_hidden_state[:, -keep:]
         return KeptPositions(hidden, self.target_head)
 
-    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> DynamicCache | None:
-        """The KV cache of a left-padded batch (explicit position ids, as `token_logits`), or
-        None, and prefix reuse off for this model, when its cache has layers that cannot be cut
-        per row and position."""
-        # The cache is the body's: its pass needs no logits at all.
-        body = self.model.base_model
-        no_logits: dict[str, Any] = {"logits_to_keep": 1} if body is self.model else {}
-        out = body(
-            inputs_embeds=self.embed(ids),
-            attention_mask=attention,
-            position_ids=position_ids(attention),
-            use_cache=True,
-            **no_logits,
-        )
+    def prefix_cache(
+        self, ids: torch.Tensor, attention: torch.Tensor, keep: int = 0
+    ) -> tuple[DynamicCache, KeptPositions | None] | None:
+        """The KV cache of a left-padded batch (explicit position ids, as `token_logits`) and,
+        with `keep`, its last `keep` positions (as `kept`: rows equal to a reference are scored
+        from its pass); or None, and prefix reuse off for this model, when its cache has layers
+        that cannot be cut per row and position."""
+        inputs: dict[str, Any] = {
+            "inputs_embeds": self.embed(ids),
+            "attention_mask": attention,
+            "position_ids": position_ids(attention),
+            "use_cache": True,
+        }
+        kept = None
+        if keep and self.target_head is None:
+            out = self.model(**inputs, logits_to_keep=keep)
+            kept = KeptPositions(out.logits)
+        else:
+            # Without positions to keep, or with a plain head: the body's pass alone.
+            body = self.model.base_model
+            no_logits: dict[str, Any] = {"logits_to_keep": 1} if body is self.model else {}
+            out = body(**inputs, **no_logits)
+            if keep:
+                kept = KeptPositions(out.last_hidden_state[:, -keep:], self.target_head)
         cache = getattr(out, self._cache_name, None)
         if not isinstance(cache, DynamicCache) or any(
             type(layer) is not DynamicLayer for layer in cache.layers
@@ -325,7 +337,7 @@ class CausalLMRunner(ModelRunner):
             log.info("model cache %s cannot be cut per row: no prefix reuse", type(cache))
             self.prefix_reuse = False
             return None
-        return cache
+        return cache, kept
 
     def cache_rows(
         self, cache: DynamicCache, rows: torch.Tensor, length: int, expand: int = 0
@@ -361,9 +373,14 @@ class CausalLMRunner(ModelRunner):
         index: torch.Tensor,
     ) -> KeptPositions:
         """Packed rows on a cache (`packing` only): `(b, W, h)` input embeddings continuing
-        `cache`, whose additive `(b, 1, W, C + W)` float `mask` says which cache slots and new
-        positions each position sees, and `(b, W)` position ids; returns the final hidden states
-        at `index` (`(m, t)` flat positions `row * W + column`) as `(m, t)` kept positions."""
+        `cache`, whose boolean `(b, 1, W, C + W)` `mask` says which cache slots and new
+        positions each position sees (True: seen), and `(b, W)` position ids; returns the final
+        hidden states at `index` (`(m, t)` flat positions `row * W + column`) as `(m, t)` kept
+        positions."""
+        if self._additive_mask:  # the eager attention: 0 where seen, the dtype's minimum else
+            mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(embeds.dtype).min
+            )
         out = self.model.base_model(
             inputs_embeds=embeds,
             attention_mask=mask,

@@ -128,8 +128,11 @@ class Runner(Protocol):
         need."""
         ...
 
-    def prefix_cache(self, ids: torch.Tensor, attention: torch.Tensor) -> Any | None:
-        """Causal LMs: the KV cache of left-padded rows, or None if it cannot be cut."""
+    def prefix_cache(
+        self, ids: torch.Tensor, attention: torch.Tensor, keep: int = 0
+    ) -> tuple[Any, KeptPositions | None] | None:
+        """Causal LMs: the KV cache of left-padded rows and, with `keep`, their last `keep`
+        positions (as `kept`); None if the cache cannot be cut."""
         ...
 
     def cache_rows(self, cache: Any, rows: torch.Tensor, length: int, expand: int = 0) -> Any:
@@ -146,7 +149,8 @@ class Runner(Protocol):
         index: torch.Tensor,
     ) -> KeptPositions:
         """Causal LMs with `packing`: several rows packed into each batch row on a cache, a 4D
-        additive `mask` keeping them apart; the final states at flat positions `index`."""
+        boolean `mask` (True: seen) keeping them apart; the final states at flat positions
+        `index`."""
         ...
 
     def generate(
@@ -202,6 +206,10 @@ class Executor:
         self.reuse = reuse
         #: Causal LMs: what the prefix path and the full path have cost (`prefix.PassCosts`).
         self.pass_costs = prefix.PassCosts()
+        #: Tokens (padding counted) the last batch ran on the prefix path, which runs fewer
+        #: than its rows x width; None when it ran every row in full (the worker's cost and
+        #: throughput models record what actually ran).
+        self.ran_tokens: int | None = None
 
     def free_cached_memory(self) -> None:
         """Returns the device memory torch caches (before a batch is retried smaller)."""
@@ -211,6 +219,7 @@ class Executor:
     def run(self, pieces: Pieces[Job[Any]]) -> None:
         """Runs a batch of jobs of one kind, and resolves the futures of those it completes."""
         kind = pieces[0][0].kind
+        self.ran_tokens = None
         # The batch's kind is declared by its jobs; the casts say what the worker guarantees.
         if kind == "forward":
             self._run_forward(cast(Pieces[ForwardJob], pieces))
@@ -258,7 +267,10 @@ class Executor:
             if not any(job.isolated for job, _, _ in pieces):
                 costs = self.pass_costs
                 costs.pending_full = 0
+            padded = self.stats.padded_tokens
             host = prefix.forward_scores(self.runner, pieces, self.stats, costs)
+            if host is not None:
+                self.ran_tokens = self.stats.padded_tokens - padded
         if host is None:
             began = time.perf_counter()
             host = self._forward_scores(pieces)

@@ -189,8 +189,10 @@ class ForwardJob(Job[NDArray[np.float64]]):
     #: Row 0's raw logits, set when the batch holding row 0 has run (with `logits_row`).
     row_logits: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
     _out: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
-    #: Per row, the position it may start from on a cached prefix (computed once, on demand).
+    #: Per row, the position it may start from on a cached prefix, and whether it equals the
+    #: reference (computed once, on demand: `scheduling.prefix.row_starts`).
     _starts: NDArray[np.int64] | None = field(default=None, init=False, repr=False)
+    _unchanged: NDArray[np.bool_] | None = field(default=None, init=False, repr=False)
 
     @property
     def n_rows(self) -> int:

@@ -4,8 +4,11 @@ A perturbed sequence that equals the unperturbed one (the job's `reference`) bef
 `s` has, at every position before `s`, the same keys and values in every layer (attention is
 causal). So a batch of forward rows runs in two steps:
 
-1. the prefix pass: each job's reference, cut to the longest prefix its rows in the batch
-   share with it, left-padded together, keeping the KV cache;
+1. the prefix pass: each reference (one per distinct reference: a request's teacher-forced
+   row and its method's rows share theirs), cut to the longest prefix its rows in the batch
+   share with it, left-padded together, keeping the KV cache; where rows equal to a reference
+   are in the batch (the teacher-forced row, Occlusion's unperturbed row), it runs the whole
+   reference instead and scores them: the unperturbed sequence's own pass is the prefix pass;
 2. the suffixes, each row's positions `s..n` only, with explicit position ids:
    - packed (`Runner.packing`: attention that takes a 4D mask, a plain LM head): several rows'
      suffixes to a batch row, as wide as the longest suffix, first fit by decreasing length, in
@@ -68,11 +71,20 @@ class PassCosts:
     machine does not decide for long. A batch takes the path whose rate times its tokens is
     smaller. Until each path has `SAMPLES` timings, the batches alternate between them (the
     prefix path first); then every `EXPLORE`-th decision takes the other path, to keep both
-    rates current. Isolated requests never come here (fixed rules keep them reproducible).
+    rates current, and every `CLOSE_EXPLORE`-th while the two predicted times are within
+    `CLOSE` of each other: only the path taken is timed, so after a burst of load that made
+    one path's timings slow, a close call would otherwise stay on the other path for
+    `EXPLORE` decisions (the tiny LMs' Occlusion, whose paths are 1.1-1.4x apart, ran every
+    timed request of a benchmark case on the slower full path so), while trying the other
+    path costs at most a quarter of one decision in `CLOSE_EXPLORE`. Isolated requests never
+    come here (fixed rules keep them reproducible).
     """
 
     #: One decision in this many takes the path the rates do not pick.
     EXPLORE = 32
+    #: ... one in this many when the paths' predicted times are within a factor `CLOSE`.
+    CLOSE_EXPLORE = 6
+    CLOSE = 1.25
     #: Timings each path needs before the rates decide.
     SAMPLES = 3
     #: Timings a rate is the median of.
@@ -100,8 +112,10 @@ class PassCosts:
         if prefix_rate is None or full_rate is None:
             take = len(self.rates["prefix"]) <= len(self.rates["full"])
         else:
-            take = prefix_rate * prefix_tokens < full_rate * full_tokens
-            if self.decisions % self.EXPLORE == 0:
+            on_prefix, on_full = prefix_rate * prefix_tokens, full_rate * full_tokens
+            take = on_prefix < on_full
+            close = max(on_prefix, on_full) < self.CLOSE * min(on_prefix, on_full)
+            if self.decisions % (self.CLOSE_EXPLORE if close else self.EXPLORE) == 0:
                 take = not take
         self.pending_full = 0 if take else full_tokens
         return take
@@ -121,20 +135,46 @@ class PassCosts:
 def row_starts(job: ForwardJob) -> NDArray[np.int64]:
     """Per row of `job`, the position it runs from: its first position that differs from the
     reference (a changed id, or a zeroed embedding), at most the first scored position; 0 for
-    every row of a job without reference. Computed once per job."""
+    every row of a job without reference. Computed once per job, with `unchanged_rows`."""
     if job._starts is not None:
         return job._starts
     n = job.length
     if job.reference is None or job.positions is None:
         starts = np.zeros(job.n_rows, dtype=np.int64)
+        unchanged = np.zeros(job.n_rows, dtype=bool)
     else:
         changed = job.ids != job.reference[None, :]
         if job.replaced is not None:
             changed |= job.replaced
-        first = np.where(changed.any(axis=1), changed.argmax(axis=1), n)
+        some = changed.any(axis=1)
+        first = np.where(some, changed.argmax(axis=1), n)
         starts = np.minimum(first, int(job.positions.min())).astype(np.int64)
-    job._starts = starts
+        unchanged = ~some
+    job._starts, job._unchanged = starts, unchanged
     return starts
+
+
+def unchanged_rows(job: ForwardJob) -> NDArray[np.bool_]:
+    """Per row of `job`, whether it equals its reference (Occlusion's unperturbed row, a
+    request's teacher-forced row): it may be scored from the pass that computes the reference's
+    cache (`forward_scores`)."""
+    row_starts(job)
+    assert job._unchanged is not None
+    return job._unchanged
+
+
+def _references(pieces: list[tuple[ForwardJob, int, int]]) -> NDArray[np.int64]:
+    """Per piece, the index of its job's reference among the batch's distinct ones: jobs of one
+    reference (a request's teacher-forced row and its method's rows) share one prefix row; a
+    job without reference has one of its own."""
+    index: dict[object, int] = {}
+    out = np.empty(len(pieces), dtype=np.int64)
+    for p, (job, _, _) in enumerate(pieces):
+        key: object = id(job)
+        if job.reference is not None:
+            key = (job.reference.tobytes(), job.attention.tobytes())
+        out[p] = index.setdefault(key, len(index))
+    return out
 
 
 def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
@@ -166,19 +206,21 @@ def _groups(lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
 def _pack(rows: NDArray[np.int64], lengths: NDArray[np.int64], width: int) -> list[list[int]]:
     """Rows `rows` (of one job) cut into bins of at most `width` tokens, first fit by
     decreasing length: Occlusion's suffixes (lengths `n - start_j`, a triangle) pack nearly
-    without padding, two to three to a batch row."""
-    order = rows[np.argsort(-lengths[rows], kind="stable")]
+    without padding, two to three to a batch row. Plain lists: a batch has tens to hundreds
+    of rows, for which numpy's per-call cost is most of the time."""
+    order = rows[np.argsort(-lengths[rows], kind="stable")].tolist()
+    sizes = lengths[order].tolist()
     bins: list[list[int]] = []
-    room = np.zeros(0, dtype=np.int64)
-    for r in order.tolist():
-        n = int(lengths[r])
-        fits = np.flatnonzero(room >= n)
-        if len(fits):
-            bins[int(fits[0])].append(r)
-            room[fits[0]] -= n
+    room: list[int] = []
+    for r, n in zip(order, sizes, strict=True):
+        for b, left in enumerate(room):
+            if left >= n:
+                bins[b].append(r)
+                room[b] = left - n
+                break
         else:
             bins.append([r])
-            room = np.append(room, width - n)
+            room.append(width - n)
     return bins
 
 
@@ -189,89 +231,130 @@ def forward_scores(
     costs: PassCosts | None = None,
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
-    counted) when the runner cannot cut its cache or the full path is chosen: by `costs` (the
-    executor's measured `PassCosts`), or without them (isolated requests) when the prefix path
-    would save less than `MIN_SAVING` of the tokens."""
+    counted) when the runner cannot cut its cache, when no row would run on a cached prefix, or
+    when the full path is chosen: by `costs` (the executor's measured `PassCosts`), or without
+    them (isolated requests) when the prefix path would save less than `MIN_SAVING` of the
+    tokens.
+
+    Jobs of one reference share its prefix row. Where rows equal to the reference are in the
+    batch (the request's teacher-forced row, Occlusion's unperturbed one), the prefix row runs
+    the whole reference and they are scored from that pass, the unperturbed sequence's own,
+    without a suffix of their own: that costs no more tokens, since such a row starts at the
+    first scored position, the latest any row of the reference starts at, so the prefix grows
+    by exactly one such row's suffix."""
     if not runner.prefix_reuse:
         return None
-    # Flat row table: piece, row within the job, start, job length.
-    piece_of, row_of, start_of = [], [], []
+    # Flat row table: piece, row within the job, start, whether it equals its reference.
+    piece_of, row_of, start_of, same_of = [], [], [], []
     for p, (job, start, stop) in enumerate(pieces):
         if job.positions is None:
             return None
-        starts = row_starts(job)[start:stop]
         piece_of.append(np.full(stop - start, p, dtype=np.int64))
         row_of.append(np.arange(start, stop, dtype=np.int64))
-        start_of.append(starts)
+        start_of.append(row_starts(job)[start:stop])
+        same_of.append(unchanged_rows(job)[start:stop])
     piece = np.concatenate(piece_of)
     row = np.concatenate(row_of)
     s = np.concatenate(start_of)
-    if not s.any():
-        return None
+    same = np.concatenate(same_of)
     lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)
-    # One prefix row per job with rows starting after 0 (a job may come in several pieces).
-    prefix_len: dict[int, int] = {}
-    for p, (job, _, _) in enumerate(pieces):
-        m = int(s[piece == p].max(initial=0))
-        prefix_len[id(job)] = max(prefix_len.get(id(job), 0), m)
+    ref_of = _references(pieces)
+    ref = ref_of[piece]  # each flat row's reference
+    n_refs = int(ref_of.max()) + 1
+    ref_len = np.zeros(n_refs, dtype=np.int64)
+    ref_len[ref_of] = lengths
+    # Per reference: the longest prefix its rows need; the whole reference where rows equal
+    # to it are in the batch.
+    need = np.zeros(n_refs, dtype=np.int64)
+    np.maximum.at(need, ref, s)
+    whole = np.zeros(n_refs, dtype=bool)
+    whole[ref[same]] = True
+    prefix_len = np.where(whole, ref_len, need)
+    scored = same & whole[ref]  # rows scored from the prefix pass
+    runs = ~scored  # rows run as suffixes on the cache (or in full, from 0)
+    if not (runs & (s > 0)).any():
+        return None  # nothing on a cached prefix: the full path runs the same rows
     naive = int(lengths[piece].sum())
+    prefixed = np.flatnonzero(prefix_len > 0)
+    width = int(prefix_len.max())
+    sub = np.flatnonzero(runs)
     suffix = lengths[piece] - s
-    prefixed = [k for k in prefix_len if prefix_len[k] > 0]
-    width = max(prefix_len[k] for k in prefixed)
+    span = int(suffix[sub].max())
     packs: list[list[int]] | None = None
     if runner.packing:
-        span = int(suffix.max())
         packs = []
-        for k in prefix_len:
-            mine = np.flatnonzero(np.asarray([id(pieces[p][0]) == k for p in piece]))
-            packs.extend(_pack(mine, suffix, span))
+        for k in range(n_refs):
+            mine = np.flatnonzero(ref[sub] == k)
+            if len(mine):
+                packs.extend(_pack(mine, suffix[sub], span))
         run_tokens = len(prefixed) * width + len(packs) * span
     else:
         run_tokens = len(prefixed) * width + sum(
-            len(g) * int(suffix[g].max()) for g in _groups(suffix)
+            len(g) * int(suffix[sub][g].max()) for g in _groups(suffix[sub])
         )
     if ALWAYS:
         pass
     elif costs is not None:
         if not costs.choose(run_tokens, len(s) * int(lengths[piece].max())):
             return None
-    elif sum(prefix_len.values()) + naive - int(s.sum()) > (1 - MIN_SAVING) * naive:
+    elif int(prefix_len.sum()) + int(suffix[sub].sum()) > (1 - MIN_SAVING) * naive:
         return None
     began = time.perf_counter()
-    host = _run(runner, pieces, stats, piece, row, s, prefix_len, packs)
+    host = _run(runner, pieces, stats, _Plan(piece, row, s, ref_of, prefix_len, scored), packs)
     if host is not None and costs is not None:
         costs.record("prefix", run_tokens, time.perf_counter() - began)
     return host
+
+
+class _Plan:
+    """How a batch runs on the prefix path: the flat row table (`piece`, `row`, `s`), each
+    piece's reference (`ref_of`), each reference's prefix row length (`prefix_len`, 0: none)
+    and the rows scored from the prefix pass (`scored`; the others run as suffixes)."""
+
+    def __init__(
+        self,
+        piece: NDArray[np.int64],
+        row: NDArray[np.int64],
+        s: NDArray[np.int64],
+        ref_of: NDArray[np.int64],
+        prefix_len: NDArray[np.int64],
+        scored: NDArray[np.bool_],
+    ) -> None:
+        self.piece, self.row, self.s = piece, row, s
+        self.ref_of, self.prefix_len, self.scored = ref_of, prefix_len, scored
 
 
 def _run(
     runner: Runner,
     pieces: list[tuple[ForwardJob, int, int]],
     stats: WorkerStats,
-    piece: NDArray[np.int64],
-    row: NDArray[np.int64],
-    s: NDArray[np.int64],
-    prefix_len: dict[int, int],
+    plan: _Plan,
     packs: list[list[int]] | None,
 ) -> list[NDArray[np.float64]] | None:
-    """The prefix pass, then the suffixes: packed (`packs`, bins of flat rows) or in groups."""
+    """The prefix pass (scoring the rows equal to a whole reference), then the other rows'
+    suffixes: packed (`packs`, bins of indices into the rows that run) or in groups."""
     from explainserve.scheduling.execute import target_scores  # execute imports this module
 
     lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)
-    jobs = {id(job): job for job, _, _ in pieces}
+    piece, row, s, ref_of, prefix_len = plan.piece, plan.row, plan.s, plan.ref_of, plan.prefix_len
     naive = int(lengths[piece].sum())
-    prefixed = [k for k in jobs if prefix_len[k] > 0]
-    slot = {k: i for i, k in enumerate(prefixed)}
-    width = max(prefix_len[k] for k in prefixed)
+    prefixed = np.flatnonzero(prefix_len > 0)
+    slot = np.zeros(len(prefix_len), dtype=np.int64)
+    slot[prefixed] = np.arange(len(prefixed))
+    width = int(prefix_len.max())
+    reference_of = {int(ref_of[p]): job for p, (job, _, _) in enumerate(pieces)}
     device = runner.device
     pre_ids = torch.full((len(prefixed), width), runner.pad_id, dtype=torch.long)
     pre_att = torch.zeros((len(prefixed), width), dtype=torch.long)
-    for i, k in enumerate(prefixed):
-        m = prefix_len[k]
-        reference = jobs[k].reference
-        assert reference is not None
-        pre_ids[i, width - m :] = torch.from_numpy(reference[:m])
-        pre_att[i, width - m :] = torch.from_numpy(jobs[k].attention[:m])
+    for i, k in enumerate(prefixed.tolist()):
+        m = int(prefix_len[k])
+        job = reference_of[k]
+        assert job.reference is not None
+        pre_ids[i, width - m :] = torch.from_numpy(job.reference[:m])
+        pre_att[i, width - m :] = torch.from_numpy(job.attention[:m])
+    # The positions the rows scored from the prefix pass read (their rows end at its end).
+    scored_pieces = np.unique(piece[plan.scored]).tolist()
+    keep = max((pieces[p][0].keep for p in scored_pieces), default=0)
     # A job's attention and position ids, made once per job, not once per row.
     made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -282,48 +365,60 @@ def _run(
         return made[id(job)]
 
     with torch.inference_mode():
-        cache = runner.prefix_cache(pre_ids.to(device), pre_att.to(device))
-        if cache is None:
+        passed = runner.prefix_cache(pre_ids.to(device), pre_att.to(device), keep)
+        if passed is None:
             return None
-        padded = len(prefixed) * width
-        real = sum(prefix_len[k] for k in prefixed)
-        n_rows = len(s)
-        suffix = lengths[piece] - s
+        cache, kept_prefix = passed
         out_rows: list[tuple[NDArray[np.int64], torch.Tensor]] = []
+        for p in scored_pieces:
+            job = pieces[p][0]
+            assert job.positions is not None
+            assert kept_prefix is not None
+            flat = np.flatnonzero((piece == p) & plan.scored)
+            rows_t = torch.full((len(flat),), int(slot[ref_of[p]]), dtype=torch.long)
+            cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
+            targets = torch.from_numpy(job.targets).to(device)
+            scores = target_scores(kept_prefix, rows_t.to(device), cols, targets, job.mode)
+            out_rows.append((flat, scores))
+        del kept_prefix
+        padded = len(prefixed) * width
+        real = int(prefix_len.sum())
+        n_rows = len(s)
+        # The rows that run a suffix, renumbered 0.. (`packs` and groups index them).
+        sub = np.flatnonzero(~plan.scored)
+        s_sub, piece_sub = s[sub], piece[sub]
+        suffix = lengths[piece_sub] - s_sub
+        job_slot = [int(slot[ref_of[p]]) for p in range(len(pieces))]
+        job_offset = [width - int(prefix_len[ref_of[p]]) for p in range(len(pieces))]
         if packs is not None:
             span = int(suffix.max())
-            out_rows = _packed_scores(
-                runner, pieces, packs, span, piece, row, s, cache, pre_att,
-                [slot.get(id(pieces[p][0]), 0) for p in range(len(pieces))],
-                [width - prefix_len[id(job)] for job, _, _ in pieces],
-                job_positions,
-            )  # fmt: skip
+            for flat, scores in _packed_scores(
+                runner, pieces, packs, span, piece_sub, row[sub], s_sub, cache, pre_att,
+                job_slot, job_offset, job_positions,
+            ):  # fmt: skip
+                out_rows.append((sub[flat], scores))
             padded += len(packs) * span
             real += int(suffix.sum())
         for group in [] if packs is not None else _groups(suffix):
             g = len(group)
             span = int(suffix[group].max())
             # Cache slots: row r's reference prefix sits at [width - m_j, width - m_j + s_r).
-            job_slot = np.asarray(
-                [slot.get(id(pieces[piece[r]][0]), 0) for r in group], dtype=np.int64
-            )
-            offset = np.asarray(
-                [width - prefix_len[id(pieces[piece[r]][0])] for r in group], dtype=np.int64
-            )
-            ends = np.where(s[group] > 0, offset + s[group], 0)
+            group_slot = np.asarray([job_slot[piece_sub[r]] for r in group], dtype=np.int64)
+            offset = np.asarray([job_offset[piece_sub[r]] for r in group], dtype=np.int64)
+            ends = np.where(s_sub[group] > 0, offset + s_sub[group], 0)
             cached = int(ends.max())
             ids = torch.full((g, span), runner.pad_id, dtype=torch.long)
             att = torch.zeros((g, cached + span), dtype=torch.long)
             pos = torch.zeros((g, span), dtype=torch.long)
             zero = torch.zeros((g, span), dtype=torch.bool)
             any_zero = False
-            keep = 0
+            job_keep = 0
             for i, r in enumerate(group.tolist()):
-                job = pieces[int(piece[r])][0]
-                start, n, j = int(s[r]), int(lengths[piece[r]]), int(row[r])
+                job = pieces[int(piece_sub[r])][0]
+                start, n, j = int(s_sub[r]), int(lengths[piece_sub[r]]), int(row[sub[r]])
                 if start > 0:
                     att[i, int(offset[i]) : int(ends[i])] = pre_att[
-                        int(job_slot[i]), int(offset[i]) : int(ends[i])
+                        int(group_slot[i]), int(offset[i]) : int(ends[i])
                     ]
                 full_att, full_pos = job_positions(job)
                 att[i, cached + span - (n - start) :] = full_att[start:]
@@ -332,23 +427,25 @@ def _run(
                 if job.replaced is not None:
                     zero[i, span - (n - start) :] = torch.from_numpy(job.replaced[j, start:])
                     any_zero = True
-                keep = max(keep, job.keep)
+                job_keep = max(job_keep, job.keep)
             ids_d = ids.to(device)
             embeds = runner.embed(ids_d)
             if any_zero:
                 embeds = embeds.masked_fill(zero.to(device).unsqueeze(-1), 0.0)
             rows_cache = None
             if cached > 0:
-                rows_cache = runner.cache_rows(cache, torch.from_numpy(job_slot).to(device), cached)
-            kept = runner.kept(ids_d, att.to(device), embeds, keep, pos.to(device), rows_cache)
-            for p in np.unique(piece[group]).tolist():
+                rows_cache = runner.cache_rows(
+                    cache, torch.from_numpy(group_slot).to(device), cached
+                )
+            kept = runner.kept(ids_d, att.to(device), embeds, job_keep, pos.to(device), rows_cache)
+            for p in np.unique(piece_sub[group]).tolist():
                 job = pieces[p][0]
                 assert job.positions is not None
-                local = torch.from_numpy(np.flatnonzero(piece[group] == p))
-                cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
+                local = torch.from_numpy(np.flatnonzero(piece_sub[group] == p))
+                cols = torch.from_numpy(job_keep - (job.length - job.positions)).to(device)
                 targets = torch.from_numpy(job.targets).to(device)
                 scores = target_scores(kept, local.to(device), cols, targets, job.mode)
-                out_rows.append((group[local.numpy()], scores))
+                out_rows.append((sub[group[local.numpy()]], scores))
             del kept
             padded += g * span
             real += int(suffix[group].sum())
@@ -386,7 +483,7 @@ def _packed_scores(
     """The suffixes of the flat rows, several to a batch row (`packs`, `span` wide), in one
     pass on the cache: each row's positions see the cache slots of its own reference prefix
     (its job's, up to its start) and its own earlier positions, nothing of the rows packed
-    beside it (a 4D additive mask), with its own position ids. Each piece's `(rows, t)` scores.
+    beside it (a 4D mask), with its own position ids. Each piece's `(rows, t)` scores.
     """
     from explainserve.scheduling.execute import target_scores  # execute imports this module
 
@@ -457,9 +554,7 @@ def _packed_scores(
     embeds = runner.embed(ids_d)
     if any_zero:
         embeds = embeds.masked_fill(torch.from_numpy(zero).to(device).unsqueeze(-1), 0.0)
-    mask = torch.zeros(sees.shape, dtype=embeds.dtype).masked_fill_(
-        torch.from_numpy(~sees), torch.finfo(embeds.dtype).min
-    )
+    mask = torch.from_numpy(sees)
     pos_t = torch.from_numpy(pos)
     index_t = torch.from_numpy(index)
     same = bool((slots == slots[0]).all())

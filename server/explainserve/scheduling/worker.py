@@ -354,7 +354,8 @@ class Worker(BatchPolicy):
         else:
             seconds = self.clock() - started
             kind = pieces[0][0].kind
-            tokens = rows * max(job.width for job, _, _ in pieces)
+            # The tokens the batch ran: fewer than rows x width on a causal LM's prefix path.
+            tokens = self._executor.ran_tokens or rows * max(job.width for job, _, _ in pieces)
             self.cost.observe(kind, tokens, seconds)
             # A batch that its shared cap cut (one more row of its width would not have fitted)
             # measures that cap, whatever its rows' length makes of its tokens: one 129-token
