@@ -354,14 +354,15 @@ class Worker(BatchPolicy):
         else:
             seconds = self.clock() - started
             kind = pieces[0][0].kind
+            padded = rows * max(job.width for job, _, _ in pieces)  # what its cap counts
             # The tokens the batch ran: fewer than rows x width on a causal LM's prefix path.
-            tokens = self._executor.ran_tokens or rows * max(job.width for job, _, _ in pieces)
+            tokens = self._executor.ran_tokens or padded
             self.cost.observe(kind, tokens, seconds)
             # A batch that its shared cap cut (one more row of its width would not have fitted)
             # measures that cap, whatever its rows' length makes of its tokens: one 129-token
             # row under a cap of 256 is what the cap 256 gives such rows (`ThroughputModel`).
             cut = self._cut_cap
-            at_cap = cut if cut is not None and tokens + tokens // rows > cut else None
+            at_cap = cut if cut is not None and padded + padded // rows > cut else None
             self.throughput.observe(kind, tokens, seconds, cap=at_cap)
             if isinstance(pieces[0][0].is_cancelled, CalibrationTag):
                 self.stats.calibration_batches += 1
