@@ -228,7 +228,7 @@ class CausalLMRunner(ModelRunner):
         #: None computes the whole vocabulary at every kept position.
         self.target_head = plain_head(model)
         # Packed rows need a head whose target rows are read from hidden states, and an
-        # attention that takes a 4D additive mask as given (SDPA's and the eager one do).
+        # attention that takes a 4D mask as given (SDPA's and the eager one do).
         attention_kind = getattr(model.config, "_attn_implementation", None)
         self._mask_4d = attention_kind in ("sdpa", "eager")
         # SDPA takes a boolean mask as it is; the eager attention adds the mask to its scores.

@@ -12,7 +12,7 @@ causal). So a batch of forward rows runs in two steps:
 2. the suffixes, each row's positions `s..n` only, with explicit position ids:
    - packed (`Runner.packing`: attention that takes a 4D mask, a plain LM head): several rows'
      suffixes to a batch row, as wide as the longest suffix, first fit by decreasing length, in
-     one pass; a 4D additive mask lets each position see its own job's cache slots before its
+     one pass; a 4D mask lets each position see its own reference's cache slots before its
      row's `s` and its own row's earlier positions, nothing of the rows packed beside it;
      the scored positions' final states are gathered, and only the target rows of the head run;
    - otherwise in groups: the rows sorted by how many positions they still have to run, cut
