@@ -667,11 +667,15 @@ def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
         f"budget {t} tokens": cut(t, True, rows)
         for t in (256, 512, 1024, SMALL_BUDGET, DEFAULT_BUDGETS[0])
     }
+
+    def width(b: list[list[int]]) -> int:
+        return max(len(r) for r in b)
+
     tensors = {
         name: [
             (
-                torch.tensor([r + [tok.pad_token_id] * (len(b[-1]) - len(r)) for r in b]),
-                torch.tensor([[1] * len(r) + [0] * (len(b[-1]) - len(r)) for r in b]),
+                torch.tensor([r + [tok.pad_token_id] * (width(b) - len(r)) for r in b]),
+                torch.tensor([[1] * len(r) + [0] * (width(b) - len(r)) for r in b]),
             )
             for b in batches
         ]
