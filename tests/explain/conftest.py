@@ -26,6 +26,7 @@ from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry, Replacement, ServedModel
+from explainserve.scheduling.options import WorkerOptions
 from explainserve.scheduling.worker import Worker
 from explainserve.vocabulary import InputSpec
 
@@ -169,4 +170,20 @@ def linear(tiny_bert_dir: Path) -> Iterator[Linear]:
     reg = Registry()
     reg.add(served)
     yield Linear(served, table, Run(Explainer(reg)), " ".join(LINEAR_WORDS))
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def reuse_lms(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[dict[str, ServedModel]]:
+    """Both tiny LMs, each served with prefix reuse and dedup on and off ("gpt2-True", ...),
+    no batch wait: the packing and reference-pass tests compare the two."""
+    out: dict[str, ServedModel] = {}
+    reg = Registry()
+    for name, path in (("gpt2", tiny_gpt2_lm_dir), ("llama", tiny_llama_lm_dir)):
+        for reuse in (True, False):
+            options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.0)
+            model = load_model(ModelConfig(f"{name}-{reuse}", path, device="cpu", worker=options))
+            reg.add(model)
+            out[f"{name}-{reuse}"] = model
+    yield out
     reg.close()

@@ -7,31 +7,12 @@ together, with the zero-embedding replacement too, and for several inputs in one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from explainserve.models.loading import ModelConfig, load_model
-from explainserve.models.registry import Registry, ServedModel
+from explainserve.models.registry import ServedModel
 from explainserve.scheduling import prefix
 from explainserve.scheduling.jobs import ForwardJob
-from explainserve.scheduling.options import WorkerOptions
-
-
-@pytest.fixture(scope="module")
-def served(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[dict[str, ServedModel]]:
-    out: dict[str, ServedModel] = {}
-    reg = Registry()
-    for name, path in (("gpt2", tiny_gpt2_lm_dir), ("llama", tiny_llama_lm_dir)):
-        for reuse in (True, False):
-            options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.0)
-            model = load_model(ModelConfig(f"{name}-{reuse}", path, device="cpu", worker=options))
-            reg.add(model)
-            out[f"{name}-{reuse}"] = model
-    yield out
-    reg.close()
 
 
 def _job(ids: np.ndarray, p: int, replaced: np.ndarray | None, mode: str) -> ForwardJob:
@@ -51,7 +32,7 @@ def _job(ids: np.ndarray, p: int, replaced: np.ndarray | None, mode: str) -> For
 @pytest.mark.parametrize("mode", ["logits", "log_softmax"])
 @pytest.mark.parametrize("zero", [False, True])
 def test_packed_rows_equal_full_rows(
-    served: dict[str, ServedModel],
+    reuse_lms: dict[str, ServedModel],
     model: str,
     mode: str,
     zero: bool,
@@ -70,7 +51,7 @@ def test_packed_rows_equal_full_rows(
         jobs_ids.append(rows)
     results = {}
     for reuse in (True, False):
-        m = served[f"{model}-{reuse}"]
+        m = reuse_lms[f"{model}-{reuse}"]
         runner = m.worker.runner
         if reuse:
             assert runner.packing  # SDPA attention and a plain head

@@ -10,31 +10,12 @@ prefix row of `n` tokens, then each perturbed row from its first change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from explainserve.models.loading import ModelConfig, load_model
-from explainserve.models.registry import Registry, ServedModel
+from explainserve.models.registry import ServedModel
 from explainserve.scheduling import prefix
 from explainserve.scheduling.jobs import ForwardJob
-from explainserve.scheduling.options import WorkerOptions
-
-
-@pytest.fixture(scope="module")
-def served(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[dict[str, ServedModel]]:
-    out: dict[str, ServedModel] = {}
-    reg = Registry()
-    for name, path in (("gpt2", tiny_gpt2_lm_dir), ("llama", tiny_llama_lm_dir)):
-        for reuse in (True, False):
-            options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.0)
-            model = load_model(ModelConfig(f"{name}-{reuse}", path, device="cpu", worker=options))
-            reg.add(model)
-            out[f"{name}-{reuse}"] = model
-    yield out
-    reg.close()
 
 
 def _jobs(
@@ -67,7 +48,7 @@ def _jobs(
 @pytest.mark.parametrize("head", ["plain", "whole"])
 @pytest.mark.parametrize("zero", [False, True])
 def test_rows_equal_to_the_reference_are_scored_from_the_prefix_pass(
-    served: dict[str, ServedModel],
+    reuse_lms: dict[str, ServedModel],
     model: str,
     mode: str,
     head: str,
@@ -81,7 +62,7 @@ def test_rows_equal_to_the_reference_are_scored_from_the_prefix_pass(
     n, p = len(reference), 14
     results = {}
     for reuse in (True, False):
-        m = served[f"{model}-{reuse}"]
+        m = reuse_lms[f"{model}-{reuse}"]
         if head == "whole":
             monkeypatch.setattr(m.worker.runner, "target_head", None)
         base, method, starts = _jobs(reference, p, mode, zero)
@@ -108,7 +89,7 @@ def test_rows_equal_to_the_reference_are_scored_from_the_prefix_pass(
 
 
 def test_two_references_keep_two_prefix_rows(
-    served: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+    reuse_lms: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two inputs in one batch: a prefix row each (each the whole reference, since each has
     its unperturbed rows in the batch), scores equal to full recomputation."""
@@ -117,7 +98,7 @@ def test_two_references_keep_two_prefix_rows(
     references = [rng.integers(10, 200, size=n).astype(np.int64) for n in (17, 12)]
     results = {}
     for reuse in (True, False):
-        m = served[f"gpt2-{reuse}"]
+        m = reuse_lms[f"gpt2-{reuse}"]
         jobs, expected = [], 0
         for reference in references:
             base, method, starts = _jobs(reference, len(reference) - 3, "logits", False)
@@ -134,7 +115,7 @@ def test_two_references_keep_two_prefix_rows(
 
 
 def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
-    served: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+    reuse_lms: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only perturbed rows (a later batch of a large design): the prefix row runs to the
     latest start among them, not the whole reference."""
@@ -150,7 +131,7 @@ def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
         positions=method.positions,
         reference=reference,
     )
-    m = served["llama-True"]
+    m = reuse_lms["llama-True"]
     before = m.worker.stats.real_tokens
     m.worker.submit(job)
     job.future.result()
@@ -158,7 +139,7 @@ def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
 
 
 def test_cost_models_record_the_tokens_the_prefix_path_ran(
-    served: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+    reuse_lms: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's cost and throughput models get a prefix-path batch's tokens as run (its
     padded prefix and suffix tokens), not its rows x width; a full batch's rows x width."""
@@ -166,7 +147,7 @@ def test_cost_models_record_the_tokens_the_prefix_path_ran(
     reference = np.random.default_rng(11).integers(10, 200, size=24).astype(np.int64)
     n = len(reference)
     for reuse in (True, False):
-        worker = served[f"gpt2-{reuse}"].worker
+        worker = reuse_lms[f"gpt2-{reuse}"].worker
         seen: dict[str, list[int]] = {"cost": [], "throughput": []}
         for name in seen:
             model = getattr(worker, name)
@@ -192,7 +173,7 @@ def test_cost_models_record_the_tokens_the_prefix_path_ran(
 
 @pytest.mark.parametrize("model", ["gpt2", "llama"])
 def test_packed_rows_with_the_additive_mask_of_eager_attention(
-    served: dict[str, ServedModel], model: str, monkeypatch: pytest.MonkeyPatch
+    reuse_lms: dict[str, ServedModel], model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SDPA gets the packed rows' boolean mask as it is; the eager attention, which adds its
     mask to the scores, gets it as 0 / the dtype's minimum. Both forms (SDPA takes either)
@@ -205,7 +186,7 @@ def test_packed_rows_with_the_additive_mask_of_eager_attention(
         (f"{model}-True", True),
         (f"{model}-False", False),
     ):
-        m = served[name]
+        m = reuse_lms[name]
         monkeypatch.setattr(m.worker.runner, "_additive_mask", additive)
         base, method, _ = _jobs(reference, 16, "logits", False)
         m.worker.submit_all([base, method])
