@@ -153,9 +153,11 @@ def test_cost_models_record_the_tokens_the_prefix_path_ran(
             model = getattr(worker, name)
             observe = model.observe
 
-            def spy(kind: str, tokens: int, seconds: float, _o=observe, _s=seen[name]) -> None:  # type: ignore[no-untyped-def]
+            def spy(
+                kind: str, tokens: int, seconds: float, _o=observe, _s=seen[name], **kw
+            ) -> None:  # type: ignore[no-untyped-def]
                 _s.append(tokens)
-                _o(kind, tokens, seconds)
+                _o(kind, tokens, seconds, **kw)
 
             monkeypatch.setattr(model, "observe", spy)
         base, method, _ = _jobs(reference, n - 4, "logits", False)

@@ -308,3 +308,32 @@ def test_a_request_cancelled_during_a_batch_runs_no_retried_part_of_it(
     assert worker.stats.cancelled_jobs == 2
     assert worker.stats.cancelled_rows == 16
     assert worker.queued_rows == 0
+
+
+def test_a_bug_after_a_batch_fails_its_requests_and_the_worker_goes_on(
+    runner: ToyRunner, closing: list[Worker]
+) -> None:
+    """An exception in the worker's own bookkeeping after a batch (here the throughput model's
+    `observe`, as a stale test spy once did) must not kill the worker thread: later requests
+    run and `wait_idle` returns (it used to hang for ever)."""
+    worker = start(runner)
+    closing.append(worker)
+    calls = [0]
+    observe = worker.throughput.observe
+
+    def broken_once(*args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("bookkeeping bug")
+        observe(*args, **kwargs)  # type: ignore[arg-type]
+
+    worker.throughput.observe = broken_once  # type: ignore[method-assign]
+    first = make_job(4, 4, seed=1)
+    worker.submit(first)
+    first.future.exception(timeout=10)  # resolved: in its batch, or failed by the bug
+    worker.wait_idle()
+    second = make_job(4, 4, seed=2)
+    worker.submit(second)
+    np.testing.assert_array_equal(second.future.result(timeout=10), runner.expected(second))
+    worker.wait_idle()
+    assert calls[0] == 2

@@ -257,11 +257,20 @@ class Worker(BatchPolicy):
                 batch = self._take_batch()
                 self._running = True
             started = self.clock()
-            self._execute(batch)
-            self.stats.busy_seconds += self.clock() - started
-            with self._cond:
-                self._running = False
-                self._done.notify_all()
+            try:
+                self._execute(batch)
+            except Exception as exc:
+                # `_execute` isolates the model's failures; anything else is a bug in the
+                # worker's own bookkeeping. The batch's requests fail with it, and the worker
+                # goes on serving: a dead worker thread would leave every later request, and
+                # `wait_idle`, waiting forever.
+                log.exception("the worker of model %s failed after a batch", self.name)
+                self._fail_jobs({id(job): job for job, _, _ in batch}.values(), exc)
+            finally:
+                self.stats.busy_seconds += self.clock() - started
+                with self._cond:
+                    self._running = False
+                    self._done.notify_all()
 
     def wait_idle(self) -> None:
         """Waits until no batch runs and none is queued: a job's future resolves inside its
