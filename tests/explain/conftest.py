@@ -118,6 +118,7 @@ class LinearBagRunner:
         ids: torch.Tensor,
         attention: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
         """Sum over attended positions of the input embeddings."""
         e = self.embed(ids) if inputs_embeds is None else inputs_embeds

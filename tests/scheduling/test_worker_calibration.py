@@ -42,7 +42,11 @@ class CacheRunner(ToyRunner):
         super().__init__(overhead, PER_TOKEN)
 
     def logits(
-        self, ids: torch.Tensor, attention: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
         tokens = ids.shape[0] * ids.shape[1]
         if tokens > CACHE_TOKENS:

@@ -45,7 +45,11 @@ class ToyRunner:
         return self.table[ids]
 
     def logits(
-        self, ids: torch.Tensor, attention: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
         self.gate.wait()
         self.now += self.overhead + self.per_token * ids.shape[0] * ids.shape[1]

@@ -19,6 +19,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from explainserve.errors import InvalidArgument
 from explainserve.models.capture import capture, first_tensor
+from explainserve.models.first_position import FirstPositionLayer
 from explainserve.models.heads import KeptPositions, plain_head
 from explainserve.scheduling.jobs import GenerationOptions, position_ids
 
@@ -61,8 +62,14 @@ class ModelRunner:
         ids: torch.Tensor,
         attention: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
-        """`(b, C)` logits of a padded batch (class logits, or next-token ones)."""
+        """`(b, C)` logits of a padded batch (class logits, or next-token ones).
+
+        `read_only`: compute only the positions the logits are read from, where the runner
+        knows how (encoder classifiers' final layer at the first position: `first_position`);
+        the logits are the same up to float rounding. Off where a hook may read other
+        positions (activation capture)."""
         raise NotImplementedError
 
     def capture(
@@ -108,14 +115,21 @@ class ClassifierRunner(ModelRunner):
         self.padding_side = "left" if self.reads_last_token else "right"
         self.head = head
         self.head_token_dim = head_token_dim
+        #: The final layer at the first position, for `logits(read_only=True)`; None where the
+        #: model is not one `FirstPositionLayer` knows (decoder classifiers among them).
+        self.first_position = None if self.reads_last_token else FirstPositionLayer.install(model)
 
     def logits(
         self,
         ids: torch.Tensor,
         attention: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
         """`(b, C)` class logits."""
+        if read_only and self.first_position is not None:
+            with self.first_position.active():
+                return self.logits(ids, attention, inputs_embeds)
         if self.reads_last_token:
             if inputs_embeds is None:
                 inputs_embeds = self.embed(ids)
@@ -397,8 +411,10 @@ class CausalLMRunner(ModelRunner):
         ids: torch.Tensor,
         attention: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
-        """`(b, V)` next-token logits after the last position."""
+        """`(b, V)` next-token logits after the last position (only the last position's are
+        ever computed: `read_only` changes nothing)."""
         return self.token_logits(ids, attention, inputs_embeds, 1)[:, -1]
 
     def run_head(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -77,8 +77,10 @@ class Runner(Protocol):
         ids: torch.Tensor,
         attention: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
     ) -> torch.Tensor:
-        """`(b, C)` logits for `(b, L)` ids (or `(b, L, h)` embeddings) and attention mask."""
+        """`(b, C)` logits for `(b, L)` ids (or `(b, L, h)` embeddings) and attention mask;
+        `read_only`: the positions the logits are not read from may be skipped."""
         ...
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -199,11 +201,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class Executor:
     """Runs batches of one model (on the worker's thread) and counts them in `stats`."""
 
-    def __init__(self, runner: Runner, stats: WorkerStats, reuse: bool) -> None:
+    def __init__(
+        self, runner: Runner, stats: WorkerStats, reuse: bool, read_only: bool = True
+    ) -> None:
         self.runner = runner
         self.stats = stats
         #: Causal LMs: forward rows may run on the cached prefix of their reference.
         self.reuse = reuse
+        #: Class logits computed at the positions the head reads only (`Runner.logits`).
+        self.read_only = read_only
         #: Causal LMs: what the prefix path and the full path have cost (`prefix.PassCosts`).
         self.pass_costs = prefix.PassCosts()
         #: Tokens (padding counted) the last batch ran on the prefix path, which runs fewer
@@ -310,7 +316,7 @@ class Executor:
             if keep:
                 outputs = self._token_scores(pieces, ids_d, att_d, embeds, keep)
             else:
-                logits = self.runner.logits(ids_d, att_d, embeds)
+                logits = self.runner.logits(ids_d, att_d, embeds, read_only=self.read_only)
                 at = 0
                 outputs = []
                 for job, start, stop in pieces:
@@ -379,7 +385,9 @@ class Executor:
                 kept = self.runner.token_logits(no_ids, attention.to(device), embeds, keep)
                 logits = kept[torch.arange(rows, device=device), columns]
             else:
-                logits = self.runner.logits(no_ids, attention.to(device), embeds)
+                logits = self.runner.logits(
+                    no_ids, attention.to(device), embeds, read_only=self.read_only
+                )
             picked = []
             for lo, hi, mode in modes:
                 scored = apply_mode(logits[lo:hi], mode)

@@ -81,3 +81,12 @@ class WorkerOptions:
         "causal LMs: run perturbed rows from their first change on the cached prefix; run "
         "identical rows and inputs once (--no-reuse only to measure what it saves)",
     )
+    #: Encoder classifiers (BERT, RoBERTa, ELECTRA, ...): run the final layer only at the
+    #: position their head reads, the first (`models.first_position`; the logits equal the full
+    #: layer's up to float rounding, so results differ from a run without it in the last bits).
+    #: Off only to measure what it saves (bench/).
+    read_position_only: bool = option(
+        True,
+        "encoder classifiers: run the final layer at the position the head reads only "
+        "(--no-read-position-only only to measure what it saves)",
+    )

@@ -121,7 +121,9 @@ class Worker(BatchPolicy):
         #: Padded tokens per batch that fitted after an out-of-memory error, per job kind.
         self._token_cap: dict[Kind, int] = {}
         self._at_cap: dict[Kind, int] = {}
-        self._executor = Executor(runner, self.stats, reuse=self.options.reuse)
+        self._executor = Executor(
+            runner, self.stats, reuse=self.options.reuse, read_only=self.options.read_position_only
+        )
         #: Times batches (seconds); tests give a clock of their own.
         self.clock = clock
         #: What batches cost, learnt from their timings: cuts batches at `max_batch_ms`.
