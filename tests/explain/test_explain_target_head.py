@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from numpy.typing import NDArray
+from lm_jobs import scale
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from explainserve.explain.method import Method
@@ -78,11 +78,6 @@ def explain(registry: Registry, model: str, method: Method, **kw: object) -> lis
     """Every input's explanation, by input index."""
     params = ExplainParams(model=model, inputs=INPUTS, method=method, **kw)  # type: ignore[arg-type]
     return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)
-
-
-def scale(x: NDArray[np.floating]) -> float:
-    """The magnitude tolerances are taken relative to."""
-    return max(1.0, float(np.abs(x).max()))
 
 
 @pytest.mark.parametrize("model", LMS)
