@@ -1,13 +1,19 @@
 """Helpers of the causal-LM tests that call the worker directly (prefix reuse, packed suffixes,
-the reference pass) or compare two servings of one LM: a forward job of rows made from a
-reference and scored by teacher forcing, and the scale of the float-rounding tolerance."""
+the reference pass) or compare two servings of one LM (reuse on and off, the target head's rows
+or the whole head): a forward job of rows made from a reference and scored by teacher forcing,
+an Explain request on a registry, and the scale of the float-rounding tolerance."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
 
+from explainserve.explain.method import Method
+from explainserve.explain.params import ExplainParams, Explanation
+from explainserve.explain.service import Explainer
+from explainserve.models.registry import Registry
 from explainserve.scheduling.jobs import ForwardJob
+from explainserve.vocabulary import InputSpec
 
 
 def causal_job(
@@ -32,6 +38,14 @@ def causal_job(
         positions=np.arange(p - 1, n - 1, dtype=np.int64),
         reference=reference,
     )
+
+
+def explain(
+    registry: Registry, model: str, inputs: list[InputSpec], method: Method, **kw: object
+) -> list[Explanation]:
+    """Every input's explanation, by input index."""
+    params = ExplainParams(model=model, inputs=inputs, method=method, **kw)  # type: ignore[arg-type]
+    return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)
 
 
 def scale(x: NDArray[np.floating]) -> float:

@@ -12,16 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lm_jobs import causal_job, scale
+from lm_jobs import causal_job, explain, scale
 
 from explainserve.explain import perturbation
-from explainserve.explain.method import Method
 from explainserve.explain.methods.kernel_shap import KernelShap
 from explainserve.explain.methods.lime import Lime
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.sobol import Sobol
-from explainserve.explain.params import ExplainParams, Explanation
-from explainserve.explain.service import Explainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 from explainserve.scheduling import prefix
@@ -69,14 +66,6 @@ def registries(
     yield out
     for reg in out.values():
         reg.close()
-
-
-def explain(
-    registry: Registry, model: str, inputs: list[InputSpec], method: Method, **kw: object
-) -> list[Explanation]:
-    """Every input's explanation, by input index."""
-    params = ExplainParams(model=model, inputs=inputs, method=method, **kw)  # type: ignore[arg-type]
-    return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)
 
 
 @pytest.mark.parametrize("model", LMS)
