@@ -9,23 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lm_jobs import causal_job, scale
 
 from explainserve.models.registry import ServedModel
 from explainserve.scheduling import prefix
-from explainserve.scheduling.jobs import ForwardJob
-
-
-def _job(ids: np.ndarray, p: int, replaced: np.ndarray | None, mode: str) -> ForwardJob:
-    n = ids.shape[1]
-    return ForwardJob(
-        ids=ids,
-        attention=np.ones(n, dtype=np.int64),
-        targets=np.arange(5, 5 + n - p, dtype=np.int64),
-        mode=mode,  # type: ignore[arg-type]
-        replaced=replaced,
-        positions=np.arange(p - 1, n - 1, dtype=np.int64),
-        reference=ids[-1].copy(),
-    )
 
 
 @pytest.mark.parametrize("model", ["gpt2", "llama"])
@@ -63,7 +50,10 @@ def test_packed_rows_equal_full_rows(
             if zero:
                 replaced = np.zeros(rows.shape, dtype=bool)
                 replaced[::3, -4] = True
-            jobs.append(_job(rows, rows.shape[1] - 4, replaced, mode))
+            reference = rows[-1].copy()  # the last row is unchanged
+            p = len(reference) - 4
+            ids = np.arange(5, 9, dtype=np.int64)  # any 4 target ids, at the last 4 positions
+            jobs.append(causal_job(rows, reference, p, targets=ids, mode=mode, replaced=replaced))
         m.worker.submit_all(jobs)
         results[reuse] = [j.future.result() for j in jobs]
         padded = stats.padded_tokens - before[0]
@@ -74,4 +64,4 @@ def test_packed_rows_equal_full_rows(
             assert run < 0.8 * naive
             assert padded < 1.3 * run
     for a, b in zip(results[True], results[False], strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale(b))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lm_jobs import causal_job, scale
 
 from explainserve.models.registry import ServedModel
 from explainserve.scheduling import prefix
@@ -31,15 +32,8 @@ def _jobs(
             replaced[r, r - 1] = True
         else:
             rows[r, r - 1] = reference[r - 1] + 1
-    common = {
-        "attention": np.ones(n, dtype=np.int64),
-        "targets": reference[p:].copy(),
-        "mode": mode,
-        "positions": np.arange(p - 1, n - 1, dtype=np.int64),
-        "reference": reference,
-    }
-    base = ForwardJob(ids=reference[None].copy(), **common)  # type: ignore[arg-type]
-    method = ForwardJob(ids=rows, replaced=replaced, **common)  # type: ignore[arg-type]
+    base = causal_job(reference[None].copy(), reference, p, mode=mode)
+    method = causal_job(rows, reference, p, mode=mode, replaced=replaced)
     return base, method, [min(r - 1, p - 1) for r in range(1, n)]
 
 
@@ -83,7 +77,7 @@ def test_rows_equal_to_the_reference_are_scored_from_the_prefix_pass(
         else:
             assert counted == (1, n + 1, (n + 1) * n, (n + 1) * n)
     for a, b in zip(results[True], results[False], strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale(b))
     # The two unperturbed rows: the same sequence, the same pass, the same scores.
     np.testing.assert_array_equal(results[True][0][0], results[True][1][0])
 
@@ -111,7 +105,7 @@ def test_two_references_keep_two_prefix_rows(
         if reuse:
             assert stats.real_tokens - before == expected
     for a, b in zip(results[True], results[False], strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale(b))
 
 
 def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
@@ -123,14 +117,7 @@ def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
     reference = np.random.default_rng(9).integers(10, 200, size=20).astype(np.int64)
     n, p = len(reference), 15
     _, method, starts = _jobs(reference, p, "logits", False)
-    rows = method.ids[1:8]  # changes at positions 0..6
-    job = ForwardJob(
-        ids=rows.copy(),
-        attention=method.attention,
-        targets=method.targets,
-        positions=method.positions,
-        reference=reference,
-    )
+    job = causal_job(method.ids[1:8].copy(), reference, p)  # changes at positions 0..6
     m = reuse_lms["llama-True"]
     before = m.worker.stats.real_tokens
     m.worker.submit(job)
@@ -194,6 +181,4 @@ def test_packed_rows_with_the_additive_mask_of_eager_attention(
         m.worker.submit_all([base, method])
         results.append(method.future.result())
     for out in results[:2]:
-        np.testing.assert_allclose(
-            out, results[2], rtol=0, atol=1e-5 * max(1.0, float(np.abs(results[2]).max()))
-        )
+        np.testing.assert_allclose(out, results[2], rtol=0, atol=1e-5 * scale(results[2]))

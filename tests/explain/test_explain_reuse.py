@@ -12,20 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
+from lm_jobs import causal_job, explain, scale
 
 from explainserve.explain import perturbation
-from explainserve.explain.method import Method
 from explainserve.explain.methods.kernel_shap import KernelShap
 from explainserve.explain.methods.lime import Lime
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.sobol import Sobol
-from explainserve.explain.params import ExplainParams, Explanation
-from explainserve.explain.service import Explainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 from explainserve.scheduling import prefix
-from explainserve.scheduling.jobs import ForwardJob
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import InputSpec
 
@@ -70,19 +66,6 @@ def registries(
     yield out
     for reg in out.values():
         reg.close()
-
-
-def explain(
-    registry: Registry, model: str, inputs: list[InputSpec], method: Method, **kw: object
-) -> list[Explanation]:
-    """Every input's explanation, by input index."""
-    params = ExplainParams(model=model, inputs=inputs, method=method, **kw)  # type: ignore[arg-type]
-    return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)
-
-
-def scale(x: NDArray[np.floating]) -> float:
-    """The magnitude tolerances are taken relative to."""
-    return max(1.0, float(np.abs(x).max()))
 
 
 @pytest.mark.parametrize("model", LMS)
@@ -140,15 +123,7 @@ def test_rows_on_a_cached_prefix_equal_full_rows(
         replaced[np.arange(n - 1), np.arange(n - 1)] = True
     outs = {}
     for reuse, m in served.items():
-        job = ForwardJob(
-            ids=rows,
-            attention=np.ones(n, dtype=np.int64),
-            targets=ids[p:],
-            mode="log_softmax",
-            replaced=replaced,
-            positions=np.arange(p - 1, n - 1, dtype=np.int64),
-            reference=ids,
-        )
+        job = causal_job(rows, ids, p, mode="log_softmax", replaced=replaced)
         before = (m.worker.stats.real_tokens, m.worker.stats.naive_tokens)
         m.worker.submit(job)
         outs[reuse] = job.future.result()

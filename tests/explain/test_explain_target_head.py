@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from numpy.typing import NDArray
+from lm_jobs import explain, scale
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from explainserve.explain.method import Method
@@ -22,8 +22,6 @@ from explainserve.explain.methods.kernel_shap import KernelShap
 from explainserve.explain.methods.lime import Lime
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.sobol import Sobol
-from explainserve.explain.params import ExplainParams, Explanation
-from explainserve.explain.service import Explainer
 from explainserve.models.heads import plain_head
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
@@ -74,17 +72,6 @@ def registries(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[dict
         reg.close()
 
 
-def explain(registry: Registry, model: str, method: Method, **kw: object) -> list[Explanation]:
-    """Every input's explanation, by input index."""
-    params = ExplainParams(model=model, inputs=INPUTS, method=method, **kw)  # type: ignore[arg-type]
-    return sorted(Explainer(registry).explain(params), key=lambda e: e.input_index)
-
-
-def scale(x: NDArray[np.floating]) -> float:
-    """The magnitude tolerances are taken relative to."""
-    return max(1.0, float(np.abs(x).max()))
-
-
 @pytest.mark.parametrize("model", LMS)
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("method", list(METHODS))
@@ -93,8 +80,8 @@ def test_target_rows_of_the_head_equal_the_whole_head(
     registries: dict[bool, Registry], model: str, granularity: str, method: str, isolate: bool
 ) -> None:
     kw = {"granularity": granularity, "isolate": isolate, "seed": 3, "mode": "logits"}
-    fast = explain(registries[True], model, METHODS[method], **kw)
-    full = explain(registries[False], model, METHODS[method], **kw)
+    fast = explain(registries[True], model, INPUTS, METHODS[method], **kw)
+    full = explain(registries[False], model, INPUTS, METHODS[method], **kw)
     for a, b in zip(fast, full, strict=True):
         assert a.scores.shape == b.scores.shape
         np.testing.assert_array_equal(a.valid, b.valid)
@@ -119,7 +106,7 @@ def test_the_whole_head_runs_only_where_the_mode_needs_the_vocabulary(
     calls: list[tuple[int, ...]] = []
     handle = head.register_forward_hook(lambda _m, _i, out: calls.append(tuple(out.shape)))
     try:
-        explain(registries[True], "llama-lm", Occlusion(), mode=mode)
+        explain(registries[True], "llama-lm", INPUTS, Occlusion(), mode=mode)
     finally:
         handle.remove()
     vocab = head.weight.shape[0]

@@ -148,6 +148,23 @@ def hold_first_batch(worker: Worker, runner: ToyRunner, rows_left: int) -> None:
     assert worker.queued_rows == rows_left
 
 
+def queue_behind_first_batch(
+    worker: Worker, runner: ToyRunner, first: ForwardJob, taken: int, later: list[ForwardJob]
+) -> None:
+    """Submits `first`, holds its first batch (`taken` rows) at the runner's gate while `later`
+    queue, then lets the worker go on; every job's results checked."""
+    runner.gate.clear()
+    try:
+        worker.submit(first)
+        hold_first_batch(worker, runner, first.n_rows - taken)
+        for job in later:
+            worker.submit(job)
+    finally:
+        runner.gate.set()
+    for job in (first, *later):
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+
+
 def test_a_small_request_gets_all_its_rows_into_the_next_batch_it_does_not_lead(
     runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
 ) -> None:
@@ -156,19 +173,10 @@ def test_a_small_request_gets_all_its_rows_into_the_next_batch_it_does_not_lead(
     worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
     closing.append(worker)
     worker.fault_hook = record(batches)
-    runner.gate.clear()
-    try:
-        huge1 = make_job(300, 8, seed=1, is_cancelled=threading.Event().is_set)
-        worker.submit(huge1)
-        hold_first_batch(worker, runner, 300 - 64)
-        huge2 = make_job(300, 8, seed=2, is_cancelled=threading.Event().is_set)
-        small = make_job(10, 8, seed=3, is_cancelled=threading.Event().is_set)
-        worker.submit(huge2)
-        worker.submit(small)
-    finally:
-        runner.gate.set()
-    for job in (huge1, huge2, small):
-        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    huge1 = make_job(300, 8, seed=1, is_cancelled=threading.Event().is_set)
+    huge2 = make_job(300, 8, seed=2, is_cancelled=threading.Event().is_set)
+    small = make_job(10, 8, seed=3, is_cancelled=threading.Event().is_set)
+    queue_behind_first_batch(worker, runner, huge1, 64, [huge2, small])
     second = batches[1]
     assert second[0][0] == id(huge2)  # huge2 leads it
     assert (id(small), 0, 10) in second
@@ -183,19 +191,11 @@ def test_interactive_rows_overtake_queued_batch_rows(
     worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
     closing.append(worker)
     worker.fault_hook = record(batches)
-    runner.gate.clear()
-    try:
-        background = make_job(
-            300, 8, seed=1, is_cancelled=RequestTag(threading.Event().is_set, priority="batch")
-        )
-        worker.submit(background)
-        hold_first_batch(worker, runner, 300 - 64)
-        interactive = make_job(200, 8, seed=2, is_cancelled=threading.Event().is_set)
-        worker.submit(interactive)
-    finally:
-        runner.gate.set()
-    for job in (background, interactive):
-        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    background = make_job(
+        300, 8, seed=1, is_cancelled=RequestTag(threading.Event().is_set, priority="batch")
+    )
+    interactive = make_job(200, 8, seed=2, is_cancelled=threading.Event().is_set)
+    queue_behind_first_batch(worker, runner, background, 64, [interactive])
     with_interactive = [i for i, b in enumerate(batches) if any(p[0] == id(interactive) for p in b)]
     # 200 rows at 64 a batch: batches 1 to 4, right after the one that was running; the batch
     # request only fills what the last of them leaves.
@@ -359,19 +359,10 @@ def test_a_small_request_of_another_length_still_completes_in_the_next_batch(
     worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
     closing.append(worker)
     worker.fault_hook = record(batches)
-    runner.gate.clear()
-    try:
-        wide = make_job(300, 16, seed=1, is_cancelled=threading.Event().is_set)
-        worker.submit(wide)
-        hold_first_batch(worker, runner, 300 - 32)
-        narrow = make_job(300, 12, seed=2, is_cancelled=threading.Event().is_set)
-        small = make_job(10, 12, seed=3, is_cancelled=threading.Event().is_set)
-        worker.submit(narrow)
-        worker.submit(small)
-    finally:
-        runner.gate.set()
-    for job in (wide, narrow, small):
-        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+    wide = make_job(300, 16, seed=1, is_cancelled=threading.Event().is_set)
+    narrow = make_job(300, 12, seed=2, is_cancelled=threading.Event().is_set)
+    small = make_job(10, 12, seed=3, is_cancelled=threading.Event().is_set)
+    queue_behind_first_batch(worker, runner, wide, 32, [narrow, small])
     rows = [{job_id: stop - start for job_id, start, stop in b} for b in batches[:3]]
     # 512 tokens: the small request's 120, the rest (392) to the narrow one: 32 rows.
     assert rows == [{id(wide): 32}, {id(narrow): 32, id(small): 10}, {id(wide): 32}]

@@ -147,6 +147,31 @@ def theil_sen(
     return Fit(intercept=intercept, slope=slope, samples=len(x))
 
 
+class RecentMedian:
+    """The median of the last `window` values recorded, and how many were recorded in all: a
+    measured rate that a slow first call or a burst of load on the machine does not decide for
+    long (`ThroughputModel`'s size classes, `prefix.PassCosts`' paths). Not locked: its owner's
+    lock, where it has one, covers it."""
+
+    def __init__(self, window: int) -> None:
+        self._last: deque[float] = deque(maxlen=window)
+        #: Values recorded in all (the window keeps the last `window`).
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        """Records `value`; the oldest kept one leaves a full window."""
+        self._last.append(value)
+        self.count += 1
+
+    def __len__(self) -> int:
+        """Values kept: at most `window`."""
+        return len(self._last)
+
+    def median(self) -> float:
+        """The median of the values kept (at least one)."""
+        return float(np.median(self._last))
+
+
 #: Measured throughputs kept per size class (their median is the class's rate).
 RATE_WINDOW = 5
 #: A size class replaces the chosen one only when its rate is this much higher (hysteresis).
@@ -185,8 +210,7 @@ class ThroughputModel:
     """
 
     def __init__(self) -> None:
-        self._rates: dict[Kind, dict[int, deque[float]]] = {}
-        self._counts: dict[Kind, dict[int, int]] = {}
+        self._rates: dict[Kind, dict[int, RecentMedian]] = {}
         self._best: dict[Kind, int] = {}
         self._taken: dict[Kind, int] = {}
         self._lock = threading.Lock()
@@ -207,14 +231,12 @@ class ThroughputModel:
             return
         c = size_class(cap if cap is not None else tokens)
         with self._lock:
-            window = self._rates.setdefault(kind, {}).setdefault(c, deque(maxlen=RATE_WINDOW))
-            window.append(tokens / seconds)
-            counts = self._counts.setdefault(kind, {})
-            counts[c] = counts.get(c, 0) + 1
+            rate = self._rates.setdefault(kind, {}).setdefault(c, RecentMedian(RATE_WINDOW))
+            rate.add(tokens / seconds)
             self._choose(kind)
 
     def _choose(self, kind: Kind) -> None:
-        medians = {c: float(np.median(w)) for c, w in self._rates[kind].items()}
+        medians = {c: rate.median() for c, rate in self._rates[kind].items()}
         best = max(medians, key=lambda c: medians[c])
         current = self._best.get(kind)
         if current is None or medians[best] > medians[current] * (1 + SWITCH_MARGIN):
@@ -245,8 +267,7 @@ class ThroughputModel:
         with self._lock:
             return {
                 kind: [
-                    Rate(1 << c, float(np.median(w)), self._counts[kind][c])
-                    for c, w in sorted(classes.items())
+                    Rate(1 << c, rate.median(), rate.count) for c, rate in sorted(classes.items())
                 ]
                 for kind, classes in self._rates.items()
             }

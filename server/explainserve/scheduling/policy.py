@@ -178,26 +178,34 @@ class BatchPolicy:
             return self.options.gradient_token_budget
         return self.options.token_budget
 
-    def _batch_tokens(self, lead: Job[Any]) -> int:
+    def _batch_tokens(self, lead: Job[Any], *, explore: bool) -> int:
         """The tokens a batch led by `lead` may hold: its kind's token budget, under the cap
-        learnt from out-of-memory errors and, unless `lead` is isolated, the shared caps."""
+        learnt from out-of-memory errors and, unless `lead` is isolated, the shared caps
+        (`_shared_cap`, exploring or not)."""
         budget = self._budget(lead)
         budget = min(budget, self._token_cap.get(lead.kind, budget))
         if not lead.isolated:
-            budget = self._shared_cap(lead.kind, budget)
+            budget = self._shared_cap(lead.kind, budget, explore=explore)
         return budget
 
-    def _shared_cap(self, kind: Kind, budget: int) -> int:
-        """`budget` (the memory bound) under the caps of batches shared between requests: the
-        time bound, and the explicit `batch_tokens` or else the measured throughput optimum
-        (with `calibrate`; one batch in `EXPLORE_EVERY` tries a neighbouring size, see
-        `ThroughputModel.next_cap`). Worker thread only: it counts batches."""
-        budget = min(budget, self.time_cap(kind) or budget)
+    def _shared_cap(self, kind: Kind, bound: int, *, explore: bool) -> int:
+        """The tokens a batch of `kind` shared between requests may hold under `bound` (the
+        memory bound): the least of it, the time bound, and the explicit `batch_tokens` or else
+        (with `calibrate`) the measured throughput optimum.
+
+        `explore`, for the batch being cut (worker thread only: it counts batches): the time
+        bound is refitted (`time_cap`) and one batch in `EXPLORE_EVERY` tries a neighbouring
+        size (`ThroughputModel.next_cap`). Without it, no side effect (no exploration, no
+        refit of the time cap): what a shared batch of `kind` would hold now, for the wait for
+        company (a batch full at it need not wait) and `batch_sizes` (any thread)."""
+        time_cap = self.time_cap(kind) if explore else self._time_cap.get(kind)
+        cap = min(bound, time_cap or bound)
         if self.options.batch_tokens > 0:
-            return min(budget, self.options.batch_tokens)
+            return min(cap, self.options.batch_tokens)
         if self.options.calibrate:
-            budget = min(budget, self.throughput.next_cap(kind) or budget)
-        return budget
+            optimum = self.throughput.next_cap(kind) if explore else self.throughput.cap(kind)
+            return min(cap, optimum or cap)
+        return cap
 
     def batch_sizes(self) -> list[KindSizes]:
         """Per kind measured or bounded so far (forward and gradient always), its batch bounds
@@ -214,7 +222,7 @@ class BatchPolicy:
         sizes = []
         for kind, budget in budgets.items():
             bound = min(budget, memory.get(kind, budget))
-            cap = self._cap_below(bound, time_caps.get(kind), optimum.get(kind))
+            cap = self._shared_cap(kind, bound, explore=False)
             sizes.append(
                 KindSizes(
                     kind,
@@ -226,22 +234,6 @@ class BatchPolicy:
                 )
             )
         return sizes
-
-    def _cap_below(self, bound: int, time_cap: int | None, optimum: int | None) -> int:
-        """The tokens a shared batch may hold under the memory `bound`: the least of it, the
-        time cap and the explicit `batch_tokens`, or else (with `calibrate`) the optimum."""
-        cap = min(bound, time_cap or bound)
-        if self.options.batch_tokens > 0:
-            return min(cap, self.options.batch_tokens)
-        if self.options.calibrate:
-            return min(cap, optimum or cap)
-        return cap
-
-    def shared_cap_now(self, kind: Kind, budget: int) -> int:
-        """`_shared_cap` without its side effects (no exploration, no refit of the time cap):
-        what a shared batch of `kind` would hold now. Worker thread only."""
-        bound = min(budget, self._token_cap.get(kind, budget))
-        return self._cap_below(bound, self._time_cap.get(kind), self.throughput.cap(kind))
 
     def batch_caps(self) -> dict[Kind, int]:
         """Per kind, the tokens a shared batch may hold now (`batch_sizes`)."""
@@ -289,7 +281,7 @@ class BatchPolicy:
         if kind == "generate":
             self._cut_cap = None
             return self._take_generation(lead)
-        budget = self._batch_tokens(lead)
+        budget = self._batch_tokens(lead, explore=True)
         self._cut_cap = None if lead.isolated else budget
         same_kind = [
             job
@@ -404,7 +396,7 @@ class BatchPolicy:
         ]
         budget = self.options.token_budget
         if not lead.isolated:
-            budget = self._shared_cap(lead.kind, budget)
+            budget = self._shared_cap(lead.kind, budget, explore=True)
         batch: Batch = []
         width = 0
         for job in [lead, *same]:

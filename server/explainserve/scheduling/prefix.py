@@ -33,7 +33,6 @@ tokens instead of `n`; LIME, KernelSHAP and Sobol rows save their leading kept u
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from explainserve.scheduling.cost import RecentMedian
 from explainserve.scheduling.jobs import position_ids
 
 if TYPE_CHECKING:
@@ -91,10 +91,7 @@ class PassCosts:
     WINDOW = 8
 
     def __init__(self) -> None:
-        self.rates: dict[str, deque[float]] = {
-            "prefix": deque(maxlen=self.WINDOW),
-            "full": deque(maxlen=self.WINDOW),
-        }
+        self.rates = {"prefix": RecentMedian(self.WINDOW), "full": RecentMedian(self.WINDOW)}
         self.decisions = 0
         #: Tokens of the full-path batch decided last and not yet timed.
         self.pending_full = 0
@@ -102,7 +99,7 @@ class PassCosts:
     def rate(self, path: str) -> float | None:
         """Seconds per token on `path` ("prefix" or "full"), None before `SAMPLES` timings."""
         timed = self.rates[path]
-        return float(np.median(timed)) if len(timed) >= self.SAMPLES else None
+        return timed.median() if len(timed) >= self.SAMPLES else None
 
     def choose(self, prefix_tokens: int, full_tokens: int) -> bool:
         """Whether a batch takes the prefix path (`prefix_tokens` run) rather than the full one
@@ -123,7 +120,7 @@ class PassCosts:
     def record(self, path: str, tokens: int, seconds: float) -> None:
         """A batch of `tokens` ran on `path` ("prefix" or "full") in `seconds`."""
         if tokens > 0:
-            self.rates[path].append(seconds / tokens)
+            self.rates[path].add(seconds / tokens)
 
     def full_ran(self, seconds: float) -> None:
         """The full-path batch last decided ran in `seconds`."""

@@ -292,8 +292,8 @@ class Worker(BatchPolicy):
         oldest = min(self._pending, key=lambda job: job._enqueued)
         deadline = oldest._enqueued + wait
         full = self._budget(oldest)
-        if not oldest.isolated:
-            full = self.shared_cap_now(oldest.kind, full)
+        if not oldest.isolated:  # the caps as they stand: this batch is not cut yet
+            full = self._batch_tokens(oldest, explore=False)
         while not self._closed:
             tokens = sum(job.rows_left * job.length for job in self._pending)
             left = deadline - time.monotonic()
