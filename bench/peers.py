@@ -483,6 +483,9 @@ class Config:
     clients: int = 1
     #: ExplainServe without the scheduler's time bound (`WorkerOptions.max_batch_ms = 0`).
     untimed: bool = False
+    #: ExplainServe with the final layer at every position (`WorkerOptions.read_position_only`
+    #: off), to measure in the same run what running it at the head's position saves.
+    full_layer: bool = False
 
     @property
     def label(self) -> str:
@@ -493,15 +496,29 @@ class Config:
             return f"Captum (per text, batch {self.batch_size})"
         shape = "1 request" if self.clients == 1 else f"{self.clients} clients"
         bound = ", no time bound" if self.untimed else ""
-        return f"ExplainServe {shape}, budget {self.token_budget}{bound}"
+        layer = ", full final layer" if self.full_layer else ""
+        return f"ExplainServe {shape}, budget {self.token_budget}{bound}{layer}"
+
+    @property
+    def model(self) -> str:
+        """ExplainServe's model name for it (`ExplainServeSide`)."""
+        return (
+            f"b{self.token_budget}"
+            + ("-untimed" if self.untimed else "")
+            + ("-full-layer" if self.full_layer else "")
+        )
 
 
 class ExplainServeSide:
     """A live server on loopback serving the default model twice: at the default token budgets
     and at `SMALL_BUDGET` (names `b8192`, `b2048`), same weights, float32; with `untimed`, a
-    third time at the default budgets without the time bound (`b8192-untimed`)."""
+    third time at the default budgets without the time bound (`b8192-untimed`); with
+    `full_layer`, a time at the default budgets with the full final layer
+    (`b8192-full-layer`)."""
 
-    def __init__(self, model_dir: Path, device: str, untimed: bool, calibrate: bool) -> None:
+    def __init__(
+        self, model_dir: Path, device: str, untimed: bool, calibrate: bool, full_layer: bool
+    ) -> None:
         import grpc
 
         from explainserve.cli import warm_up
@@ -533,6 +550,11 @@ class ExplainServeSide:
             models[f"b{DEFAULT_BUDGETS[0]}-untimed"] = {
                 **models[f"b{DEFAULT_BUDGETS[0]}"],
                 "max_batch_ms": 0.0,
+            }
+        if full_layer:
+            models[f"b{DEFAULT_BUDGETS[0]}-full-layer"] = {
+                **models[f"b{DEFAULT_BUDGETS[0]}"],
+                "read_position_only": False,
             }
         for name, options in models.items():
             self.registry.add(
@@ -570,7 +592,7 @@ class ExplainServeSide:
         padded and real tokens, seconds in batches (forward and backward passes)."""
         from explainserve.v1 import explain_pb2 as pb
 
-        name = f"b{config.token_budget}" + ("-untimed" if config.untimed else "")
+        name = config.model
         fields = explainserve_request(case)
         share = -(-len(texts) // config.clients)
         requests = [
@@ -709,7 +731,9 @@ def model_sweep(model_dir: Path, the_texts: list[str], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def configs(sizes: Sequence[int], captum: bool = True, untimed: bool = False) -> list[Config]:
+def configs(
+    sizes: Sequence[int], captum: bool = True, untimed: bool = False, full_layer: bool = False
+) -> list[Config]:
     """Every configuration measured for a method (Captum is dropped where it has none)."""
     out = [Config("interpreto", batch_size=b) for b in sizes]
     if captum:
@@ -719,6 +743,8 @@ def configs(sizes: Sequence[int], captum: bool = True, untimed: bool = False) ->
             out.append(Config("explainserve", token_budget=budget, clients=clients))
     if untimed:
         out.append(Config("explainserve", token_budget=DEFAULT_BUDGETS[0], untimed=True))
+    if full_layer:
+        out.append(Config("explainserve", token_budget=DEFAULT_BUDGETS[0], full_layer=True))
     return out
 
 
@@ -876,6 +902,12 @@ def main() -> int:
         help="also ExplainServe (1 request, budget 8192) without the scheduler's time bound",
     )
     parser.add_argument(
+        "--full-final-layer",
+        action="store_true",
+        help="also ExplainServe (1 request, budget 8192) with the final layer at every "
+        "position (--no-read-position-only)",
+    )
+    parser.add_argument(
         "--model-sweep", action="store_true", help="only the bare model's rows/s by batch shape"
     )
     parser.add_argument("--methods", help="comma-separated subset, e.g. occlusion,lime")
@@ -924,7 +956,9 @@ def main() -> int:
         return 0
     python = ensure_peers_venv(args.peers_venv)
     peers = Peers(python, args.model_dir, args.threads, args.device)
-    server = ExplainServeSide(args.model_dir, args.device, args.untimed, not args.no_calibrate)
+    server = ExplainServeSide(
+        args.model_dir, args.device, args.untimed, not args.no_calibrate, args.full_final_layer
+    )
     from importlib.metadata import version
 
     # The server's worker threads must run with the same intra-op threads as the peers.
@@ -952,7 +986,12 @@ def main() -> int:
             peers,
             server,
             all_cases,
-            configs(sizes, captum=not args.no_captum, untimed=args.untimed),
+            configs(
+                sizes,
+                captum=not args.no_captum,
+                untimed=args.untimed,
+                full_layer=args.full_final_layer,
+            ),
             the_texts,
             repeats,
             warmup_texts=4,
