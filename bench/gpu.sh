@@ -58,10 +58,13 @@ run() {  # NAME DTYPE SHARES COMMAND...
     local name=$1 dtype=$2 shares=$3
     shift 3
     echo "=== $name $dtype ===" | tee -a "$log"
+    local t0=$SECONDS
     timeout $((share * shares)) "$py" "$@" --device "$device" --dtype "$dtype" $quick 2>&1 \
         | grep -v '^\[transformers\]' | tee -a "$log"
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || echo "# FAILED (exit $rc, limit $((share * shares)) s)" | tee -a "$log"
+    # What each bench took, to size the shares from (the summary ignores it).
+    echo "# took $((SECONDS - t0)) s of $((share * shares)) s" | tee -a "$log"
 }
 if [ "$device" = cuda ]; then
     echo "=== cuda-tests - ===" | tee -a "$log"
