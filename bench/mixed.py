@@ -31,10 +31,10 @@ On an accelerator (`--device cuda`, bench/gpu.sh) the same shape would say littl
 this model ~100x faster than the 2-core CPU the defaults were set on, so KernelSHAP-512 would
 be over in a few batches and a fraction of a second, with hardly a small request beside it. There
 the huge request is sized instead by `--huge-seconds` (default 2): probes of growing size time
-it, and its coalitions are scaled so that it runs about that long alone (hundreds of batches of
-`max_batch_ms`), and the stream is 10x denser (`--rate` 20), so that a mixed run sees about as
-many small requests (~40) as one on the CPU does (~2/s over ~20 s). The CPU defaults (512
-coalitions, 2/s) are those bench/RESULTS.md's figures were taken with.
+it, and its coalitions are scaled so that it runs about that long alone (dozens of batches at
+least: `max_batch_ms` is 30 there), and the stream is 10x denser (`--rate` 20), so that a
+mixed run sees about as many small requests (~40) as one on the CPU does (~2/s over ~20 s). The
+CPU defaults (512 coalitions, 2/s) are those bench/RESULTS.md's figures were taken with.
 
     .venv/bin/python bench/mixed.py [--huge-rows 512 | --huge-seconds S] [--small-clients 2]
         [--rate 2] [--max-batch-ms 100] [--no-calibrate] [--device cpu|cuda] [--dtype bfloat16]
