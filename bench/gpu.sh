@@ -4,12 +4,15 @@
 #   bash bench/gpu.sh [--device cuda|cpu] [--quick] [--budget SECONDS]
 #
 # Runs, in float32 and in bfloat16: bench/explain.py per method on a BERT-base-sized classifier,
-# bench/activations.py and bench/concurrency.py on it, and bench/explain.py --causal (GPT-2- and
+# bench/activations.py and bench/concurrency.py on it, bench/explain.py --causal (GPT-2- and
 # Llama-style LMs of 12 layers x 768 with a 30522-token vocabulary, and the reuse table: prefix
-# reuse and row dedup against the same model with reuse off). Every model is randomly initialised
-# from a config: no hub, no weights carried. Each bench gets a share of --budget (default 360 s,
-# inside the 8 minutes a GPU call may take, with the CUDA tests' 90 s before); one that runs out is
-# reported as FAILED in the table. On CUDA, `pytest -m cuda tests/cuda` runs first.
+# reuse and row dedup against the same model with reuse off), and bench/mixed.py on the
+# classifier (small requests' latency beside a huge one, alone vs mixed; the huge request sized
+# to ~1.5 s alone). Every model is randomly initialised from a config: no hub, no weights carried.
+# Each bench gets a share of --budget (default 360 s: a twelfth, 30 s, each; two for causal),
+# which with the CUDA tests' 90 s before and the setup keeps inside the 8 minutes a GPU call may
+# take; one that runs out is reported as FAILED in the table. On CUDA, `pytest -m cuda
+# tests/cuda` runs first.
 #
 # The GPU machine has no package registry: `make bench-gpu-prepare` builds here the abi3 wheel of
 # this project and copies the MiniLM tokenizer into .gpu/; carry .gpu and this script installs
@@ -49,16 +52,19 @@ else size=(--layers 12 --width 768); lm=(--lm-layers 12 --lm-width 768); fi
 bert=$("$py" bench/gpu_models.py "$work/models" "${tokenizer[@]}" "${size[@]}" 2>/dev/null) || exit 1
 log=${OUT:-$work}/gpu-bench.log
 : >"$log"
-# Per dtype: explain, activations, concurrency one share each, causal (two tables) two.
-share=$((budget / 10))
+# Per dtype: explain, activations, concurrency, mixed one share each, causal (two tables) two.
+share=$((budget / 12))
 run() {  # NAME DTYPE SHARES COMMAND...
     local name=$1 dtype=$2 shares=$3
     shift 3
     echo "=== $name $dtype ===" | tee -a "$log"
+    local t0=$SECONDS
     timeout $((share * shares)) "$py" "$@" --device "$device" --dtype "$dtype" $quick 2>&1 \
         | grep -v '^\[transformers\]' | tee -a "$log"
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || echo "# FAILED (exit $rc, limit $((share * shares)) s)" | tee -a "$log"
+    # What each bench took, to size the shares from (the summary ignores it).
+    echo "# took $((SECONDS - t0)) s of $((share * shares)) s" | tee -a "$log"
 }
 if [ "$device" = cuda ]; then
     echo "=== cuda-tests - ===" | tee -a "$log"
@@ -70,6 +76,11 @@ for dtype in float32 bfloat16; do
     run activations "$dtype" 1 bench/activations.py --model-dir "$bert" --inputs 300 --repeats 2
     run concurrency "$dtype" 1 bench/concurrency.py --model-dir "$bert" --clients 8 --requests-per-client 2 --repeats 1
     run causal "$dtype" 2 bench/explain.py --causal "${lm[@]}" --repeats 2
+    # The accelerator's sizing given explicitly, so that a dry run on a CPU takes the same path
+    # (the huge request sized by timed probes, not mixed.py's CPU default of 512 coalitions);
+    # 1.5 s, not mixed.py's 2, so that its one share holds the start-up (imports, load, warm-up
+    # and calibration: ~25 of the 35 s the CPU dry run took), the probes and two pairs.
+    run mixed "$dtype" 1 bench/mixed.py --model-dir "$bert" --huge-seconds 1.5 --rate 20
 done
 echo
 "$py" bench/gpu_summary.py "$log"

@@ -6,12 +6,16 @@ The log holds sections `=== NAME DTYPE ===` (written by gpu.sh), each the markdo
 bench printed and its `# peak GPU memory` line. Per table row: efficiency against the model
 alone (the column "efficiency", "vs raw model" or, for the reuse table, "speed-up" against
 reuse off), rows/s (sequences per second end to end, where the table gives them) and the
-section's peak GPU memory.
+section's peak GPU memory. bench/mixed.py's section (one table of measurements) gives two rows
+instead of its own: the small requests' p99 latency idle and beside the huge request (with the
+goal's verdict), and the huge request's slowdown against running alone (median of the pairs)
+with its rows/s alone.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -28,6 +32,80 @@ def _number(text: str) -> float | None:
     return float(match.group()) if match else None
 
 
+def _measurements(body: str) -> dict[str, str]:
+    """The `| measurement | value |` rows of a section, by measurement."""
+    rows = (_cells(line) for line in body.splitlines() if line.startswith("|"))
+    return {cells[0]: cells[1] for cells in rows if len(cells) == 2}
+
+
+def mixed_rows(body: str) -> list[tuple[str, str, str]]:
+    """bench/mixed.py's figures: (case, figure, rows/s) for the small requests' p99 idle and
+    beside the huge request, and for the huge request's slowdown (with its sequences per second
+    alone); none for a figure its output lacks (a run that failed before printing it)."""
+    values = _measurements(body)
+    out: list[tuple[str, str, str]] = []
+    idle = values.get("small, idle: p50 / p99 (s)")
+    beside = next(((k, v) for k, v in values.items() if k.startswith("small, beside")), None)
+    if idle is not None and beside is not None:
+        calls = re.search(r"(\d+) calls", beside[0])
+        goal = re.search(r"^goal small p99 <= .*? = ([\d.]+) s: (met|missed)", body, flags=re.M)
+        case = "small p99 (s): idle -> beside the huge one"
+        if calls:
+            case += f", {calls.group(1)} calls"
+        if goal:
+            case += f" (goal <= {goal.group(1)}: {goal.group(2)})"
+        p99 = (v.split("/")[-1].strip() for v in (idle, beside[1]))
+        out.append((case, " -> ".join(p99), "-"))
+    slowed = next(((k, v) for k, v in values.items() if k.startswith("huge slowed, median")), None)
+    if slowed is not None:
+        shape = re.search(r"huge: (KernelSHAP-\d+) on a .*?\((\d+) sequences", body)
+        alone = [float(v) for k, v in values.items() if re.match(r"run \d+: huge alone \(s\)", k)]
+        what = f"huge ({shape.group(1)})" if shape else "huge"
+        case = f"{what} slowed beside them, {slowed[0].removeprefix('huge slowed, ')}"
+        rate = "-"
+        if shape and alone:
+            rate = f"{int(shape.group(2)) / statistics.median(alone):.0f}"
+        out.append((case, slowed[1], rate))
+    return out
+
+
+def _table_rows(name: str, dtype: str, body: str, peak: str) -> list[list[str]]:
+    """A section's table rows, one summary row each: case, efficiency, rows/s."""
+    out: list[list[str]] = []
+    header: list[str] = []
+    for line in body.splitlines():
+        if not line.startswith("|"):
+            header = [] if not line.strip() else header
+            continue
+        cells = _cells(line)
+        if set("".join(cells)) <= set("-:"):
+            continue
+        if not header:
+            header = cells
+            continue
+        row = dict(zip(header, cells, strict=False))
+        case = " / ".join(v for k, v in row.items() if k in LABELS) or cells[0]
+        eff = next((row[k] for k in ("efficiency", "vs raw model", "speed-up") if k in row), "-")
+        rate = "-"
+        if "sequences/s" in row:
+            rate = row["sequences/s"]
+        elif "inputs/s" in row:
+            rate = row["inputs/s"]
+        elif "forward passes" in row and "end-to-end (s)" in row:
+            passes, secs = _number(row["forward passes"]), _number(row["end-to-end (s)"])
+            if passes and secs:
+                rate = f"{passes / secs:.0f}"
+        elif "rows run / method rows" in row and "with reuse (s)" in row:
+            passes, secs = (
+                _number(row["rows run / method rows"]),
+                _number(row["with reuse (s)"]),
+            )
+            if passes and secs:
+                rate = f"{passes / secs:.0f}"
+        out.append([name, dtype, case, eff, rate, peak])
+    return out
+
+
 def summarise(log: str) -> list[list[str]]:
     """Rows of the summary table: bench, dtype, case, efficiency, rows/s, peak GiB."""
     out: list[list[str]] = []
@@ -35,39 +113,10 @@ def summarise(log: str) -> list[list[str]]:
     for name, dtype, body in zip(sections[1::3], sections[2::3], sections[3::3], strict=True):
         peak_match = re.search(r"# peak GPU memory: ([\d.]+) GiB", body)
         peak = peak_match.group(1) if peak_match else "-"
-        header: list[str] = []
-        for line in body.splitlines():
-            if not line.startswith("|"):
-                header = [] if not line.strip() else header
-                continue
-            cells = _cells(line)
-            if set("".join(cells)) <= set("-:"):
-                continue
-            if not header:
-                header = cells
-                continue
-            row = dict(zip(header, cells, strict=False))
-            case = " / ".join(v for k, v in row.items() if k in LABELS) or cells[0]
-            eff = next(
-                (row[k] for k in ("efficiency", "vs raw model", "speed-up") if k in row), "-"
-            )
-            rate = "-"
-            if "sequences/s" in row:
-                rate = row["sequences/s"]
-            elif "inputs/s" in row:
-                rate = row["inputs/s"]
-            elif "forward passes" in row and "end-to-end (s)" in row:
-                passes, secs = _number(row["forward passes"]), _number(row["end-to-end (s)"])
-                if passes and secs:
-                    rate = f"{passes / secs:.0f}"
-            elif "rows run / method rows" in row and "with reuse (s)" in row:
-                passes, secs = (
-                    _number(row["rows run / method rows"]),
-                    _number(row["with reuse (s)"]),
-                )
-                if passes and secs:
-                    rate = f"{passes / secs:.0f}"
-            out.append([name, dtype, case, eff, rate, peak])
+        if name == "mixed":
+            out.extend([name, dtype, *row, peak] for row in mixed_rows(body))
+        else:
+            out.extend(_table_rows(name, dtype, body, peak))
         failed = re.search(r"^# FAILED.*$", body, flags=re.M)
         if failed:
             out.append([name, dtype, failed.group().lstrip("# "), "-", "-", peak])
@@ -77,7 +126,7 @@ def summarise(log: str) -> list[list[str]]:
 def main() -> int:
     """Prints the summary of the log named on the command line."""
     rows = summarise(Path(sys.argv[1]).read_text())
-    print("| bench | dtype | case | efficiency (or speed-up) | rows/s | peak GPU GiB |")
+    print("| bench | dtype | case | efficiency (speed-up; mixed: figure) | rows/s | peak GPU GiB |")
     print("|---|---|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

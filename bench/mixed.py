@@ -27,8 +27,18 @@ request slowed by at most 15 % against running alone. The small requests' own wo
 time too; the report gives their share so the slowdown can be read against it. `--max-batch-ms 0`
 runs without a time bound (batches cut by the token budget alone: the behaviour before it).
 
-    .venv/bin/python bench/mixed.py [--huge-rows 512] [--small-clients 2] [--rate 2]
-        [--max-batch-ms 100] [--no-calibrate]
+On an accelerator (`--device cuda`, bench/gpu.sh) the same shape would say little: a GPU runs
+this model ~100x faster than the 2-core CPU the defaults were set on, so KernelSHAP-512 would
+be over in a few batches and a fraction of a second, with hardly a small request beside it. There
+the huge request is sized instead by `--huge-seconds` (default 2): probes of growing size time
+it, and its coalitions are scaled so that it runs about that long alone (dozens of batches at
+least: `max_batch_ms` is 30 there), and the stream is 10x denser (`--rate` 20), so that a
+mixed run sees about as many small requests (~40) as one on the CPU does (~2/s over ~20 s). The
+CPU defaults (512 coalitions, 2/s) are those bench/RESULTS.md's figures were taken with.
+
+    .venv/bin/python bench/mixed.py [--huge-rows 512 | --huge-seconds S] [--small-clients 2]
+        [--rate 2] [--max-batch-ms 100] [--no-calibrate] [--device cpu|cuda] [--dtype bfloat16]
+        [--model-dir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,8 +62,10 @@ import numpy as np
 import torch
 
 from explainserve.cli import warm_up
-from explainserve.explain.service import Explainer, Limits
-from explainserve.grpc.server import ServerOptions, start
+from explainserve.explain.limits import Limits
+from explainserve.explain.service import Explainer
+from explainserve.grpc.options import ServerOptions
+from explainserve.grpc.server import start
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
 from explainserve.scheduling.jobs import Job
@@ -79,6 +91,10 @@ SMALL_TEXTS = [
     "Friendly staff and quick delivery.",
     "It broke on the second day.",
 ]
+#: `--huge-seconds`: the first probe's coalitions, and the most the huge request is given (under
+#: `Limits.max_rows_per_input`, 50,000 sequences per input).
+PROBE_ROWS = 512
+MAX_HUGE_ROWS = 49_152
 
 
 class HugeBatches:
@@ -123,21 +139,54 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def sized_rows(time_huge: Callable[[int], float], seconds: float) -> tuple[int, str]:
+    """The KernelSHAP coalitions for a huge request that runs about `seconds` alone, and how
+    they were found. Probes of `PROBE_ROWS` coalitions, then 4x as many until one takes at least
+    a quarter of `seconds` (a probe much shorter than that is mostly fixed costs per request,
+    which would undersize it); the last probe's rate scales to `seconds`, in multiples of 64."""
+    rows = PROBE_ROWS
+    time_huge(rows)  # warm-up: the first call of a shape pays for lazy initialisation
+    took = time_huge(rows)
+    while took < seconds / 4 and rows < MAX_HUGE_ROWS:
+        rows = min(4 * rows, MAX_HUGE_ROWS)
+        took = time_huge(rows)
+    sized = min(MAX_HUGE_ROWS, max(64, round(rows * seconds / took / 64) * 64))
+    return sized, f"sized to ~{seconds:g} s alone: a probe of {rows} took {took:.2f} s"
+
+
 def main() -> int:
     """Runs the benchmark and prints a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--huge-rows", type=int, default=512, help="KernelSHAP coalitions")
+    parser.add_argument(
+        "--huge-rows",
+        type=int,
+        help="KernelSHAP coalitions (default: 512 on a CPU, else sized by --huge-seconds)",
+    )
+    parser.add_argument(
+        "--huge-seconds",
+        type=float,
+        help="size the huge request to run about this long alone, from timed probes "
+        "(default on an accelerator: 2; 1 with --quick)",
+    )
     parser.add_argument("--small-clients", type=int, default=2)
     parser.add_argument(
-        "--rate", type=float, default=2.0, help="small requests per second, all clients together"
+        "--rate",
+        type=float,
+        help="small requests per second, all clients together (default: 2 on a CPU, else 20)",
     )
-    parser.add_argument("--idle-calls", type=int, default=30)
+    parser.add_argument("--idle-calls", type=int, help="default 30 (10 with --quick)")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="huge alone / mixed pairs, interleaved"
+        "--repeats", type=int, help="huge alone / mixed pairs, interleaved (default 2, --quick 1)"
     )
     parser.add_argument("--max-batch-ms", type=float, help="default: the worker's (by device)")
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: 10 idle calls, 1 pair, KernelSHAP-128 on a CPU (~1 s elsewhere)",
+    )
     parser.add_argument("--token-budget", type=int, default=8192)
     parser.add_argument(
         "--no-calibrate",
@@ -151,6 +200,18 @@ def main() -> int:
         help="the huge request's priority",
     )
     args = parser.parse_args()
+    on_cpu = torch.device(args.device).type == "cpu"
+    if args.huge_rows is None and args.huge_seconds is None:
+        if on_cpu:
+            args.huge_rows = 128 if args.quick else 512
+        else:
+            args.huge_seconds = 1.0 if args.quick else 2.0
+    if args.rate is None:
+        args.rate = 2.0 if on_cpu else 20.0
+    if args.idle_calls is None:
+        args.idle_calls = 10 if args.quick else 30
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
     if args.model_dir is None:
         from explainserve.models.default_model import default_model_dir
 
@@ -161,6 +222,7 @@ def main() -> int:
             "bench",
             args.model_dir,
             device=args.device,
+            dtype=args.dtype,
             worker=WorkerOptions(
                 token_budget=args.token_budget,
                 max_batch_ms=args.max_batch_ms,
@@ -175,19 +237,21 @@ def main() -> int:
         warm_up(explainer, "bench")
         print(f"calibration: {served.worker.calibration}")
     worker = served.worker
-    huge_batches_seen = HugeBatches(max(2, args.huge_rows // 2))
+    huge_batches_seen = HugeBatches(max(2, (args.huge_rows or PROBE_ROWS) // 2))
     worker.fault_hook = huge_batches_seen.hook
     worker.observer = huge_batches_seen
     running = start(ServerOptions(port=0, workers=args.small_clients + 8), explainer)
     target = f"127.0.0.1:{running.port}"
     channels = [grpc.insecure_channel(target) for _ in range(args.small_clients + 1)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
-    huge = pb.ExplainRequest(
-        model="bench",
-        inputs=[pb.Input(text=LONG_TEXT)],
-        kernel_shap=pb.KernelShap(n_perturbations=args.huge_rows),
-        priority=pb.PRIORITY_BATCH if args.priority == "batch" else pb.PRIORITY_INTERACTIVE,
-    )
+
+    def huge_request(rows: int) -> pb.ExplainRequest:
+        return pb.ExplainRequest(
+            model="bench",
+            inputs=[pb.Input(text=LONG_TEXT)],
+            kernel_shap=pb.KernelShap(n_perturbations=rows),
+            priority=pb.PRIORITY_BATCH if args.priority == "batch" else pb.PRIORITY_INTERACTIVE,
+        )
 
     def small(i: int) -> pb.ExplainRequest:
         return pb.ExplainRequest(
@@ -207,7 +271,17 @@ def main() -> int:
         # Warm-up: the cost model learns from these batches too.
         for i in range(10):
             timed_call(stubs[0], small(i))
-        timed_call(stubs[0], huge)
+        sizing = ""
+        if args.huge_rows is None:
+            # The probes are the huge request's warm-up.
+            args.huge_rows, sizing = sized_rows(
+                lambda rows: timed_call(stubs[0], huge_request(rows))[0], args.huge_seconds
+            )
+            sizing = f", {sizing}"
+            huge_batches_seen.min_rows = max(2, args.huge_rows // 2)
+        huge = huge_request(args.huge_rows)
+        if not sizing:
+            timed_call(stubs[0], huge)
         idle = [timed_call(stubs[0], small(i))[0] for i in range(args.idle_calls)]
         huge_rows = 0
 
@@ -287,10 +361,10 @@ def main() -> int:
         )
         print(
             f"# bench/mixed.py on {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device}, model "
-            f"{args.model_dir.name}; huge: KernelSHAP-{args.huge_rows} on a "
+            f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device} "
+            f"({args.dtype}), model {args.model_dir.name}; huge: KernelSHAP-{args.huge_rows} on a "
             f"{len(served.tokenizer(LONG_TEXT)['input_ids'])}-token text ({huge_rows} sequences, "
-            f"priority {args.priority}); small: Occlusion of one sentence, "
+            f"priority {args.priority}{sizing}); small: Occlusion of one sentence, "
             f"{args.rate:g}/s from {args.small_clients} clients (open loop); max_batch_ms "
             f"{'off' if bound is None else f'{bound * 1000:.0f}'}; token budget "
             f"{args.token_budget}; time caps (tokens) {dict(caps)}; forward cost fit {fit_text}"
@@ -332,6 +406,7 @@ def main() -> int:
             print(f"| run {k}: small requests' share of the tokens run while mixed | {share:.1%} |")
             print(f"| run {k}: worker busy / wall while mixed | {busy:.2f} |")
         slowed = statistics.median(m[0] / a[0] - 1 for a, m in runs)
+        print(f"| huge slowed, median of the {len(runs)} runs | {slowed:+.1%} |")
         print()
         if bound is not None and latencies:
             goal = percentile(idle, 99) + 2 * bound
@@ -342,6 +417,9 @@ def main() -> int:
                 f"goal huge slowed <= 15% (median of the runs, {slowed:+.1%}): "
                 f"{'met' if slowed <= 0.15 else 'missed'}"
             )
+        if torch.device(args.device).type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"\n# peak GPU memory: {peak:.2f} GiB", flush=True)
     finally:
         for c in channels:
             c.close()
