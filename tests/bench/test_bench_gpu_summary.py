@@ -4,23 +4,9 @@ requests' p99 idle and beside the huge request, and the huge request's slowdown,
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
+from bench_scripts import load_bench
 
-_SUMMARY = Path(__file__).resolve().parents[2] / "bench" / "gpu_summary.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_gpu_summary", _SUMMARY)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-summary = _load()
+summary = load_bench("gpu_summary")
 
 #: A dry run's mixed section (bench/gpu.sh --device cpu --quick, 2 pairs instead of --quick's 1),
 #: then one that ran out of its share before printing its table.

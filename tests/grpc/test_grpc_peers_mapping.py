@@ -6,31 +6,13 @@ at run time; this test needs no peers' venv."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+from bench_scripts import load_bench
 
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
-_PEERS = Path(__file__).resolve().parents[2] / "bench" / "peers.py"
-
-
-def _load_peers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_peers", _PEERS)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered before running: dataclasses resolve the module by name.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = _load_peers()
+peers = load_bench("peers")
 
 #: Four words with the full stop (KernelSHAP's 2^4 coalitions are fewer than its 32 perturbations)
 #: and fourteen.
