@@ -148,6 +148,17 @@ def hold_first_batch(worker: Worker, runner: ToyRunner, rows_left: int) -> None:
     assert worker.queued_rows == rows_left
 
 
+def recording(
+    runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> Worker:
+    """A worker of 512-token batches without a time bound, closed after the test, recording the
+    pieces of every batch it runs into `batches` (`record`)."""
+    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
+    closing.append(worker)
+    worker.fault_hook = record(batches)
+    return worker
+
+
 def queue_behind_first_batch(
     worker: Worker, runner: ToyRunner, first: ForwardJob, taken: int, later: list[ForwardJob]
 ) -> None:
@@ -170,9 +181,7 @@ def test_a_small_request_gets_all_its_rows_into_the_next_batch_it_does_not_lead(
 ) -> None:
     """Two huge requests and a small one: the next batch is led by a huge one, and the small
     one's rows all go in it all the same (its fair share covers them), not one batch later."""
-    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
-    closing.append(worker)
-    worker.fault_hook = record(batches)
+    worker = recording(runner, closing, batches)
     huge1 = make_job(300, 8, seed=1, is_cancelled=threading.Event().is_set)
     huge2 = make_job(300, 8, seed=2, is_cancelled=threading.Event().is_set)
     small = make_job(10, 8, seed=3, is_cancelled=threading.Event().is_set)
@@ -188,9 +197,7 @@ def test_a_small_request_gets_all_its_rows_into_the_next_batch_it_does_not_lead(
 def test_interactive_rows_overtake_queued_batch_rows(
     runner: ToyRunner, closing: list[Worker], batches: list[list[tuple[int, int, int]]]
 ) -> None:
-    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
-    closing.append(worker)
-    worker.fault_hook = record(batches)
+    worker = recording(runner, closing, batches)
     background = make_job(
         300, 8, seed=1, is_cancelled=RequestTag(threading.Event().is_set, priority="batch")
     )
@@ -356,9 +363,7 @@ def test_a_small_request_of_another_length_still_completes_in_the_next_batch(
     tokens queue. The next batch, led by the 12-token one, takes all the small request's rows
     but none of the 16-token rows (33 % padding); the 16-token request leads the one after,
     alone, and so on in turn."""
-    worker = start(runner, token_budget=8 * 64, max_batch_ms=0)
-    closing.append(worker)
-    worker.fault_hook = record(batches)
+    worker = recording(runner, closing, batches)
     wide = make_job(300, 16, seed=1, is_cancelled=threading.Event().is_set)
     narrow = make_job(300, 12, seed=2, is_cancelled=threading.Event().is_set)
     small = make_job(10, 12, seed=3, is_cancelled=threading.Event().is_set)
