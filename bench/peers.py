@@ -532,30 +532,25 @@ class ExplainServeSide:
         self.registry = Registry()
         # max_batch_ms None and calibrate: the time bound and the calibrated batch sizes
         # `explainserve serve` uses (the calibration runs at warm-up, below).
-        models: dict[str, dict[str, Any]] = {
-            f"b{DEFAULT_BUDGETS[0]}": {
-                "token_budget": DEFAULT_BUDGETS[0],
-                "gradient_token_budget": DEFAULT_BUDGETS[1],
-                "max_batch_ms": None,
-                "calibrate": calibrate,
-            },
-            f"b{SMALL_BUDGET}": {
-                "token_budget": SMALL_BUDGET,
-                "gradient_token_budget": SMALL_BUDGET,
-                "max_batch_ms": None,
-                "calibrate": calibrate,
-            },
+        served: dict[str, Any] = {"max_batch_ms": None, "calibrate": calibrate}
+        default = {
+            **served,
+            "token_budget": DEFAULT_BUDGETS[0],
+            "gradient_token_budget": DEFAULT_BUDGETS[1],
         }
+        small = {**served, "token_budget": SMALL_BUDGET, "gradient_token_budget": SMALL_BUDGET}
+        # Named as the configurations measured name them (`Config.model`).
+        configs = [
+            (Config("explainserve", token_budget=DEFAULT_BUDGETS[0]), default),
+            (Config("explainserve", token_budget=SMALL_BUDGET), small),
+        ]
         if untimed:
-            models[f"b{DEFAULT_BUDGETS[0]}-untimed"] = {
-                **models[f"b{DEFAULT_BUDGETS[0]}"],
-                "max_batch_ms": 0.0,
-            }
+            untimed_config = Config("explainserve", token_budget=DEFAULT_BUDGETS[0], untimed=True)
+            configs.append((untimed_config, {**default, "max_batch_ms": 0.0}))
         if full_layer:
-            models[f"b{DEFAULT_BUDGETS[0]}-full-layer"] = {
-                **models[f"b{DEFAULT_BUDGETS[0]}"],
-                "read_position_only": False,
-            }
+            full = Config("explainserve", token_budget=DEFAULT_BUDGETS[0], full_layer=True)
+            configs.append((full, {**default, "read_position_only": False}))
+        models: dict[str, dict[str, Any]] = {c.model: options for c, options in configs}
         for name, options in models.items():
             self.registry.add(
                 load_model(
