@@ -58,8 +58,9 @@ class ServeConfig:
     # its own here, passed into the worker options of every model.
     max_batch_ms: float | None = option(
         None,
-        "the time one batch may take at most, from the measured cost of past batches, "
-        "milliseconds (none: 100 on a CPU, 30 on an accelerator; 0: no time bound)",
+        "the time bound of batches, from the measured cost of past batches, milliseconds: a "
+        "request arriving behind others waits at most about twice it (batches of requests "
+        "under way take up to 1.5x it; none: 100 on a CPU, 30 on an accelerator; 0: no bound)",
         minimum=0,
     )
     # Likewise `WorkerOptions.calibrate`: off in the library (deterministic batches), on here.

@@ -96,7 +96,8 @@ class _WorkerCollector(Collector):
             ),
             "cap": GaugeMetricFamily(
                 "explainserve_batch_time_cap_tokens",
-                "Tokens a batch may hold under the time bound (max_batch_ms)",
+                "Tokens a batch of requests under way may hold under the time bound "
+                "(1.5 x max_batch_ms)",
                 labels=["model", "kind"],
             ),
             "batch_cap": GaugeMetricFamily(

@@ -6,9 +6,10 @@ machine's speed."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from toy_worker import ToyRunner, make_job, record, start
 
 from explainserve.scheduling import policy
 from explainserve.scheduling.cost import MAX_OVERHEAD, CostModel, Fit, theil_sen
-from explainserve.scheduling.jobs import ForwardJob, RequestTag
+from explainserve.scheduling.jobs import ForwardJob, Job, RequestTag
 from explainserve.scheduling.policy import fair_shares
 from explainserve.scheduling.worker import Worker
 
@@ -92,14 +93,71 @@ def test_batches_are_cut_at_max_batch_ms_once_the_cost_is_learnt(
     np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
     cap = worker.time_cap("forward")
     assert cap is not None
-    # (0.1 - 0.001) / 1e-4 = 990 tokens fit; the cap is the step of 2^(1/4) below.
-    assert 990 / 2**0.25 < cap <= 990
+    # The request's first batch: (0.1 - 0.001) / 1e-4 = 990 tokens fit max_batch_ms. Its later
+    # ones (its round under way) LONG_BATCH x 100 ms: 1,490 tokens, the cap the step of 2^(1/4)
+    # below.
+    assert policy.LONG_BATCH == 1.5
+    assert 1490 / 2**0.25 < cap <= 1490
     sizes = [sum(stop - start for _, start, stop in b) for b in batches]
-    assert sizes == [cap // 8] * (400 // (cap // 8)) + (
-        [400 % (cap // 8)] if 400 % (cap // 8) else []
+    first = 990 // 8
+    later = [cap // 8] * ((400 - first) // (cap // 8))
+    assert sizes == [first, *later] + (
+        [400 - first - sum(later)] if 400 - first - sum(later) else []
     )
-    assert all(OVERHEAD + PER_TOKEN * 8 * rows <= 0.1 for rows in sizes)
-    assert len(sizes) == math.ceil(400 / (cap // 8))
+    assert OVERHEAD + PER_TOKEN * 8 * sizes[0] <= 0.1
+    assert all(OVERHEAD + PER_TOKEN * 8 * rows <= 0.15 for rows in sizes)
+
+
+def test_a_round_arriving_behind_one_under_way_waits_at_most_two_max_batch_ms(
+    closing: list[Worker], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    """Issue 12's promise under `LONG_BATCH` / `FIRST_FILL`: a huge request's batches, once it
+    is under way, take up to 1.5 x max_batch_ms; a small request arriving during one waits for
+    it, then leads a batch of its rows and only 0.5 x max_batch_ms of the huge one's: at most
+    2 x max_batch_ms (fake clock) more than alone. Then the huge one's batches are long again."""
+    runner = ToyRunner(overhead=OVERHEAD, per_token=PER_TOKEN)
+    worker = start(runner, max_batch_ms=100)
+    closing.append(worker)
+    train(worker, runner)
+    huge = make_job(2000, 8, seed=1, is_cancelled=threading.Event().is_set)
+    small = make_job(10, 8, seed=2, is_cancelled=threading.Event().is_set)
+    second_held = threading.Event()
+    recorder = record(batches)
+
+    def hook(pieces: Sequence[tuple[Job[Any], int, int]]) -> None:
+        recorder(pieces)
+        if len(batches) == 2:  # the huge one's second batch: its round is under way
+            runner.gate.clear()
+            second_held.set()
+
+    worker.fault_hook = hook
+    try:
+        worker.submit(huge)
+        assert second_held.wait(10)
+        worker.submit(small)
+    finally:
+        runner.gate.set()
+    for job in (huge, small):
+        np.testing.assert_array_equal(job.future.result(timeout=10), runner.expected(job))
+
+    def seconds(batch: list[tuple[int, int, int]]) -> float:
+        return OVERHEAD + PER_TOKEN * 8 * sum(stop - start for _, start, stop in batch)
+
+    cap = worker.time_cap("forward")
+    assert cap is not None
+    # First batch: the huge one's round starts, 990 tokens (max_batch_ms); then long ones.
+    assert [sum(b - a for _, a, b in batch) for batch in batches[:2]] == [990 // 8, cap // 8]
+    running, own = batches[1], batches[2]
+    assert seconds(running) <= policy.LONG_BATCH * 0.1
+    # The small request's batch: all its rows, and the huge one's up to 0.5 x 100 ms more
+    # (500 tokens: 62 rows of 8).
+    assert own[0] == (id(small), 0, 10)
+    assert {p[0]: p[2] - p[1] for p in own} == {id(small): 10, id(huge): 500 // 8}
+    alone = OVERHEAD + PER_TOKEN * 8 * 10
+    assert seconds(own) <= alone + policy.FIRST_FILL * 0.1
+    assert seconds(running) + seconds(own) <= alone + 2 * 0.1
+    # The huge one goes on in long batches.
+    assert all(b[0][2] - b[0][1] == cap // 8 for b in batches[3:-1])
 
 
 def test_no_time_bound_and_isolated_requests_are_cut_by_tokens_only(

@@ -8,9 +8,10 @@ moment of a shared machine spreads over the sizes rather than falling on one); a
 starts that would end past `WorkerOptions.calibration_seconds` (predicted from the batches run
 so far): on a slow device the largest sizes are left out, and the online refinement tries them
 later if the measured optimum is the largest size calibrated. After the first round, sizes
-above the first one whose fastest batch took longer than the time bound (`max_batch_ms`) are
-not measured again: shared batches are cut below them anyway (within a round, only a batch of
-twice the bound stops the larger sizes: one slow moment must not hide them).
+above the first one whose fastest batch took longer than the longest batch the time bound
+allows (`policy.LONG_BATCH` x `max_batch_ms`) are not measured again: shared batches are cut
+below them anyway (within a round, only a batch of twice that stops the larger sizes: one slow
+moment must not hide them).
 The batches are ordinary jobs of an isolated request (cut by the token budget alone, so each
 job is one batch of exactly the size asked), counted in `WorkerStats.calibration_batches`.
 Every later batch goes on refining the rates (`ThroughputModel.next_cap`).
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from explainserve.scheduling.jobs import CalibrationTag, ForwardJob, GradientJob, Job, Kind
+from explainserve.scheduling.policy import LONG_BATCH
 
 if TYPE_CHECKING:
     from explainserve.scheduling.worker import Worker
@@ -140,7 +142,8 @@ def calibrate(
     failed: set[Kind] = set()
     #: Per kind and size, its fastest batch's seconds (the time bound's test, see below).
     fastest: dict[tuple[Kind, int], float] = {}
-    bound = worker.max_batch_seconds
+    # The longest batches the time bound allows (those of requests under way).
+    bound = None if worker.max_batch_seconds is None else LONG_BATCH * worker.max_batch_seconds
     longest = max(len(rows_list) for _, rows_list in plans.values())
     for _ in range(ROUNDS):
         stopped = set(failed)  # kinds whose next size would end past the deadline

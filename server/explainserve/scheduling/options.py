@@ -15,12 +15,15 @@ class WorkerOptions:
 
     #: Rows x padded length of one no-grad batch.
     token_budget: int = option(8192, "tokens (padding counted) per forward batch")
-    #: The time one batch may take at most (milliseconds): batches are also cut by what they
-    #: are predicted to cost, from the measured cost of past batches of their kind
-    #: (`scheduling.cost`), so that rows of a request that arrives behind a huge one wait for at
-    #: most about one batch. None: `DEFAULT_MAX_BATCH_MS` of the model's device (what
-    #: `explainserve serve` uses unless configured); 0: no time bound, the default here, so that
-    #: a worker built in code (tests, embedding) cuts batches the same way on every machine.
+    #: The time bound of batches (milliseconds): batches are also cut by what they are
+    #: predicted to cost, from the measured cost of past batches of their kind
+    #: (`scheduling.cost`), so that a request's round that arrives behind a huge one waits at most
+    #: about twice it longer than alone: batches of requests under way take up to
+    #: `policy.LONG_BATCH` (1.5) times it, a round's first batch its own rows (up to once it) and
+    #: `policy.FIRST_FILL` (0.5) times it of others' rows. None: `DEFAULT_MAX_BATCH_MS` of the
+    #: model's device (what `explainserve serve` uses unless configured); 0: no time bound, the
+    #: default here, so that a worker built in code (tests, embedding) cuts batches the same way
+    #: on every machine.
     #: Isolated requests (`RequestTag.isolated`) are cut by tokens only.
     max_batch_ms: float | None = 0.0
     #: An explicit cap on a batch's tokens (padding counted), below the token budgets, for people

@@ -105,6 +105,23 @@ CAP_KEEP = (0.85, 1.5)
 #: `WorkerOptions.max_batch_ms` when unset: on a CPU, and on an accelerator (bench/RESULTS.md).
 DEFAULT_MAX_BATCH_MS = {"cpu": 100.0, "accelerator": 30.0}
 
+#: How `max_batch_ms` (B) is spent. A round of a request (the rows of one submission) that
+#: arrives while a batch runs waits for that batch, then runs in a batch it leads, which others'
+#: rows fill; issue 12 promises it at most 2 B more than alone. So:
+#:
+#: - a batch that takes the first rows of a waiting round (a request in `_waiting`) holds that
+#:   round's rows up to B in all, and others' rows only up to `FIRST_FILL` x B of time beyond
+#:   them (`_first_rows_cap`): at most 0.5 B more than the round alone;
+#: - every other batch (each request in it has had rows run this round) holds up to
+#:   `LONG_BATCH` x B (`time_cap`): an arriving round waits at most 1.5 B for it.
+#:
+#: 1.5 B + 0.5 B = 2 B, the promise, while requests already under way amortise a batch's fixed
+#: cost over more rows: on the 2-core CPU a MiniLM gradient batch costs ~40 ms + ~15 ms per
+#: 20-token row, so a 100 ms bound held 3-5 rows (26.5 ms per row, Integrated Gradients 0.81x
+#: Interpreto's best) and 150 ms holds 7-8 (1.35-1.42x; bench/RESULTS.md, issue 17).
+LONG_BATCH = 1.5
+FIRST_FILL = 0.5
+
 
 @dataclass(frozen=True)
 class KindSizes:
@@ -244,12 +261,16 @@ class BatchPolicy:
         return dict(self._time_cap)
 
     def time_cap(self, kind: Kind) -> int | None:
-        """The tokens a batch of `kind` may hold to take at most `max_batch_seconds`, from the
-        cost model (None: no bound, or too few batches measured yet). Worker thread only."""
+        """The tokens a batch of `kind` may hold to take at most `LONG_BATCH` x
+        `max_batch_seconds` (a batch of requests under way; generation: `max_batch_seconds`),
+        from the cost model (None: no bound, or too few batches measured yet). Worker thread
+        only."""
         fit = self.cost.fit(kind)
         if self.max_batch_seconds is None or fit is None:
             return None
-        estimate = min(fit.tokens_within(self.max_batch_seconds), 1 << 40)
+        # A generation batch takes whole requests, each one's first rows: at most B.
+        share = 1.0 if kind == "generate" else LONG_BATCH
+        estimate = min(fit.tokens_within(share * self.max_batch_seconds), 1 << 40)
         cap = self._time_cap.get(kind)
         if cap is None or not cap * CAP_KEEP[0] <= estimate < cap * CAP_KEEP[1]:
             # A step of 2^(1/4) at or below the estimate: 84-100 % of the bound's tokens.
@@ -257,13 +278,25 @@ class BatchPolicy:
             self._time_cap[kind] = cap
         return cap
 
+    def _first_rows_cap(self, kind: Kind, own: int) -> int | None:
+        """The tokens of a batch that takes the first rows of a waiting round, `own` tokens of
+        rows of such rounds among its candidates: those rows, up to `max_batch_seconds` in all,
+        and others' up to `FIRST_FILL` x `max_batch_seconds` beyond them (None: no time bound
+        yet). Not stepped like `time_cap`: it follows the round's size."""
+        fit = self.cost.fit(kind)
+        if self.max_batch_seconds is None or fit is None or fit.slope <= 0:
+            return None
+        fill = int(FIRST_FILL * self.max_batch_seconds / fit.slope)
+        return max(1, min(fit.tokens_within(self.max_batch_seconds), own + fill))
+
     def _note_start(self, job: Job[Any]) -> None:
-        """Tells the observer that `job`'s first rows are taken (and its request's, if so)."""
+        """Notes that `job`'s first rows are taken: its request's round is no longer waiting
+        (`_waiting`), and the observer hears both waits."""
+        since = self._waiting.pop(job._key, None)
         if self.observer is None:
             return
         now = time.monotonic()
         self.observer.queued(job.kind, now - job._enqueued)
-        since = self._waiting.pop(job._key, None)
         if since is not None:
             self.observer.request_queued(job.priority, now - since)
 
@@ -282,7 +315,6 @@ class BatchPolicy:
             self._cut_cap = None
             return self._take_generation(lead)
         budget = self._batch_tokens(lead, explore=True)
-        self._cut_cap = None if lead.isolated else budget
         same_kind = [
             job
             for job in self._pending
@@ -297,14 +329,19 @@ class BatchPolicy:
         requests: dict[object, list[Job[Any]]] = {lead._key: [lead]}
         for job in closest:
             requests.setdefault(job._key, []).append(job)
+        # Rows are counted at the widest candidate's length, which a shared batch pads them to.
+        width = max(job.length for job in [lead, *closest])
+        demands = {key: sum(j.rows_left for j in jobs) * width for key, jobs in requests.items()}
+        first = [key for key in requests if key in self._waiting]
+        if first and not lead.isolated:  # the first batch of a round: `LONG_BATCH`
+            cap = self._first_rows_cap(kind, sum(demands[key] for key in first))
+            budget = min(budget, cap or budget)
+        self._cut_cap = None if lead.isolated else budget
         if len(requests) == 1:
             return self._fill(kind, budget, [lead, *closest], None)
         # Several requests share the batch: interactive ones first, each getting a max-min fair
         # share of the tokens (a small request's rows all go in), then the batch-priority ones
-        # from what is left; then, if room is left, anyone's rows. Rows are counted at the
-        # widest candidate's length, which a shared batch pads them to.
-        width = max(job.length for job in [lead, *closest])
-        demands = {key: sum(j.rows_left for j in jobs) * width for key, jobs in requests.items()}
+        # from what is left; then, if room is left, anyone's rows.
         shares: dict[object, int] = {}
         left = budget
         for rank in sorted(set(_RANK.values())):

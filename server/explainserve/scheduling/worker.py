@@ -143,7 +143,8 @@ class Worker(BatchPolicy):
         self._time_cap: dict[Kind, int] = {}
         #: The shared cap the last batch taken was cut at (None: isolated, or generation).
         self._cut_cap: int | None = None
-        #: Requests with a submission waiting, and since when (the request queue-wait metric).
+        #: Requests with a submission (a round) none of whose rows has run yet, and since when:
+        #: the request queue-wait metric, and the cap of their first batch (`policy.FIRST_FILL`).
         self._waiting: dict[object, float] = {}
         lock = threading.RLock()
         self._cond = threading.Condition(lock)
