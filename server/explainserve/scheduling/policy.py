@@ -3,7 +3,8 @@
 The lead request (priority first, then the one that led a batch least recently), the rows that
 may share its batch (same kind, not isolated, close in length), max-min fair shares of the
 batch's tokens between requests, and the batch's size: its kind's token budget, under the cap
-learnt from out-of-memory errors, the time bound from the cost model and the measured
+learnt from out-of-memory errors, the time bound from the cost model (longer for requests under
+way than for a round's first batch: `LONG_BATCH`, `FIRST_FILL`) and the measured
 throughput-optimal size (`scheduling.cost`), or an explicit `batch_tokens`.
 `BatchPolicy` is the part of `Worker` that decides; the worker queues, runs and recovers.
 """
