@@ -36,7 +36,17 @@ least: `max_batch_ms` is 30 there), and the stream is 10x denser (`--rate` 20), 
 mixed run sees about as many small requests (~40) as one on the CPU does (~2/s over ~20 s). The
 CPU defaults (512 coalitions, 2/s) are those bench/RESULTS.md's figures were taken with.
 
+`--huge-method integrated_gradients` makes the huge request one Integrated Gradients request on
+the same text instead, with `--huge-rows` as its steps (one gradient row, forward + backward, per
+step: 200 by default on a CPU, ~20 s alone on the 2-core CPU, where a 129-token gradient row
+takes ~0.1 s and makes a batch of its own); its batches are of kind "gradient", and the cost
+fit printed is that kind's. `--small-method saliency` makes the small requests Saliency of one
+sentence (one gradient row each), so that gradient small requests beside a gradient huge one
+can be measured: both then compete for the same kind of batch. `--huge-seconds` sizes either
+method (steps instead of coalitions, from a smaller first probe for IG).
+
     .venv/bin/python bench/mixed.py [--huge-rows 512 | --huge-seconds S] [--small-clients 2]
+        [--huge-method kernel_shap|integrated_gradients] [--small-method occlusion|saliency]
         [--rate 2] [--max-batch-ms 100] [--no-calibrate] [--device cpu|cuda] [--dtype bfloat16]
         [--model-dir DIR] [--quick]
 """
@@ -44,6 +54,7 @@ CPU defaults (512 coalitions, 2/s) are those bench/RESULTS.md's figures were tak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import random
@@ -92,9 +103,68 @@ SMALL_TEXTS = [
     "It broke on the second day.",
 ]
 #: `--huge-seconds`: the first probe's coalitions, and the most the huge request is given (under
-#: `Limits.max_rows_per_input`, 50,000 sequences per input).
+#: `Limits.max_rows_per_input`, 50,000 sequences per input: IG's steps count against it too, one
+#: row per step and target, and the huge IG request has one target).
 PROBE_ROWS = 512
 MAX_HUGE_ROWS = 49_152
+
+
+@dataclasses.dataclass(frozen=True)
+class HugeMethod:
+    """What `--huge-method` sends: a name for the report, the batch kind its rows run in, its CPU
+    defaults (`--huge-rows`, and with `--quick`) and the first probe of `--huge-seconds`."""
+
+    title: str
+    kind: str
+    cpu_rows: int
+    quick_rows: int
+    probe_rows: int
+
+
+HUGE_METHODS = {
+    # The defaults bench/RESULTS.md's KernelSHAP figures were taken with.
+    "kernel_shap": HugeMethod("KernelSHAP", "forward", 512, 128, PROBE_ROWS),
+    # A gradient row of the 129-token text takes ~0.1 s on the 2-core CPU (forward + backward:
+    # fit 39 ms + 0.46 ms per token, one row a batch under the 256-token cap of max_batch_ms 100
+    # x 1.5): 24 steps ran 2.5 s alone, 24 one-row batches (2026-11-29), so 200 steps ~20 s. The
+    # first probe is small so that `--huge-seconds` on a CPU does not start with a long request.
+    "integrated_gradients": HugeMethod("IntegratedGradients", "gradient", 200, 24, 64),
+}
+#: `--small-method`: the report's name of the small requests' method.
+SMALL_METHODS = {"occlusion": "Occlusion", "saliency": "Saliency"}
+
+
+def huge_request(method: str, rows: int, priority: str) -> pb.ExplainRequest:
+    """The huge request: `method` on the long text, `rows` coalitions (KernelSHAP) or steps
+    (Integrated Gradients: one gradient row per step for its one target)."""
+    params: dict[str, Any]
+    if method == "kernel_shap":
+        params = {"kernel_shap": pb.KernelShap(n_perturbations=rows)}
+    elif method == "integrated_gradients":
+        params = {"integrated_gradients": pb.IntegratedGradients(n_steps=rows)}
+    else:
+        raise ValueError(f"unknown huge method {method!r}")
+    return pb.ExplainRequest(
+        model="bench",
+        inputs=[pb.Input(text=LONG_TEXT)],
+        priority=pb.PRIORITY_BATCH if priority == "batch" else pb.PRIORITY_INTERACTIVE,
+        **params,
+    )
+
+
+def small_request(method: str, i: int) -> pb.ExplainRequest:
+    """The `i`-th small request: `method` (Occlusion: a dozen forward rows; Saliency: one
+    gradient row) of one short sentence."""
+    params: dict[str, Any]
+    if method == "occlusion":
+        params = {"occlusion": pb.Occlusion()}
+    elif method == "saliency":
+        params = {"saliency": pb.Saliency()}
+    else:
+        raise ValueError(f"unknown small method {method!r}")
+    return pb.ExplainRequest(
+        model="bench", inputs=[pb.Input(text=SMALL_TEXTS[i % len(SMALL_TEXTS)])], **params
+    )
 
 
 class HugeBatches:
@@ -139,12 +209,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def sized_rows(time_huge: Callable[[int], float], seconds: float) -> tuple[int, str]:
-    """The KernelSHAP coalitions for a huge request that runs about `seconds` alone, and how
-    they were found. Probes of `PROBE_ROWS` coalitions, then 4x as many until one takes at least
-    a quarter of `seconds` (a probe much shorter than that is mostly fixed costs per request,
-    which would undersize it); the last probe's rate scales to `seconds`, in multiples of 64."""
-    rows = PROBE_ROWS
+def sized_rows(
+    time_huge: Callable[[int], float], seconds: float, first: int = PROBE_ROWS
+) -> tuple[int, str]:
+    """The rows (KernelSHAP coalitions, IG steps) for a huge request that runs about `seconds`
+    alone, and how they were found. Probes of `first` rows, then 4x as many until one takes at
+    least a quarter of `seconds` (a probe much shorter than that is mostly fixed costs per
+    request, which would undersize it); the last probe's rate scales to `seconds`, in multiples
+    of 64."""
+    rows = first
     time_huge(rows)  # warm-up: the first call of a shape pays for lazy initialisation
     took = time_huge(rows)
     while took < seconds / 4 and rows < MAX_HUGE_ROWS:
@@ -160,7 +233,20 @@ def main() -> int:
     parser.add_argument(
         "--huge-rows",
         type=int,
-        help="KernelSHAP coalitions (default: 512 on a CPU, else sized by --huge-seconds)",
+        help="KernelSHAP coalitions or IG steps (default on a CPU: 512 coalitions, 200 steps; "
+        "else sized by --huge-seconds)",
+    )
+    parser.add_argument(
+        "--huge-method",
+        choices=tuple(HUGE_METHODS),
+        default="kernel_shap",
+        help="the huge request's method (integrated_gradients: gradient batches)",
+    )
+    parser.add_argument(
+        "--small-method",
+        choices=tuple(SMALL_METHODS),
+        default="occlusion",
+        help="the small requests' method (saliency: one gradient row each)",
     )
     parser.add_argument(
         "--huge-seconds",
@@ -185,7 +271,8 @@ def main() -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a short run: 10 idle calls, 1 pair, KernelSHAP-128 on a CPU (~1 s elsewhere)",
+        help="a short run: 10 idle calls, 1 pair, KernelSHAP-128 or IG-24 on a CPU (~1 s "
+        "elsewhere)",
     )
     parser.add_argument("--token-budget", type=int, default=8192)
     parser.add_argument(
@@ -201,9 +288,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     on_cpu = torch.device(args.device).type == "cpu"
+    method = HUGE_METHODS[args.huge_method]
     if args.huge_rows is None and args.huge_seconds is None:
         if on_cpu:
-            args.huge_rows = 128 if args.quick else 512
+            args.huge_rows = method.quick_rows if args.quick else method.cpu_rows
         else:
             args.huge_seconds = 1.0 if args.quick else 2.0
     if args.rate is None:
@@ -237,7 +325,7 @@ def main() -> int:
         warm_up(explainer, "bench")
         print(f"calibration: {served.worker.calibration}")
     worker = served.worker
-    huge_batches_seen = HugeBatches(max(2, (args.huge_rows or PROBE_ROWS) // 2))
+    huge_batches_seen = HugeBatches(max(2, (args.huge_rows or method.probe_rows) // 2))
     worker.fault_hook = huge_batches_seen.hook
     worker.observer = huge_batches_seen
     running = start(ServerOptions(port=0, workers=args.small_clients + 8), explainer)
@@ -245,20 +333,11 @@ def main() -> int:
     channels = [grpc.insecure_channel(target) for _ in range(args.small_clients + 1)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
 
-    def huge_request(rows: int) -> pb.ExplainRequest:
-        return pb.ExplainRequest(
-            model="bench",
-            inputs=[pb.Input(text=LONG_TEXT)],
-            kernel_shap=pb.KernelShap(n_perturbations=rows),
-            priority=pb.PRIORITY_BATCH if args.priority == "batch" else pb.PRIORITY_INTERACTIVE,
-        )
+    def huge_of(rows: int) -> pb.ExplainRequest:
+        return huge_request(args.huge_method, rows, args.priority)
 
     def small(i: int) -> pb.ExplainRequest:
-        return pb.ExplainRequest(
-            model="bench",
-            inputs=[pb.Input(text=SMALL_TEXTS[i % len(SMALL_TEXTS)])],
-            occlusion=pb.Occlusion(),
-        )
+        return small_request(args.small_method, i)
 
     def timed_call(
         stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainRequest
@@ -275,11 +354,13 @@ def main() -> int:
         if args.huge_rows is None:
             # The probes are the huge request's warm-up.
             args.huge_rows, sizing = sized_rows(
-                lambda rows: timed_call(stubs[0], huge_request(rows))[0], args.huge_seconds
+                lambda rows: timed_call(stubs[0], huge_of(rows))[0],
+                args.huge_seconds,
+                method.probe_rows,
             )
             sizing = f", {sizing}"
             huge_batches_seen.min_rows = max(2, args.huge_rows // 2)
-        huge = huge_request(args.huge_rows)
+        huge = huge_of(args.huge_rows)
         if not sizing:
             timed_call(stubs[0], huge)
         idle = [timed_call(stubs[0], small(i))[0] for i in range(args.idle_calls)]
@@ -350,7 +431,7 @@ def main() -> int:
         latencies = [x for _, m in runs for x in m[1]]
         bound = worker.max_batch_seconds
         caps = worker.time_caps()
-        fit = worker.cost.fit("forward")
+        fit = worker.cost.fit(method.kind)
         # The time cap never goes below the cost model's overhead floor (`cost.MAX_OVERHEAD`):
         # where the measured fixed cost per batch is near max_batch_ms, the floor decides.
         fit_text = (
@@ -362,12 +443,14 @@ def main() -> int:
         print(
             f"# bench/mixed.py on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cpus, torch {torch.__version__}, device {args.device} "
-            f"({args.dtype}), model {args.model_dir.name}; huge: KernelSHAP-{args.huge_rows} on a "
-            f"{len(served.tokenizer(LONG_TEXT)['input_ids'])}-token text ({huge_rows} sequences, "
-            f"priority {args.priority}{sizing}); small: Occlusion of one sentence, "
+            f"({args.dtype}), model {args.model_dir.name}; huge: {method.title}-{args.huge_rows} "
+            f"on a {len(served.tokenizer(LONG_TEXT)['input_ids'])}-token text ({huge_rows} "
+            f"sequences, priority {args.priority}{sizing}); small: "
+            f"{SMALL_METHODS[args.small_method]} of one sentence, "
             f"{args.rate:g}/s from {args.small_clients} clients (open loop); max_batch_ms "
             f"{'off' if bound is None else f'{bound * 1000:.0f}'}; token budget "
-            f"{args.token_budget}; time caps (tokens) {dict(caps)}; forward cost fit {fit_text}"
+            f"{args.token_budget}; time caps (tokens) {dict(caps)}; {method.kind} cost fit "
+            f"{fit_text}"
         )
         print()
         print("| measurement | value |")
