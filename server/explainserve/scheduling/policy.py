@@ -334,7 +334,7 @@ class BatchPolicy:
         width = max(job.length for job in [lead, *closest])
         demands = {key: sum(j.rows_left for j in jobs) * width for key, jobs in requests.items()}
         first = [key for key in requests if key in self._waiting]
-        if first and not lead.isolated:  # the first batch of a round: `LONG_BATCH`
+        if first and not lead.isolated:  # the first batch of a round: `FIRST_FILL`
             cap = self._first_rows_cap(kind, sum(demands[key] for key in first))
             budget = min(budget, cap or budget)
         self._cut_cap = None if lead.isolated else budget
