@@ -77,3 +77,55 @@ def test_mixed_rows_without_goal_or_header() -> None:
         ("small p99 (s): idle -> beside the huge one, 118 calls", "0.029 -> 0.152", "-"),
         ("huge slowed beside them, median of the 2 runs", "+21.8%", "-"),
     ]
+
+
+#: bench/peers.py's section: a real run's Occlusion rows (RESULTS.md, 07:44 UTC 2026-11-29) cut to
+#: gpu.sh's batch sizes (4, 64) and two of ExplainServe's configurations, the speed-ups
+#: recomputed from those medians (the paired min-max in brackets left as examples).
+PEERS_LOG = """\
+=== peers float32 ===
+# bench/peers.py on x86_64, 2 cpus, device cpu; 16 texts, WORD granularity, 1 interleaved repeats
+| method | configuration | model rows / run | rows / batch | padded / real tokens \
+| s/text (median) | min-max | rows/s | model s/text | model / total |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| occlusion | Interpreto bs 4 | 257 | 4 | 1.012 | 0.1591 | 0.1528-0.2073 | 101 | 0.1537 | 0.97 |
+| occlusion | Interpreto bs 64 | 257 | 51 | 1.115 | 0.1541 | 0.1431-0.1641 | 104 | 0.1506 | 0.98 |
+| occlusion | ExplainServe 1 request, budget 8192 | 241 | 27 | 1.029 | 0.1257 | 0.1092-0.1382 \
+| 120 | 0.1242 | 0.99 |
+| occlusion | ExplainServe 8 clients, budget 8192 | 241 | 22 | 1.017 | 0.1288 | 0.0952-0.1321 \
+| 117 | 0.1272 | 0.99 |
+
+Model s/text: seconds in the model per text.
+
+| method | Interpreto best | ExplainServe | s/text | vs best | vs bs 4 (default) | goal |
+|---|---|---|---:|---:|---:|---|
+| occlusion | bs 64 | 1 request, budget 8192 | 0.1257 | 1.23x (0.93-1.31) | 1.27x | met (>= 1.1x) |
+| occlusion | bs 64 | 8 clients, budget 8192 | 0.1288 | 1.20x (0.91-1.30) | 1.24x | met (>= 1.1x) |
+# took 93 s of 256 s
+"""
+
+
+def test_peers_section_gives_one_row_per_method_against_interpreto_defaults() -> None:
+    assert summary.summarise(PEERS_LOG) == [
+        [
+            "peers",
+            "float32",
+            "occlusion: vs Interpreto bs 4 (goal >= 3x: NOT met; vs its best, bs 64: 1.23x)",
+            "1.27x",
+            "120",
+            "-",
+        ]
+    ]
+
+
+def test_peers_verdict_and_a_run_stopped_before_its_speed_ups() -> None:
+    """>= 3x is met; a run killed at its limit (no speed-up table) gives its FAILED row only."""
+    met = PEERS_LOG.replace("| 1.27x | met", "| 3.02x | met")
+    assert summary.peers_rows(met)[0][:2] == (
+        "occlusion: vs Interpreto bs 4 (goal >= 3x: met; vs its best, bs 64: 1.23x)",
+        "3.02x",
+    )
+    stopped = PEERS_LOG.split("\nModel s/text")[0] + "\n# FAILED (exit 124, limit 256 s)\n"
+    assert summary.summarise(stopped) == [
+        ["peers", "float32", "FAILED (exit 124, limit 256 s)", "-", "-", "-"]
+    ]
