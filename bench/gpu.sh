@@ -11,8 +11,8 @@
 # to ~1.5 s alone). Then, in float32 only, bench/peers.py on the classifier: ExplainServe against
 # Interpreto 0.5.2 at its default batch size (4) and at 64, for issue 17's goal (>= 3x Interpreto
 # at its defaults on a GPU); no Captum. Every model is randomly initialised from a config: no hub,
-# no weights carried. Each bench gets a share of --budget (default 420 s: a fourteenth, 30 s,
-# each; two for causal and for peers), which with the CUDA tests' 90 s before and the setup
+# no weights carried. Each bench gets a share of --budget (default 450 s: a fifteenth, 30 s,
+# each; two for causal, three for peers), which with the CUDA tests' 90 s before and the setup
 # (~30 s) keeps inside the 10 minutes a GPU call may take; one that runs out is reported as
 # FAILED in the table (peers.py's finished methods still are: it saves them as it goes). On
 # CUDA, `pytest -m cuda tests/cuda` runs first. --only runs the benches named (explain,
@@ -24,15 +24,17 @@
 # It also downloads the peers' wheels (bench/peers-wheels.txt: Interpreto and what it imports
 # that the image lacks, for CPython 3.12, ~13 MB) into .gpu/peers-wheels/: installed here into a
 # directory of their own, only the peers' worker has it on its PYTHONPATH (--peers-path).
-# NOT YET RUN ON A GPU (2026-11-29): those cp312 wheels were only checked by their names; the same
-# set's cp311 wheels ran the peers' worker in a bare python3.11 venv holding the image's packages.
+# NOT YET RUN ON A GPU (2026-11-29): those cp312 wheels were only downloaded (names and tags); the
+# same set's cp311 wheels ran the peers' worker (all 7 methods) and this script's peers step in a
+# bare python3.11 venv holding the image's packages, but torch 2.15 / transformers 5.24, not the
+# image's 2.11 / 5.17, and no bitsandbytes (interpreto names it; nothing imports it).
 # Without .gpu/ (a dry run here: --device cpu --quick) it uses the checkout's .venv, and peers.py
 # its .venv-peers (made with uv on first use).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 device=cuda
 quick=""
-budget=420
+budget=450
 only=""
 peers_missing=""
 while [ $# -gt 0 ]; do
@@ -70,8 +72,8 @@ bert=$("$py" bench/gpu_models.py "$work/models" "${tokenizer[@]}" "${size[@]}" 2
 log=${OUT:-$work}/gpu-bench.log
 : >"$log"
 # Per dtype: explain, activations, concurrency, mixed one share each, causal (two tables) two;
-# peers two, once.
-share=$((budget / 14))
+# peers three, once (its CPU dry run, 4 methods, took 73 s of 2 x 128 s: mostly fixed costs).
+share=$((budget / 15))
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 run() {  # NAME DTYPE SHARES COMMAND...
     local name=$1 dtype=$2 shares=$3
@@ -110,18 +112,17 @@ done
 # ExplainServe against Interpreto on the BERT-base-sized classifier (the size the other rows
 # measure; MiniLM, peers.py's own model, is 6 x 384 and leaves a GPU idle), float32 (the only
 # dtype peers.py compares), --small's method parameters (KernelSHAP n=32, IG 8 steps), 16 texts,
-# 2 repeats. Interpreto at bs 4 (its default: the goal's reference) and 64. The methods are the
-# ones issue 17 names and Saliency (one row a text, the cheapest); the JSON keeps finished
-# methods if the share runs out (printed below by --report).
+# 2 repeats. Interpreto at bs 4 (its default: the goal's reference) and 64. The methods issue 17
+# names; the JSON keeps finished methods if the share runs out (printed below by --report).
 peers_json=$work/peers.json
 if [ -n "$peers_missing" ] && wanted peers; then
     printf '=== peers float32 ===\n# FAILED: the peers wheels (.gpu/peers-wheels) did not install\n' \
         | tee -a "$log"
     only=none
 fi
-run peers float32 2 bench/peers.py --model-dir "$bert" "${peers[@]}" --no-captum --small \
+run peers float32 3 bench/peers.py --model-dir "$bert" "${peers[@]}" --no-captum --small \
     --n-texts 16 --repeats 2 --batch-sizes 4,64 --json "$peers_json" \
-    --methods occlusion,kernel_shap,saliency,integrated_gradients
+    --methods occlusion,kernel_shap,integrated_gradients
 if wanted peers && ! grep -q '^| method | Interpreto best' <(sed -n '/^=== peers float32 ===$/,$p' "$log") \
     && [ -s "$peers_json" ]; then
     echo "# the methods finished before the limit (bench/peers.py --report):" | tee -a "$log"
