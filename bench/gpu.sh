@@ -22,7 +22,7 @@
 # this project and copies the MiniLM tokenizer into .gpu/; carry .gpu and this script installs
 # the wheel (no dependencies: torch, transformers, grpcio, protobuf, numpy are there already).
 # It also downloads the peers' wheels (bench/peers-wheels.txt: Interpreto and what it imports
-# that the image lacks, for CPython 3.12, ~13 MB) into .gpu/peers-wheels/: installed here into a
+# that the image lacks, for CPython 3.12, ~13 MB) into .gpu/peers-wheels/: installed there into a
 # directory of their own, only the peers' worker has it on its PYTHONPATH (--peers-path).
 # NOT YET RUN ON A GPU (2026-11-29): those cp312 wheels were only downloaded (names and tags); the
 # same set's cp311 wheels ran the peers' worker (all 7 methods) and this script's peers step in a
