@@ -79,12 +79,13 @@ PEERS_SERVED = "1 request, budget 8192"
 
 
 def _tables(body: str) -> list[list[dict[str, str]]]:
-    """Every markdown table of a section, as rows keyed by the header's cells."""
+    """Every markdown table of a section, as rows keyed by the header's cells (a table ends at
+    a blank line; other lines between its rows, such as a bench's `#` comments, are skipped)."""
     tables: list[list[dict[str, str]]] = []
     header: list[str] = []
     for line in body.splitlines():
         if not line.startswith("|"):
-            header = []
+            header = [] if not line.strip() else header
             continue
         cells = _cells(line)
         if set("".join(cells)) <= set("-:"):
@@ -123,19 +124,8 @@ def peers_rows(body: str) -> list[tuple[str, str, str]]:
 def _table_rows(name: str, dtype: str, body: str, peak: str) -> list[list[str]]:
     """A section's table rows, one summary row each: case, efficiency, rows/s."""
     out: list[list[str]] = []
-    header: list[str] = []
-    for line in body.splitlines():
-        if not line.startswith("|"):
-            header = [] if not line.strip() else header
-            continue
-        cells = _cells(line)
-        if set("".join(cells)) <= set("-:"):
-            continue
-        if not header:
-            header = cells
-            continue
-        row = dict(zip(header, cells, strict=False))
-        case = " / ".join(v for k, v in row.items() if k in LABELS) or cells[0]
+    for row in (row for table in _tables(body) for row in table):
+        case = " / ".join(v for k, v in row.items() if k in LABELS) or next(iter(row.values()))
         eff = next((row[k] for k in ("efficiency", "vs raw model", "speed-up") if k in row), "-")
         rate = "-"
         if "sequences/s" in row:
