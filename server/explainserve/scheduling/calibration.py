@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from explainserve.scheduling.jobs import CalibrationTag, ForwardJob, GradientJob, Job, Kind
-from explainserve.scheduling.policy import LONG_BATCH
 
 if TYPE_CHECKING:
     from explainserve.scheduling.worker import Worker
@@ -142,8 +141,6 @@ def calibrate(
     failed: set[Kind] = set()
     #: Per kind and size, its fastest batch's seconds (the time bound's test, see below).
     fastest: dict[tuple[Kind, int], float] = {}
-    # The longest batches the time bound allows (those of requests under way).
-    bound = None if worker.max_batch_seconds is None else LONG_BATCH * worker.max_batch_seconds
     longest = max(len(rows_list) for _, rows_list in plans.values())
     for _ in range(ROUNDS):
         stopped = set(failed)  # kinds whose next size would end past the deadline
@@ -169,16 +166,17 @@ def calibrate(
                 took = clock() - now
                 last[(kind, rows)] = took
                 fastest[(kind, rows)] = min(took, fastest.get((kind, rows), took))
+                bound = worker.longest_batch_seconds(kind)
                 if bound is not None and took > 2 * bound:
                     del rows_list[i + 1 :]  # far past the time bound: larger ones are too
-        if bound is not None:
-            # Sizes above the first one whose fastest batch took longer than the time bound
-            # would be cut by it anyway: not measured in the next rounds.
-            for kind, (_, rows_list) in plans.items():
-                for i, rows in enumerate(rows_list):
-                    if fastest.get((kind, rows), 0.0) > bound:
-                        del rows_list[i + 1 :]
-                        break
+        # Sizes above the first one whose fastest batch took longer than the time bound would
+        # be cut by it anyway: not measured in the next rounds.
+        for kind, (_, rows_list) in plans.items():
+            bound = worker.longest_batch_seconds(kind)
+            for i, rows in enumerate(rows_list):
+                if bound is not None and fastest.get((kind, rows), 0.0) > bound:
+                    del rows_list[i + 1 :]
+                    break
     worker.wait_idle()  # the last batch counted
     # Its batches' garbage (rows, activations' host copies) now rather than in a client's call.
     gc.collect()

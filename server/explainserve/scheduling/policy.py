@@ -261,17 +261,24 @@ class BatchPolicy:
         """Per kind, the tokens a batch may hold under the time bound, as last computed."""
         return dict(self._time_cap)
 
+    def longest_batch_seconds(self, kind: Kind) -> float | None:
+        """The longest a batch of `kind` may take (None: no time bound): `LONG_BATCH` x
+        `max_batch_seconds`, that of a batch of requests under way; a generation batch takes
+        whole requests, each one's first rows, so `max_batch_seconds`."""
+        if self.max_batch_seconds is None:
+            return None
+        return self.max_batch_seconds * (1.0 if kind == "generate" else LONG_BATCH)
+
     def time_cap(self, kind: Kind) -> int | None:
         """The tokens a batch of `kind` may hold to take at most `LONG_BATCH` x
         `max_batch_seconds` (a batch of requests under way; generation: `max_batch_seconds`),
         from the cost model (None: no bound, or too few batches measured yet). Worker thread
         only."""
         fit = self.cost.fit(kind)
-        if self.max_batch_seconds is None or fit is None:
+        longest = self.longest_batch_seconds(kind)
+        if longest is None or fit is None:
             return None
-        # A generation batch takes whole requests, each one's first rows: at most B.
-        share = 1.0 if kind == "generate" else LONG_BATCH
-        estimate = min(fit.tokens_within(share * self.max_batch_seconds), 1 << 40)
+        estimate = min(fit.tokens_within(longest), 1 << 40)
         cap = self._time_cap.get(kind)
         if cap is None or not cap * CAP_KEEP[0] <= estimate < cap * CAP_KEEP[1]:
             # A step of 2^(1/4) at or below the estimate: 84-100 % of the bound's tokens.
