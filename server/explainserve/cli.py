@@ -23,6 +23,7 @@ from explainserve.config import (
     ServeConfig,
     load_toml,
     option_specs,
+    parse_concepts_flag,
     parse_model_flag,
 )
 from explainserve.errors import InvalidArgument
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tiny-gpt2 = a tiny causal LM built offline; none = the embedded default sentiment "
         "classifier",
     )
+    serve.add_argument(
+        "--concepts",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="serve the concept set in file PATH as NAME (repeatable), for the model the file "
+        "names (docs/concepts.md)",
+    )
     for spec in option_specs():
         if spec.flag:
             _add_option(serve, spec)
@@ -110,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             values[spec.name] = flag
     if args.model:
         values["models"] = dict(parse_model_flag(m) for m in args.model)
+    if args.concepts:
+        values["concepts"] = dict(parse_concepts_flag(c) for c in args.concepts)
     return ServeConfig.from_values(values)
 
 
@@ -166,9 +177,12 @@ def serve(config: ServeConfig) -> None:
     config.check_model_paths()
     config.check_tasks()
     tokens = config.tokens()
+    concept_sets = config.read_concept_sets()
 
     from explainserve import tracing
     from explainserve.activations.service import Activator
+    from explainserve.concepts.registry import ConceptRegistry, bind
+    from explainserve.concepts.service import ConceptExplainer
     from explainserve.explain.service import Explainer
     from explainserve.grpc.server import serve_forever
     from explainserve.models.loading import load_model
@@ -183,18 +197,31 @@ def serve(config: ServeConfig) -> None:
         raise ConfigError("OTEL_TRACES_EXPORTER", str(e)) from None
     model_configs = config.model_configs()
     registry = Registry()
-    explainer = Explainer(registry, config.limits)
+    concepts = ConceptRegistry()
+    explainer = Explainer(registry, config.limits, concepts)
 
     def load() -> None:
         for model_config in model_configs:
             registry.add(load_model(model_config))
             warm_up(explainer, model_config.name)
+        for name, concept_set in concept_sets.items():
+            served = [m.name for m in registry.list()]
+            if concept_set.model.name not in served:
+                raise ConfigError(
+                    f"concepts.{name}",
+                    f"concept set '{name}' ({config.concepts[name]}) is for model "
+                    f"'{concept_set.model.name}', which is not served (served: "
+                    f"{', '.join(served)})",
+                )
+            model = registry.get(concept_set.model.name)
+            concepts.add(bind(name, concept_set, model, str(config.concepts[name])))
 
     serve_forever(
         replace(config.server, auth_tokens=tokens),
         explainer,
         Activator(registry, config.activations),
         load,
+        ConceptExplainer(registry, concepts, config.concept_limits),
     )
     tracing.uninstall()  # flushes the spans not exported yet
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explainserve.activations.limits import ActivationLimits
+from explainserve.concepts.limits import ConceptLimits
 from explainserve.errors import InvalidArgument
 from explainserve.explain.limits import Limits
 from explainserve.grpc.options import ServerOptions
@@ -25,6 +26,7 @@ from explainserve.scheduling.options import WorkerOptions
 from explainserve.settings import OptionSpec, option, specs_of
 
 if TYPE_CHECKING:
+    from explainserve.concepts.sets import ConceptSet
     from explainserve.models.loading import ModelConfig, ReplacementFallback
 
 DEFAULT_MODEL_NAME = "minilm-sentiment"
@@ -52,6 +54,7 @@ class ServeConfig:
     worker: WorkerOptions = field(default_factory=WorkerOptions)
     limits: Limits = field(default_factory=Limits)
     activations: ActivationLimits = field(default_factory=ActivationLimits)
+    concept_limits: ConceptLimits = field(default_factory=ConceptLimits)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     # The served default of `WorkerOptions.max_batch_ms` differs from the library's (no time
     # bound, so workers built in code cut batches the same way on every machine): a setting of
@@ -93,6 +96,12 @@ class ServeConfig:
         {},
         "name -> task (sequence-classification or causal-lm); unlisted models: detected from "
         "their config's architectures",
+        flag=False,
+    )
+    concepts: dict[str, Path] = option(
+        {},
+        "name -> concept set file (docs/concepts.md); each is served for the model its file "
+        "names, checked against it at start",
         flag=False,
     )
 
@@ -187,6 +196,20 @@ class ServeConfig:
                     "save_pretrained)",
                 )
 
+    def read_concept_sets(self) -> dict[str, ConceptSet]:
+        """Every configured concept set file, read and checked on its own (format, shapes,
+        finite values; the checks against its model come once the model is loaded): a mistake
+        is one ConfigError naming the file and what is wrong."""
+        from explainserve.concepts.sets import ConceptSetError, load
+
+        out = {}
+        for name, path in self.concepts.items():
+            try:
+                out[name] = load(path)
+            except ConceptSetError as e:
+                raise ConfigError(f"concepts.{name}", f"concept set '{name}': {e}") from None
+        return out
+
     def tokens(self) -> tuple[str, ...]:
         """Every accepted bearer token: the configured ones and the token file's lines."""
         tokens = list(self.server.auth_tokens)
@@ -267,6 +290,14 @@ _KIND_WORDS = {
 }
 
 
+def parse_concepts_flag(value: str) -> tuple[str, Path]:
+    """`NAME=PATH` -> (name, path) of a concept set file."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError("concepts", f"--concepts expects NAME=PATH, got '{value}'")
+    return name, Path(path).expanduser()
+
+
 def parse_model_flag(value: str) -> tuple[str, Path]:
     """`NAME=PATH` -> (name, path); PATH may be `builtin:KEY`."""
     name, sep, path = value.partition("=")
@@ -279,7 +310,8 @@ def parse_model_flag(value: str) -> tuple[str, Path]:
 
 def load_toml(path: Path) -> dict[str, Any]:
     """Reads a TOML config: top-level keys are ServeConfig fields; `[models]` maps names to
-    directories, `[tasks]` names to tasks. Mistakes are one-line ConfigErrors."""
+    directories, `[tasks]` names to tasks, `[concepts]` names to concept set files (relative
+    to the TOML file). Mistakes are one-line ConfigErrors."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -295,13 +327,19 @@ def load_toml(path: Path) -> dict[str, Any]:
             raise ConfigError(
                 key, f"unknown key '{key}' in {path}: {hint}valid keys: {', '.join(known)}"
             )
-    for table in ("models", "tasks"):
+    for table in ("models", "tasks", "concepts"):
         if table in data and not isinstance(data[table], dict):
             raise ConfigError(table, f"{table} must be a table ([{table}] name = ...)")
     if "models" in data:
         data["models"] = {
             k: Path(v) if str(v).startswith(BUILTIN_PREFIX) else Path(v).expanduser()
             for k, v in data["models"].items()
+        }
+    if "concepts" in data:
+        # Concept set files, like the certificates, are relative to the TOML file.
+        data["concepts"] = {
+            k: (path.parent / Path(str(v)).expanduser()).resolve()
+            for k, v in data["concepts"].items()
         }
     for key in ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca"):
         if key in data:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
+from explainserve.concepts.registry import ConceptRegistry
 from explainserve.errors import InvalidArgument
 from explainserve.explain.causal_flow import explain_causal
 from explainserve.explain.common import (
@@ -61,9 +62,16 @@ def _target_choice(model: ServedModel, spec: InputSpec, index: int, limits: Limi
 class Explainer:
     """Runs Explain requests against the registry's models."""
 
-    def __init__(self, registry: Registry, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        limits: Limits | None = None,
+        concepts: ConceptRegistry | None = None,
+    ) -> None:
         self.registry = registry
         self.limits = limits or Limits()
+        #: The concept sets served with the models (concept targets, ExplainConcepts).
+        self.concepts = concepts or ConceptRegistry()
 
     def explain(
         self,

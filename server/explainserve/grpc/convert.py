@@ -8,7 +8,10 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from explainserve.activations import params as act
-from explainserve.activations.tensors import RawTensor, encode
+from explainserve.activations.tensors import RawTensor, decode, encode
+from explainserve.concepts import params as cpt
+from explainserve.concepts.registry import BoundConceptSet
+from explainserve.concepts.sets import ConceptInfo, ConceptSet, Encoder, EncoderKind, ModelBinding
 from explainserve.errors import InvalidArgument
 from explainserve.explain import params as dom
 from explainserve.explain.method import Method, methods
@@ -84,6 +87,13 @@ ACTIVATION_GRANULARITY: dict[int, act.ActivationGranularity] = {
     pb.ACTIVATION_GRANULARITY_TOKEN: "token",
     pb.ACTIVATION_GRANULARITY_WORD: "word",
     pb.ACTIVATION_GRANULARITY_SENTENCE: "sentence",
+}
+CONCEPT_ENCODER: dict[int, EncoderKind] = {
+    pb.CONCEPT_ENCODER_LINEAR: "linear",
+    pb.CONCEPT_ENCODER_RELU: "relu",
+    pb.CONCEPT_ENCODER_TOPK: "topk",
+    pb.CONCEPT_ENCODER_JUMPRELU: "jumprelu",
+    pb.CONCEPT_ENCODER_NNLS: "nnls",
 }
 ORDER: dict[int, str] = {
     pb.SOBOL_ORDER_FIRST: "first",
@@ -186,6 +196,24 @@ def _input_from_proto(item: pb.Input, i: int, targets: list[int | str]) -> Input
     raise InvalidArgument(f"input {i} has neither text nor token_ids", field=f"inputs[{i}]")
 
 
+def _targets_from_proto(item: pb.Input, i: int) -> list[int | str]:
+    """Input `i`'s targets: class indices or label names."""
+    return [
+        _target(t, f"target {j} of input {i}", f"inputs[{i}].targets[{j}]")
+        for j, t in enumerate(item.targets)
+    ]
+
+
+def _target(t: pb.Target, what: str, field: str) -> int | str:
+    """A Target message: its index or its label."""
+    kind = t.WhichOneof("target")
+    if kind == "index":
+        return int(t.index)
+    if kind == "label":
+        return str(t.label)
+    raise InvalidArgument(f"{what} has neither index nor label", field=field)
+
+
 def generation_from_proto(request: pb.ExplainRequest) -> dom.Generation | None:
     """The request's generation parameters (defaults for unset fields), None when unset."""
     if not request.HasField("generation"):
@@ -196,21 +224,10 @@ def generation_from_proto(request: pb.ExplainRequest) -> dom.Generation | None:
 
 def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
     """A whole ExplainRequest to the domain form."""
-    inputs = []
-    for i, item in enumerate(request.inputs):
-        targets: list[int | str] = []
-        for j, t in enumerate(item.targets):
-            kind = t.WhichOneof("target")
-            if kind == "index":
-                targets.append(int(t.index))
-            elif kind == "label":
-                targets.append(str(t.label))
-            else:
-                raise InvalidArgument(
-                    f"target {j} of input {i} has neither index nor label",
-                    field=f"inputs[{i}].targets[{j}]",
-                )
-        inputs.append(_input_from_proto(item, i, targets))
+    inputs = [
+        _input_from_proto(item, i, _targets_from_proto(item, i))
+        for i, item in enumerate(request.inputs)
+    ]
     return dom.ExplainParams(
         model=request.model,
         inputs=inputs,
@@ -265,8 +282,10 @@ def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
     return out
 
 
-def model_to_proto(m: ServedModel) -> pb.ModelInfo:
-    """A served model's metadata."""
+def model_to_proto(
+    m: ServedModel, concept_sets: list[BoundConceptSet] | None = None
+) -> pb.ModelInfo:
+    """A served model's metadata, with the concept sets served for it."""
     return pb.ModelInfo(
         name=m.name,
         task=m.task,
@@ -279,6 +298,17 @@ def model_to_proto(m: ServedModel) -> pb.ModelInfo:
         split_points=[
             pb.SplitPoint(name=name, shape=shape, head_input=name == m.head_input)
             for name, shape in m.split_points
+        ],
+        concept_sets=[
+            pb.ConceptSetInfo(
+                name=b.name,
+                split_point=b.concept_set.split_point,
+                encoder=b.concept_set.encoder.kind,
+                granularity=b.concept_set.granularity,
+                method=b.concept_set.method,
+                labels=b.labels,
+            )
+            for b in concept_sets or []
         ],
     )
 
@@ -366,4 +396,99 @@ def head_prediction_to_proto(p: act.HeadPrediction) -> pb.PredictFromActivations
     return pb.PredictFromActivationsResponse(
         logits=tensor_to_proto(encode(p.logits, "float32")),
         predicted_classes=p.predicted.tolist(),
+    )
+
+
+def _optional_tensor(message: pb.InlineConceptSet, name: str, field: str) -> Any:
+    """An inline set's tensor field as a float32 array, None when unset."""
+    if not message.HasField(name):
+        return None
+    return decode(tensor_from_proto(getattr(message, name)), f"{field}.{name}")
+
+
+def concept_ref_from_proto(ref: pb.ConceptSetRef, model: str, field: str) -> cpt.ConceptRef:
+    """A concept set reference: a name, or an inline set (unchecked: the domain fills in the
+    head's input as its split point when none is given, then checks and binds it)."""
+    which = ref.WhichOneof("set")
+    if which == "name":
+        return cpt.ConceptRef(name=ref.name, field=field)
+    if which != "inline":
+        return cpt.ConceptRef(field=field)
+    inline = ref.inline
+    where = f"{field}.inline"
+    kind = _enum(CONCEPT_ENCODER, inline.encoder, f"{where}.encoder")
+    weight = _optional_tensor(inline, "decoder_weight", where)
+    if weight is None:
+        raise InvalidArgument(
+            "an inline concept set needs decoder_weight [concepts, features]",
+            field=f"{where}.decoder_weight",
+        )
+    concept_set = ConceptSet(
+        model=ModelBinding(name=model),
+        split_point=inline.split_point,
+        encoder=Encoder(
+            kind=kind,
+            weight=_optional_tensor(inline, "encoder_weight", where),
+            bias=_optional_tensor(inline, "encoder_bias", where),
+            center=_optional_tensor(inline, "encoder_center", where),
+            threshold=_optional_tensor(inline, "encoder_threshold", where),
+            top_k=int(inline.top_k),
+            relu_input=inline.relu_input,
+        ),
+        decoder_weight=weight,
+        decoder_bias=_optional_tensor(inline, "decoder_bias", where),
+        concepts=tuple(ConceptInfo(label=label) for label in inline.labels),
+        method="inline",
+    )
+    return cpt.ConceptRef(inline=concept_set, field=field)
+
+
+def concept_params_from_proto(request: pb.ExplainConceptsRequest) -> cpt.ConceptParams:
+    """An ExplainConceptsRequest to the domain form."""
+    return cpt.ConceptParams(
+        model=request.model,
+        inputs=[
+            _input_from_proto(item, i, _targets_from_proto(item, i))
+            for i, item in enumerate(request.inputs)
+        ],
+        concepts=concept_ref_from_proto(request.concepts, request.model, "concepts"),
+        mode=_enum(MODE, request.inference_mode, "inference_mode"),
+        concepts_x_gradients=(
+            request.concepts_x_gradients if request.HasField("concepts_x_gradients") else True
+        ),
+        normalization=request.normalization if request.HasField("normalization") else True,
+        isolate=request.isolate_batches,
+        priority=_enum(PRIORITY, request.priority, "priority"),
+    )
+
+
+def _matrix(values: Any) -> pb.Matrix:
+    """A 2-D array as a Matrix message."""
+    rows, cols = values.shape
+    return pb.Matrix(rows=rows, cols=cols, values=values.ravel().tolist())
+
+
+def concept_explanation_to_proto(e: cpt.ConceptExplanation) -> pb.ConceptExplanation:
+    """One input's concept explanation to its message."""
+    gap = e.gap
+    return pb.ConceptExplanation(
+        input_index=e.input_index,
+        concepts=_matrix(e.concepts),
+        targets=[
+            pb.ConceptContributions(
+                target=pb.ExplainedTarget(index=index, label=label),
+                contributions=_matrix(e.contributions[t]),
+                output=float(e.outputs[t]),
+                residual=float(e.residual[t]),
+                bias=float(e.bias[t]),
+                concept_sum=float(e.concept_sum[t]),
+                gap=float(gap[t]),
+            )
+            for t, (index, label) in enumerate(zip(e.target_indices, e.target_labels, strict=True))
+        ],
+        logits=e.logits.tolist(),
+        reconstruction_error=e.reconstruction_error,
+        text=e.text,
+        token_ids=e.token_ids.tolist(),
+        counters=pb.Counters(forward_passes=e.forward_passes, elapsed_ms=e.elapsed_ms),
     )

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from explainserve.activations.service import Activator
+from explainserve.concepts.service import ConceptExplainer
 from explainserve.explain.service import Explainer
 from explainserve.grpc.interceptors import ServerInterceptor, ServingState
 from explainserve.grpc.oip import SERVICE_NAME as OIP_SERVICE_NAME
@@ -262,6 +263,7 @@ def start(
     activator: Activator | None = None,
     *,
     serving: bool = True,
+    concept_explainer: ConceptExplainer | None = None,
 ) -> RunningServer:
     """Starts a server with health and reflection, and ExplainService when `explainer` is given
     (`activator` defaults to one with default limits on the same registry); `port=0` binds a
@@ -288,6 +290,7 @@ def start(
                 activator,
                 options.max_tokens_per_input,
                 max_response_bytes=options.max_message_bytes,
+                concept_explainer=concept_explainer,
             ),
             server,
         )
@@ -363,11 +366,14 @@ def serve_forever(
     explainer: Explainer | None = None,
     activator: Activator | None = None,
     load: Callable[[], None] | None = None,
+    concept_explainer: ConceptExplainer | None = None,
 ) -> None:
     """Starts NOT_SERVING (health answers, ExplainService says UNAVAILABLE), runs `load` (load
     and warm up the models), turns SERVING and prints "explainserve listening on HOST:PORT",
     and runs until SIGTERM or SIGINT; then drains in-flight RPCs for the grace period."""
-    running = start(options, explainer, activator, serving=False)
+    running = start(
+        options, explainer, activator, serving=False, concept_explainer=concept_explainer
+    )
     stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

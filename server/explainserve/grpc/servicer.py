@@ -14,6 +14,8 @@ import grpc
 
 from explainserve.activations.params import ActivationParams
 from explainserve.activations.service import Activator
+from explainserve.concepts.params import ConceptParams
+from explainserve.concepts.service import ConceptExplainer
 from explainserve.errors import ResourceExhausted
 from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.service import Explainer
@@ -23,7 +25,7 @@ from explainserve.inputs import fit_inputs
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
-P = TypeVar("P", ExplainParams, ActivationParams)
+P = TypeVar("P", ExplainParams, ActivationParams, ConceptParams)
 
 
 class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
@@ -35,15 +37,22 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
         activator: Activator | None = None,
         max_tokens_per_input: int = 0,
         max_response_bytes: int = 0,
+        concept_explainer: ConceptExplainer | None = None,
     ) -> None:
         self.explainer = explainer
         self.activator = activator or Activator(explainer.registry)
+        self.concept_explainer = concept_explainer or ConceptExplainer(
+            explainer.registry, explainer.concepts
+        )
         #: The server's token limit per input (0 = each model's maximum).
         self.max_tokens_per_input = max_tokens_per_input
         #: The largest message the server sends (its max_message_bytes; 0 = unchecked here).
         self.max_response_bytes = max_response_bytes
 
-    def _check_size(self, message: pb.ExplainResponse | pb.ExplainStreamResponse) -> None:
+    def _check_size(
+        self,
+        message: pb.ExplainResponse | pb.ExplainStreamResponse | pb.ExplainConceptsResponse,
+    ) -> None:
         """A clear RESOURCE_EXHAUSTED (and an error in the metrics, not an OK) for a reply
         gRPC would refuse to send."""
         size = message.ByteSize()
@@ -132,8 +141,12 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         """Every loaded model."""
+        concepts = self.explainer.concepts
         return pb.ListModelsResponse(
-            models=[convert.model_to_proto(m) for m in self.explainer.registry.list()]
+            models=[
+                convert.model_to_proto(m, concepts.of_model(m.name))
+                for m in self.explainer.registry.list()
+            ]
         )
 
     def GetModel(  # noqa: N802 (gRPC method name)
@@ -143,7 +156,7 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
         try:
             served = self.explainer.registry.get(request.name)
             return pb.GetModelResponse(
-                model=convert.model_to_proto(served),
+                model=convert.model_to_proto(served, self.explainer.concepts.of_model(served.name)),
                 batching=convert.batching_to_proto(served),
             )
         except Exception as exc:
@@ -176,5 +189,31 @@ class ExplainServicer(explain_pb2_grpc.ExplainServiceServicer):
                 is_cancelled=lambda: not context.is_active(),
             )
             return convert.head_prediction_to_proto(prediction)
+        except Exception as exc:
+            abort(context, exc)
+
+    def ExplainConcepts(  # noqa: N802 (gRPC method name)
+        self, request: pb.ExplainConceptsRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainConceptsResponse:
+        """Every input's concept activations and contributions, in request order."""
+        try:
+            params = self._fit(convert.concept_params_from_proto(request), request.truncate)
+            bound = self.concept_explainer.resolve(
+                self.explainer.registry.get(params.model), params.concepts
+            )
+            done = sorted(
+                self.concept_explainer.explain(
+                    params, bound=bound, is_cancelled=lambda: not context.is_active()
+                ),
+                key=lambda e: e.input_index,
+            )
+            response = pb.ExplainConceptsResponse(
+                model=request.model,
+                concept_set=bound.name,
+                concept_labels=bound.labels,
+                explanations=[convert.concept_explanation_to_proto(e) for e in done],
+            )
+            self._check_size(response)
+            return response
         except Exception as exc:
             abort(context, exc)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from explainserve.errors import InvalidArgument, NotFound, quote
 from explainserve.models.capture import head_input_name
 from explainserve.models.runners import CausalLMRunner, ClassifierRunner
 from explainserve.scheduling.worker import Worker
+from explainserve.vocabulary import Encoded, InputSpec, encode_ids, encode_text
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,34 @@ class ServedModel:
                 f"model '{self.name}' has no label '{quote(label)}'; labels are: "
                 f"{', '.join(self.labels)}"
             ) from None
+
+    def encode(self, spec: InputSpec, index: int) -> Encoded:
+        """Input `index` tokenized (text) or checked and decoded (token ids)."""
+        field = f"inputs[{index}]"
+        if spec.text is not None:
+            if not spec.text.strip():
+                raise InvalidArgument(f"input {index} is an empty string", field=f"{field}.text")
+            return encode_text(self.tokenizer, spec.text, self.max_length, field)
+        if spec.ids is not None:
+            return encode_ids(self.tokenizer, spec.ids, spec.attention, self.max_length, field)
+        raise InvalidArgument(f"input {index} has neither text nor token_ids", field=field)
+
+    def class_targets(self, targets: list[int | str], index: int) -> NDArray[np.int64]:
+        """Input `index`'s targets (class indices or label names) as class indices, checked."""
+        out = []
+        n_classes = len(self.labels)
+        for j, target in enumerate(targets):
+            if isinstance(target, str):
+                out.append(self.label_index(target))
+            elif 0 <= target < n_classes:
+                out.append(target)
+            else:
+                raise InvalidArgument(
+                    f"target {target} of input {index} is out of range: the model has "
+                    f"{n_classes} classes (0..{n_classes - 1})",
+                    field=f"inputs[{index}].targets[{j}]",
+                )
+        return np.asarray(out, dtype=np.int64)
 
     def close(self) -> None:
         """Stops the worker."""

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from explainserve.errors import InvalidArgument
-from explainserve.models.capture import capture, first_tensor
+from explainserve.models.capture import capture, first_tensor, head_input_name
 from explainserve.models.first_position import FirstPositionLayer
 from explainserve.models.heads import KeptPositions, plain_head
 from explainserve.scheduling.jobs import GenerationOptions, position_ids
@@ -198,6 +198,31 @@ class ClassifierRunner(ModelRunner):
     ) -> KeptPositions:
         """Sequence classifiers run no packed rows (`packing` is off for them)."""
         raise RuntimeError("the model's runner has no packed rows")
+
+    def head_input(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
+    ) -> torch.Tensor:
+        """`(b, *features)`: the head's input at the position the head reads (the first token
+        for right-padded encoders, the last for left-padded decoder classifiers), the pass
+        stopped once it is captured; `read_only` as in `logits` (what the head reads is
+        unchanged). Differentiable when gradients are on."""
+        if self.head is None:
+            raise InvalidArgument("the model has no classification head")
+        name = head_input_name(self.head)
+        captured, _ = capture(
+            self.model,
+            [name],
+            lambda: self.logits(ids, attention, inputs_embeds, read_only=read_only),
+            stop_early=True,
+        )
+        rows = captured[name]
+        if self.head_token_dim:
+            rows = rows[:, -1] if self.padding_side == "left" else rows[:, 0]
+        return rows
 
     def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
         """`(r, C)` logits of the classification head alone on `(r, *features)` rows of its input.
@@ -418,6 +443,16 @@ class CausalLMRunner(ModelRunner):
         return self.token_logits(ids, attention, inputs_embeds, 1)[:, -1]
 
     def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Causal LMs have no classification head."""
+        raise InvalidArgument("the model is a causal LM: it has no classification head")
+
+    def head_input(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
+    ) -> torch.Tensor:
         """Causal LMs have no classification head."""
         raise InvalidArgument("the model is a causal LM: it has no classification head")
 

@@ -21,12 +21,14 @@ from explainserve.scheduling import prefix
 from explainserve.scheduling.jobs import (
     ActivationJob,
     ActivationResult,
+    ConceptJob,
     ForwardJob,
     GenerateJob,
     GenerationOptions,
     GradientJob,
     HeadJob,
     Job,
+    OutputHead,
     Pieces,
 )
 from explainserve.vocabulary import InferenceMode
@@ -99,7 +101,20 @@ class Runner(Protocol):
         ...
 
     def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
-        """`(r, C)` logits of the classification head on `(r, *features)` rows. Head jobs only."""
+        """`(r, C)` logits of the classification head on `(r, *features)` rows (differentiable).
+        Head and concept jobs, and output heads."""
+        ...
+
+    def head_input(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        read_only: bool = False,
+    ) -> torch.Tensor:
+        """`(b, *features)`: the classification head's input at the position the head reads, the
+        pass stopped there (differentiable when gradients are on). Concept jobs and output
+        heads."""
         ...
 
     def token_logits(
@@ -235,6 +250,8 @@ class Executor:
             self._run_activation(cast(Pieces[ActivationJob], pieces))
         elif kind == "head":
             self._run_head(cast(Pieces[HeadJob], pieces))
+        elif kind == "concept":
+            self._run_concept(cast(Pieces[ConceptJob], pieces))
         else:
             self._run_generate([cast(GenerateJob, job) for job, _, _ in pieces])
 
@@ -245,7 +262,8 @@ class Executor:
         return slice(0, length)
 
     def _pad(
-        self, pieces: Sequence[tuple[ForwardJob | GradientJob | ActivationJob, int, int]]
+        self,
+        pieces: Sequence[tuple[ForwardJob | GradientJob | ActivationJob | ConceptJob, int, int]],
     ) -> tuple[int, torch.Tensor]:
         """The padded width and the `(b, L)` attention mask of a batch."""
         width = max(job.length for job, _, _ in pieces)
@@ -316,7 +334,7 @@ class Executor:
             if keep:
                 outputs = self._token_scores(pieces, ids_d, att_d, embeds, keep)
             else:
-                logits = self.runner.logits(ids_d, att_d, embeds, read_only=self.read_only)
+                logits = self._logits(pieces[0][0].output, ids_d, att_d, embeds)
                 at = 0
                 outputs = []
                 for job, start, stop in pieces:
@@ -326,6 +344,20 @@ class Executor:
                     outputs.append(scores[:, torch.from_numpy(job.targets).to(device)])
                     at += stop - start
             return [o.double().cpu().numpy() for o in outputs]
+
+    def _logits(
+        self,
+        output: OutputHead | None,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`(b, C)` class logits of a padded batch, or, with an output head (every job of a
+        batch has the same, `may_join`), its `(b, outputs)` on the head's input."""
+        if output is None:
+            return self.runner.logits(ids, attention, embeds, read_only=self.read_only)
+        rows = self.runner.head_input(ids, attention, embeds, read_only=self.read_only)
+        return output(rows, self.runner.run_head)
 
     def _token_scores(
         self,
@@ -385,9 +417,7 @@ class Executor:
                 kept = self.runner.token_logits(no_ids, attention.to(device), embeds, keep)
                 logits = kept[torch.arange(rows, device=device), columns]
             else:
-                logits = self.runner.logits(
-                    no_ids, attention.to(device), embeds, read_only=self.read_only
-                )
+                logits = self._logits(pieces[0][0].output, no_ids, attention.to(device), embeds)
             picked = []
             for lo, hi, mode in modes:
                 scored = apply_mode(logits[lo:hi], mode)
@@ -498,6 +528,34 @@ class Executor:
             at += n
             if job.count_done(n):
                 job.future.set_result(job._out)
+
+    def _run_concept(self, pieces: Pieces[ConceptJob]) -> None:
+        """One padded pass up to the head's input for the batch's inputs; then each analysis of
+        the batch once, on its jobs' rows, with gradients on (the pass itself keeps none)."""
+        width, attention = self._pad(pieces)
+        ids = torch.full((len(pieces), width), self.runner.pad_id, dtype=torch.long)
+        for at, (job, _, _) in enumerate(pieces):
+            ids[at, self._columns(width, job.length)] = torch.from_numpy(job.ids)
+        device = self.runner.device
+        with torch.no_grad():
+            rows = self.runner.head_input(
+                ids.to(device, non_blocking=True),
+                attention.to(device, non_blocking=True),
+                read_only=self.read_only,
+            )
+        groups: dict[int, list[int]] = {}
+        for at, (job, _, _) in enumerate(pieces):
+            groups.setdefault(id(job.analysis), []).append(at)
+        with torch.enable_grad():
+            for members in groups.values():
+                jobs = [pieces[at][0] for at in members]
+                index = torch.tensor(members, device=device)
+                results = jobs[0].analysis(
+                    rows.index_select(0, index), self.runner.run_head, [j.payload for j in jobs]
+                )
+                for job, result in zip(jobs, results, strict=True):
+                    if job.count_done(1):
+                        job.future.set_result(result)
 
     def _run_generate(self, jobs: list[GenerateJob]) -> None:
         """Continues prompts together (causal LMs' own continuations, when no target is given)."""

@@ -6,7 +6,11 @@ outputs are reduced to a few target scores per row; a *gradient job* is a block 
 input-embedding rows whose gradients are wanted; an *activation job* is one input whose
 activations at some split points are captured; a *head job* is a block of rows of activations
 at the classification head's input, run through the head alone; a *generate job* is a prompt a
-causal LM continues. Every job shares one base (`Job`): the callbacks, the future and the
+causal LM continues; a *concept job* is one input run up to the classification head's input,
+where an analysis (a concept set's, in `concepts/`) turns the row the head reads into its
+result. Forward and gradient jobs may carry an *output head*: a function of that row that
+replaces the model's logits as what is explained (a concept's activation). Every job shares one
+base (`Job`): the callbacks, the future and the
 queue's bookkeeping; each declares its `kind`, which the worker batches by and `execute` runs
 by. Nothing here knows what an attribution method is.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -25,11 +29,36 @@ from numpy.typing import NDArray
 from explainserve.vocabulary import InferenceMode, Priority
 
 #: A job's kind: the batches it may share, the code that runs them, its label in metrics.
-Kind = Literal["forward", "gradient", "activation", "head", "generate"]
+Kind = Literal["forward", "gradient", "activation", "head", "generate", "concept"]
 
 #: How a request's rows are scheduled: "interactive" rows go before queued "batch" rows.
 
 R = TypeVar("R")
+
+#: The classification head alone: `(r, *features)` rows of its input -> `(r, C)` logits
+#: (differentiable).
+HeadFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class OutputHead(Protocol):
+    """What a forward or gradient job explains instead of the class logits: a function of the
+    classification head's input at the position the head reads (the model is run up to there
+    only). Jobs share a batch only with jobs of the same output head (the same object)."""
+
+    def __call__(self, rows: torch.Tensor, head: HeadFn) -> torch.Tensor:
+        """`(b, *features)` head-input rows -> `(b, outputs)` float32 (differentiable)."""
+        ...
+
+
+class HeadInputAnalysis(Protocol):
+    """What concept jobs compute from their input's row at the classification head's input: one
+    call per batch for the jobs that share this analysis (the same object), on the worker's
+    thread, with gradients enabled."""
+
+    def __call__(self, rows: torch.Tensor, head: HeadFn, payloads: list[Any]) -> list[Any]:
+        """`rows` `(b, *features)`: one per job, in the order of `payloads` (each job's own
+        part: its targets); returns each job's result."""
+        ...
 
 
 def position_ids(attention: torch.Tensor) -> torch.Tensor:
@@ -174,6 +203,8 @@ class ForwardJob(Job[NDArray[np.float64]]):
 
     Classifiers: with `logits_row`, the raw logits of row 0 `(C,)` (whatever `mode` scores the
     rows) are kept in `row_logits`, so one job both predicts (row 0 unperturbed) and scores.
+    With an `output` head, its outputs replace the logits (`targets` index them, `row_logits`
+    holds row 0's).
     """
 
     kind: ClassVar[Kind] = "forward"
@@ -186,6 +217,7 @@ class ForwardJob(Job[NDArray[np.float64]]):
     positions: NDArray[np.int64] | None = None
     reference: NDArray[np.int64] | None = None
     logits_row: bool = False
+    output: OutputHead | None = None
     #: Row 0's raw logits, set when the batch holding row 0 has run (with `logits_row`).
     row_logits: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
     _out: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
@@ -209,6 +241,10 @@ class ForwardJob(Job[NDArray[np.float64]]):
         """How many last positions' logits the job reads (causal LMs), 0 for classifiers."""
         return _kept(self.length, self.positions)
 
+    def may_join(self, lead: Job[Any]) -> bool:
+        """Rows explaining the same output (the logits, or one output head) batch together."""
+        return getattr(lead, "output", None) is self.output
+
     def finish_empty(self) -> None:
         """No rows: no scores."""
         self.future.set_result(np.zeros((0, len(self.targets)), dtype=np.float64))
@@ -226,7 +262,8 @@ class GradientJob(Job[tuple[torch.Tensor, NDArray[np.float64]]]):
 
     With `accumulate`, the worker hands it each batch's gradients instead of keeping them all
     (`accumulate(start, stop, grads)`, `grads` `(stop - start, n, h)` float32 on CPU: the caller
-    reduces them as they come), and the result's gradients are an empty tensor.
+    reduces them as they come), and the result's gradients are an empty tensor. With an `output`
+    head, row `i` is scored by `output(head input)[i, targets[i]]` (no mode).
     """
 
     kind: ClassVar[Kind] = "gradient"
@@ -238,6 +275,7 @@ class GradientJob(Job[tuple[torch.Tensor, NDArray[np.float64]]]):
     mode: InferenceMode = "logits"
     positions: NDArray[np.int64] | None = None
     accumulate: Callable[[int, int, torch.Tensor], None] | None = None
+    output: OutputHead | None = None
     _grads: torch.Tensor | None = field(default=None, init=False, repr=False)
     _scores: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
 
@@ -255,6 +293,10 @@ class GradientJob(Job[tuple[torch.Tensor, NDArray[np.float64]]]):
     def keep(self) -> int:
         """How many last positions' logits the job reads (causal LMs), 0 for classifiers."""
         return _kept(self.length, self.positions)
+
+    def may_join(self, lead: Job[Any]) -> bool:
+        """Rows explaining the same output (the logits, or one output head) batch together."""
+        return getattr(lead, "output", None) is self.output
 
     def points(self, start: int, stop: int) -> torch.Tensor:
         """Rows `start..stop` of input embeddings."""
@@ -329,6 +371,26 @@ class HeadJob(Job[NDArray[np.float32]]):
     def finish_empty(self) -> None:
         """No rows: no logits."""
         self.future.set_result(np.zeros((0, 0), dtype=np.float32))
+
+
+@dataclass(eq=False)
+class ConceptJob(Job[Any]):
+    """One input `(n,)` (ids, attention) run up to the classification head's input (the pass
+    stops there), where `analysis` turns the row the head reads into the job's result, with
+    `payload` (the job's own part: its targets). Jobs of one `analysis` in a batch are analysed
+    in one call."""
+
+    kind: ClassVar[Kind] = "concept"
+
+    ids: NDArray[np.int64]
+    attention: NDArray[np.int64]
+    analysis: HeadInputAnalysis
+    payload: Any = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of the input."""
+        return int(self.ids.shape[0])
 
 
 @dataclass(frozen=True)

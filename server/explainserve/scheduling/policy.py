@@ -329,6 +329,7 @@ class BatchPolicy:
             if job.kind == kind
             and job is not lead
             and _may_share(lead, job)
+            and job.may_join(lead)
             and (job._key is lead._key or _close_in_length(lead, job))
         ]
         closest = sorted(same_kind, key=lambda j: abs(j.length - lead.length))

@@ -87,6 +87,15 @@ class ActivationGranularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTIVATION_GRANULARITY_TOKEN: _ClassVar[ActivationGranularity]
     ACTIVATION_GRANULARITY_WORD: _ClassVar[ActivationGranularity]
     ACTIVATION_GRANULARITY_SENTENCE: _ClassVar[ActivationGranularity]
+
+class ConceptEncoder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONCEPT_ENCODER_UNSPECIFIED: _ClassVar[ConceptEncoder]
+    CONCEPT_ENCODER_LINEAR: _ClassVar[ConceptEncoder]
+    CONCEPT_ENCODER_RELU: _ClassVar[ConceptEncoder]
+    CONCEPT_ENCODER_TOPK: _ClassVar[ConceptEncoder]
+    CONCEPT_ENCODER_JUMPRELU: _ClassVar[ConceptEncoder]
+    CONCEPT_ENCODER_NNLS: _ClassVar[ConceptEncoder]
 GRANULARITY_UNSPECIFIED: Granularity
 GRANULARITY_ALL_TOKENS: Granularity
 GRANULARITY_TOKEN: Granularity
@@ -135,6 +144,12 @@ ACTIVATION_GRANULARITY_ALL_TOKENS: ActivationGranularity
 ACTIVATION_GRANULARITY_TOKEN: ActivationGranularity
 ACTIVATION_GRANULARITY_WORD: ActivationGranularity
 ACTIVATION_GRANULARITY_SENTENCE: ActivationGranularity
+CONCEPT_ENCODER_UNSPECIFIED: ConceptEncoder
+CONCEPT_ENCODER_LINEAR: ConceptEncoder
+CONCEPT_ENCODER_RELU: ConceptEncoder
+CONCEPT_ENCODER_TOPK: ConceptEncoder
+CONCEPT_ENCODER_JUMPRELU: ConceptEncoder
+CONCEPT_ENCODER_NNLS: ConceptEncoder
 
 class TokenIds(_message.Message):
     __slots__ = ("ids", "attention_mask")
@@ -285,7 +300,7 @@ class GradientShap(_message.Message):
     def __init__(self, n_samples: _Optional[int] = ..., noise_std: _Optional[float] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., reduction: _Optional[_Union[GradientReduction, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate", "isolate_batches", "priority")
+    __slots__ = ("model", "inputs", "occlusion", "lime", "kernel_shap", "sobol", "saliency", "input_x_gradient", "integrated_gradients", "smooth_grad", "square_grad", "var_grad", "gradient_shap", "granularity", "aggregation", "inference_mode", "seed", "generation", "prompt_units_only", "truncate", "isolate_batches", "priority", "concept_target")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +323,7 @@ class ExplainRequest(_message.Message):
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     ISOLATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_TARGET_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     occlusion: Occlusion
@@ -330,7 +346,16 @@ class ExplainRequest(_message.Message):
     truncate: bool
     isolate_batches: bool
     priority: Priority
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    concept_target: ConceptTarget
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., sobol: _Optional[_Union[Sobol, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., square_grad: _Optional[_Union[SquareGrad, _Mapping]] = ..., var_grad: _Optional[_Union[VarGrad, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShap, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., seed: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., prompt_units_only: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ..., concept_target: _Optional[_Union[ConceptTarget, _Mapping]] = ...) -> None: ...
+
+class ConceptTarget(_message.Message):
+    __slots__ = ("concepts", "concepts_explained")
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    CONCEPTS_EXPLAINED_FIELD_NUMBER: _ClassVar[int]
+    concepts: ConceptSetRef
+    concepts_explained: _containers.RepeatedCompositeFieldContainer[Target]
+    def __init__(self, concepts: _Optional[_Union[ConceptSetRef, _Mapping]] = ..., concepts_explained: _Optional[_Iterable[_Union[Target, _Mapping]]] = ...) -> None: ...
 
 class ExplainStreamRequest(_message.Message):
     __slots__ = ("request",)
@@ -377,7 +402,7 @@ class Counters(_message.Message):
     def __init__(self, forward_passes: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids", "text", "target_units", "valid", "continuation", "continuation_token_ids", "generated", "prompt_token_count", "continuation_scores")
+    __slots__ = ("input_index", "units", "targets", "scores", "logits", "counters", "token_ids", "text", "target_units", "valid", "continuation", "continuation_token_ids", "generated", "prompt_token_count", "continuation_scores", "concept_activations")
     INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +418,7 @@ class Explanation(_message.Message):
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     input_index: int
     units: _containers.RepeatedCompositeFieldContainer[Unit]
     targets: _containers.RepeatedCompositeFieldContainer[ExplainedTarget]
@@ -408,7 +434,8 @@ class Explanation(_message.Message):
     generated: bool
     prompt_token_count: int
     continuation_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., target_units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., valid: _Optional[_Iterable[bool]] = ..., continuation: _Optional[str] = ..., continuation_token_ids: _Optional[_Iterable[int]] = ..., generated: _Optional[bool] = ..., prompt_token_count: _Optional[int] = ..., continuation_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    concept_activations: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, input_index: _Optional[int] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[ExplainedTarget, _Mapping]]] = ..., scores: _Optional[_Union[Matrix, _Mapping]] = ..., logits: _Optional[_Iterable[float]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., target_units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., valid: _Optional[_Iterable[bool]] = ..., continuation: _Optional[str] = ..., continuation_token_ids: _Optional[_Iterable[int]] = ..., generated: _Optional[bool] = ..., prompt_token_count: _Optional[int] = ..., continuation_scores: _Optional[_Iterable[float]] = ..., concept_activations: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "explanations")
@@ -515,7 +542,7 @@ class SplitPoint(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., head_input: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "labels", "max_length", "device", "dtype", "replacement", "replacement_token_id", "split_points")
+    __slots__ = ("name", "task", "labels", "max_length", "device", "dtype", "replacement", "replacement_token_id", "split_points", "concept_sets")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -525,6 +552,7 @@ class ModelInfo(_message.Message):
     REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
     REPLACEMENT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_SETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -534,7 +562,24 @@ class ModelInfo(_message.Message):
     replacement: str
     replacement_token_id: int
     split_points: _containers.RepeatedCompositeFieldContainer[SplitPoint]
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., replacement: _Optional[str] = ..., replacement_token_id: _Optional[int] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ...) -> None: ...
+    concept_sets: _containers.RepeatedCompositeFieldContainer[ConceptSetInfo]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., replacement: _Optional[str] = ..., replacement_token_id: _Optional[int] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ..., concept_sets: _Optional[_Iterable[_Union[ConceptSetInfo, _Mapping]]] = ...) -> None: ...
+
+class ConceptSetInfo(_message.Message):
+    __slots__ = ("name", "split_point", "encoder", "granularity", "method", "labels")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    split_point: str
+    encoder: str
+    granularity: str
+    method: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., split_point: _Optional[str] = ..., encoder: _Optional[str] = ..., granularity: _Optional[str] = ..., method: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -619,3 +664,109 @@ class PredictFromActivationsResponse(_message.Message):
     logits: Tensor
     predicted_classes: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, logits: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class InlineConceptSet(_message.Message):
+    __slots__ = ("split_point", "encoder", "encoder_weight", "encoder_bias", "encoder_center", "encoder_threshold", "top_k", "relu_input", "decoder_weight", "decoder_bias", "labels")
+    SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_BIAS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_CENTER_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RELU_INPUT_FIELD_NUMBER: _ClassVar[int]
+    DECODER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DECODER_BIAS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    split_point: str
+    encoder: ConceptEncoder
+    encoder_weight: Tensor
+    encoder_bias: Tensor
+    encoder_center: Tensor
+    encoder_threshold: Tensor
+    top_k: int
+    relu_input: bool
+    decoder_weight: Tensor
+    decoder_bias: Tensor
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, split_point: _Optional[str] = ..., encoder: _Optional[_Union[ConceptEncoder, str]] = ..., encoder_weight: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_bias: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_center: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_threshold: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., relu_input: _Optional[bool] = ..., decoder_weight: _Optional[_Union[Tensor, _Mapping]] = ..., decoder_bias: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConceptSetRef(_message.Message):
+    __slots__ = ("name", "inline")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inline: InlineConceptSet
+    def __init__(self, name: _Optional[str] = ..., inline: _Optional[_Union[InlineConceptSet, _Mapping]] = ...) -> None: ...
+
+class ExplainConceptsRequest(_message.Message):
+    __slots__ = ("model", "inputs", "concepts", "inference_mode", "concepts_x_gradients", "normalization", "truncate", "isolate_batches", "priority")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MODE_FIELD_NUMBER: _ClassVar[int]
+    CONCEPTS_X_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    ISOLATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    concepts: ConceptSetRef
+    inference_mode: InferenceMode
+    concepts_x_gradients: bool
+    normalization: bool
+    truncate: bool
+    isolate_batches: bool
+    priority: Priority
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., concepts: _Optional[_Union[ConceptSetRef, _Mapping]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., concepts_x_gradients: _Optional[bool] = ..., normalization: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+
+class ConceptContributions(_message.Message):
+    __slots__ = ("target", "contributions", "output", "residual", "bias", "concept_sum", "gap")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_SUM_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    target: ExplainedTarget
+    contributions: Matrix
+    output: float
+    residual: float
+    bias: float
+    concept_sum: float
+    gap: float
+    def __init__(self, target: _Optional[_Union[ExplainedTarget, _Mapping]] = ..., contributions: _Optional[_Union[Matrix, _Mapping]] = ..., output: _Optional[float] = ..., residual: _Optional[float] = ..., bias: _Optional[float] = ..., concept_sum: _Optional[float] = ..., gap: _Optional[float] = ...) -> None: ...
+
+class ConceptExplanation(_message.Message):
+    __slots__ = ("input_index", "concepts", "targets", "logits", "reconstruction_error", "text", "token_ids", "counters")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    concepts: Matrix
+    targets: _containers.RepeatedCompositeFieldContainer[ConceptContributions]
+    logits: _containers.RepeatedScalarFieldContainer[float]
+    reconstruction_error: float
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    counters: Counters
+    def __init__(self, input_index: _Optional[int] = ..., concepts: _Optional[_Union[Matrix, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[ConceptContributions, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., reconstruction_error: _Optional[float] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ...) -> None: ...
+
+class ExplainConceptsResponse(_message.Message):
+    __slots__ = ("model", "concept_set", "concept_labels", "explanations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_SET_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_LABELS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    concept_set: str
+    concept_labels: _containers.RepeatedScalarFieldContainer[str]
+    explanations: _containers.RepeatedCompositeFieldContainer[ConceptExplanation]
+    def __init__(self, model: _Optional[str] = ..., concept_set: _Optional[str] = ..., concept_labels: _Optional[_Iterable[str]] = ..., explanations: _Optional[_Iterable[_Union[ConceptExplanation, _Mapping]]] = ...) -> None: ...

@@ -65,6 +65,11 @@ class ExplainServiceStub:
                 request_serializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsRequest.SerializeToString,
                 response_deserializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsResponse.FromString,
                 _registered_method=True)
+        self.ExplainConcepts = channel.unary_unary(
+                '/explainserve.v1.ExplainService/ExplainConcepts',
+                request_serializer=explainserve_dot_v1_dot_explain__pb2.ExplainConceptsRequest.SerializeToString,
+                response_deserializer=explainserve_dot_v1_dot_explain__pb2.ExplainConceptsResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainServiceServicer:
@@ -116,6 +121,15 @@ class ExplainServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainConcepts(self, request, context):
+        """Which concepts drive each input's prediction: the activations C of a concept set's concepts
+        at the classification head's input, and their contributions to each target's output
+        (Interpreto's concept_output_gradient), with the residual the concepts do not explain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +162,11 @@ def add_ExplainServiceServicer_to_server(servicer, server):
                     servicer.PredictFromActivations,
                     request_deserializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsRequest.FromString,
                     response_serializer=explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsResponse.SerializeToString,
+            ),
+            'ExplainConcepts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainConcepts,
+                    request_deserializer=explainserve_dot_v1_dot_explain__pb2.ExplainConceptsRequest.FromString,
+                    response_serializer=explainserve_dot_v1_dot_explain__pb2.ExplainConceptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +332,33 @@ class ExplainService:
             '/explainserve.v1.ExplainService/PredictFromActivations',
             explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsRequest.SerializeToString,
             explainserve_dot_v1_dot_explain__pb2.PredictFromActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainConcepts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explainserve.v1.ExplainService/ExplainConcepts',
+            explainserve_dot_v1_dot_explain__pb2.ExplainConceptsRequest.SerializeToString,
+            explainserve_dot_v1_dot_explain__pb2.ExplainConceptsResponse.FromString,
             options,
             channel_credentials,
             insecure,
