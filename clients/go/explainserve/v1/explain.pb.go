@@ -656,6 +656,73 @@ func (ActivationGranularity) EnumDescriptor() ([]byte, []int) {
 	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{10}
 }
 
+// How a concept set turns activations x into concept activations C (docs/concepts.md), with
+// pre = (x - center) W^T + b.
+type ConceptEncoder int32
+
+const (
+	// Not set: refused.
+	ConceptEncoder_CONCEPT_ENCODER_UNSPECIFIED ConceptEncoder = 0
+	// C = pre (PCA, ICA, SVD, probes and CAVs).
+	ConceptEncoder_CONCEPT_ENCODER_LINEAR ConceptEncoder = 1
+	// C = ReLU(pre) (sparse autoencoders).
+	ConceptEncoder_CONCEPT_ENCODER_RELU ConceptEncoder = 2
+	// The top_k largest of ReLU(pre), the others 0 (TopK sparse autoencoders).
+	ConceptEncoder_CONCEPT_ENCODER_TOPK ConceptEncoder = 3
+	// ReLU(pre) where it reaches the concept's threshold, else 0 (JumpReLU sparse autoencoders).
+	ConceptEncoder_CONCEPT_ENCODER_JUMPRELU ConceptEncoder = 4
+	// argmin over C >= 0 of |x - (C D + decoder_bias)|^2 (the NMF family), x through a ReLU first
+	// with relu_input.
+	ConceptEncoder_CONCEPT_ENCODER_NNLS ConceptEncoder = 5
+)
+
+// Enum value maps for ConceptEncoder.
+var (
+	ConceptEncoder_name = map[int32]string{
+		0: "CONCEPT_ENCODER_UNSPECIFIED",
+		1: "CONCEPT_ENCODER_LINEAR",
+		2: "CONCEPT_ENCODER_RELU",
+		3: "CONCEPT_ENCODER_TOPK",
+		4: "CONCEPT_ENCODER_JUMPRELU",
+		5: "CONCEPT_ENCODER_NNLS",
+	}
+	ConceptEncoder_value = map[string]int32{
+		"CONCEPT_ENCODER_UNSPECIFIED": 0,
+		"CONCEPT_ENCODER_LINEAR":      1,
+		"CONCEPT_ENCODER_RELU":        2,
+		"CONCEPT_ENCODER_TOPK":        3,
+		"CONCEPT_ENCODER_JUMPRELU":    4,
+		"CONCEPT_ENCODER_NNLS":        5,
+	}
+)
+
+func (x ConceptEncoder) Enum() *ConceptEncoder {
+	p := new(ConceptEncoder)
+	*p = x
+	return p
+}
+
+func (x ConceptEncoder) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConceptEncoder) Descriptor() protoreflect.EnumDescriptor {
+	return file_explainserve_v1_explain_proto_enumTypes[11].Descriptor()
+}
+
+func (ConceptEncoder) Type() protoreflect.EnumType {
+	return &file_explainserve_v1_explain_proto_enumTypes[11]
+}
+
+func (x ConceptEncoder) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConceptEncoder.Descriptor instead.
+func (ConceptEncoder) EnumDescriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{11}
+}
+
 // Token ids given directly instead of text.
 type TokenIds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1754,7 +1821,11 @@ type ExplainRequest struct {
 	IsolateBatches bool `protobuf:"varint,101,opt,name=isolate_batches,json=isolateBatches,proto3" json:"isolate_batches,omitempty"`
 	// Interactive (the default) or batch: batch requests' sequences run only when no
 	// interactive request's of the same model wait (see Priority).
-	Priority      Priority `protobuf:"varint,102,opt,name=priority,proto3,enum=explainserve.v1.Priority" json:"priority,omitempty"`
+	Priority Priority `protobuf:"varint,102,opt,name=priority,proto3,enum=explainserve.v1.Priority" json:"priority,omitempty"`
+	// Inputs -> concepts: explain concept activations of a concept set instead of class scores
+	// (the inputs' targets must then be empty). Classifiers only; inference_mode must be LOGITS
+	// (or unset): a concept's activation is explained as it is.
+	ConceptTarget *ConceptTarget `protobuf:"bytes,9,opt,name=concept_target,json=conceptTarget,proto3" json:"concept_target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1972,6 +2043,13 @@ func (x *ExplainRequest) GetPriority() Priority {
 	return Priority_PRIORITY_UNSPECIFIED
 }
 
+func (x *ExplainRequest) GetConceptTarget() *ConceptTarget {
+	if x != nil {
+		return x.ConceptTarget
+	}
+	return nil
+}
+
 type isExplainRequest_Method interface {
 	isExplainRequest_Method()
 }
@@ -2042,6 +2120,62 @@ func (*ExplainRequest_VarGrad) isExplainRequest_Method() {}
 
 func (*ExplainRequest_GradientShap) isExplainRequest_Method() {}
 
+// The concepts Explain explains instead of classes (ExplainRequest.concept_target).
+type ConceptTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The concept set (its split point must be the classification head's input).
+	Concepts *ConceptSetRef `protobuf:"bytes,1,opt,name=concepts,proto3" json:"concepts,omitempty"`
+	// The concepts explained for every input, by index or label (Target.label: a concept's label
+	// as ListModels gives it); none = each input's most activated concept.
+	ConceptsExplained []*Target `protobuf:"bytes,2,rep,name=concepts_explained,json=conceptsExplained,proto3" json:"concepts_explained,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ConceptTarget) Reset() {
+	*x = ConceptTarget{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConceptTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConceptTarget) ProtoMessage() {}
+
+func (x *ConceptTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConceptTarget.ProtoReflect.Descriptor instead.
+func (*ConceptTarget) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ConceptTarget) GetConcepts() *ConceptSetRef {
+	if x != nil {
+		return x.Concepts
+	}
+	return nil
+}
+
+func (x *ConceptTarget) GetConceptsExplained() []*Target {
+	if x != nil {
+		return x.ConceptsExplained
+	}
+	return nil
+}
+
 // ExplainStream's request: an Explain request.
 type ExplainStreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2052,7 +2186,7 @@ type ExplainStreamRequest struct {
 
 func (x *ExplainStreamRequest) Reset() {
 	*x = ExplainStreamRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[17]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2198,7 @@ func (x *ExplainStreamRequest) String() string {
 func (*ExplainStreamRequest) ProtoMessage() {}
 
 func (x *ExplainStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[17]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2211,7 @@ func (x *ExplainStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainStreamRequest.ProtoReflect.Descriptor instead.
 func (*ExplainStreamRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{17}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExplainStreamRequest) GetRequest() *ExplainRequest {
@@ -2109,7 +2243,7 @@ type Unit struct {
 
 func (x *Unit) Reset() {
 	*x = Unit{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[18]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2255,7 @@ func (x *Unit) String() string {
 func (*Unit) ProtoMessage() {}
 
 func (x *Unit) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[18]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2268,7 @@ func (x *Unit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unit.ProtoReflect.Descriptor instead.
 func (*Unit) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{18}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Unit) GetText() string {
@@ -2176,7 +2310,7 @@ type ExplainedTarget struct {
 
 func (x *ExplainedTarget) Reset() {
 	*x = ExplainedTarget{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[19]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2188,7 +2322,7 @@ func (x *ExplainedTarget) String() string {
 func (*ExplainedTarget) ProtoMessage() {}
 
 func (x *ExplainedTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[19]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2201,7 +2335,7 @@ func (x *ExplainedTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainedTarget.ProtoReflect.Descriptor instead.
 func (*ExplainedTarget) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{19}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExplainedTarget) GetIndex() int32 {
@@ -2230,7 +2364,7 @@ type Matrix struct {
 
 func (x *Matrix) Reset() {
 	*x = Matrix{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[20]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2242,7 +2376,7 @@ func (x *Matrix) String() string {
 func (*Matrix) ProtoMessage() {}
 
 func (x *Matrix) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[20]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2255,7 +2389,7 @@ func (x *Matrix) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Matrix.ProtoReflect.Descriptor instead.
 func (*Matrix) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{20}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Matrix) GetRows() uint32 {
@@ -2292,7 +2426,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[21]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2438,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[21]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2451,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{21}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Counters) GetForwardPasses() uint64 {
@@ -2369,13 +2503,16 @@ type Explanation struct {
 	// Causal LMs: the explained function (inference mode: logit, probability or log-probability)
 	// of each continuation token, teacher-forced on the unperturbed input.
 	ContinuationScores []float32 `protobuf:"fixed32,15,rep,packed,name=continuation_scores,json=continuationScores,proto3" json:"continuation_scores,omitempty"`
+	// With a concept target: the activation of every concept of the set for the unperturbed
+	// input (`targets` are then concepts: index and label).
+	ConceptActivations []float32 `protobuf:"fixed32,16,rep,packed,name=concept_activations,json=conceptActivations,proto3" json:"concept_activations,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Explanation) Reset() {
 	*x = Explanation{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[22]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2524,7 @@ func (x *Explanation) String() string {
 func (*Explanation) ProtoMessage() {}
 
 func (x *Explanation) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[22]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2537,7 @@ func (x *Explanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Explanation.ProtoReflect.Descriptor instead.
 func (*Explanation) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{22}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Explanation) GetInputIndex() uint32 {
@@ -2508,6 +2645,13 @@ func (x *Explanation) GetContinuationScores() []float32 {
 	return nil
 }
 
+func (x *Explanation) GetConceptActivations() []float32 {
+	if x != nil {
+		return x.ConceptActivations
+	}
+	return nil
+}
+
 // Reply to Explain.
 type ExplainResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2520,7 +2664,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[23]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2676,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[23]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2689,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{23}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExplainResponse) GetModel() string {
@@ -2573,7 +2717,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[24]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2729,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[24]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2742,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{24}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Progress) GetForwardPassesDone() uint64 {
@@ -2631,7 +2775,7 @@ type ExplainStreamResponse struct {
 
 func (x *ExplainStreamResponse) Reset() {
 	*x = ExplainStreamResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[25]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +2787,7 @@ func (x *ExplainStreamResponse) String() string {
 func (*ExplainStreamResponse) ProtoMessage() {}
 
 func (x *ExplainStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[25]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +2800,7 @@ func (x *ExplainStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExplainStreamResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{25}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExplainStreamResponse) GetEvent() isExplainStreamResponse_Event {
@@ -2709,7 +2853,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[26]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +2865,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[26]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +2878,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{26}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{27}
 }
 
 // Every loaded model.
@@ -2747,7 +2891,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[27]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2759,7 +2903,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[27]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2772,7 +2916,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{27}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -2792,7 +2936,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[28]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2948,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[28]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2961,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{28}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetModelRequest) GetName() string {
@@ -2839,7 +2983,7 @@ type GetModelResponse struct {
 
 func (x *GetModelResponse) Reset() {
 	*x = GetModelResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[29]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2995,7 @@ func (x *GetModelResponse) String() string {
 func (*GetModelResponse) ProtoMessage() {}
 
 func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[29]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +3008,7 @@ func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelResponse.ProtoReflect.Descriptor instead.
 func (*GetModelResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{29}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetModelResponse) GetModel() *ModelInfo {
@@ -2901,7 +3045,7 @@ type BatchSizing struct {
 
 func (x *BatchSizing) Reset() {
 	*x = BatchSizing{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3057,7 @@ func (x *BatchSizing) String() string {
 func (*BatchSizing) ProtoMessage() {}
 
 func (x *BatchSizing) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[30]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3070,7 @@ func (x *BatchSizing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSizing.ProtoReflect.Descriptor instead.
 func (*BatchSizing) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{30}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *BatchSizing) GetCalibrate() bool {
@@ -2978,7 +3122,7 @@ type BatchKindSizing struct {
 
 func (x *BatchKindSizing) Reset() {
 	*x = BatchKindSizing{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3134,7 @@ func (x *BatchKindSizing) String() string {
 func (*BatchKindSizing) ProtoMessage() {}
 
 func (x *BatchKindSizing) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[31]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3003,7 +3147,7 @@ func (x *BatchKindSizing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchKindSizing.ProtoReflect.Descriptor instead.
 func (*BatchKindSizing) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{31}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *BatchKindSizing) GetKind() string {
@@ -3063,7 +3207,7 @@ type BatchRate struct {
 
 func (x *BatchRate) Reset() {
 	*x = BatchRate{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +3219,7 @@ func (x *BatchRate) String() string {
 func (*BatchRate) ProtoMessage() {}
 
 func (x *BatchRate) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[32]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +3232,7 @@ func (x *BatchRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRate.ProtoReflect.Descriptor instead.
 func (*BatchRate) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{32}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BatchRate) GetTokens() uint64 {
@@ -3125,7 +3269,7 @@ type BatchCalibration struct {
 
 func (x *BatchCalibration) Reset() {
 	*x = BatchCalibration{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3137,7 +3281,7 @@ func (x *BatchCalibration) String() string {
 func (*BatchCalibration) ProtoMessage() {}
 
 func (x *BatchCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[33]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3150,7 +3294,7 @@ func (x *BatchCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCalibration.ProtoReflect.Descriptor instead.
 func (*BatchCalibration) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{33}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BatchCalibration) GetBatches() uint32 {
@@ -3184,7 +3328,7 @@ type SplitPoint struct {
 
 func (x *SplitPoint) Reset() {
 	*x = SplitPoint{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3340,7 @@ func (x *SplitPoint) String() string {
 func (*SplitPoint) ProtoMessage() {}
 
 func (x *SplitPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[34]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3353,7 @@ func (x *SplitPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitPoint.ProtoReflect.Descriptor instead.
 func (*SplitPoint) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{34}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SplitPoint) GetName() string {
@@ -3251,13 +3395,15 @@ type ModelInfo struct {
 	// The replacement token id, or -1 for zero_embedding.
 	ReplacementTokenId int64         `protobuf:"varint,8,opt,name=replacement_token_id,json=replacementTokenId,proto3" json:"replacement_token_id,omitempty"`
 	SplitPoints        []*SplitPoint `protobuf:"bytes,9,rep,name=split_points,json=splitPoints,proto3" json:"split_points,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The concept sets served for this model (ExplainConcepts, ExplainRequest.concept_target).
+	ConceptSets   []*ConceptSetInfo `protobuf:"bytes,10,rep,name=concept_sets,json=conceptSets,proto3" json:"concept_sets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3269,7 +3415,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[35]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3282,7 +3428,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{35}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -3348,6 +3494,104 @@ func (x *ModelInfo) GetSplitPoints() []*SplitPoint {
 	return nil
 }
 
+func (x *ModelInfo) GetConceptSets() []*ConceptSetInfo {
+	if x != nil {
+		return x.ConceptSets
+	}
+	return nil
+}
+
+// A concept set the server serves: a fitted dictionary of concepts at one split point.
+type ConceptSetInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name requests give (ConceptSetRef.name).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Where its activations are read (GetModel's split point name).
+	SplitPoint string `protobuf:"bytes,2,opt,name=split_point,json=splitPoint,proto3" json:"split_point,omitempty"`
+	// "linear", "relu", "topk", "jumprelu" or "nnls" (docs/concepts.md).
+	Encoder string `protobuf:"bytes,3,opt,name=encoder,proto3" json:"encoder,omitempty"`
+	// The rows it was fitted on: "cls_token", "token", "word", ...
+	Granularity string `protobuf:"bytes,4,opt,name=granularity,proto3" json:"granularity,omitempty"`
+	// How it was made ("sklearn.decomposition.PCA", "interpreto.TopKSAEConcepts", "pca", ...).
+	Method string `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	// One per concept, in index order ("concept K" where none is known).
+	Labels        []string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConceptSetInfo) Reset() {
+	*x = ConceptSetInfo{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConceptSetInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConceptSetInfo) ProtoMessage() {}
+
+func (x *ConceptSetInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConceptSetInfo.ProtoReflect.Descriptor instead.
+func (*ConceptSetInfo) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ConceptSetInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConceptSetInfo) GetSplitPoint() string {
+	if x != nil {
+		return x.SplitPoint
+	}
+	return ""
+}
+
+func (x *ConceptSetInfo) GetEncoder() string {
+	if x != nil {
+		return x.Encoder
+	}
+	return ""
+}
+
+func (x *ConceptSetInfo) GetGranularity() string {
+	if x != nil {
+		return x.Granularity
+	}
+	return ""
+}
+
+func (x *ConceptSetInfo) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ConceptSetInfo) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 // A dense tensor as raw bytes, like the Open Inference Protocol's raw tensor contents: no
 // repeated fields to decode, any language reads it with its byte-buffer API.
 //
@@ -3381,7 +3625,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3393,7 +3637,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[36]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3406,7 +3650,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{36}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Tensor) GetDtype() string {
@@ -3462,7 +3706,7 @@ type GetActivationsRequest struct {
 
 func (x *GetActivationsRequest) Reset() {
 	*x = GetActivationsRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3474,7 +3718,7 @@ func (x *GetActivationsRequest) String() string {
 func (*GetActivationsRequest) ProtoMessage() {}
 
 func (x *GetActivationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[37]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3487,7 +3731,7 @@ func (x *GetActivationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetActivationsRequest.ProtoReflect.Descriptor instead.
 func (*GetActivationsRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{37}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetActivationsRequest) GetModel() string {
@@ -3566,7 +3810,7 @@ type SplitPointActivations struct {
 
 func (x *SplitPointActivations) Reset() {
 	*x = SplitPointActivations{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3578,7 +3822,7 @@ func (x *SplitPointActivations) String() string {
 func (*SplitPointActivations) ProtoMessage() {}
 
 func (x *SplitPointActivations) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[38]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3591,7 +3835,7 @@ func (x *SplitPointActivations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitPointActivations.ProtoReflect.Descriptor instead.
 func (*SplitPointActivations) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{38}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SplitPointActivations) GetSplitPoint() string {
@@ -3623,7 +3867,7 @@ type InputUnits struct {
 
 func (x *InputUnits) Reset() {
 	*x = InputUnits{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[39]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3635,7 +3879,7 @@ func (x *InputUnits) String() string {
 func (*InputUnits) ProtoMessage() {}
 
 func (x *InputUnits) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[39]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3648,7 +3892,7 @@ func (x *InputUnits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InputUnits.ProtoReflect.Descriptor instead.
 func (*InputUnits) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{39}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *InputUnits) GetInputIndex() uint32 {
@@ -3697,7 +3941,7 @@ type GetActivationsResponse struct {
 
 func (x *GetActivationsResponse) Reset() {
 	*x = GetActivationsResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[40]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3709,7 +3953,7 @@ func (x *GetActivationsResponse) String() string {
 func (*GetActivationsResponse) ProtoMessage() {}
 
 func (x *GetActivationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[40]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3722,7 +3966,7 @@ func (x *GetActivationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetActivationsResponse.ProtoReflect.Descriptor instead.
 func (*GetActivationsResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{40}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetActivationsResponse) GetInputStart() uint32 {
@@ -3790,7 +4034,7 @@ type PredictFromActivationsRequest struct {
 
 func (x *PredictFromActivationsRequest) Reset() {
 	*x = PredictFromActivationsRequest{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[41]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3802,7 +4046,7 @@ func (x *PredictFromActivationsRequest) String() string {
 func (*PredictFromActivationsRequest) ProtoMessage() {}
 
 func (x *PredictFromActivationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[41]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3815,7 +4059,7 @@ func (x *PredictFromActivationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PredictFromActivationsRequest.ProtoReflect.Descriptor instead.
 func (*PredictFromActivationsRequest) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{41}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PredictFromActivationsRequest) GetModel() string {
@@ -3845,7 +4089,7 @@ type PredictFromActivationsResponse struct {
 
 func (x *PredictFromActivationsResponse) Reset() {
 	*x = PredictFromActivationsResponse{}
-	mi := &file_explainserve_v1_explain_proto_msgTypes[42]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3857,7 +4101,7 @@ func (x *PredictFromActivationsResponse) String() string {
 func (*PredictFromActivationsResponse) ProtoMessage() {}
 
 func (x *PredictFromActivationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_explainserve_v1_explain_proto_msgTypes[42]
+	mi := &file_explainserve_v1_explain_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3870,7 +4114,7 @@ func (x *PredictFromActivationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PredictFromActivationsResponse.ProtoReflect.Descriptor instead.
 func (*PredictFromActivationsResponse) Descriptor() ([]byte, []int) {
-	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{42}
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PredictFromActivationsResponse) GetLogits() *Tensor {
@@ -3883,6 +4127,637 @@ func (x *PredictFromActivationsResponse) GetLogits() *Tensor {
 func (x *PredictFromActivationsResponse) GetPredictedClasses() []uint32 {
 	if x != nil {
 		return x.PredictedClasses
+	}
+	return nil
+}
+
+// A concept set sent in the request (small sets: a concept activation vector, a few
+// directions), bound to the request's model for that request only. Its values together are
+// limited (the server's max_inline_concept_values). Tensors as in GetActivations (any dtype).
+type InlineConceptSet struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where its activations are read: empty = the classification head's input (the only split
+	// point concept sets are served at).
+	SplitPoint string         `protobuf:"bytes,1,opt,name=split_point,json=splitPoint,proto3" json:"split_point,omitempty"`
+	Encoder    ConceptEncoder `protobuf:"varint,2,opt,name=encoder,proto3,enum=explainserve.v1.ConceptEncoder" json:"encoder,omitempty"`
+	// [concepts, features]: W (LINEAR, RELU, TOPK, JUMPRELU).
+	EncoderWeight *Tensor `protobuf:"bytes,3,opt,name=encoder_weight,json=encoderWeight,proto3" json:"encoder_weight,omitempty"`
+	// [concepts]: b (optional).
+	EncoderBias *Tensor `protobuf:"bytes,4,opt,name=encoder_bias,json=encoderBias,proto3" json:"encoder_bias,omitempty"`
+	// [features]: subtracted from the activations first (optional).
+	EncoderCenter *Tensor `protobuf:"bytes,5,opt,name=encoder_center,json=encoderCenter,proto3" json:"encoder_center,omitempty"`
+	// [concepts]: JUMPRELU's thresholds.
+	EncoderThreshold *Tensor `protobuf:"bytes,6,opt,name=encoder_threshold,json=encoderThreshold,proto3" json:"encoder_threshold,omitempty"`
+	// TOPK: how many concepts are kept per row.
+	TopK uint32 `protobuf:"varint,7,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
+	// NNLS: the activations go through a ReLU before the fit.
+	ReluInput bool `protobuf:"varint,8,opt,name=relu_input,json=reluInput,proto3" json:"relu_input,omitempty"`
+	// [concepts, features]: the dictionary D; t^-1(C) = C D + decoder_bias.
+	DecoderWeight *Tensor `protobuf:"bytes,9,opt,name=decoder_weight,json=decoderWeight,proto3" json:"decoder_weight,omitempty"`
+	// [features] (optional).
+	DecoderBias *Tensor `protobuf:"bytes,10,opt,name=decoder_bias,json=decoderBias,proto3" json:"decoder_bias,omitempty"`
+	// One per concept (optional).
+	Labels        []string `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InlineConceptSet) Reset() {
+	*x = InlineConceptSet{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InlineConceptSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InlineConceptSet) ProtoMessage() {}
+
+func (x *InlineConceptSet) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InlineConceptSet.ProtoReflect.Descriptor instead.
+func (*InlineConceptSet) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *InlineConceptSet) GetSplitPoint() string {
+	if x != nil {
+		return x.SplitPoint
+	}
+	return ""
+}
+
+func (x *InlineConceptSet) GetEncoder() ConceptEncoder {
+	if x != nil {
+		return x.Encoder
+	}
+	return ConceptEncoder_CONCEPT_ENCODER_UNSPECIFIED
+}
+
+func (x *InlineConceptSet) GetEncoderWeight() *Tensor {
+	if x != nil {
+		return x.EncoderWeight
+	}
+	return nil
+}
+
+func (x *InlineConceptSet) GetEncoderBias() *Tensor {
+	if x != nil {
+		return x.EncoderBias
+	}
+	return nil
+}
+
+func (x *InlineConceptSet) GetEncoderCenter() *Tensor {
+	if x != nil {
+		return x.EncoderCenter
+	}
+	return nil
+}
+
+func (x *InlineConceptSet) GetEncoderThreshold() *Tensor {
+	if x != nil {
+		return x.EncoderThreshold
+	}
+	return nil
+}
+
+func (x *InlineConceptSet) GetTopK() uint32 {
+	if x != nil {
+		return x.TopK
+	}
+	return 0
+}
+
+func (x *InlineConceptSet) GetReluInput() bool {
+	if x != nil {
+		return x.ReluInput
+	}
+	return false
+}
+
+func (x *InlineConceptSet) GetDecoderWeight() *Tensor {
+	if x != nil {
+		return x.DecoderWeight
+	}
+	return nil
+}
+
+func (x *InlineConceptSet) GetDecoderBias() *Tensor {
+	if x != nil {
+		return x.DecoderBias
+	}
+	return nil
+}
+
+func (x *InlineConceptSet) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// A concept set: one the server serves, by name, or the request's own.
+type ConceptSetRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of the two.
+	//
+	// Types that are valid to be assigned to Set:
+	//
+	//	*ConceptSetRef_Name
+	//	*ConceptSetRef_Inline
+	Set           isConceptSetRef_Set `protobuf_oneof:"set"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConceptSetRef) Reset() {
+	*x = ConceptSetRef{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConceptSetRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConceptSetRef) ProtoMessage() {}
+
+func (x *ConceptSetRef) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConceptSetRef.ProtoReflect.Descriptor instead.
+func (*ConceptSetRef) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ConceptSetRef) GetSet() isConceptSetRef_Set {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *ConceptSetRef) GetName() string {
+	if x != nil {
+		if x, ok := x.Set.(*ConceptSetRef_Name); ok {
+			return x.Name
+		}
+	}
+	return ""
+}
+
+func (x *ConceptSetRef) GetInline() *InlineConceptSet {
+	if x != nil {
+		if x, ok := x.Set.(*ConceptSetRef_Inline); ok {
+			return x.Inline
+		}
+	}
+	return nil
+}
+
+type isConceptSetRef_Set interface {
+	isConceptSetRef_Set()
+}
+
+type ConceptSetRef_Name struct {
+	// A name ListModels lists in the model's concept_sets.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3,oneof"`
+}
+
+type ConceptSetRef_Inline struct {
+	// The request's own set.
+	Inline *InlineConceptSet `protobuf:"bytes,2,opt,name=inline,proto3,oneof"`
+}
+
+func (*ConceptSetRef_Name) isConceptSetRef_Set() {}
+
+func (*ConceptSetRef_Inline) isConceptSetRef_Set() {}
+
+// ExplainConcepts' request.
+type ExplainConceptsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Model name as ListModels gives it (a classifier).
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The inputs; their targets are classes, as in Explain (none = the predicted class).
+	Inputs []*Input `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	// The concept set.
+	Concepts *ConceptSetRef `protobuf:"bytes,3,opt,name=concepts,proto3" json:"concepts,omitempty"`
+	// The function of the logits whose concept contributions are computed (default LOGITS).
+	InferenceMode InferenceMode `protobuf:"varint,4,opt,name=inference_mode,json=inferenceMode,proto3,enum=explainserve.v1.InferenceMode" json:"inference_mode,omitempty"`
+	// Contributions are C * dy/dC (the default, Interpreto's concepts_x_gradients); false: the
+	// gradient dy/dC alone.
+	ConceptsXGradients *bool `protobuf:"varint,5,opt,name=concepts_x_gradients,json=conceptsXGradients,proto3,oneof" json:"concepts_x_gradients,omitempty"`
+	// Each target's contributions divided by the sum of their absolute values (the default,
+	// Interpreto's normalization); false: raw.
+	Normalization *bool `protobuf:"varint,6,opt,name=normalization,proto3,oneof" json:"normalization,omitempty"`
+	// As ExplainRequest.truncate.
+	Truncate bool `protobuf:"varint,100,opt,name=truncate,proto3" json:"truncate,omitempty"`
+	// As ExplainRequest.isolate_batches.
+	IsolateBatches bool `protobuf:"varint,101,opt,name=isolate_batches,json=isolateBatches,proto3" json:"isolate_batches,omitempty"`
+	// As ExplainRequest.priority.
+	Priority      Priority `protobuf:"varint,102,opt,name=priority,proto3,enum=explainserve.v1.Priority" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainConceptsRequest) Reset() {
+	*x = ExplainConceptsRequest{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainConceptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainConceptsRequest) ProtoMessage() {}
+
+func (x *ExplainConceptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainConceptsRequest.ProtoReflect.Descriptor instead.
+func (*ExplainConceptsRequest) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ExplainConceptsRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ExplainConceptsRequest) GetInputs() []*Input {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *ExplainConceptsRequest) GetConcepts() *ConceptSetRef {
+	if x != nil {
+		return x.Concepts
+	}
+	return nil
+}
+
+func (x *ExplainConceptsRequest) GetInferenceMode() InferenceMode {
+	if x != nil {
+		return x.InferenceMode
+	}
+	return InferenceMode_INFERENCE_MODE_UNSPECIFIED
+}
+
+func (x *ExplainConceptsRequest) GetConceptsXGradients() bool {
+	if x != nil && x.ConceptsXGradients != nil {
+		return *x.ConceptsXGradients
+	}
+	return false
+}
+
+func (x *ExplainConceptsRequest) GetNormalization() bool {
+	if x != nil && x.Normalization != nil {
+		return *x.Normalization
+	}
+	return false
+}
+
+func (x *ExplainConceptsRequest) GetTruncate() bool {
+	if x != nil {
+		return x.Truncate
+	}
+	return false
+}
+
+func (x *ExplainConceptsRequest) GetIsolateBatches() bool {
+	if x != nil {
+		return x.IsolateBatches
+	}
+	return false
+}
+
+func (x *ExplainConceptsRequest) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
+}
+
+// One target's concept contributions. With f = g(h(x)) (h: the model up to the head's input,
+// g: the head), C = t(h) and the reconstruction h' = t^-1(C): output = concept_sum + residual +
+// bias + gap, where concept_sum is the sum of C * dg(t^-1(C))/dC, residual = g(h) - g(h'),
+// bias = g(t^-1(0)), and gap is 0 up to float rounding when g(t^-1(C)) is linear in C (a linear
+// head in LOGITS mode).
+type ConceptContributions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The class.
+	Target *ExplainedTarget `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// [rows, concepts]: as the request asked (C * gradient or the gradient, normalized or raw).
+	Contributions *Matrix `protobuf:"bytes,2,opt,name=contributions,proto3" json:"contributions,omitempty"`
+	// f(x) for the target, under the inference mode.
+	Output float32 `protobuf:"fixed32,3,opt,name=output,proto3" json:"output,omitempty"`
+	// g(h) - g(h'): the share of the output the concepts do not reconstruct.
+	Residual float32 `protobuf:"fixed32,4,opt,name=residual,proto3" json:"residual,omitempty"`
+	// g(t^-1(0)): the output with every concept off.
+	Bias float32 `protobuf:"fixed32,5,opt,name=bias,proto3" json:"bias,omitempty"`
+	// The sum of the raw C * gradient contributions.
+	ConceptSum float32 `protobuf:"fixed32,6,opt,name=concept_sum,json=conceptSum,proto3" json:"concept_sum,omitempty"`
+	// output - (concept_sum + residual + bias).
+	Gap           float32 `protobuf:"fixed32,7,opt,name=gap,proto3" json:"gap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConceptContributions) Reset() {
+	*x = ConceptContributions{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConceptContributions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConceptContributions) ProtoMessage() {}
+
+func (x *ConceptContributions) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConceptContributions.ProtoReflect.Descriptor instead.
+func (*ConceptContributions) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ConceptContributions) GetTarget() *ExplainedTarget {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *ConceptContributions) GetContributions() *Matrix {
+	if x != nil {
+		return x.Contributions
+	}
+	return nil
+}
+
+func (x *ConceptContributions) GetOutput() float32 {
+	if x != nil {
+		return x.Output
+	}
+	return 0
+}
+
+func (x *ConceptContributions) GetResidual() float32 {
+	if x != nil {
+		return x.Residual
+	}
+	return 0
+}
+
+func (x *ConceptContributions) GetBias() float32 {
+	if x != nil {
+		return x.Bias
+	}
+	return 0
+}
+
+func (x *ConceptContributions) GetConceptSum() float32 {
+	if x != nil {
+		return x.ConceptSum
+	}
+	return 0
+}
+
+func (x *ConceptContributions) GetGap() float32 {
+	if x != nil {
+		return x.Gap
+	}
+	return 0
+}
+
+// The concept explanation of one input.
+type ConceptExplanation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position of the input in the request.
+	InputIndex uint32 `protobuf:"varint,1,opt,name=input_index,json=inputIndex,proto3" json:"input_index,omitempty"`
+	// [rows, concepts]: the concept activations C (one row at the head's input).
+	Concepts *Matrix `protobuf:"bytes,2,opt,name=concepts,proto3" json:"concepts,omitempty"`
+	// One per explained target.
+	Targets []*ConceptContributions `protobuf:"bytes,3,rep,name=targets,proto3" json:"targets,omitempty"`
+	// The model's logits for the input.
+	Logits []float32 `protobuf:"fixed32,4,rep,packed,name=logits,proto3" json:"logits,omitempty"`
+	// |h - t^-1(C)| / |h|: how much of the activations the concept set does not reconstruct.
+	ReconstructionError float32 `protobuf:"fixed32,5,opt,name=reconstruction_error,json=reconstructionError,proto3" json:"reconstruction_error,omitempty"`
+	// The text of the input (decoded from its ids for a token-id input).
+	Text string `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"`
+	// The token ids the model saw.
+	TokenIds []int64 `protobuf:"varint,7,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
+	// Work done for this input.
+	Counters      *Counters `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConceptExplanation) Reset() {
+	*x = ConceptExplanation{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConceptExplanation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConceptExplanation) ProtoMessage() {}
+
+func (x *ConceptExplanation) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConceptExplanation.ProtoReflect.Descriptor instead.
+func (*ConceptExplanation) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ConceptExplanation) GetInputIndex() uint32 {
+	if x != nil {
+		return x.InputIndex
+	}
+	return 0
+}
+
+func (x *ConceptExplanation) GetConcepts() *Matrix {
+	if x != nil {
+		return x.Concepts
+	}
+	return nil
+}
+
+func (x *ConceptExplanation) GetTargets() []*ConceptContributions {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+func (x *ConceptExplanation) GetLogits() []float32 {
+	if x != nil {
+		return x.Logits
+	}
+	return nil
+}
+
+func (x *ConceptExplanation) GetReconstructionError() float32 {
+	if x != nil {
+		return x.ReconstructionError
+	}
+	return 0
+}
+
+func (x *ConceptExplanation) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *ConceptExplanation) GetTokenIds() []int64 {
+	if x != nil {
+		return x.TokenIds
+	}
+	return nil
+}
+
+func (x *ConceptExplanation) GetCounters() *Counters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+// Reply to ExplainConcepts.
+type ExplainConceptsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The concept set's name ("inline" for the request's own).
+	ConceptSet string `protobuf:"bytes,2,opt,name=concept_set,json=conceptSet,proto3" json:"concept_set,omitempty"`
+	// One per concept, in index order.
+	ConceptLabels []string `protobuf:"bytes,3,rep,name=concept_labels,json=conceptLabels,proto3" json:"concept_labels,omitempty"`
+	// One per input, in request order.
+	Explanations  []*ConceptExplanation `protobuf:"bytes,4,rep,name=explanations,proto3" json:"explanations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainConceptsResponse) Reset() {
+	*x = ExplainConceptsResponse{}
+	mi := &file_explainserve_v1_explain_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainConceptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainConceptsResponse) ProtoMessage() {}
+
+func (x *ExplainConceptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_explainserve_v1_explain_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainConceptsResponse.ProtoReflect.Descriptor instead.
+func (*ExplainConceptsResponse) Descriptor() ([]byte, []int) {
+	return file_explainserve_v1_explain_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ExplainConceptsResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ExplainConceptsResponse) GetConceptSet() string {
+	if x != nil {
+		return x.ConceptSet
+	}
+	return ""
+}
+
+func (x *ExplainConceptsResponse) GetConceptLabels() []string {
+	if x != nil {
+		return x.ConceptLabels
+	}
+	return nil
+}
+
+func (x *ExplainConceptsResponse) GetExplanations() []*ConceptExplanation {
+	if x != nil {
+		return x.Explanations
 	}
 	return nil
 }
@@ -3969,7 +4844,8 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\bbaseline\x18\x03 \x01(\x0e2\x19.explainserve.v1.BaselineR\bbaseline\x12@\n" +
 	"\treduction\x18\x04 \x01(\x0e2\".explainserve.v1.GradientReductionR\treductionB\f\n" +
 	"\n" +
-	"_noise_std\"\xd7\t\n" +
+	"_noise_std\"\x9e\n" +
+	"\n" +
 	"\x0eExplainRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12.\n" +
 	"\x06inputs\x18\x02 \x03(\v2\x16.explainserve.v1.InputR\x06inputs\x12:\n" +
@@ -3998,8 +4874,12 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x11prompt_units_only\x18\b \x01(\bR\x0fpromptUnitsOnly\x12\x1a\n" +
 	"\btruncate\x18d \x01(\bR\btruncate\x12'\n" +
 	"\x0fisolate_batches\x18e \x01(\bR\x0eisolateBatches\x125\n" +
-	"\bpriority\x18f \x01(\x0e2\x19.explainserve.v1.PriorityR\bpriorityB\b\n" +
-	"\x06method\"Q\n" +
+	"\bpriority\x18f \x01(\x0e2\x19.explainserve.v1.PriorityR\bpriority\x12E\n" +
+	"\x0econcept_target\x18\t \x01(\v2\x1e.explainserve.v1.ConceptTargetR\rconceptTargetB\b\n" +
+	"\x06method\"\x93\x01\n" +
+	"\rConceptTarget\x12:\n" +
+	"\bconcepts\x18\x01 \x01(\v2\x1e.explainserve.v1.ConceptSetRefR\bconcepts\x12F\n" +
+	"\x12concepts_explained\x18\x02 \x03(\v2\x17.explainserve.v1.TargetR\x11conceptsExplained\"Q\n" +
 	"\x14ExplainStreamRequest\x129\n" +
 	"\arequest\x18\x01 \x01(\v2\x1f.explainserve.v1.ExplainRequestR\arequest\"y\n" +
 	"\x04Unit\x12\x12\n" +
@@ -4018,7 +4898,7 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\bCounters\x12%\n" +
 	"\x0eforward_passes\x18\x01 \x01(\x04R\rforwardPasses\x12\x1d\n" +
 	"\n" +
-	"elapsed_ms\x18\x02 \x01(\x01R\telapsedMs\"\xef\x04\n" +
+	"elapsed_ms\x18\x02 \x01(\x01R\telapsedMs\"\xa0\x05\n" +
 	"\vExplanation\x12\x1f\n" +
 	"\vinput_index\x18\x01 \x01(\rR\n" +
 	"inputIndex\x12+\n" +
@@ -4036,7 +4916,8 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x16continuation_token_ids\x18\f \x03(\x03R\x14continuationTokenIds\x12\x1c\n" +
 	"\tgenerated\x18\r \x01(\bR\tgenerated\x12,\n" +
 	"\x12prompt_token_count\x18\x0e \x01(\rR\x10promptTokenCount\x12/\n" +
-	"\x13continuation_scores\x18\x0f \x03(\x02R\x12continuationScores\"i\n" +
+	"\x13continuation_scores\x18\x0f \x03(\x02R\x12continuationScores\x12/\n" +
+	"\x13concept_activations\x18\x10 \x03(\x02R\x12conceptActivations\"i\n" +
 	"\x0fExplainResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12@\n" +
 	"\fexplanations\x18\x02 \x03(\v2\x1c.explainserve.v1.ExplanationR\fexplanations\"l\n" +
@@ -4080,7 +4961,7 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x1d\n" +
 	"\n" +
-	"head_input\x18\x03 \x01(\bR\theadInput\"\xac\x02\n" +
+	"head_input\x18\x03 \x01(\bR\theadInput\"\xf0\x02\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4091,7 +4972,17 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x05dtype\x18\x06 \x01(\tR\x05dtype\x12 \n" +
 	"\vreplacement\x18\a \x01(\tR\vreplacement\x120\n" +
 	"\x14replacement_token_id\x18\b \x01(\x03R\x12replacementTokenId\x12>\n" +
-	"\fsplit_points\x18\t \x03(\v2\x1b.explainserve.v1.SplitPointR\vsplitPoints\"H\n" +
+	"\fsplit_points\x18\t \x03(\v2\x1b.explainserve.v1.SplitPointR\vsplitPoints\x12B\n" +
+	"\fconcept_sets\x18\n" +
+	" \x03(\v2\x1f.explainserve.v1.ConceptSetInfoR\vconceptSets\"\xb1\x01\n" +
+	"\x0eConceptSetInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vsplit_point\x18\x02 \x01(\tR\n" +
+	"splitPoint\x12\x18\n" +
+	"\aencoder\x18\x03 \x01(\tR\aencoder\x12 \n" +
+	"\vgranularity\x18\x04 \x01(\tR\vgranularity\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12\x16\n" +
+	"\x06labels\x18\x06 \x03(\tR\x06labels\"H\n" +
 	"\x06Tensor\x12\x14\n" +
 	"\x05dtype\x18\x01 \x01(\tR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x04R\x05shape\x12\x12\n" +
@@ -4133,7 +5024,63 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\vactivations\x18\x02 \x01(\v2\x17.explainserve.v1.TensorR\vactivations\"~\n" +
 	"\x1ePredictFromActivationsResponse\x12/\n" +
 	"\x06logits\x18\x01 \x01(\v2\x17.explainserve.v1.TensorR\x06logits\x12+\n" +
-	"\x11predicted_classes\x18\x02 \x03(\rR\x10predictedClasses*\x8d\x01\n" +
+	"\x11predicted_classes\x18\x02 \x03(\rR\x10predictedClasses\"\xb8\x04\n" +
+	"\x10InlineConceptSet\x12\x1f\n" +
+	"\vsplit_point\x18\x01 \x01(\tR\n" +
+	"splitPoint\x129\n" +
+	"\aencoder\x18\x02 \x01(\x0e2\x1f.explainserve.v1.ConceptEncoderR\aencoder\x12>\n" +
+	"\x0eencoder_weight\x18\x03 \x01(\v2\x17.explainserve.v1.TensorR\rencoderWeight\x12:\n" +
+	"\fencoder_bias\x18\x04 \x01(\v2\x17.explainserve.v1.TensorR\vencoderBias\x12>\n" +
+	"\x0eencoder_center\x18\x05 \x01(\v2\x17.explainserve.v1.TensorR\rencoderCenter\x12D\n" +
+	"\x11encoder_threshold\x18\x06 \x01(\v2\x17.explainserve.v1.TensorR\x10encoderThreshold\x12\x13\n" +
+	"\x05top_k\x18\a \x01(\rR\x04topK\x12\x1d\n" +
+	"\n" +
+	"relu_input\x18\b \x01(\bR\treluInput\x12>\n" +
+	"\x0edecoder_weight\x18\t \x01(\v2\x17.explainserve.v1.TensorR\rdecoderWeight\x12:\n" +
+	"\fdecoder_bias\x18\n" +
+	" \x01(\v2\x17.explainserve.v1.TensorR\vdecoderBias\x12\x16\n" +
+	"\x06labels\x18\v \x03(\tR\x06labels\"i\n" +
+	"\rConceptSetRef\x12\x14\n" +
+	"\x04name\x18\x01 \x01(\tH\x00R\x04name\x12;\n" +
+	"\x06inline\x18\x02 \x01(\v2!.explainserve.v1.InlineConceptSetH\x00R\x06inlineB\x05\n" +
+	"\x03set\"\xea\x03\n" +
+	"\x16ExplainConceptsRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12.\n" +
+	"\x06inputs\x18\x02 \x03(\v2\x16.explainserve.v1.InputR\x06inputs\x12:\n" +
+	"\bconcepts\x18\x03 \x01(\v2\x1e.explainserve.v1.ConceptSetRefR\bconcepts\x12E\n" +
+	"\x0einference_mode\x18\x04 \x01(\x0e2\x1e.explainserve.v1.InferenceModeR\rinferenceMode\x125\n" +
+	"\x14concepts_x_gradients\x18\x05 \x01(\bH\x00R\x12conceptsXGradients\x88\x01\x01\x12)\n" +
+	"\rnormalization\x18\x06 \x01(\bH\x01R\rnormalization\x88\x01\x01\x12\x1a\n" +
+	"\btruncate\x18d \x01(\bR\btruncate\x12'\n" +
+	"\x0fisolate_batches\x18e \x01(\bR\x0eisolateBatches\x125\n" +
+	"\bpriority\x18f \x01(\x0e2\x19.explainserve.v1.PriorityR\bpriorityB\x17\n" +
+	"\x15_concepts_x_gradientsB\x10\n" +
+	"\x0e_normalization\"\x8a\x02\n" +
+	"\x14ConceptContributions\x128\n" +
+	"\x06target\x18\x01 \x01(\v2 .explainserve.v1.ExplainedTargetR\x06target\x12=\n" +
+	"\rcontributions\x18\x02 \x01(\v2\x17.explainserve.v1.MatrixR\rcontributions\x12\x16\n" +
+	"\x06output\x18\x03 \x01(\x02R\x06output\x12\x1a\n" +
+	"\bresidual\x18\x04 \x01(\x02R\bresidual\x12\x12\n" +
+	"\x04bias\x18\x05 \x01(\x02R\x04bias\x12\x1f\n" +
+	"\vconcept_sum\x18\x06 \x01(\x02R\n" +
+	"conceptSum\x12\x10\n" +
+	"\x03gap\x18\a \x01(\x02R\x03gap\"\xde\x02\n" +
+	"\x12ConceptExplanation\x12\x1f\n" +
+	"\vinput_index\x18\x01 \x01(\rR\n" +
+	"inputIndex\x123\n" +
+	"\bconcepts\x18\x02 \x01(\v2\x17.explainserve.v1.MatrixR\bconcepts\x12?\n" +
+	"\atargets\x18\x03 \x03(\v2%.explainserve.v1.ConceptContributionsR\atargets\x12\x16\n" +
+	"\x06logits\x18\x04 \x03(\x02R\x06logits\x121\n" +
+	"\x14reconstruction_error\x18\x05 \x01(\x02R\x13reconstructionError\x12\x12\n" +
+	"\x04text\x18\x06 \x01(\tR\x04text\x12\x1b\n" +
+	"\ttoken_ids\x18\a \x03(\x03R\btokenIds\x125\n" +
+	"\bcounters\x18\b \x01(\v2\x19.explainserve.v1.CountersR\bcounters\"\xc0\x01\n" +
+	"\x17ExplainConceptsResponse\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1f\n" +
+	"\vconcept_set\x18\x02 \x01(\tR\n" +
+	"conceptSet\x12%\n" +
+	"\x0econcept_labels\x18\x03 \x03(\tR\rconceptLabels\x12G\n" +
+	"\fexplanations\x18\x04 \x03(\v2#.explainserve.v1.ConceptExplanationR\fexplanations*\x8d\x01\n" +
 	"\vGranularity\x12\x1b\n" +
 	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GRANULARITY_ALL_TOKENS\x10\x01\x12\x15\n" +
@@ -4193,7 +5140,14 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"!ACTIVATION_GRANULARITY_ALL_TOKENS\x10\x02\x12 \n" +
 	"\x1cACTIVATION_GRANULARITY_TOKEN\x10\x03\x12\x1f\n" +
 	"\x1bACTIVATION_GRANULARITY_WORD\x10\x04\x12#\n" +
-	"\x1fACTIVATION_GRANULARITY_SENTENCE\x10\x052\xc8\x04\n" +
+	"\x1fACTIVATION_GRANULARITY_SENTENCE\x10\x05*\xb9\x01\n" +
+	"\x0eConceptEncoder\x12\x1f\n" +
+	"\x1bCONCEPT_ENCODER_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16CONCEPT_ENCODER_LINEAR\x10\x01\x12\x18\n" +
+	"\x14CONCEPT_ENCODER_RELU\x10\x02\x12\x18\n" +
+	"\x14CONCEPT_ENCODER_TOPK\x10\x03\x12\x1c\n" +
+	"\x18CONCEPT_ENCODER_JUMPRELU\x10\x04\x12\x18\n" +
+	"\x14CONCEPT_ENCODER_NNLS\x10\x052\xae\x05\n" +
 	"\x0eExplainService\x12L\n" +
 	"\aExplain\x12\x1f.explainserve.v1.ExplainRequest\x1a .explainserve.v1.ExplainResponse\x12`\n" +
 	"\rExplainStream\x12%.explainserve.v1.ExplainStreamRequest\x1a&.explainserve.v1.ExplainStreamResponse0\x01\x12U\n" +
@@ -4201,7 +5155,8 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"ListModels\x12\".explainserve.v1.ListModelsRequest\x1a#.explainserve.v1.ListModelsResponse\x12O\n" +
 	"\bGetModel\x12 .explainserve.v1.GetModelRequest\x1a!.explainserve.v1.GetModelResponse\x12c\n" +
 	"\x0eGetActivations\x12&.explainserve.v1.GetActivationsRequest\x1a'.explainserve.v1.GetActivationsResponse0\x01\x12y\n" +
-	"\x16PredictFromActivations\x12..explainserve.v1.PredictFromActivationsRequest\x1a/.explainserve.v1.PredictFromActivationsResponseBg\n" +
+	"\x16PredictFromActivations\x12..explainserve.v1.PredictFromActivationsRequest\x1a/.explainserve.v1.PredictFromActivationsResponse\x12d\n" +
+	"\x0fExplainConcepts\x12'.explainserve.v1.ExplainConceptsRequest\x1a(.explainserve.v1.ExplainConceptsResponseBg\n" +
 	"\x13dev.explainserve.v1P\x01ZNgithub.com/explainserve/explainserve/clients/go/explainserve/v1;explainservev1b\x06proto3"
 
 var (
@@ -4216,8 +5171,8 @@ func file_explainserve_v1_explain_proto_rawDescGZIP() []byte {
 	return file_explainserve_v1_explain_proto_rawDescData
 }
 
-var file_explainserve_v1_explain_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_explainserve_v1_explain_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_explainserve_v1_explain_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_explainserve_v1_explain_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_explainserve_v1_explain_proto_goTypes = []any{
 	(Granularity)(0),                       // 0: explainserve.v1.Granularity
 	(Aggregation)(0),                       // 1: explainserve.v1.Aggregation
@@ -4230,55 +5185,64 @@ var file_explainserve_v1_explain_proto_goTypes = []any{
 	(SobolSampler)(0),                      // 8: explainserve.v1.SobolSampler
 	(SobolOrder)(0),                        // 9: explainserve.v1.SobolOrder
 	(ActivationGranularity)(0),             // 10: explainserve.v1.ActivationGranularity
-	(*TokenIds)(nil),                       // 11: explainserve.v1.TokenIds
-	(*Target)(nil),                         // 12: explainserve.v1.Target
-	(*Continuation)(nil),                   // 13: explainserve.v1.Continuation
-	(*Input)(nil),                          // 14: explainserve.v1.Input
-	(*Generation)(nil),                     // 15: explainserve.v1.Generation
-	(*Occlusion)(nil),                      // 16: explainserve.v1.Occlusion
-	(*Lime)(nil),                           // 17: explainserve.v1.Lime
-	(*KernelShap)(nil),                     // 18: explainserve.v1.KernelShap
-	(*Sobol)(nil),                          // 19: explainserve.v1.Sobol
-	(*Saliency)(nil),                       // 20: explainserve.v1.Saliency
-	(*InputXGradient)(nil),                 // 21: explainserve.v1.InputXGradient
-	(*IntegratedGradients)(nil),            // 22: explainserve.v1.IntegratedGradients
-	(*SmoothGrad)(nil),                     // 23: explainserve.v1.SmoothGrad
-	(*SquareGrad)(nil),                     // 24: explainserve.v1.SquareGrad
-	(*VarGrad)(nil),                        // 25: explainserve.v1.VarGrad
-	(*GradientShap)(nil),                   // 26: explainserve.v1.GradientShap
-	(*ExplainRequest)(nil),                 // 27: explainserve.v1.ExplainRequest
-	(*ExplainStreamRequest)(nil),           // 28: explainserve.v1.ExplainStreamRequest
-	(*Unit)(nil),                           // 29: explainserve.v1.Unit
-	(*ExplainedTarget)(nil),                // 30: explainserve.v1.ExplainedTarget
-	(*Matrix)(nil),                         // 31: explainserve.v1.Matrix
-	(*Counters)(nil),                       // 32: explainserve.v1.Counters
-	(*Explanation)(nil),                    // 33: explainserve.v1.Explanation
-	(*ExplainResponse)(nil),                // 34: explainserve.v1.ExplainResponse
-	(*Progress)(nil),                       // 35: explainserve.v1.Progress
-	(*ExplainStreamResponse)(nil),          // 36: explainserve.v1.ExplainStreamResponse
-	(*ListModelsRequest)(nil),              // 37: explainserve.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),             // 38: explainserve.v1.ListModelsResponse
-	(*GetModelRequest)(nil),                // 39: explainserve.v1.GetModelRequest
-	(*GetModelResponse)(nil),               // 40: explainserve.v1.GetModelResponse
-	(*BatchSizing)(nil),                    // 41: explainserve.v1.BatchSizing
-	(*BatchKindSizing)(nil),                // 42: explainserve.v1.BatchKindSizing
-	(*BatchRate)(nil),                      // 43: explainserve.v1.BatchRate
-	(*BatchCalibration)(nil),               // 44: explainserve.v1.BatchCalibration
-	(*SplitPoint)(nil),                     // 45: explainserve.v1.SplitPoint
-	(*ModelInfo)(nil),                      // 46: explainserve.v1.ModelInfo
-	(*Tensor)(nil),                         // 47: explainserve.v1.Tensor
-	(*GetActivationsRequest)(nil),          // 48: explainserve.v1.GetActivationsRequest
-	(*SplitPointActivations)(nil),          // 49: explainserve.v1.SplitPointActivations
-	(*InputUnits)(nil),                     // 50: explainserve.v1.InputUnits
-	(*GetActivationsResponse)(nil),         // 51: explainserve.v1.GetActivationsResponse
-	(*PredictFromActivationsRequest)(nil),  // 52: explainserve.v1.PredictFromActivationsRequest
-	(*PredictFromActivationsResponse)(nil), // 53: explainserve.v1.PredictFromActivationsResponse
+	(ConceptEncoder)(0),                    // 11: explainserve.v1.ConceptEncoder
+	(*TokenIds)(nil),                       // 12: explainserve.v1.TokenIds
+	(*Target)(nil),                         // 13: explainserve.v1.Target
+	(*Continuation)(nil),                   // 14: explainserve.v1.Continuation
+	(*Input)(nil),                          // 15: explainserve.v1.Input
+	(*Generation)(nil),                     // 16: explainserve.v1.Generation
+	(*Occlusion)(nil),                      // 17: explainserve.v1.Occlusion
+	(*Lime)(nil),                           // 18: explainserve.v1.Lime
+	(*KernelShap)(nil),                     // 19: explainserve.v1.KernelShap
+	(*Sobol)(nil),                          // 20: explainserve.v1.Sobol
+	(*Saliency)(nil),                       // 21: explainserve.v1.Saliency
+	(*InputXGradient)(nil),                 // 22: explainserve.v1.InputXGradient
+	(*IntegratedGradients)(nil),            // 23: explainserve.v1.IntegratedGradients
+	(*SmoothGrad)(nil),                     // 24: explainserve.v1.SmoothGrad
+	(*SquareGrad)(nil),                     // 25: explainserve.v1.SquareGrad
+	(*VarGrad)(nil),                        // 26: explainserve.v1.VarGrad
+	(*GradientShap)(nil),                   // 27: explainserve.v1.GradientShap
+	(*ExplainRequest)(nil),                 // 28: explainserve.v1.ExplainRequest
+	(*ConceptTarget)(nil),                  // 29: explainserve.v1.ConceptTarget
+	(*ExplainStreamRequest)(nil),           // 30: explainserve.v1.ExplainStreamRequest
+	(*Unit)(nil),                           // 31: explainserve.v1.Unit
+	(*ExplainedTarget)(nil),                // 32: explainserve.v1.ExplainedTarget
+	(*Matrix)(nil),                         // 33: explainserve.v1.Matrix
+	(*Counters)(nil),                       // 34: explainserve.v1.Counters
+	(*Explanation)(nil),                    // 35: explainserve.v1.Explanation
+	(*ExplainResponse)(nil),                // 36: explainserve.v1.ExplainResponse
+	(*Progress)(nil),                       // 37: explainserve.v1.Progress
+	(*ExplainStreamResponse)(nil),          // 38: explainserve.v1.ExplainStreamResponse
+	(*ListModelsRequest)(nil),              // 39: explainserve.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),             // 40: explainserve.v1.ListModelsResponse
+	(*GetModelRequest)(nil),                // 41: explainserve.v1.GetModelRequest
+	(*GetModelResponse)(nil),               // 42: explainserve.v1.GetModelResponse
+	(*BatchSizing)(nil),                    // 43: explainserve.v1.BatchSizing
+	(*BatchKindSizing)(nil),                // 44: explainserve.v1.BatchKindSizing
+	(*BatchRate)(nil),                      // 45: explainserve.v1.BatchRate
+	(*BatchCalibration)(nil),               // 46: explainserve.v1.BatchCalibration
+	(*SplitPoint)(nil),                     // 47: explainserve.v1.SplitPoint
+	(*ModelInfo)(nil),                      // 48: explainserve.v1.ModelInfo
+	(*ConceptSetInfo)(nil),                 // 49: explainserve.v1.ConceptSetInfo
+	(*Tensor)(nil),                         // 50: explainserve.v1.Tensor
+	(*GetActivationsRequest)(nil),          // 51: explainserve.v1.GetActivationsRequest
+	(*SplitPointActivations)(nil),          // 52: explainserve.v1.SplitPointActivations
+	(*InputUnits)(nil),                     // 53: explainserve.v1.InputUnits
+	(*GetActivationsResponse)(nil),         // 54: explainserve.v1.GetActivationsResponse
+	(*PredictFromActivationsRequest)(nil),  // 55: explainserve.v1.PredictFromActivationsRequest
+	(*PredictFromActivationsResponse)(nil), // 56: explainserve.v1.PredictFromActivationsResponse
+	(*InlineConceptSet)(nil),               // 57: explainserve.v1.InlineConceptSet
+	(*ConceptSetRef)(nil),                  // 58: explainserve.v1.ConceptSetRef
+	(*ExplainConceptsRequest)(nil),         // 59: explainserve.v1.ExplainConceptsRequest
+	(*ConceptContributions)(nil),           // 60: explainserve.v1.ConceptContributions
+	(*ConceptExplanation)(nil),             // 61: explainserve.v1.ConceptExplanation
+	(*ExplainConceptsResponse)(nil),        // 62: explainserve.v1.ExplainConceptsResponse
 }
 var file_explainserve_v1_explain_proto_depIdxs = []int32{
-	11, // 0: explainserve.v1.Continuation.token_ids:type_name -> explainserve.v1.TokenIds
-	11, // 1: explainserve.v1.Input.token_ids:type_name -> explainserve.v1.TokenIds
-	12, // 2: explainserve.v1.Input.targets:type_name -> explainserve.v1.Target
-	13, // 3: explainserve.v1.Input.continuation:type_name -> explainserve.v1.Continuation
+	12, // 0: explainserve.v1.Continuation.token_ids:type_name -> explainserve.v1.TokenIds
+	12, // 1: explainserve.v1.Input.token_ids:type_name -> explainserve.v1.TokenIds
+	13, // 2: explainserve.v1.Input.targets:type_name -> explainserve.v1.Target
+	14, // 3: explainserve.v1.Input.continuation:type_name -> explainserve.v1.Continuation
 	7,  // 4: explainserve.v1.Lime.distance:type_name -> explainserve.v1.LimeDistance
 	9,  // 5: explainserve.v1.Sobol.order:type_name -> explainserve.v1.SobolOrder
 	8,  // 6: explainserve.v1.Sobol.sampler:type_name -> explainserve.v1.SobolSampler
@@ -4292,66 +5256,90 @@ var file_explainserve_v1_explain_proto_depIdxs = []int32{
 	4,  // 14: explainserve.v1.VarGrad.reduction:type_name -> explainserve.v1.GradientReduction
 	5,  // 15: explainserve.v1.GradientShap.baseline:type_name -> explainserve.v1.Baseline
 	4,  // 16: explainserve.v1.GradientShap.reduction:type_name -> explainserve.v1.GradientReduction
-	14, // 17: explainserve.v1.ExplainRequest.inputs:type_name -> explainserve.v1.Input
-	16, // 18: explainserve.v1.ExplainRequest.occlusion:type_name -> explainserve.v1.Occlusion
-	17, // 19: explainserve.v1.ExplainRequest.lime:type_name -> explainserve.v1.Lime
-	18, // 20: explainserve.v1.ExplainRequest.kernel_shap:type_name -> explainserve.v1.KernelShap
-	19, // 21: explainserve.v1.ExplainRequest.sobol:type_name -> explainserve.v1.Sobol
-	20, // 22: explainserve.v1.ExplainRequest.saliency:type_name -> explainserve.v1.Saliency
-	21, // 23: explainserve.v1.ExplainRequest.input_x_gradient:type_name -> explainserve.v1.InputXGradient
-	22, // 24: explainserve.v1.ExplainRequest.integrated_gradients:type_name -> explainserve.v1.IntegratedGradients
-	23, // 25: explainserve.v1.ExplainRequest.smooth_grad:type_name -> explainserve.v1.SmoothGrad
-	24, // 26: explainserve.v1.ExplainRequest.square_grad:type_name -> explainserve.v1.SquareGrad
-	25, // 27: explainserve.v1.ExplainRequest.var_grad:type_name -> explainserve.v1.VarGrad
-	26, // 28: explainserve.v1.ExplainRequest.gradient_shap:type_name -> explainserve.v1.GradientShap
+	15, // 17: explainserve.v1.ExplainRequest.inputs:type_name -> explainserve.v1.Input
+	17, // 18: explainserve.v1.ExplainRequest.occlusion:type_name -> explainserve.v1.Occlusion
+	18, // 19: explainserve.v1.ExplainRequest.lime:type_name -> explainserve.v1.Lime
+	19, // 20: explainserve.v1.ExplainRequest.kernel_shap:type_name -> explainserve.v1.KernelShap
+	20, // 21: explainserve.v1.ExplainRequest.sobol:type_name -> explainserve.v1.Sobol
+	21, // 22: explainserve.v1.ExplainRequest.saliency:type_name -> explainserve.v1.Saliency
+	22, // 23: explainserve.v1.ExplainRequest.input_x_gradient:type_name -> explainserve.v1.InputXGradient
+	23, // 24: explainserve.v1.ExplainRequest.integrated_gradients:type_name -> explainserve.v1.IntegratedGradients
+	24, // 25: explainserve.v1.ExplainRequest.smooth_grad:type_name -> explainserve.v1.SmoothGrad
+	25, // 26: explainserve.v1.ExplainRequest.square_grad:type_name -> explainserve.v1.SquareGrad
+	26, // 27: explainserve.v1.ExplainRequest.var_grad:type_name -> explainserve.v1.VarGrad
+	27, // 28: explainserve.v1.ExplainRequest.gradient_shap:type_name -> explainserve.v1.GradientShap
 	0,  // 29: explainserve.v1.ExplainRequest.granularity:type_name -> explainserve.v1.Granularity
 	1,  // 30: explainserve.v1.ExplainRequest.aggregation:type_name -> explainserve.v1.Aggregation
 	2,  // 31: explainserve.v1.ExplainRequest.inference_mode:type_name -> explainserve.v1.InferenceMode
-	15, // 32: explainserve.v1.ExplainRequest.generation:type_name -> explainserve.v1.Generation
+	16, // 32: explainserve.v1.ExplainRequest.generation:type_name -> explainserve.v1.Generation
 	3,  // 33: explainserve.v1.ExplainRequest.priority:type_name -> explainserve.v1.Priority
-	27, // 34: explainserve.v1.ExplainStreamRequest.request:type_name -> explainserve.v1.ExplainRequest
-	29, // 35: explainserve.v1.Explanation.units:type_name -> explainserve.v1.Unit
-	30, // 36: explainserve.v1.Explanation.targets:type_name -> explainserve.v1.ExplainedTarget
-	31, // 37: explainserve.v1.Explanation.scores:type_name -> explainserve.v1.Matrix
-	32, // 38: explainserve.v1.Explanation.counters:type_name -> explainserve.v1.Counters
-	29, // 39: explainserve.v1.Explanation.target_units:type_name -> explainserve.v1.Unit
-	33, // 40: explainserve.v1.ExplainResponse.explanations:type_name -> explainserve.v1.Explanation
-	35, // 41: explainserve.v1.ExplainStreamResponse.progress:type_name -> explainserve.v1.Progress
-	33, // 42: explainserve.v1.ExplainStreamResponse.explanation:type_name -> explainserve.v1.Explanation
-	46, // 43: explainserve.v1.ListModelsResponse.models:type_name -> explainserve.v1.ModelInfo
-	46, // 44: explainserve.v1.GetModelResponse.model:type_name -> explainserve.v1.ModelInfo
-	41, // 45: explainserve.v1.GetModelResponse.batching:type_name -> explainserve.v1.BatchSizing
-	42, // 46: explainserve.v1.BatchSizing.kinds:type_name -> explainserve.v1.BatchKindSizing
-	44, // 47: explainserve.v1.BatchSizing.calibration:type_name -> explainserve.v1.BatchCalibration
-	43, // 48: explainserve.v1.BatchKindSizing.rates:type_name -> explainserve.v1.BatchRate
-	45, // 49: explainserve.v1.ModelInfo.split_points:type_name -> explainserve.v1.SplitPoint
-	14, // 50: explainserve.v1.GetActivationsRequest.inputs:type_name -> explainserve.v1.Input
-	10, // 51: explainserve.v1.GetActivationsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
-	1,  // 52: explainserve.v1.GetActivationsRequest.aggregation:type_name -> explainserve.v1.Aggregation
-	47, // 53: explainserve.v1.SplitPointActivations.values:type_name -> explainserve.v1.Tensor
-	29, // 54: explainserve.v1.InputUnits.units:type_name -> explainserve.v1.Unit
-	49, // 55: explainserve.v1.GetActivationsResponse.activations:type_name -> explainserve.v1.SplitPointActivations
-	50, // 56: explainserve.v1.GetActivationsResponse.units:type_name -> explainserve.v1.InputUnits
-	47, // 57: explainserve.v1.GetActivationsResponse.logits:type_name -> explainserve.v1.Tensor
-	47, // 58: explainserve.v1.PredictFromActivationsRequest.activations:type_name -> explainserve.v1.Tensor
-	47, // 59: explainserve.v1.PredictFromActivationsResponse.logits:type_name -> explainserve.v1.Tensor
-	27, // 60: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
-	28, // 61: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
-	37, // 62: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
-	39, // 63: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
-	48, // 64: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
-	52, // 65: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
-	34, // 66: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
-	36, // 67: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
-	38, // 68: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
-	40, // 69: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
-	51, // 70: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
-	53, // 71: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
-	66, // [66:72] is the sub-list for method output_type
-	60, // [60:66] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	29, // 34: explainserve.v1.ExplainRequest.concept_target:type_name -> explainserve.v1.ConceptTarget
+	58, // 35: explainserve.v1.ConceptTarget.concepts:type_name -> explainserve.v1.ConceptSetRef
+	13, // 36: explainserve.v1.ConceptTarget.concepts_explained:type_name -> explainserve.v1.Target
+	28, // 37: explainserve.v1.ExplainStreamRequest.request:type_name -> explainserve.v1.ExplainRequest
+	31, // 38: explainserve.v1.Explanation.units:type_name -> explainserve.v1.Unit
+	32, // 39: explainserve.v1.Explanation.targets:type_name -> explainserve.v1.ExplainedTarget
+	33, // 40: explainserve.v1.Explanation.scores:type_name -> explainserve.v1.Matrix
+	34, // 41: explainserve.v1.Explanation.counters:type_name -> explainserve.v1.Counters
+	31, // 42: explainserve.v1.Explanation.target_units:type_name -> explainserve.v1.Unit
+	35, // 43: explainserve.v1.ExplainResponse.explanations:type_name -> explainserve.v1.Explanation
+	37, // 44: explainserve.v1.ExplainStreamResponse.progress:type_name -> explainserve.v1.Progress
+	35, // 45: explainserve.v1.ExplainStreamResponse.explanation:type_name -> explainserve.v1.Explanation
+	48, // 46: explainserve.v1.ListModelsResponse.models:type_name -> explainserve.v1.ModelInfo
+	48, // 47: explainserve.v1.GetModelResponse.model:type_name -> explainserve.v1.ModelInfo
+	43, // 48: explainserve.v1.GetModelResponse.batching:type_name -> explainserve.v1.BatchSizing
+	44, // 49: explainserve.v1.BatchSizing.kinds:type_name -> explainserve.v1.BatchKindSizing
+	46, // 50: explainserve.v1.BatchSizing.calibration:type_name -> explainserve.v1.BatchCalibration
+	45, // 51: explainserve.v1.BatchKindSizing.rates:type_name -> explainserve.v1.BatchRate
+	47, // 52: explainserve.v1.ModelInfo.split_points:type_name -> explainserve.v1.SplitPoint
+	49, // 53: explainserve.v1.ModelInfo.concept_sets:type_name -> explainserve.v1.ConceptSetInfo
+	15, // 54: explainserve.v1.GetActivationsRequest.inputs:type_name -> explainserve.v1.Input
+	10, // 55: explainserve.v1.GetActivationsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
+	1,  // 56: explainserve.v1.GetActivationsRequest.aggregation:type_name -> explainserve.v1.Aggregation
+	50, // 57: explainserve.v1.SplitPointActivations.values:type_name -> explainserve.v1.Tensor
+	31, // 58: explainserve.v1.InputUnits.units:type_name -> explainserve.v1.Unit
+	52, // 59: explainserve.v1.GetActivationsResponse.activations:type_name -> explainserve.v1.SplitPointActivations
+	53, // 60: explainserve.v1.GetActivationsResponse.units:type_name -> explainserve.v1.InputUnits
+	50, // 61: explainserve.v1.GetActivationsResponse.logits:type_name -> explainserve.v1.Tensor
+	50, // 62: explainserve.v1.PredictFromActivationsRequest.activations:type_name -> explainserve.v1.Tensor
+	50, // 63: explainserve.v1.PredictFromActivationsResponse.logits:type_name -> explainserve.v1.Tensor
+	11, // 64: explainserve.v1.InlineConceptSet.encoder:type_name -> explainserve.v1.ConceptEncoder
+	50, // 65: explainserve.v1.InlineConceptSet.encoder_weight:type_name -> explainserve.v1.Tensor
+	50, // 66: explainserve.v1.InlineConceptSet.encoder_bias:type_name -> explainserve.v1.Tensor
+	50, // 67: explainserve.v1.InlineConceptSet.encoder_center:type_name -> explainserve.v1.Tensor
+	50, // 68: explainserve.v1.InlineConceptSet.encoder_threshold:type_name -> explainserve.v1.Tensor
+	50, // 69: explainserve.v1.InlineConceptSet.decoder_weight:type_name -> explainserve.v1.Tensor
+	50, // 70: explainserve.v1.InlineConceptSet.decoder_bias:type_name -> explainserve.v1.Tensor
+	57, // 71: explainserve.v1.ConceptSetRef.inline:type_name -> explainserve.v1.InlineConceptSet
+	15, // 72: explainserve.v1.ExplainConceptsRequest.inputs:type_name -> explainserve.v1.Input
+	58, // 73: explainserve.v1.ExplainConceptsRequest.concepts:type_name -> explainserve.v1.ConceptSetRef
+	2,  // 74: explainserve.v1.ExplainConceptsRequest.inference_mode:type_name -> explainserve.v1.InferenceMode
+	3,  // 75: explainserve.v1.ExplainConceptsRequest.priority:type_name -> explainserve.v1.Priority
+	32, // 76: explainserve.v1.ConceptContributions.target:type_name -> explainserve.v1.ExplainedTarget
+	33, // 77: explainserve.v1.ConceptContributions.contributions:type_name -> explainserve.v1.Matrix
+	33, // 78: explainserve.v1.ConceptExplanation.concepts:type_name -> explainserve.v1.Matrix
+	60, // 79: explainserve.v1.ConceptExplanation.targets:type_name -> explainserve.v1.ConceptContributions
+	34, // 80: explainserve.v1.ConceptExplanation.counters:type_name -> explainserve.v1.Counters
+	61, // 81: explainserve.v1.ExplainConceptsResponse.explanations:type_name -> explainserve.v1.ConceptExplanation
+	28, // 82: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
+	30, // 83: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
+	39, // 84: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
+	41, // 85: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
+	51, // 86: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
+	55, // 87: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
+	59, // 88: explainserve.v1.ExplainService.ExplainConcepts:input_type -> explainserve.v1.ExplainConceptsRequest
+	36, // 89: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
+	38, // 90: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
+	40, // 91: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
+	42, // 92: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
+	54, // 93: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
+	56, // 94: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
+	62, // 95: explainserve.v1.ExplainService.ExplainConcepts:output_type -> explainserve.v1.ExplainConceptsResponse
+	89, // [89:96] is the sub-list for method output_type
+	82, // [82:89] is the sub-list for method input_type
+	82, // [82:82] is the sub-list for extension type_name
+	82, // [82:82] is the sub-list for extension extendee
+	0,  // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_explainserve_v1_explain_proto_init() }
@@ -4390,17 +5378,22 @@ func file_explainserve_v1_explain_proto_init() {
 		(*ExplainRequest_VarGrad)(nil),
 		(*ExplainRequest_GradientShap)(nil),
 	}
-	file_explainserve_v1_explain_proto_msgTypes[25].OneofWrappers = []any{
+	file_explainserve_v1_explain_proto_msgTypes[26].OneofWrappers = []any{
 		(*ExplainStreamResponse_Progress)(nil),
 		(*ExplainStreamResponse_Explanation)(nil),
 	}
+	file_explainserve_v1_explain_proto_msgTypes[46].OneofWrappers = []any{
+		(*ConceptSetRef_Name)(nil),
+		(*ConceptSetRef_Inline)(nil),
+	}
+	file_explainserve_v1_explain_proto_msgTypes[47].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_explainserve_v1_explain_proto_rawDesc), len(file_explainserve_v1_explain_proto_rawDesc)),
-			NumEnums:      11,
-			NumMessages:   43,
+			NumEnums:      12,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

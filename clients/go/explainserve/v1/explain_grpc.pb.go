@@ -31,6 +31,7 @@ const (
 	ExplainService_GetModel_FullMethodName               = "/explainserve.v1.ExplainService/GetModel"
 	ExplainService_GetActivations_FullMethodName         = "/explainserve.v1.ExplainService/GetActivations"
 	ExplainService_PredictFromActivations_FullMethodName = "/explainserve.v1.ExplainService/PredictFromActivations"
+	ExplainService_ExplainConcepts_FullMethodName        = "/explainserve.v1.ExplainService/ExplainConcepts"
 )
 
 // ExplainServiceClient is the client API for ExplainService service.
@@ -54,6 +55,10 @@ type ExplainServiceClient interface {
 	// The classification head applied to activations at its input (as GetActivations returns them
 	// by default): edit activations (concept interventions) and see the logits change.
 	PredictFromActivations(ctx context.Context, in *PredictFromActivationsRequest, opts ...grpc.CallOption) (*PredictFromActivationsResponse, error)
+	// Which concepts drive each input's prediction: the activations C of a concept set's concepts
+	// at the classification head's input, and their contributions to each target's output
+	// (Interpreto's concept_output_gradient), with the residual the concepts do not explain.
+	ExplainConcepts(ctx context.Context, in *ExplainConceptsRequest, opts ...grpc.CallOption) (*ExplainConceptsResponse, error)
 }
 
 type explainServiceClient struct {
@@ -142,6 +147,16 @@ func (c *explainServiceClient) PredictFromActivations(ctx context.Context, in *P
 	return out, nil
 }
 
+func (c *explainServiceClient) ExplainConcepts(ctx context.Context, in *ExplainConceptsRequest, opts ...grpc.CallOption) (*ExplainConceptsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainConceptsResponse)
+	err := c.cc.Invoke(ctx, ExplainService_ExplainConcepts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExplainServiceServer is the server API for ExplainService service.
 // All implementations must embed UnimplementedExplainServiceServer
 // for forward compatibility.
@@ -163,6 +178,10 @@ type ExplainServiceServer interface {
 	// The classification head applied to activations at its input (as GetActivations returns them
 	// by default): edit activations (concept interventions) and see the logits change.
 	PredictFromActivations(context.Context, *PredictFromActivationsRequest) (*PredictFromActivationsResponse, error)
+	// Which concepts drive each input's prediction: the activations C of a concept set's concepts
+	// at the classification head's input, and their contributions to each target's output
+	// (Interpreto's concept_output_gradient), with the residual the concepts do not explain.
+	ExplainConcepts(context.Context, *ExplainConceptsRequest) (*ExplainConceptsResponse, error)
 	mustEmbedUnimplementedExplainServiceServer()
 }
 
@@ -190,6 +209,9 @@ func (UnimplementedExplainServiceServer) GetActivations(*GetActivationsRequest, 
 }
 func (UnimplementedExplainServiceServer) PredictFromActivations(context.Context, *PredictFromActivationsRequest) (*PredictFromActivationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PredictFromActivations not implemented")
+}
+func (UnimplementedExplainServiceServer) ExplainConcepts(context.Context, *ExplainConceptsRequest) (*ExplainConceptsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExplainConcepts not implemented")
 }
 func (UnimplementedExplainServiceServer) mustEmbedUnimplementedExplainServiceServer() {}
 func (UnimplementedExplainServiceServer) testEmbeddedByValue()                        {}
@@ -306,6 +328,24 @@ func _ExplainService_PredictFromActivations_Handler(srv interface{}, ctx context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ExplainService_ExplainConcepts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainConceptsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExplainServiceServer).ExplainConcepts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExplainService_ExplainConcepts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExplainServiceServer).ExplainConcepts(ctx, req.(*ExplainConceptsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExplainService_ServiceDesc is the grpc.ServiceDesc for ExplainService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +368,10 @@ var ExplainService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PredictFromActivations",
 			Handler:    _ExplainService_PredictFromActivations_Handler,
+		},
+		{
+			MethodName: "ExplainConcepts",
+			Handler:    _ExplainService_ExplainConcepts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

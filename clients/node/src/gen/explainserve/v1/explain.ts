@@ -605,6 +605,76 @@ export function activationGranularityToJSON(object: ActivationGranularity): stri
   }
 }
 
+/**
+ * How a concept set turns activations x into concept activations C (docs/concepts.md), with
+ * pre = (x - center) W^T + b.
+ */
+export enum ConceptEncoder {
+  /** CONCEPT_ENCODER_UNSPECIFIED - Not set: refused. */
+  CONCEPT_ENCODER_UNSPECIFIED = 0,
+  /** CONCEPT_ENCODER_LINEAR - C = pre (PCA, ICA, SVD, probes and CAVs). */
+  CONCEPT_ENCODER_LINEAR = 1,
+  /** CONCEPT_ENCODER_RELU - C = ReLU(pre) (sparse autoencoders). */
+  CONCEPT_ENCODER_RELU = 2,
+  /** CONCEPT_ENCODER_TOPK - The top_k largest of ReLU(pre), the others 0 (TopK sparse autoencoders). */
+  CONCEPT_ENCODER_TOPK = 3,
+  /** CONCEPT_ENCODER_JUMPRELU - ReLU(pre) where it reaches the concept's threshold, else 0 (JumpReLU sparse autoencoders). */
+  CONCEPT_ENCODER_JUMPRELU = 4,
+  /**
+   * CONCEPT_ENCODER_NNLS - argmin over C >= 0 of |x - (C D + decoder_bias)|^2 (the NMF family), x through a ReLU first
+   * with relu_input.
+   */
+  CONCEPT_ENCODER_NNLS = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function conceptEncoderFromJSON(object: any): ConceptEncoder {
+  switch (object) {
+    case 0:
+    case "CONCEPT_ENCODER_UNSPECIFIED":
+      return ConceptEncoder.CONCEPT_ENCODER_UNSPECIFIED;
+    case 1:
+    case "CONCEPT_ENCODER_LINEAR":
+      return ConceptEncoder.CONCEPT_ENCODER_LINEAR;
+    case 2:
+    case "CONCEPT_ENCODER_RELU":
+      return ConceptEncoder.CONCEPT_ENCODER_RELU;
+    case 3:
+    case "CONCEPT_ENCODER_TOPK":
+      return ConceptEncoder.CONCEPT_ENCODER_TOPK;
+    case 4:
+    case "CONCEPT_ENCODER_JUMPRELU":
+      return ConceptEncoder.CONCEPT_ENCODER_JUMPRELU;
+    case 5:
+    case "CONCEPT_ENCODER_NNLS":
+      return ConceptEncoder.CONCEPT_ENCODER_NNLS;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ConceptEncoder.UNRECOGNIZED;
+  }
+}
+
+export function conceptEncoderToJSON(object: ConceptEncoder): string {
+  switch (object) {
+    case ConceptEncoder.CONCEPT_ENCODER_UNSPECIFIED:
+      return "CONCEPT_ENCODER_UNSPECIFIED";
+    case ConceptEncoder.CONCEPT_ENCODER_LINEAR:
+      return "CONCEPT_ENCODER_LINEAR";
+    case ConceptEncoder.CONCEPT_ENCODER_RELU:
+      return "CONCEPT_ENCODER_RELU";
+    case ConceptEncoder.CONCEPT_ENCODER_TOPK:
+      return "CONCEPT_ENCODER_TOPK";
+    case ConceptEncoder.CONCEPT_ENCODER_JUMPRELU:
+      return "CONCEPT_ENCODER_JUMPRELU";
+    case ConceptEncoder.CONCEPT_ENCODER_NNLS:
+      return "CONCEPT_ENCODER_NNLS";
+    case ConceptEncoder.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Token ids given directly instead of text. */
 export interface TokenIds {
   /** The ids, special tokens included if the model expects them. */
@@ -816,6 +886,25 @@ export interface ExplainRequest {
    * interactive request's of the same model wait (see Priority).
    */
   priority: Priority;
+  /**
+   * Inputs -> concepts: explain concept activations of a concept set instead of class scores
+   * (the inputs' targets must then be empty). Classifiers only; inference_mode must be LOGITS
+   * (or unset): a concept's activation is explained as it is.
+   */
+  conceptTarget: ConceptTarget | undefined;
+}
+
+/** The concepts Explain explains instead of classes (ExplainRequest.concept_target). */
+export interface ConceptTarget {
+  /** The concept set (its split point must be the classification head's input). */
+  concepts:
+    | ConceptSetRef
+    | undefined;
+  /**
+   * The concepts explained for every input, by index or label (Target.label: a concept's label
+   * as ListModels gives it); none = each input's most activated concept.
+   */
+  conceptsExplained: Target[];
 }
 
 /** ExplainStream's request: an Explain request. */
@@ -909,6 +998,11 @@ export interface Explanation {
    * of each continuation token, teacher-forced on the unperturbed input.
    */
   continuationScores: number[];
+  /**
+   * With a concept target: the activation of every concept of the set for the unperturbed
+   * input (`targets` are then concepts: index and label).
+   */
+  conceptActivations: number[];
 }
 
 /** Reply to Explain. */
@@ -1037,6 +1131,24 @@ export interface ModelInfo {
   /** The replacement token id, or -1 for zero_embedding. */
   replacementTokenId: number;
   splitPoints: SplitPoint[];
+  /** The concept sets served for this model (ExplainConcepts, ExplainRequest.concept_target). */
+  conceptSets: ConceptSetInfo[];
+}
+
+/** A concept set the server serves: a fitted dictionary of concepts at one split point. */
+export interface ConceptSetInfo {
+  /** The name requests give (ConceptSetRef.name). */
+  name: string;
+  /** Where its activations are read (GetModel's split point name). */
+  splitPoint: string;
+  /** "linear", "relu", "topk", "jumprelu" or "nnls" (docs/concepts.md). */
+  encoder: string;
+  /** The rows it was fitted on: "cls_token", "token", "word", ... */
+  granularity: string;
+  /** How it was made ("sklearn.decomposition.PCA", "interpreto.TopKSAEConcepts", "pca", ...). */
+  method: string;
+  /** One per concept, in index order ("concept K" where none is known). */
+  labels: string[];
 }
 
 /**
@@ -1171,6 +1283,156 @@ export interface PredictFromActivationsResponse {
     | undefined;
   /** The argmax of each row's logits. */
   predictedClasses: number[];
+}
+
+/**
+ * A concept set sent in the request (small sets: a concept activation vector, a few
+ * directions), bound to the request's model for that request only. Its values together are
+ * limited (the server's max_inline_concept_values). Tensors as in GetActivations (any dtype).
+ */
+export interface InlineConceptSet {
+  /**
+   * Where its activations are read: empty = the classification head's input (the only split
+   * point concept sets are served at).
+   */
+  splitPoint: string;
+  encoder: ConceptEncoder;
+  /** [concepts, features]: W (LINEAR, RELU, TOPK, JUMPRELU). */
+  encoderWeight:
+    | Tensor
+    | undefined;
+  /** [concepts]: b (optional). */
+  encoderBias:
+    | Tensor
+    | undefined;
+  /** [features]: subtracted from the activations first (optional). */
+  encoderCenter:
+    | Tensor
+    | undefined;
+  /** [concepts]: JUMPRELU's thresholds. */
+  encoderThreshold:
+    | Tensor
+    | undefined;
+  /** TOPK: how many concepts are kept per row. */
+  topK: number;
+  /** NNLS: the activations go through a ReLU before the fit. */
+  reluInput: boolean;
+  /** [concepts, features]: the dictionary D; t^-1(C) = C D + decoder_bias. */
+  decoderWeight:
+    | Tensor
+    | undefined;
+  /** [features] (optional). */
+  decoderBias:
+    | Tensor
+    | undefined;
+  /** One per concept (optional). */
+  labels: string[];
+}
+
+/** A concept set: one the server serves, by name, or the request's own. */
+export interface ConceptSetRef {
+  /** A name ListModels lists in the model's concept_sets. */
+  name?:
+    | string
+    | undefined;
+  /** The request's own set. */
+  inline?: InlineConceptSet | undefined;
+}
+
+/** ExplainConcepts' request. */
+export interface ExplainConceptsRequest {
+  /** Model name as ListModels gives it (a classifier). */
+  model: string;
+  /** The inputs; their targets are classes, as in Explain (none = the predicted class). */
+  inputs: Input[];
+  /** The concept set. */
+  concepts:
+    | ConceptSetRef
+    | undefined;
+  /** The function of the logits whose concept contributions are computed (default LOGITS). */
+  inferenceMode: InferenceMode;
+  /**
+   * Contributions are C * dy/dC (the default, Interpreto's concepts_x_gradients); false: the
+   * gradient dy/dC alone.
+   */
+  conceptsXGradients?:
+    | boolean
+    | undefined;
+  /**
+   * Each target's contributions divided by the sum of their absolute values (the default,
+   * Interpreto's normalization); false: raw.
+   */
+  normalization?:
+    | boolean
+    | undefined;
+  /** As ExplainRequest.truncate. */
+  truncate: boolean;
+  /** As ExplainRequest.isolate_batches. */
+  isolateBatches: boolean;
+  /** As ExplainRequest.priority. */
+  priority: Priority;
+}
+
+/**
+ * One target's concept contributions. With f = g(h(x)) (h: the model up to the head's input,
+ * g: the head), C = t(h) and the reconstruction h' = t^-1(C): output = concept_sum + residual +
+ * bias + gap, where concept_sum is the sum of C * dg(t^-1(C))/dC, residual = g(h) - g(h'),
+ * bias = g(t^-1(0)), and gap is 0 up to float rounding when g(t^-1(C)) is linear in C (a linear
+ * head in LOGITS mode).
+ */
+export interface ConceptContributions {
+  /** The class. */
+  target:
+    | ExplainedTarget
+    | undefined;
+  /** [rows, concepts]: as the request asked (C * gradient or the gradient, normalized or raw). */
+  contributions:
+    | Matrix
+    | undefined;
+  /** f(x) for the target, under the inference mode. */
+  output: number;
+  /** g(h) - g(h'): the share of the output the concepts do not reconstruct. */
+  residual: number;
+  /** g(t^-1(0)): the output with every concept off. */
+  bias: number;
+  /** The sum of the raw C * gradient contributions. */
+  conceptSum: number;
+  /** output - (concept_sum + residual + bias). */
+  gap: number;
+}
+
+/** The concept explanation of one input. */
+export interface ConceptExplanation {
+  /** Position of the input in the request. */
+  inputIndex: number;
+  /** [rows, concepts]: the concept activations C (one row at the head's input). */
+  concepts:
+    | Matrix
+    | undefined;
+  /** One per explained target. */
+  targets: ConceptContributions[];
+  /** The model's logits for the input. */
+  logits: number[];
+  /** |h - t^-1(C)| / |h|: how much of the activations the concept set does not reconstruct. */
+  reconstructionError: number;
+  /** The text of the input (decoded from its ids for a token-id input). */
+  text: string;
+  /** The token ids the model saw. */
+  tokenIds: number[];
+  /** Work done for this input. */
+  counters: Counters | undefined;
+}
+
+/** Reply to ExplainConcepts. */
+export interface ExplainConceptsResponse {
+  /** The model. */
+  model: string;
+  /** The concept set's name ("inline" for the request's own). */
+  conceptSet: string;
+  /** One per concept, in index order. */
+  conceptLabels: string[];
+  /** One per input, in request order. */
+  explanations: ConceptExplanation[];
 }
 
 function createBaseTokenIds(): TokenIds {
@@ -2826,6 +3088,7 @@ function createBaseExplainRequest(): ExplainRequest {
     truncate: false,
     isolateBatches: false,
     priority: 0,
+    conceptTarget: undefined,
   };
 }
 
@@ -2896,6 +3159,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     }
     if (message.priority !== 0) {
       writer.uint32(816).int32(message.priority);
+    }
+    if (message.conceptTarget !== undefined) {
+      ConceptTarget.encode(message.conceptTarget, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -3089,6 +3355,14 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.priority = reader.int32() as any;
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.conceptTarget = ConceptTarget.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3165,6 +3439,11 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         ? globalThis.Boolean(object.isolate_batches)
         : false,
       priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      conceptTarget: isSet(object.conceptTarget)
+        ? ConceptTarget.fromJSON(object.conceptTarget)
+        : isSet(object.concept_target)
+        ? ConceptTarget.fromJSON(object.concept_target)
+        : undefined,
     };
   },
 
@@ -3236,6 +3515,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     if (message.priority !== 0) {
       obj.priority = priorityToJSON(message.priority);
     }
+    if (message.conceptTarget !== undefined) {
+      obj.conceptTarget = ConceptTarget.toJSON(message.conceptTarget);
+    }
     return obj;
   },
 
@@ -3286,6 +3568,100 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     message.truncate = object.truncate ?? false;
     message.isolateBatches = object.isolateBatches ?? false;
     message.priority = object.priority ?? 0;
+    message.conceptTarget = (object.conceptTarget !== undefined && object.conceptTarget !== null)
+      ? ConceptTarget.fromPartial(object.conceptTarget)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseConceptTarget(): ConceptTarget {
+  return { concepts: undefined, conceptsExplained: [] };
+}
+
+export const ConceptTarget: MessageFns<ConceptTarget> = {
+  encode(message: ConceptTarget, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.concepts !== undefined) {
+      ConceptSetRef.encode(message.concepts, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.conceptsExplained) {
+      Target.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConceptTarget {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConceptTarget();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.concepts = ConceptSetRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.conceptsExplained.push(Target.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConceptTarget {
+    return {
+      concepts: isSet(object.concepts) ? ConceptSetRef.fromJSON(object.concepts) : undefined,
+      conceptsExplained: globalThis.Array.isArray(object?.conceptsExplained)
+        ? object.conceptsExplained.map((e: any) => Target.fromJSON(e))
+        : globalThis.Array.isArray(object?.concepts_explained)
+        ? object.concepts_explained.map((e: any) => Target.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ConceptTarget): unknown {
+    const obj: any = {};
+    if (message.concepts !== undefined) {
+      obj.concepts = ConceptSetRef.toJSON(message.concepts);
+    }
+    if (message.conceptsExplained?.length) {
+      obj.conceptsExplained = message.conceptsExplained.map((e) => Target.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConceptTarget>): ConceptTarget {
+    return ConceptTarget.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConceptTarget>): ConceptTarget {
+    const message = createBaseConceptTarget();
+    message.concepts = (object.concepts !== undefined && object.concepts !== null)
+      ? ConceptSetRef.fromPartial(object.concepts)
+      : undefined;
+    message.conceptsExplained = object.conceptsExplained?.map((e) => Target.fromPartial(e)) || [];
     return message;
   },
 };
@@ -3812,6 +4188,7 @@ function createBaseExplanation(): Explanation {
     generated: false,
     promptTokenCount: 0,
     continuationScores: [],
+    conceptActivations: [],
   };
 }
 
@@ -3878,6 +4255,13 @@ export const Explanation: MessageFns<Explanation> = {
     if (message.continuationScores.length !== 0) {
       writer.uint32(122).fork();
       for (const v of message.continuationScores) {
+        writer.float(v);
+      }
+      writer.join();
+    }
+    if (message.conceptActivations.length !== 0) {
+      writer.uint32(130).fork();
+      for (const v of message.conceptActivations) {
         writer.float(v);
       }
       writer.join();
@@ -4068,6 +4452,24 @@ export const Explanation: MessageFns<Explanation> = {
 
             break;
           }
+          case 16: {
+            if (tag === 133) {
+              message.conceptActivations.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 130) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.conceptActivations.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4125,6 +4527,11 @@ export const Explanation: MessageFns<Explanation> = {
         : globalThis.Array.isArray(object?.continuation_scores)
         ? object.continuation_scores.map((e: any) => globalThis.Number(e))
         : [],
+      conceptActivations: globalThis.Array.isArray(object?.conceptActivations)
+        ? object.conceptActivations.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.concept_activations)
+        ? object.concept_activations.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -4175,6 +4582,9 @@ export const Explanation: MessageFns<Explanation> = {
     if (message.continuationScores?.length) {
       obj.continuationScores = message.continuationScores.map((e) => floatToJson(e));
     }
+    if (message.conceptActivations?.length) {
+      obj.conceptActivations = message.conceptActivations.map((e) => floatToJson(e));
+    }
     return obj;
   },
 
@@ -4202,6 +4612,7 @@ export const Explanation: MessageFns<Explanation> = {
     message.generated = object.generated ?? false;
     message.promptTokenCount = object.promptTokenCount ?? 0;
     message.continuationScores = object.continuationScores?.map((e) => e) || [];
+    message.conceptActivations = object.conceptActivations?.map((e) => e) || [];
     return message;
   },
 };
@@ -5362,6 +5773,7 @@ function createBaseModelInfo(): ModelInfo {
     replacement: "",
     replacementTokenId: 0,
     splitPoints: [],
+    conceptSets: [],
   };
 }
 
@@ -5393,6 +5805,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     }
     for (const v of message.splitPoints) {
       SplitPoint.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.conceptSets) {
+      ConceptSetInfo.encode(v!, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -5482,6 +5897,14 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.splitPoints.push(SplitPoint.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.conceptSets.push(ConceptSetInfo.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5517,6 +5940,11 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         : globalThis.Array.isArray(object?.split_points)
         ? object.split_points.map((e: any) => SplitPoint.fromJSON(e))
         : [],
+      conceptSets: globalThis.Array.isArray(object?.conceptSets)
+        ? object.conceptSets.map((e: any) => ConceptSetInfo.fromJSON(e))
+        : globalThis.Array.isArray(object?.concept_sets)
+        ? object.concept_sets.map((e: any) => ConceptSetInfo.fromJSON(e))
+        : [],
     };
   },
 
@@ -5549,6 +5977,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.splitPoints?.length) {
       obj.splitPoints = message.splitPoints.map((e) => SplitPoint.toJSON(e));
     }
+    if (message.conceptSets?.length) {
+      obj.conceptSets = message.conceptSets.map((e) => ConceptSetInfo.toJSON(e));
+    }
     return obj;
   },
 
@@ -5566,6 +5997,160 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     message.replacement = object.replacement ?? "";
     message.replacementTokenId = object.replacementTokenId ?? 0;
     message.splitPoints = object.splitPoints?.map((e) => SplitPoint.fromPartial(e)) || [];
+    message.conceptSets = object.conceptSets?.map((e) => ConceptSetInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseConceptSetInfo(): ConceptSetInfo {
+  return { name: "", splitPoint: "", encoder: "", granularity: "", method: "", labels: [] };
+}
+
+export const ConceptSetInfo: MessageFns<ConceptSetInfo> = {
+  encode(message: ConceptSetInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.splitPoint !== "") {
+      writer.uint32(18).string(message.splitPoint);
+    }
+    if (message.encoder !== "") {
+      writer.uint32(26).string(message.encoder);
+    }
+    if (message.granularity !== "") {
+      writer.uint32(34).string(message.granularity);
+    }
+    if (message.method !== "") {
+      writer.uint32(42).string(message.method);
+    }
+    for (const v of message.labels) {
+      writer.uint32(50).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConceptSetInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConceptSetInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.splitPoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.encoder = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.granularity = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.labels.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConceptSetInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      splitPoint: isSet(object.splitPoint)
+        ? globalThis.String(object.splitPoint)
+        : isSet(object.split_point)
+        ? globalThis.String(object.split_point)
+        : "",
+      encoder: isSet(object.encoder) ? globalThis.String(object.encoder) : "",
+      granularity: isSet(object.granularity) ? globalThis.String(object.granularity) : "",
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      labels: globalThis.Array.isArray(object?.labels) ? object.labels.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: ConceptSetInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.splitPoint !== "") {
+      obj.splitPoint = message.splitPoint;
+    }
+    if (message.encoder !== "") {
+      obj.encoder = message.encoder;
+    }
+    if (message.granularity !== "") {
+      obj.granularity = message.granularity;
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.labels?.length) {
+      obj.labels = message.labels;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConceptSetInfo>): ConceptSetInfo {
+    return ConceptSetInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConceptSetInfo>): ConceptSetInfo {
+    const message = createBaseConceptSetInfo();
+    message.name = object.name ?? "";
+    message.splitPoint = object.splitPoint ?? "";
+    message.encoder = object.encoder ?? "";
+    message.granularity = object.granularity ?? "";
+    message.method = object.method ?? "";
+    message.labels = object.labels?.map((e) => e) || [];
     return message;
   },
 };
@@ -6515,6 +7100,1141 @@ export const PredictFromActivationsResponse: MessageFns<PredictFromActivationsRe
   },
 };
 
+function createBaseInlineConceptSet(): InlineConceptSet {
+  return {
+    splitPoint: "",
+    encoder: 0,
+    encoderWeight: undefined,
+    encoderBias: undefined,
+    encoderCenter: undefined,
+    encoderThreshold: undefined,
+    topK: 0,
+    reluInput: false,
+    decoderWeight: undefined,
+    decoderBias: undefined,
+    labels: [],
+  };
+}
+
+export const InlineConceptSet: MessageFns<InlineConceptSet> = {
+  encode(message: InlineConceptSet, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.splitPoint !== "") {
+      writer.uint32(10).string(message.splitPoint);
+    }
+    if (message.encoder !== 0) {
+      writer.uint32(16).int32(message.encoder);
+    }
+    if (message.encoderWeight !== undefined) {
+      Tensor.encode(message.encoderWeight, writer.uint32(26).fork()).join();
+    }
+    if (message.encoderBias !== undefined) {
+      Tensor.encode(message.encoderBias, writer.uint32(34).fork()).join();
+    }
+    if (message.encoderCenter !== undefined) {
+      Tensor.encode(message.encoderCenter, writer.uint32(42).fork()).join();
+    }
+    if (message.encoderThreshold !== undefined) {
+      Tensor.encode(message.encoderThreshold, writer.uint32(50).fork()).join();
+    }
+    if (message.topK !== 0) {
+      writer.uint32(56).uint32(message.topK);
+    }
+    if (message.reluInput !== false) {
+      writer.uint32(64).bool(message.reluInput);
+    }
+    if (message.decoderWeight !== undefined) {
+      Tensor.encode(message.decoderWeight, writer.uint32(74).fork()).join();
+    }
+    if (message.decoderBias !== undefined) {
+      Tensor.encode(message.decoderBias, writer.uint32(82).fork()).join();
+    }
+    for (const v of message.labels) {
+      writer.uint32(90).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InlineConceptSet {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInlineConceptSet();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.splitPoint = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.encoder = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.encoderWeight = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.encoderBias = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.encoderCenter = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.encoderThreshold = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.topK = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.reluInput = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.decoderWeight = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.decoderBias = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.labels.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InlineConceptSet {
+    return {
+      splitPoint: isSet(object.splitPoint)
+        ? globalThis.String(object.splitPoint)
+        : isSet(object.split_point)
+        ? globalThis.String(object.split_point)
+        : "",
+      encoder: isSet(object.encoder) ? conceptEncoderFromJSON(object.encoder) : 0,
+      encoderWeight: isSet(object.encoderWeight)
+        ? Tensor.fromJSON(object.encoderWeight)
+        : isSet(object.encoder_weight)
+        ? Tensor.fromJSON(object.encoder_weight)
+        : undefined,
+      encoderBias: isSet(object.encoderBias)
+        ? Tensor.fromJSON(object.encoderBias)
+        : isSet(object.encoder_bias)
+        ? Tensor.fromJSON(object.encoder_bias)
+        : undefined,
+      encoderCenter: isSet(object.encoderCenter)
+        ? Tensor.fromJSON(object.encoderCenter)
+        : isSet(object.encoder_center)
+        ? Tensor.fromJSON(object.encoder_center)
+        : undefined,
+      encoderThreshold: isSet(object.encoderThreshold)
+        ? Tensor.fromJSON(object.encoderThreshold)
+        : isSet(object.encoder_threshold)
+        ? Tensor.fromJSON(object.encoder_threshold)
+        : undefined,
+      topK: isSet(object.topK)
+        ? globalThis.Number(object.topK)
+        : isSet(object.top_k)
+        ? globalThis.Number(object.top_k)
+        : 0,
+      reluInput: isSet(object.reluInput)
+        ? globalThis.Boolean(object.reluInput)
+        : isSet(object.relu_input)
+        ? globalThis.Boolean(object.relu_input)
+        : false,
+      decoderWeight: isSet(object.decoderWeight)
+        ? Tensor.fromJSON(object.decoderWeight)
+        : isSet(object.decoder_weight)
+        ? Tensor.fromJSON(object.decoder_weight)
+        : undefined,
+      decoderBias: isSet(object.decoderBias)
+        ? Tensor.fromJSON(object.decoderBias)
+        : isSet(object.decoder_bias)
+        ? Tensor.fromJSON(object.decoder_bias)
+        : undefined,
+      labels: globalThis.Array.isArray(object?.labels)
+        ? object.labels.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: InlineConceptSet): unknown {
+    const obj: any = {};
+    if (message.splitPoint !== "") {
+      obj.splitPoint = message.splitPoint;
+    }
+    if (message.encoder !== 0) {
+      obj.encoder = conceptEncoderToJSON(message.encoder);
+    }
+    if (message.encoderWeight !== undefined) {
+      obj.encoderWeight = Tensor.toJSON(message.encoderWeight);
+    }
+    if (message.encoderBias !== undefined) {
+      obj.encoderBias = Tensor.toJSON(message.encoderBias);
+    }
+    if (message.encoderCenter !== undefined) {
+      obj.encoderCenter = Tensor.toJSON(message.encoderCenter);
+    }
+    if (message.encoderThreshold !== undefined) {
+      obj.encoderThreshold = Tensor.toJSON(message.encoderThreshold);
+    }
+    if (message.topK !== 0) {
+      obj.topK = Math.round(message.topK);
+    }
+    if (message.reluInput !== false) {
+      obj.reluInput = message.reluInput;
+    }
+    if (message.decoderWeight !== undefined) {
+      obj.decoderWeight = Tensor.toJSON(message.decoderWeight);
+    }
+    if (message.decoderBias !== undefined) {
+      obj.decoderBias = Tensor.toJSON(message.decoderBias);
+    }
+    if (message.labels?.length) {
+      obj.labels = message.labels;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<InlineConceptSet>): InlineConceptSet {
+    return InlineConceptSet.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<InlineConceptSet>): InlineConceptSet {
+    const message = createBaseInlineConceptSet();
+    message.splitPoint = object.splitPoint ?? "";
+    message.encoder = object.encoder ?? 0;
+    message.encoderWeight = (object.encoderWeight !== undefined && object.encoderWeight !== null)
+      ? Tensor.fromPartial(object.encoderWeight)
+      : undefined;
+    message.encoderBias = (object.encoderBias !== undefined && object.encoderBias !== null)
+      ? Tensor.fromPartial(object.encoderBias)
+      : undefined;
+    message.encoderCenter = (object.encoderCenter !== undefined && object.encoderCenter !== null)
+      ? Tensor.fromPartial(object.encoderCenter)
+      : undefined;
+    message.encoderThreshold = (object.encoderThreshold !== undefined && object.encoderThreshold !== null)
+      ? Tensor.fromPartial(object.encoderThreshold)
+      : undefined;
+    message.topK = object.topK ?? 0;
+    message.reluInput = object.reluInput ?? false;
+    message.decoderWeight = (object.decoderWeight !== undefined && object.decoderWeight !== null)
+      ? Tensor.fromPartial(object.decoderWeight)
+      : undefined;
+    message.decoderBias = (object.decoderBias !== undefined && object.decoderBias !== null)
+      ? Tensor.fromPartial(object.decoderBias)
+      : undefined;
+    message.labels = object.labels?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseConceptSetRef(): ConceptSetRef {
+  return { name: undefined, inline: undefined };
+}
+
+export const ConceptSetRef: MessageFns<ConceptSetRef> = {
+  encode(message: ConceptSetRef, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== undefined) {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.inline !== undefined) {
+      InlineConceptSet.encode(message.inline, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConceptSetRef {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConceptSetRef();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.inline = InlineConceptSet.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConceptSetRef {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : undefined,
+      inline: isSet(object.inline) ? InlineConceptSet.fromJSON(object.inline) : undefined,
+    };
+  },
+
+  toJSON(message: ConceptSetRef): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.inline !== undefined) {
+      obj.inline = InlineConceptSet.toJSON(message.inline);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConceptSetRef>): ConceptSetRef {
+    return ConceptSetRef.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConceptSetRef>): ConceptSetRef {
+    const message = createBaseConceptSetRef();
+    message.name = object.name ?? undefined;
+    message.inline = (object.inline !== undefined && object.inline !== null)
+      ? InlineConceptSet.fromPartial(object.inline)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExplainConceptsRequest(): ExplainConceptsRequest {
+  return {
+    model: "",
+    inputs: [],
+    concepts: undefined,
+    inferenceMode: 0,
+    conceptsXGradients: undefined,
+    normalization: undefined,
+    truncate: false,
+    isolateBatches: false,
+    priority: 0,
+  };
+}
+
+export const ExplainConceptsRequest: MessageFns<ExplainConceptsRequest> = {
+  encode(message: ExplainConceptsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    for (const v of message.inputs) {
+      Input.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.concepts !== undefined) {
+      ConceptSetRef.encode(message.concepts, writer.uint32(26).fork()).join();
+    }
+    if (message.inferenceMode !== 0) {
+      writer.uint32(32).int32(message.inferenceMode);
+    }
+    if (message.conceptsXGradients !== undefined) {
+      writer.uint32(40).bool(message.conceptsXGradients);
+    }
+    if (message.normalization !== undefined) {
+      writer.uint32(48).bool(message.normalization);
+    }
+    if (message.truncate !== false) {
+      writer.uint32(800).bool(message.truncate);
+    }
+    if (message.isolateBatches !== false) {
+      writer.uint32(808).bool(message.isolateBatches);
+    }
+    if (message.priority !== 0) {
+      writer.uint32(816).int32(message.priority);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainConceptsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainConceptsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.inputs.push(Input.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.concepts = ConceptSetRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.inferenceMode = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.conceptsXGradients = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.normalization = reader.bool();
+            continue;
+          }
+          case 100: {
+            if (tag !== 800) {
+              break;
+            }
+
+            message.truncate = reader.bool();
+            continue;
+          }
+          case 101: {
+            if (tag !== 808) {
+              break;
+            }
+
+            message.isolateBatches = reader.bool();
+            continue;
+          }
+          case 102: {
+            if (tag !== 816) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainConceptsRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      inputs: globalThis.Array.isArray(object?.inputs) ? object.inputs.map((e: any) => Input.fromJSON(e)) : [],
+      concepts: isSet(object.concepts) ? ConceptSetRef.fromJSON(object.concepts) : undefined,
+      inferenceMode: isSet(object.inferenceMode)
+        ? inferenceModeFromJSON(object.inferenceMode)
+        : isSet(object.inference_mode)
+        ? inferenceModeFromJSON(object.inference_mode)
+        : 0,
+      conceptsXGradients: isSet(object.conceptsXGradients)
+        ? globalThis.Boolean(object.conceptsXGradients)
+        : isSet(object.concepts_x_gradients)
+        ? globalThis.Boolean(object.concepts_x_gradients)
+        : undefined,
+      normalization: isSet(object.normalization) ? globalThis.Boolean(object.normalization) : undefined,
+      truncate: isSet(object.truncate) ? globalThis.Boolean(object.truncate) : false,
+      isolateBatches: isSet(object.isolateBatches)
+        ? globalThis.Boolean(object.isolateBatches)
+        : isSet(object.isolate_batches)
+        ? globalThis.Boolean(object.isolate_batches)
+        : false,
+      priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+    };
+  },
+
+  toJSON(message: ExplainConceptsRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.inputs?.length) {
+      obj.inputs = message.inputs.map((e) => Input.toJSON(e));
+    }
+    if (message.concepts !== undefined) {
+      obj.concepts = ConceptSetRef.toJSON(message.concepts);
+    }
+    if (message.inferenceMode !== 0) {
+      obj.inferenceMode = inferenceModeToJSON(message.inferenceMode);
+    }
+    if (message.conceptsXGradients !== undefined) {
+      obj.conceptsXGradients = message.conceptsXGradients;
+    }
+    if (message.normalization !== undefined) {
+      obj.normalization = message.normalization;
+    }
+    if (message.truncate !== false) {
+      obj.truncate = message.truncate;
+    }
+    if (message.isolateBatches !== false) {
+      obj.isolateBatches = message.isolateBatches;
+    }
+    if (message.priority !== 0) {
+      obj.priority = priorityToJSON(message.priority);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExplainConceptsRequest>): ExplainConceptsRequest {
+    return ExplainConceptsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainConceptsRequest>): ExplainConceptsRequest {
+    const message = createBaseExplainConceptsRequest();
+    message.model = object.model ?? "";
+    message.inputs = object.inputs?.map((e) => Input.fromPartial(e)) || [];
+    message.concepts = (object.concepts !== undefined && object.concepts !== null)
+      ? ConceptSetRef.fromPartial(object.concepts)
+      : undefined;
+    message.inferenceMode = object.inferenceMode ?? 0;
+    message.conceptsXGradients = object.conceptsXGradients ?? undefined;
+    message.normalization = object.normalization ?? undefined;
+    message.truncate = object.truncate ?? false;
+    message.isolateBatches = object.isolateBatches ?? false;
+    message.priority = object.priority ?? 0;
+    return message;
+  },
+};
+
+function createBaseConceptContributions(): ConceptContributions {
+  return { target: undefined, contributions: undefined, output: 0, residual: 0, bias: 0, conceptSum: 0, gap: 0 };
+}
+
+export const ConceptContributions: MessageFns<ConceptContributions> = {
+  encode(message: ConceptContributions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== undefined) {
+      ExplainedTarget.encode(message.target, writer.uint32(10).fork()).join();
+    }
+    if (message.contributions !== undefined) {
+      Matrix.encode(message.contributions, writer.uint32(18).fork()).join();
+    }
+    if (message.output !== 0) {
+      writer.uint32(29).float(message.output);
+    }
+    if (message.residual !== 0) {
+      writer.uint32(37).float(message.residual);
+    }
+    if (message.bias !== 0) {
+      writer.uint32(45).float(message.bias);
+    }
+    if (message.conceptSum !== 0) {
+      writer.uint32(53).float(message.conceptSum);
+    }
+    if (message.gap !== 0) {
+      writer.uint32(61).float(message.gap);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConceptContributions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConceptContributions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = ExplainedTarget.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.contributions = Matrix.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.output = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.residual = reader.float();
+            continue;
+          }
+          case 5: {
+            if (tag !== 45) {
+              break;
+            }
+
+            message.bias = reader.float();
+            continue;
+          }
+          case 6: {
+            if (tag !== 53) {
+              break;
+            }
+
+            message.conceptSum = reader.float();
+            continue;
+          }
+          case 7: {
+            if (tag !== 61) {
+              break;
+            }
+
+            message.gap = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConceptContributions {
+    return {
+      target: isSet(object.target) ? ExplainedTarget.fromJSON(object.target) : undefined,
+      contributions: isSet(object.contributions) ? Matrix.fromJSON(object.contributions) : undefined,
+      output: isSet(object.output) ? globalThis.Number(object.output) : 0,
+      residual: isSet(object.residual) ? globalThis.Number(object.residual) : 0,
+      bias: isSet(object.bias) ? globalThis.Number(object.bias) : 0,
+      conceptSum: isSet(object.conceptSum)
+        ? globalThis.Number(object.conceptSum)
+        : isSet(object.concept_sum)
+        ? globalThis.Number(object.concept_sum)
+        : 0,
+      gap: isSet(object.gap) ? globalThis.Number(object.gap) : 0,
+    };
+  },
+
+  toJSON(message: ConceptContributions): unknown {
+    const obj: any = {};
+    if (message.target !== undefined) {
+      obj.target = ExplainedTarget.toJSON(message.target);
+    }
+    if (message.contributions !== undefined) {
+      obj.contributions = Matrix.toJSON(message.contributions);
+    }
+    if (message.output !== 0) {
+      obj.output = floatToJson(message.output);
+    }
+    if (message.residual !== 0) {
+      obj.residual = floatToJson(message.residual);
+    }
+    if (message.bias !== 0) {
+      obj.bias = floatToJson(message.bias);
+    }
+    if (message.conceptSum !== 0) {
+      obj.conceptSum = floatToJson(message.conceptSum);
+    }
+    if (message.gap !== 0) {
+      obj.gap = floatToJson(message.gap);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConceptContributions>): ConceptContributions {
+    return ConceptContributions.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConceptContributions>): ConceptContributions {
+    const message = createBaseConceptContributions();
+    message.target = (object.target !== undefined && object.target !== null)
+      ? ExplainedTarget.fromPartial(object.target)
+      : undefined;
+    message.contributions = (object.contributions !== undefined && object.contributions !== null)
+      ? Matrix.fromPartial(object.contributions)
+      : undefined;
+    message.output = object.output ?? 0;
+    message.residual = object.residual ?? 0;
+    message.bias = object.bias ?? 0;
+    message.conceptSum = object.conceptSum ?? 0;
+    message.gap = object.gap ?? 0;
+    return message;
+  },
+};
+
+function createBaseConceptExplanation(): ConceptExplanation {
+  return {
+    inputIndex: 0,
+    concepts: undefined,
+    targets: [],
+    logits: [],
+    reconstructionError: 0,
+    text: "",
+    tokenIds: [],
+    counters: undefined,
+  };
+}
+
+export const ConceptExplanation: MessageFns<ConceptExplanation> = {
+  encode(message: ConceptExplanation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.inputIndex !== 0) {
+      writer.uint32(8).uint32(message.inputIndex);
+    }
+    if (message.concepts !== undefined) {
+      Matrix.encode(message.concepts, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.targets) {
+      ConceptContributions.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.logits.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.logits) {
+        writer.float(v);
+      }
+      writer.join();
+    }
+    if (message.reconstructionError !== 0) {
+      writer.uint32(45).float(message.reconstructionError);
+    }
+    if (message.text !== "") {
+      writer.uint32(50).string(message.text);
+    }
+    if (message.tokenIds.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.tokenIds) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    if (message.counters !== undefined) {
+      Counters.encode(message.counters, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConceptExplanation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConceptExplanation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.inputIndex = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.concepts = Matrix.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.targets.push(ConceptContributions.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag === 37) {
+              message.logits.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.logits.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 5: {
+            if (tag !== 45) {
+              break;
+            }
+
+            message.reconstructionError = reader.float();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.tokenIds.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.tokenIds.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.counters = Counters.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConceptExplanation {
+    return {
+      inputIndex: isSet(object.inputIndex)
+        ? globalThis.Number(object.inputIndex)
+        : isSet(object.input_index)
+        ? globalThis.Number(object.input_index)
+        : 0,
+      concepts: isSet(object.concepts) ? Matrix.fromJSON(object.concepts) : undefined,
+      targets: globalThis.Array.isArray(object?.targets)
+        ? object.targets.map((e: any) => ConceptContributions.fromJSON(e))
+        : [],
+      logits: globalThis.Array.isArray(object?.logits) ? object.logits.map((e: any) => globalThis.Number(e)) : [],
+      reconstructionError: isSet(object.reconstructionError)
+        ? globalThis.Number(object.reconstructionError)
+        : isSet(object.reconstruction_error)
+        ? globalThis.Number(object.reconstruction_error)
+        : 0,
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+      tokenIds: globalThis.Array.isArray(object?.tokenIds)
+        ? object.tokenIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.token_ids)
+        ? object.token_ids.map((e: any) => globalThis.Number(e))
+        : [],
+      counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined,
+    };
+  },
+
+  toJSON(message: ConceptExplanation): unknown {
+    const obj: any = {};
+    if (message.inputIndex !== 0) {
+      obj.inputIndex = Math.round(message.inputIndex);
+    }
+    if (message.concepts !== undefined) {
+      obj.concepts = Matrix.toJSON(message.concepts);
+    }
+    if (message.targets?.length) {
+      obj.targets = message.targets.map((e) => ConceptContributions.toJSON(e));
+    }
+    if (message.logits?.length) {
+      obj.logits = message.logits.map((e) => floatToJson(e));
+    }
+    if (message.reconstructionError !== 0) {
+      obj.reconstructionError = floatToJson(message.reconstructionError);
+    }
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    if (message.tokenIds?.length) {
+      obj.tokenIds = message.tokenIds.map((e) => Math.round(e));
+    }
+    if (message.counters !== undefined) {
+      obj.counters = Counters.toJSON(message.counters);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConceptExplanation>): ConceptExplanation {
+    return ConceptExplanation.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConceptExplanation>): ConceptExplanation {
+    const message = createBaseConceptExplanation();
+    message.inputIndex = object.inputIndex ?? 0;
+    message.concepts = (object.concepts !== undefined && object.concepts !== null)
+      ? Matrix.fromPartial(object.concepts)
+      : undefined;
+    message.targets = object.targets?.map((e) => ConceptContributions.fromPartial(e)) || [];
+    message.logits = object.logits?.map((e) => e) || [];
+    message.reconstructionError = object.reconstructionError ?? 0;
+    message.text = object.text ?? "";
+    message.tokenIds = object.tokenIds?.map((e) => e) || [];
+    message.counters = (object.counters !== undefined && object.counters !== null)
+      ? Counters.fromPartial(object.counters)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExplainConceptsResponse(): ExplainConceptsResponse {
+  return { model: "", conceptSet: "", conceptLabels: [], explanations: [] };
+}
+
+export const ExplainConceptsResponse: MessageFns<ExplainConceptsResponse> = {
+  encode(message: ExplainConceptsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.conceptSet !== "") {
+      writer.uint32(18).string(message.conceptSet);
+    }
+    for (const v of message.conceptLabels) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.explanations) {
+      ConceptExplanation.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainConceptsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainConceptsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.conceptSet = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.conceptLabels.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.explanations.push(ConceptExplanation.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainConceptsResponse {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      conceptSet: isSet(object.conceptSet)
+        ? globalThis.String(object.conceptSet)
+        : isSet(object.concept_set)
+        ? globalThis.String(object.concept_set)
+        : "",
+      conceptLabels: globalThis.Array.isArray(object?.conceptLabels)
+        ? object.conceptLabels.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.concept_labels)
+        ? object.concept_labels.map((e: any) => globalThis.String(e))
+        : [],
+      explanations: globalThis.Array.isArray(object?.explanations)
+        ? object.explanations.map((e: any) => ConceptExplanation.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ExplainConceptsResponse): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.conceptSet !== "") {
+      obj.conceptSet = message.conceptSet;
+    }
+    if (message.conceptLabels?.length) {
+      obj.conceptLabels = message.conceptLabels;
+    }
+    if (message.explanations?.length) {
+      obj.explanations = message.explanations.map((e) => ConceptExplanation.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExplainConceptsResponse>): ExplainConceptsResponse {
+    return ExplainConceptsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainConceptsResponse>): ExplainConceptsResponse {
+    const message = createBaseExplainConceptsResponse();
+    message.model = object.model ?? "";
+    message.conceptSet = object.conceptSet ?? "";
+    message.conceptLabels = object.conceptLabels?.map((e) => e) || [];
+    message.explanations = object.explanations?.map((e) => ConceptExplanation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /** Explanations, activations and model metadata. */
 export type ExplainServiceService = typeof ExplainServiceService;
 export const ExplainServiceService = {
@@ -6591,6 +8311,22 @@ export const ExplainServiceService = {
     responseDeserialize: (value: Buffer): PredictFromActivationsResponse =>
       PredictFromActivationsResponse.decode(value),
   },
+  /**
+   * Which concepts drive each input's prediction: the activations C of a concept set's concepts
+   * at the classification head's input, and their contributions to each target's output
+   * (Interpreto's concept_output_gradient), with the residual the concepts do not explain.
+   */
+  explainConcepts: {
+    path: "/explainserve.v1.ExplainService/ExplainConcepts" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExplainConceptsRequest): Buffer =>
+      Buffer.from(ExplainConceptsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExplainConceptsRequest => ExplainConceptsRequest.decode(value),
+    responseSerialize: (value: ExplainConceptsResponse): Buffer =>
+      Buffer.from(ExplainConceptsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExplainConceptsResponse => ExplainConceptsResponse.decode(value),
+  },
 } as const;
 
 export interface ExplainServiceServer extends UntypedServiceImplementation {
@@ -6613,6 +8349,12 @@ export interface ExplainServiceServer extends UntypedServiceImplementation {
    * by default): edit activations (concept interventions) and see the logits change.
    */
   predictFromActivations: handleUnaryCall<PredictFromActivationsRequest, PredictFromActivationsResponse>;
+  /**
+   * Which concepts drive each input's prediction: the activations C of a concept set's concepts
+   * at the classification head's input, and their contributions to each target's output
+   * (Interpreto's concept_output_gradient), with the residual the concepts do not explain.
+   */
+  explainConcepts: handleUnaryCall<ExplainConceptsRequest, ExplainConceptsResponse>;
 }
 
 export interface ExplainServiceClient extends Client {
@@ -6706,6 +8448,26 @@ export interface ExplainServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PredictFromActivationsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Which concepts drive each input's prediction: the activations C of a concept set's concepts
+   * at the classification head's input, and their contributions to each target's output
+   * (Interpreto's concept_output_gradient), with the residual the concepts do not explain.
+   */
+  explainConcepts(
+    request: ExplainConceptsRequest,
+    callback: (error: ServiceError | null, response: ExplainConceptsResponse) => void,
+  ): ClientUnaryCall;
+  explainConcepts(
+    request: ExplainConceptsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExplainConceptsResponse) => void,
+  ): ClientUnaryCall;
+  explainConcepts(
+    request: ExplainConceptsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExplainConceptsResponse) => void,
   ): ClientUnaryCall;
 }
 
