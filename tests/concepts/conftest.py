@@ -1,0 +1,53 @@
+"""Fixtures of the concept tests: the four tiny classifiers served through a `Registry` (heads
+that read BERT's pooler, RoBERTa's first token through a tanh layer, DistilBERT's
+`pre_classifier`, GPT-2's last token), the same weights loaded directly, and the concept
+explainer on them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from reference_models import Direct
+
+from explainserve.concepts.registry import ConceptRegistry
+from explainserve.concepts.service import ConceptExplainer
+from explainserve.models.loading import ModelConfig, load_model
+from explainserve.models.registry import Registry
+
+#: Served name -> directory fixture.
+SERVED = {
+    "bert": "tiny_bert_dir",
+    "roberta": "tiny_roberta_dir",
+    "distilbert": "tiny_distilbert_dir",
+    "gpt2": "tiny_gpt2_dir",
+}
+#: Each model's head input: its split point and its row size.
+HEAD_INPUT = {
+    "bert": ("classifier:input", 32),
+    "roberta": ("classifier:input", 32),
+    "distilbert": ("classifier:input", 32),
+    "gpt2": ("score:input", 32),
+}
+
+
+@pytest.fixture(scope="session")
+def concept_models(request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """The four tiny classifiers, served on the CPU."""
+    reg = Registry()
+    for name, fixture in SERVED.items():
+        reg.add(load_model(ModelConfig(name=name, path=request.getfixturevalue(fixture), device="cpu")))
+    yield reg
+    reg.close()
+
+
+@pytest.fixture(scope="session")
+def direct(request: pytest.FixtureRequest) -> dict[str, Direct]:
+    """Served name -> the same weights loaded directly."""
+    return {name: Direct(request.getfixturevalue(fixture)) for name, fixture in SERVED.items()}
+
+
+@pytest.fixture
+def concept_explainer(concept_models: Registry) -> ConceptExplainer:
+    """ExplainConcepts on the tiny models, with an empty registry of sets (tests add theirs)."""
+    return ConceptExplainer(concept_models, ConceptRegistry())
