@@ -65,11 +65,12 @@ def _add_option(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `explainserve` command."""
+    from explainserve.discovery.cli import add_concepts_arguments
     from explainserve.viewer.cli import add_explain_arguments
 
     parser = _Parser(prog="explainserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"explainserve {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,explain}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,explain,concepts}")
     serve = sub.add_parser(
         "serve",
         help="start the gRPC server",
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "units coloured by score (red: for the explained output, blue: against).",
     )
     add_explain_arguments(explain)
+    concepts = sub.add_parser(
+        "concepts",
+        help="concept set files: import fitted dictionaries of other tools, show one",
+        description="Concept set files (docs/concepts.md): what `serve --concepts` serves.",
+    )
+    add_concepts_arguments(concepts)
     return parser
 
 
@@ -235,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from explainserve.viewer.cli import run_explain
 
             return run_explain(args)
+        if args.command == "concepts":
+            from explainserve.discovery.cli import run_concepts
+
+            return run_concepts(args)
         serve(config_from_args(args))
     except (InvalidArgument, ValueError) as e:
         # Configuration mistakes (ConfigError), and those found while loading a model (a CUDA

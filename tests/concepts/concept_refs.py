@@ -55,9 +55,7 @@ def random_set(
         threshold=np.abs(draw(n_concepts, scale=0.2)) if kind == "jumprelu" else None,
         top_k=max(1, n_concepts // 3) if kind == "topk" else 0,
     )
-    return _checked(
-        ConceptSet(encoder=encoder, decoder_bias=draw(n_features, scale=0.1), **common)
-    )
+    return _checked(ConceptSet(encoder=encoder, decoder_bias=draw(n_features, scale=0.1), **common))
 
 
 def _checked(cs: ConceptSet) -> ConceptSet:
@@ -155,8 +153,7 @@ def expected(
     with torch.enable_grad():
         recon = mode_ref(head_t(direct, leaf @ dictionary + bias_d), mode)
         grads = [
-            torch.autograd.grad(recon[0, t], leaf, retain_graph=True)[0][0].numpy()
-            for t in targets
+            torch.autograd.grad(recon[0, t], leaf, retain_graph=True)[0][0].numpy() for t in targets
         ]
     with torch.no_grad():
         logits = head_t(direct, torch.from_numpy(h))

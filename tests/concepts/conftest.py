@@ -36,7 +36,8 @@ def concept_models(request: pytest.FixtureRequest) -> Iterator[Registry]:
     """The four tiny classifiers, served on the CPU."""
     reg = Registry()
     for name, fixture in SERVED.items():
-        reg.add(load_model(ModelConfig(name=name, path=request.getfixturevalue(fixture), device="cpu")))
+        path = request.getfixturevalue(fixture)
+        reg.add(load_model(ModelConfig(name=name, path=path, device="cpu")))
     yield reg
     reg.close()
 

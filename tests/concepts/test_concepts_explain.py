@@ -37,7 +37,12 @@ TOL = {"rtol": 1e-4, "atol": 2e-5}
 
 
 def serve_set(
-    explainer: ConceptExplainer, registry: Registry, model: str, kind: str, k: int = 12, seed: int = 0
+    explainer: ConceptExplainer,
+    registry: Registry,
+    model: str,
+    kind: str,
+    k: int = 12,
+    seed: int = 0,
 ) -> str:
     """Binds a random set of `kind` for `model`; returns its name."""
     point, size = HEAD_INPUT[model]
@@ -113,7 +118,8 @@ def test_a_nonlinear_head_reports_what_the_concepts_do_not_add_up_to(
     output; `gap` is that part, the same as the reference's g(ĥ) - g(t⁻¹(0)) - Σ C·∇."""
     name = serve_set(concept_explainer, concept_models, "roberta", "linear")
     cs = concept_explainer.concepts.get("roberta", name, "x").concept_set
-    for text, e in zip(TEXTS, run(concept_explainer, "roberta", name, TEXTS, targets=[0, 1, 2], normalization=False), strict=True):
+    got = run(concept_explainer, "roberta", name, TEXTS, targets=[0, 1, 2], normalization=False)
+    for text, e in zip(TEXTS, got, strict=True):
         ref = expected(direct["roberta"], cs, text, [0, 1, 2])
         ref_gap = ref.outputs - ref.residual - ref.bias - ref.raw.sum(axis=1)
         np.testing.assert_allclose(e.gap, ref_gap, **TOL)
@@ -164,7 +170,9 @@ def test_inference_modes_explain_that_function_of_the_logits(
 ) -> None:
     name = serve_set(concept_explainer, concept_models, "distilbert", "topk")
     cs = concept_explainer.concepts.get("distilbert", name, "x").concept_set
-    got = run(concept_explainer, "distilbert", name, TEXTS, targets=[1], mode=mode, normalization=False)
+    got = run(
+        concept_explainer, "distilbert", name, TEXTS, targets=[1], mode=mode, normalization=False
+    )
     for text, e in zip(TEXTS, got, strict=True):
         ref = expected(direct["distilbert"], cs, text, [1], mode)
         np.testing.assert_allclose(e.outputs, ref.outputs, **TOL)

@@ -438,7 +438,7 @@ def probe_distance(stored: Array, served: Array) -> float:
 def with_labels(concept_set: ConceptSet, labels: list[str]) -> ConceptSet:
     """The set with concept labels `labels` (one per concept, in order; top examples kept)."""
     if len(labels) != concept_set.n_concepts:
-        raise InvalidArgument(
+        raise ConceptSetError(
             f"{len(labels)} labels for {concept_set.n_concepts} concepts", field="labels"
         )
     infos = list(concept_set.concepts) + [ConceptInfo()] * (
