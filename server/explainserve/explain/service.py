@@ -13,10 +13,6 @@ from numpy.typing import NDArray
 from explainserve.errors import InvalidArgument
 from explainserve.explain.causal_flow import explain_causal
 from explainserve.explain.common import (
-    Item,
-    Picked,
-    Progress,
-    TargetChoice,
     count_rows,
     encode,
     finished,
@@ -25,8 +21,8 @@ from explainserve.explain.common import (
     submit_runs,
 )
 from explainserve.explain.limits import Limits
-from explainserve.explain.method import RunContext
 from explainserve.explain.params import ExplainParams, Explanation
+from explainserve.explain.run import Item, Picked, Progress, RunContext, TargetChoice
 from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.jobs import ForwardJob, RequestTag
 from explainserve.vocabulary import InputSpec, make_units

@@ -34,19 +34,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from explainserve.scheduling.cost import RecentMedian
-from explainserve.scheduling.jobs import position_ids
-
-if TYPE_CHECKING:
-    from explainserve.scheduling.execute import Runner
-    from explainserve.scheduling.jobs import ForwardJob
-    from explainserve.scheduling.worker import WorkerStats
+from explainserve.scheduling.interfaces import Runner, WorkerStats
+from explainserve.scheduling.jobs import ForwardJob, position_ids
+from explainserve.scheduling.scores import target_scores
 
 #: Suffix groups (models without packing): what one more group (one more pass, its cache rows
 #: gathered) costs, in tokens run; the groups minimise padded tokens plus this per group.
@@ -330,8 +327,6 @@ def _run(
 ) -> list[NDArray[np.float64]] | None:
     """The prefix pass (scoring the rows equal to a whole reference), then the other rows'
     suffixes: packed (`packs`, bins of indices into the rows that run) or in groups."""
-    from explainserve.scheduling.execute import target_scores  # execute imports this module
-
     lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)
     piece, row, s, ref_of, prefix_len = plan.piece, plan.row, plan.s, plan.ref_of, plan.prefix_len
     naive = int(lengths[piece].sum())
@@ -482,8 +477,6 @@ def _packed_scores(
     (its job's, up to its start) and its own earlier positions, nothing of the rows packed
     beside it (a 4D mask), with its own position ids. Each piece's `(rows, t)` scores.
     """
-    from explainserve.scheduling.execute import target_scores  # execute imports this module
-
     device = runner.device
     b = len(packs)
     n_flat = len(s)
