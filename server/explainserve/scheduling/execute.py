@@ -41,12 +41,19 @@ class Executor:
     """Runs batches of one model (on the worker's thread) and counts them in `stats`."""
 
     def __init__(
-        self, runner: Runner, stats: WorkerStats, reuse: bool, read_only: bool = True
+        self,
+        runner: Runner,
+        stats: WorkerStats,
+        reuse: bool,
+        read_only: bool = True,
+        always_prefix: bool = False,
     ) -> None:
         self.runner = runner
         self.stats = stats
         #: Causal LMs: forward rows may run on the cached prefix of their reference.
         self.reuse = reuse
+        #: ... and do whenever they can, not by the measured costs' choice.
+        self.always_prefix = always_prefix
         #: Class logits computed at the positions the head reads only (`Runner.logits`).
         self.read_only = read_only
         #: Causal LMs: what the prefix path and the full path have cost (`prefix.PassCosts`).
@@ -113,7 +120,9 @@ class Executor:
                 costs = self.pass_costs
                 costs.pending_full = 0
             padded = self.stats.padded_tokens
-            host = prefix.forward_scores(self.runner, pieces, self.stats, costs)
+            host = prefix.forward_scores(
+                self.runner, pieces, self.stats, costs, self.always_prefix
+            )
             if host is not None:
                 self.ran_tokens = self.stats.padded_tokens - padded
         if host is None:

@@ -55,9 +55,6 @@ GROUP_COST_TOKENS = 96
 #: on short prompts: bench/RESULTS.md). Other batches choose by measured cost (`PassCosts`).
 MIN_SAVING = 0.25
 
-#: Tests: take the prefix path whenever it can run, whatever it saves.
-ALWAYS = False
-
 
 class PassCosts:
     """Which path a forward batch of a causal LM takes, from what each path has cost.
@@ -223,12 +220,13 @@ def forward_scores(
     pieces: list[tuple[ForwardJob, int, int]],
     stats: WorkerStats,
     costs: PassCosts | None = None,
+    always: bool = False,
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
     counted) when the runner cannot cut its cache, when no row would run on a cached prefix, or
     when the full path is chosen: by `costs` (the executor's measured `PassCosts`), or without
     them (isolated requests) when the prefix path would save less than `MIN_SAVING` of the
-    tokens.
+    tokens. `always` (`WorkerOptions.always_prefix`): never the full path by choice.
 
     Jobs of one reference share its prefix row. Where rows equal to the reference are in the
     batch (the request's teacher-forced row, Occlusion's unperturbed one), the prefix row runs
@@ -286,7 +284,7 @@ def forward_scores(
         run_tokens = len(prefixed) * width + sum(
             len(g) * int(suffix[sub][g].max()) for g in _groups(suffix[sub])
         )
-    if ALWAYS:
+    if always:
         pass
     elif costs is not None:
         if not costs.choose(run_tokens, len(s) * int(lengths[piece].max())):

@@ -70,7 +70,11 @@ class Worker(BatchPolicy):
         self._token_cap: dict[Kind, int] = {}
         self._at_cap: dict[Kind, int] = {}
         self._executor = Executor(
-            runner, self.stats, reuse=self.options.reuse, read_only=self.options.read_position_only
+            runner,
+            self.stats,
+            reuse=self.options.reuse,
+            read_only=self.options.read_position_only,
+            always_prefix=self.options.always_prefix,
         )
         #: Times batches (seconds); tests give a clock of their own.
         self.clock = clock
