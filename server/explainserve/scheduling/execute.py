@@ -120,9 +120,7 @@ class Executor:
                 costs = self.pass_costs
                 costs.pending_full = 0
             padded = self.stats.padded_tokens
-            host = prefix.forward_scores(
-                self.runner, pieces, self.stats, costs, self.always_prefix
-            )
+            host = prefix.forward_scores(self.runner, pieces, self.stats, costs, self.always_prefix)
             if host is not None:
                 self.ran_tokens = self.stats.padded_tokens - padded
         if host is None:
