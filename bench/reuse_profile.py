@@ -17,7 +17,7 @@ worker's steps, and the medians per request are printed:
 Then the model alone, no worker: a pass of 1 row and of 70 rows of the request's length,
 giving the per-pass fixed cost `F` and the cost per token `r` (`t = F + r * tokens`), from
 which the best ratio reuse could give is computed. Medians, since the machine is shared. The
-copy with reuse takes the prefix path for every batch it can (`prefix.ALWAYS`), unless
+copy with reuse takes the prefix path for every batch it can (`WorkerOptions.always_prefix`), unless
 `--measured-choice`.
 
     .venv/bin/python bench/reuse_profile.py [--layers 2] [--width 64] [--repeats 15]
@@ -50,7 +50,7 @@ from explainserve.grpc.server import start
 from explainserve.models import runners
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-from explainserve.scheduling import prefix, worker
+from explainserve.scheduling import worker
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
@@ -88,7 +88,6 @@ def main() -> int:
         "with reuse, so that its breakdown is what is timed)",
     )
     args = parser.parse_args()
-    prefix.ALWAYS = not args.measured_choice
     _timed(worker.Worker, "_execute", "batches")
     _timed(runners.CausalLMRunner, "prefix_cache", "prefix pass")
     _timed(runners.CausalLMRunner, "packed", "packed pass")
@@ -98,7 +97,11 @@ def main() -> int:
         paths = build_lms(Path(tmp), args.layers, args.width)
         for name, path in paths.items():
             for reuse in (True, False):
-                options = WorkerOptions(token_budget=8192, reuse=reuse)
+                options = WorkerOptions(
+                    token_budget=8192,
+                    reuse=reuse,
+                    always_prefix=reuse and not args.measured_choice,
+                )
                 label = name if reuse else name + "/no-reuse"
                 registry.add(load_model(ModelConfig(label, path, device="cpu", worker=options)))
     running = start(ServerOptions(port=0), Explainer(registry, Limits()))

@@ -22,12 +22,13 @@ from explainserve.concepts.limits import ConceptLimits
 from explainserve.errors import InvalidArgument
 from explainserve.explain.limits import Limits
 from explainserve.grpc.options import ServerOptions
+from explainserve.models.options import ReplacementFallback
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.settings import OptionSpec, option, specs_of
 
 if TYPE_CHECKING:
     from explainserve.concepts.sets import ConceptSet
-    from explainserve.models.loading import ModelConfig, ReplacementFallback
+    from explainserve.models.loading import ModelConfig
 
 DEFAULT_MODEL_NAME = "minilm-sentiment"
 #: `--model NAME=builtin:KEY` serves a model built offline by this package.
@@ -78,9 +79,7 @@ class ServeConfig:
         choices=("float32", "bfloat16", "float16"),
     )
     replacement_fallback: ReplacementFallback = option(
-        "unk",
-        "replacement when the tokenizer has no mask token",
-        choices=("unk", "pad", "eos", "zero_embedding"),
+        "unk", "replacement when the tokenizer has no mask token"
     )
     auth_token_file: Path | None = option(
         None, "file of accepted bearer tokens, one per line (none: no authentication)"

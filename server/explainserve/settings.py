@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 def option(
@@ -90,22 +91,36 @@ class OptionSpec:
         return value
 
 
-_KINDS = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+_SCALARS = (str, int, float, bool, Path)
 
 
-def _kind(annotation: str) -> type:
-    """The scalar type of a field's (string) annotation: `int | None` -> int."""
-    first = annotation.split("|")[0].strip()
-    for prefix, kind in (("list", list), ("tuple", tuple), ("dict", dict)):
-        if first.startswith(prefix):
-            return kind
-    return _KINDS.get(first, str)
+def _kind(hint: Any) -> tuple[type, tuple[str, ...] | None]:
+    """The type of a setting's values from its field's type (resolved, `typing.get_type_hints`):
+    `int | None`, `None | int` and `Optional[int]` are int, `tuple[str, ...]` is tuple, and a
+    `Literal` of strings is str with those strings as its choices. Anything else is an error
+    (a setting's value is checked and parsed by its type: none must be guessed)."""
+    if get_origin(hint) in (Union, UnionType):
+        hint, *others = [arg for arg in get_args(hint) if arg is not type(None)]
+        if others:
+            raise TypeError(f"a setting takes values of one type (or none), not {hint} | {others}")
+    origin = get_origin(hint)
+    if origin is Literal:
+        values = get_args(hint)
+        if not all(isinstance(value, str) for value in values):
+            raise TypeError(f"a setting's Literal type takes strings, not {values}")
+        return str, values
+    if origin in (list, tuple, dict):
+        return origin, None
+    if hint in _SCALARS:
+        return hint, None
+    raise TypeError(f"a setting's type is one of {_SCALARS}, a list, tuple or dict, not {hint}")
 
 
 def specs_of(cls: type[Any], path: tuple[str, ...] = ()) -> list[OptionSpec]:
     """The settings of dataclass `cls`, in declaration order; a field whose default is a
     dataclass contributes that dataclass's settings (under its name in `path`)."""
     out = []
+    hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
         if dataclasses.is_dataclass(default):
@@ -114,14 +129,15 @@ def specs_of(cls: type[Any], path: tuple[str, ...] = ()) -> list[OptionSpec]:
         if "help" not in f.metadata:
             continue  # not a setting: an internal knob of its layer
         scale = f.metadata["scale"]
+        kind, values = _kind(hints[f.name])
         out.append(
             OptionSpec(
                 name=f.metadata["key"] or f.name,
                 path=(*path, f.name),
-                kind=_kind(str(f.type)),
+                kind=kind,
                 default=default * scale if scale != 1.0 else default,
                 help=f.metadata["help"],
-                choices=f.metadata["choices"],
+                choices=f.metadata["choices"] or values,
                 unit=f.metadata["unit"],
                 scale=scale,
                 minimum=f.metadata["minimum"],

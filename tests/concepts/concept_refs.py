@@ -16,6 +16,20 @@ from reference_models import Direct, mode_ref
 from explainserve.concepts.sets import ConceptInfo, ConceptSet, Encoder, ModelBinding
 
 KINDS = ("linear", "relu", "topk", "jumprelu", "nnls")
+#: Served name -> directory fixture.
+SERVED = {
+    "bert": "tiny_bert_dir",
+    "roberta": "tiny_roberta_dir",
+    "distilbert": "tiny_distilbert_dir",
+    "gpt2": "tiny_gpt2_dir",
+}
+#: Each model's head input: its split point and its row size.
+HEAD_INPUT = {
+    "bert": ("classifier:input", 32),
+    "roberta": ("classifier:input", 32),
+    "distilbert": ("classifier:input", 32),
+    "gpt2": ("score:input", 32),
+}
 
 
 def random_set(

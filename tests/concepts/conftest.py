@@ -8,27 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from concept_refs import SERVED
 from reference_models import Direct
 
 from explainserve.concepts.registry import ConceptRegistry
 from explainserve.concepts.service import ConceptExplainer
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-
-#: Served name -> directory fixture.
-SERVED = {
-    "bert": "tiny_bert_dir",
-    "roberta": "tiny_roberta_dir",
-    "distilbert": "tiny_distilbert_dir",
-    "gpt2": "tiny_gpt2_dir",
-}
-#: Each model's head input: its split point and its row size.
-HEAD_INPUT = {
-    "bert": ("classifier:input", 32),
-    "roberta": ("classifier:input", 32),
-    "distilbert": ("classifier:input", 32),
-    "gpt2": ("score:input", 32),
-}
 
 
 @pytest.fixture(scope="session")

@@ -177,12 +177,14 @@ def linear(tiny_bert_dir: Path) -> Iterator[Linear]:
 @pytest.fixture(scope="module")
 def reuse_lms(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[dict[str, ServedModel]]:
     """Both tiny LMs, each served with prefix reuse and dedup on and off ("gpt2-True", ...),
-    no batch wait: the packing and reference-pass tests compare the two."""
+    no batch wait: the packing and reference-pass tests compare the two. With reuse, every
+    batch that can run on a cached prefix does (`always_prefix`): those tests check that path,
+    not the measured costs' choice of it."""
     out: dict[str, ServedModel] = {}
     reg = Registry()
     for name, path in (("gpt2", tiny_gpt2_lm_dir), ("llama", tiny_llama_lm_dir)):
         for reuse in (True, False):
-            options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.0)
+            options = WorkerOptions(reuse=reuse, always_prefix=reuse, batch_wait_seconds=0.0)
             model = load_model(ModelConfig(f"{name}-{reuse}", path, device="cpu", worker=options))
             reg.add(model)
             out[f"{name}-{reuse}"] = model

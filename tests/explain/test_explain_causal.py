@@ -427,8 +427,7 @@ def test_task_is_detected(lm_registry: Registry) -> None:
 
 def test_gradient_rows_share_points_and_keep_only_sums(lm_registry: Registry) -> None:
     from explainserve.explain import causal
-    from explainserve.explain.common import Item, Progress
-    from explainserve.explain.method import RunContext
+    from explainserve.explain.run import Item, Progress, RunContext
     from explainserve.vocabulary import encode_text
 
     served = lm_registry.get("gpt2-lm")

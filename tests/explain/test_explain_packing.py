@@ -12,7 +12,6 @@ import pytest
 from lm_jobs import causal_job, scale
 
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling import prefix
 
 
 @pytest.mark.parametrize("model", ["gpt2", "llama"])
@@ -23,9 +22,7 @@ def test_packed_rows_equal_full_rows(
     model: str,
     mode: str,
     zero: bool,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(prefix, "ALWAYS", True)
     rng = np.random.default_rng(7)
     jobs_ids = []
     for n in (23, 17):  # two inputs of different lengths in one batch

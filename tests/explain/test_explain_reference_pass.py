@@ -15,7 +15,6 @@ import pytest
 from lm_jobs import causal_job, scale
 
 from explainserve.models.registry import ServedModel
-from explainserve.scheduling import prefix
 from explainserve.scheduling.jobs import ForwardJob
 
 
@@ -51,7 +50,6 @@ def test_rows_equal_to_the_reference_are_scored_from_the_prefix_pass(
 ) -> None:
     """`head="whole"`: the runner without the target-row head (the prefix pass then computes
     the logits of the kept positions, and the suffixes run in groups, not packed)."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)
     reference = np.random.default_rng(3).integers(10, 200, size=19).astype(np.int64)
     n, p = len(reference), 14
     results = {}
@@ -82,12 +80,9 @@ def test_rows_equal_to_the_reference_are_scored_from_the_prefix_pass(
     np.testing.assert_array_equal(results[True][0][0], results[True][1][0])
 
 
-def test_two_references_keep_two_prefix_rows(
-    reuse_lms: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_references_keep_two_prefix_rows(reuse_lms: dict[str, ServedModel]) -> None:
     """Two inputs in one batch: a prefix row each (each the whole reference, since each has
     its unperturbed rows in the batch), scores equal to full recomputation."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)
     rng = np.random.default_rng(5)
     references = [rng.integers(10, 200, size=n).astype(np.int64) for n in (17, 12)]
     results = {}
@@ -109,11 +104,10 @@ def test_two_references_keep_two_prefix_rows(
 
 
 def test_without_unchanged_rows_the_prefix_stops_at_the_latest_start(
-    reuse_lms: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+    reuse_lms: dict[str, ServedModel],
 ) -> None:
     """Only perturbed rows (a later batch of a large design): the prefix row runs to the
     latest start among them, not the whole reference."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)
     reference = np.random.default_rng(9).integers(10, 200, size=20).astype(np.int64)
     n, p = len(reference), 15
     _, method, starts = _jobs(reference, p, "logits", False)
@@ -130,7 +124,6 @@ def test_cost_models_record_the_tokens_the_prefix_path_ran(
 ) -> None:
     """The worker's cost and throughput models get a prefix-path batch's tokens as run (its
     padded prefix and suffix tokens), not its rows x width; a full batch's rows x width."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)
     reference = np.random.default_rng(11).integers(10, 200, size=24).astype(np.int64)
     n = len(reference)
     for reuse in (True, False):
@@ -167,7 +160,6 @@ def test_packed_rows_with_the_additive_mask_of_eager_attention(
     """SDPA gets the packed rows' boolean mask as it is; the eager attention, which adds its
     mask to the scores, gets it as 0 / the dtype's minimum. Both forms (SDPA takes either)
     give the scores of every row run in full."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)
     reference = np.random.default_rng(13).integers(10, 200, size=21).astype(np.int64)
     results = []
     for name, additive in (

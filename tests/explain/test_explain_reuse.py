@@ -21,7 +21,6 @@ from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.sobol import Sobol
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
-from explainserve.scheduling import prefix
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import InputSpec
 
@@ -37,13 +36,15 @@ METHODS: dict[str, perturbation.PerturbationMethod] = {
 GRANULARITIES = ["all_tokens", "token", "word", "sentence"]
 
 
-def _served(name: str, path: Path, reuse: bool, **kwargs: object) -> object:
+def _served(
+    name: str, path: Path, reuse: bool, always_prefix: bool = False, **kwargs: object
+) -> object:
     # A causal request submits its teacher-forced rows, then its method's rows, in two calls:
     # with no wait the worker could take the first alone, and a loaded machine (a fresh clone's
     # `make test` beside other work) once split them, so the counted tokens differed. 0.1 s
     # lets both submissions share the batch, so on an idle worker a request's batches are the
     # same on every run, which the counts and bit-for-bit comparisons below rely on.
-    options = WorkerOptions(reuse=reuse, batch_wait_seconds=0.1)
+    options = WorkerOptions(reuse=reuse, always_prefix=always_prefix, batch_wait_seconds=0.1)
     return load_model(ModelConfig(name, path, device="cpu", worker=options, **kwargs))  # type: ignore[arg-type]
 
 
@@ -68,29 +69,44 @@ def registries(
         reg.close()
 
 
+@pytest.fixture(scope="module")
+def always_prefix(tiny_gpt2_lm_dir: Path, tiny_llama_lm_dir: Path) -> Iterator[Registry]:
+    """The tiny LMs of `registries` with reuse, every batch that can run on a cached prefix
+    taking that path however little it saves (`WorkerOptions.always_prefix`): the default
+    skips batches that would save under a quarter of their tokens (small random designs often
+    do), or whose measured costs favour the full path."""
+    reg = Registry()
+    for name, path, kwargs in (
+        ("gpt2-lm", tiny_gpt2_lm_dir, {}),
+        ("llama-lm", tiny_llama_lm_dir, {}),
+        ("gpt2-zero", tiny_gpt2_lm_dir, {"replacement_fallback": "zero_embedding"}),
+    ):
+        reg.add(_served(name, path, True, always_prefix=True, **kwargs))  # type: ignore[arg-type]
+    yield reg
+    reg.close()
+
+
 @pytest.mark.parametrize("model", LMS)
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("isolate", [False, True])
 def test_prefix_reuse_equals_full_recomputation(
     registries: dict[bool, Registry],
+    always_prefix: Registry,
     model: str,
     granularity: str,
     method: str,
     isolate: bool,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Every batch takes the prefix path, however little it saves (the default skips batches
-    # that would save under a quarter of their tokens: small random designs often do).
-    monkeypatch.setattr(prefix, "ALWAYS", True)
+    # Every batch takes the prefix path, however little it saves (`always_prefix`).
     inputs = [
         InputSpec(text=PROMPT, continuation_text=CONTINUATION),
         InputSpec(text="Dogs ran far", continuation_text=" away from home."),
     ]
     kw = {"granularity": granularity, "isolate": isolate, "seed": 3}
-    stats = registries[True].get(model).worker.stats
+    stats = always_prefix.get(model).worker.stats
     before = (stats.real_tokens, stats.naive_tokens)
-    fast = explain(registries[True], model, inputs, METHODS[method], **kw)
+    fast = explain(always_prefix, model, inputs, METHODS[method], **kw)
     assert stats.real_tokens - before[0] < stats.naive_tokens - before[1]  # the prefix path ran
     full = explain(registries[False], model, inputs, METHODS[method], **kw)
     for a, b in zip(fast, full, strict=True):
@@ -104,12 +120,12 @@ def test_prefix_reuse_equals_full_recomputation(
 
 @pytest.mark.parametrize("model", LMS)
 def test_rows_on_a_cached_prefix_equal_full_rows(
-    registries: dict[bool, Registry], model: str, monkeypatch: pytest.MonkeyPatch
+    registries: dict[bool, Registry], always_prefix: Registry, model: str
 ) -> None:
     """The worker alone: every perturbed row's scores, with and without the cached prefix, to
     float32 rounding; the rows share prefixes of every length with the reference."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)  # not the measured costs' choice
-    served = {reuse: registries[reuse].get(model) for reuse in (True, False)}
+    # The prefix path always, not the measured costs' choice.
+    served = {True: always_prefix.get(model), False: registries[False].get(model)}
     tok = served[True].tokenizer
     ids = np.asarray(tok(PROMPT + CONTINUATION)["input_ids"], dtype=np.int64)
     n = len(ids)
@@ -137,17 +153,15 @@ def test_rows_on_a_cached_prefix_equal_full_rows(
 
 
 @pytest.mark.parametrize("model", ["gpt2-lm", "llama-lm"])
-def test_counters_report_tokens_run(
-    registries: dict[bool, Registry], model: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_counters_report_tokens_run(always_prefix: Registry, model: str) -> None:
     """Occlusion alone on an idle worker: the prefix once, then each row from its first change
-    (all in one batch); the naive count is every row in full."""
-    monkeypatch.setattr(prefix, "ALWAYS", True)  # not the measured costs' choice
-    served = registries[True].get(model)
+    (all in one batch); the naive count is every row in full (the prefix path always, not the
+    measured costs' choice)."""
+    served = always_prefix.get(model)
     stats = served.worker.stats
     before = (stats.rows, stats.real_tokens, stats.naive_tokens)
     (e,) = explain(
-        registries[True],
+        always_prefix,
         model,
         [InputSpec(text=PROMPT, continuation_text=CONTINUATION)],
         Occlusion(),

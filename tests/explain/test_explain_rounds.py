@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from explainserve.explain.common import Item, Progress, TargetChoice, encode, finished, start_runs
-from explainserve.explain.method import Method, RunContext
+from explainserve.explain.common import encode, finished, start_runs
+from explainserve.explain.method import Method
 from explainserve.explain.methods.integrated_gradients import IntegratedGradients
 from explainserve.explain.methods.kernel_shap import KernelShap
 from explainserve.explain.methods.lime import Lime
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.sobol import Sobol
 from explainserve.explain.params import ExplainParams, Explanation
+from explainserve.explain.run import Item, Progress, RunContext, TargetChoice
 from explainserve.explain.service import Explainer
 from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.jobs import ForwardJob, Job, RequestTag

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -203,28 +204,45 @@ def test_not_serving_until_ready(explainer: Explainer) -> None:
 
 
 def test_drain_refuses_new_work_and_finishes_in_flight(explainer: Explainer) -> None:
+    """A call held in the worker (its first batch waits on a gate) while the server drains: a
+    new call is refused with UNAVAILABLE while the held one still runs (it is not queued
+    behind it), health says NOT_SERVING, and the held call then finishes."""
+    worker = explainer.registry.get("bert").worker
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(_pieces: Sequence[tuple[Job, int, int]]) -> None:
+        entered.set()
+        assert gate.wait(60)
+
     running = start(ServerOptions(port=0, workers=4), explainer)
     channel, stub = connect(running)
-    with channel:
-        in_flight = stub.Explain.future(HEAVY, timeout=60)
-        deadline = time.monotonic() + 10
-        while running.state.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        stopper = threading.Thread(target=running.stop, args=(30.0,))
-        stopper.start()
-        while running.state.state != "draining":
-            time.sleep(0.001)
-        started = time.perf_counter()
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Explain(SMALL, timeout=10)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "draining" in err.value.details()
-        assert time.perf_counter() - started < 1.0
-        assert health_of(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-        reply = in_flight.result()
-        assert len(reply.explanations) == 6
+    worker.fault_hook = hold
+    stopper = threading.Thread(target=running.stop, args=(30.0,))
+    try:
+        with channel:
+            in_flight = stub.Explain.future(HEAVY, timeout=60)
+            assert entered.wait(30)
+            stopper.start()
+            deadline = time.monotonic() + 10
+            while running.state.state != "draining" and time.monotonic() < deadline:
+                time.sleep(0.001)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Explain(SMALL, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "draining" in err.value.details()
+            assert health_of(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not in_flight.done()  # refused while the held call still runs
+            worker.fault_hook = None
+            gate.set()
+            reply = in_flight.result()
+            assert len(reply.explanations) == 6
+    finally:
+        worker.fault_hook = None
+        gate.set()
+        if stopper.ident is None:  # failed before the drain began
+            running.stop(grace=None)
         stopper.join(30)
-        assert not stopper.is_alive()
+    assert not stopper.is_alive()
 
 
 def test_keepalive_and_connection_age_options() -> None:
@@ -252,7 +270,9 @@ def test_keepalive_and_connection_age_options() -> None:
 
 
 def test_connections_are_closed_at_their_max_age(explainer: Explainer) -> None:
-    """The client reconnects transparently; calls keep working across the closes."""
+    """The server closes a connection once it is `max_connection_age_s` old (a GOAWAY): the
+    client's channel, READY on it, leaves READY without the client doing anything. The client
+    reconnects transparently; calls keep working across the closes."""
     running = start(
         ServerOptions(port=0, workers=2, max_connection_age_s=0.2, max_connection_age_grace_s=1),
         explainer,
@@ -260,9 +280,22 @@ def test_connections_are_closed_at_their_max_age(explainer: Explainer) -> None:
     try:
         channel, stub = connect(running)
         with channel:
-            for _ in range(4):
+            states: queue.Queue[grpc.ChannelConnectivity] = queue.Queue()
+            channel.subscribe(states.put)
+            for _ in range(2):  # two connections, each closed by the server
                 assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models
-                time.sleep(0.15)
+                seen = states.get(timeout=10)
+                while seen != grpc.ChannelConnectivity.READY:
+                    seen = states.get(timeout=10)
+                # Nothing else closes an idle connection within minutes (no idle bound here,
+                # the channel's own idle timeout is 30 min): the wait only bounds a failure.
+                try:
+                    closed = states.get(timeout=30)
+                except queue.Empty:
+                    pytest.fail("the connection is still open well past its max age")
+                assert closed != grpc.ChannelConnectivity.READY
+            channel.unsubscribe(states.put)
+            assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models
     finally:
         running.stop(grace=None)
 

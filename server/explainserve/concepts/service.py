@@ -29,8 +29,8 @@ from explainserve.concepts.params import ConceptExplanation, ConceptParams, Conc
 from explainserve.concepts.registry import BoundConceptSet, ConceptRegistry, bind
 from explainserve.errors import InvalidArgument
 from explainserve.models.registry import Registry, ServedModel
-from explainserve.scheduling.execute import apply_mode
 from explainserve.scheduling.jobs import ConceptJob, HeadFn, RequestTag
+from explainserve.scheduling.scores import apply_mode
 from explainserve.vocabulary import InferenceMode
 
 

@@ -11,10 +11,10 @@ import numpy as np
 
 from explainserve.errors import InvalidArgument
 from explainserve.explain import causal
-from explainserve.explain.common import Item, Progress, count_rows, encode, finished, start_runs
+from explainserve.explain.common import count_rows, encode, finished, start_runs
 from explainserve.explain.limits import Limits
-from explainserve.explain.method import RunContext
 from explainserve.explain.params import ExplainParams, Explanation, Generation
+from explainserve.explain.run import Item, Progress, RunContext
 from explainserve.models.registry import ServedModel
 from explainserve.scheduling.jobs import ForwardJob, GenerateJob
 from explainserve.vocabulary import Encoded, InferenceMode

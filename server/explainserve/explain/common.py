@@ -1,117 +1,24 @@
-"""What every method and both request paths (sequence classifiers: `service`, causal LMs:
-`causal_flow`) share: the prepared inputs, progress counting, pending results, and the steps
-between them (encode an input, bound its rows, start every input's run, collect the scores)."""
+"""The steps both request paths (sequence classifiers: `service`, causal LMs: `causal_flow`)
+share between a request's inputs and their scores: encode an input, bound its rows, start every
+input's run, collect the scores (the runs' types: `explain.run`)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from explainserve.errors import InvalidArgument
-from explainserve.scheduling.jobs import ForwardJob, GradientJob
-from explainserve.vocabulary import Encoded, InputSpec, Units, encode_ids, encode_text
+from explainserve.explain.run import Item, Pending, Picked, Progress, RunContext
+from explainserve.scheduling.jobs import ForwardJob
+from explainserve.vocabulary import Encoded, InputSpec, encode_ids, encode_text
 
 if TYPE_CHECKING:
-    from explainserve.explain.method import Method, RunContext
+    from explainserve.explain.method import Method
     from explainserve.models.registry import ServedModel
-
-
-@dataclass(frozen=True)
-class TargetChoice:
-    """A classifier input's targets: those the request gives (`explicit`), or, when it gives
-    none, the class the model predicts for the unperturbed input (the argmax of its logits)."""
-
-    explicit: NDArray[np.int64] | None = None
-
-    def pick(self, logits: NDArray[np.float64]) -> NDArray[np.int64]:
-        """The targets, given the unperturbed input's raw logits `(C,)`."""
-        if self.explicit is not None:
-            return self.explicit
-        return np.asarray([int(np.argmax(logits))], dtype=np.int64)
-
-    def key(self) -> bytes:
-        """What the targets depend on besides the input (identical inputs share runs)."""
-        return b"predicted" if self.explicit is None else self.explicit.tobytes()
-
-
-@dataclass(frozen=True)
-class Picked:
-    """What a run that carried the unperturbed input found: its targets and raw logits."""
-
-    targets: NDArray[np.int64]
-    logits: NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input ready to explain: tokens, units and resolved target indices (or, with
-    `choice`, how its run picks them from the unperturbed row it carries: `targets` is then
-    empty)."""
-
-    index: int
-    encoded: Encoded
-    units: Units
-    targets: NDArray[np.int64]
-    #: Causal LMs: per target token id, the position whose next-token logits score it.
-    positions: NDArray[np.int64] | None = None
-    #: Classifiers' perturbation runs: the targets are picked once the rows are in.
-    choice: TargetChoice | None = None
-
-
-class Progress:
-    """Counts forward passes (sequences through the model) done across a request's jobs."""
-
-    def __init__(self, total: int, listener: Callable[[int, int], None] | None = None) -> None:
-        self.total = total
-        self.done = 0
-        self._listener = listener
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        """Called by the worker when `n` more rows are done."""
-        with self._lock:
-            self.done += n
-            done = self.done
-        if self._listener is not None:
-            self._listener(done, self.total)
-
-    def extend(self, n: int) -> None:
-        """Adds `n` rows to the total (work planned once generated continuations are known)."""
-        with self._lock:
-            self.total += n
-
-
-class Pending(Protocol):
-    """The in-flight work of one input: its worker futures and how to finish it."""
-
-    #: Sequences this input sends through the model.
-    n_rows: int
-
-    @property
-    def jobs(self) -> Sequence[ForwardJob | GradientJob]:
-        """The worker jobs, to submit (all inputs' together)."""
-        ...
-
-    @property
-    def futures(self) -> list[Future[Any]]:
-        """The worker jobs' futures; `finish` may be called once all are done."""
-        ...
-
-    def finish(self) -> NDArray[np.float64]:
-        """`(targets, units)` scores; raises what the jobs raised."""
-        ...
-
-    @property
-    def picked(self) -> Picked | None:
-        """After `finish`, for a run of an item with a `choice`: its targets and the
-        unperturbed input's logits; None for the others."""
-        ...
 
 
 def encode(model: ServedModel, spec: InputSpec, index: int) -> Encoded:

@@ -31,8 +31,8 @@ from numpy.typing import NDArray
 
 from explainserve import _native
 from explainserve.errors import InvalidArgument
-from explainserve.explain.common import Item, Picked
-from explainserve.explain.method import Method, RunContext
+from explainserve.explain.method import Method
+from explainserve.explain.run import Item, Picked, RunContext
 from explainserve.scheduling.jobs import GradientJob
 
 if TYPE_CHECKING:

@@ -13,28 +13,11 @@ import importlib
 import math
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 from explainserve.errors import InvalidArgument
-from explainserve.vocabulary import Aggregation, InferenceMode
-
-if TYPE_CHECKING:
-    from explainserve.explain.common import Item, Pending, Progress
-    from explainserve.models.registry import ServedModel
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a method's run needs besides its input: the model and the request's choices."""
-
-    model: ServedModel
-    mode: InferenceMode
-    aggregation: Aggregation
-    seed: int
-    progress: Progress
-    is_cancelled: Callable[[], bool] | None
+from explainserve.explain.run import Item, Pending, RunContext
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explainserve import _native
-from explainserve.explain.common import Item, Picked, Progress
-from explainserve.explain.method import Method, RunContext
+from explainserve.explain.method import Method
+from explainserve.explain.run import Item, Picked, Progress, RunContext
 from explainserve.scheduling.jobs import ForwardJob
 from explainserve.vocabulary import InferenceMode
 

@@ -14,10 +14,6 @@ from explainserve.concepts.registry import ConceptRegistry
 from explainserve.errors import InvalidArgument
 from explainserve.explain.causal_flow import explain_causal
 from explainserve.explain.common import (
-    Item,
-    Picked,
-    Progress,
-    TargetChoice,
     count_rows,
     encode,
     finished,
@@ -26,8 +22,8 @@ from explainserve.explain.common import (
     submit_runs,
 )
 from explainserve.explain.limits import Limits
-from explainserve.explain.method import RunContext
 from explainserve.explain.params import ExplainParams, Explanation
+from explainserve.explain.run import Item, Picked, Progress, RunContext, TargetChoice
 from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.jobs import ForwardJob, RequestTag
 from explainserve.vocabulary import InputSpec, make_units

@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from explainserve.errors import InvalidArgument
 from explainserve.models.capture import find_head, first_tensor, head_input_name
+from explainserve.models.options import ReplacementFallback
 from explainserve.models.registry import Replacement, ServedModel
 from explainserve.models.runners import CausalLMRunner, ClassifierRunner
 from explainserve.scheduling.options import WorkerOptions
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 # Loading prints per-weight progress bars otherwise; the server logs what it loaded itself.
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-ReplacementFallback = Literal["unk", "pad", "eos", "zero_embedding"]
 #: What a served model does; "auto" detects it from the config's architectures.
 Task = Literal["auto", "sequence-classification", "causal-lm"]
 TASKS: tuple[str, ...] = ("auto", "sequence-classification", "causal-lm")

@@ -24,17 +24,61 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from explainserve.scheduling.cost import ThroughputModel
+from explainserve.scheduling.interfaces import Runner, WorkerStats
 from explainserve.scheduling.jobs import CalibrationTag, ForwardJob, GradientJob, Job, Kind
-
-if TYPE_CHECKING:
-    from explainserve.scheduling.worker import Worker
+from explainserve.scheduling.options import WorkerOptions
 
 log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    """What the calibration needs of the worker it calibrates (`scheduling.worker.Worker`): its
+    model, options and counters, submitting a job and waiting for the queue to empty, the time
+    bound of a batch and the throughput model its batches feed."""
+
+    @property
+    def name(self) -> str:
+        """The model's name (logs)."""
+        ...
+
+    @property
+    def runner(self) -> Runner:
+        """The model."""
+        ...
+
+    @property
+    def options(self) -> WorkerOptions:
+        """The token budgets and the row bound the sizes go up to."""
+        ...
+
+    @property
+    def stats(self) -> WorkerStats:
+        """Counts the calibration's batches."""
+        ...
+
+    @property
+    def throughput(self) -> ThroughputModel:
+        """Learns the rates from the batches timed, and chooses the best size."""
+        ...
+
+    def submit(self, job: Job[Any]) -> None:
+        """Queues one calibration job."""
+        ...
+
+    def wait_idle(self) -> None:
+        """Waits until every batch has run and been counted."""
+        ...
+
+    def longest_batch_seconds(self, kind: Kind) -> float | None:
+        """The longest a batch of `kind` may take (None: no time bound)."""
+        ...
+
 
 #: The smallest batch tried (tokens, padding counted); sizes double from it to the memory bound.
 SMALLEST_TOKENS = 256

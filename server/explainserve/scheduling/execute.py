@@ -1,5 +1,5 @@
-"""Running a batch: the `Runner` protocol (what the worker needs from a model) and the torch
-code of each job kind, from padding the rows to handing each job its results.
+"""Running a batch: the torch code of each job kind, from padding the rows to handing each job
+its results, on the model's `Runner` (`scheduling.interfaces`).
 
 `Executor.run` takes a batch of row ranges of one kind (see `scheduling.jobs`) and runs it on
 the calling thread (the worker's, which owns the model); it raises what the model raises, and the
@@ -9,8 +9,8 @@ worker handles it. Nothing here knows about queues or about attribution methods.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -18,194 +18,20 @@ from numpy.typing import NDArray
 
 from explainserve.errors import Cancelled
 from explainserve.scheduling import prefix
+from explainserve.scheduling.interfaces import Runner, WorkerStats
 from explainserve.scheduling.jobs import (
     ActivationJob,
     ActivationResult,
     ConceptJob,
     ForwardJob,
     GenerateJob,
-    GenerationOptions,
     GradientJob,
     HeadJob,
     Job,
     OutputHead,
     Pieces,
 )
-from explainserve.vocabulary import InferenceMode
-
-if TYPE_CHECKING:
-    from explainserve.scheduling.worker import WorkerStats
-
-
-class KeptPositions(Protocol):
-    """Causal LMs: the last positions of a batch, from which rows' scores are read (the models
-    layer's `models.heads.KeptPositions`, computing no more of the head than asked)."""
-
-    def logits(self, rows: slice | torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """`(n, t, V)` logits of batch rows `rows` at kept positions `cols` `(t,)`."""
-        ...
-
-    def target_logits(
-        self, rows: slice | torch.Tensor, cols: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """`(n, t)` logit of token `targets[k]` at kept position `cols[k]`, for rows `rows`."""
-        ...
-
-
-class Runner(Protocol):
-    """What the worker needs from a model. Every runner has all of it; what a kind of model
-    cannot do (a classifier's next-token logits, a causal LM's classification head) raises."""
-
-    pad_id: int
-    #: "right" (encoders) or "left" (heads that read the last token, causal LMs).
-    padding_side: str
-    #: Causal LMs: the size of the next-token logits (bounds a batch's logits); 0 for others.
-    vocab_size: int
-    #: Causal LMs: whether forward rows may run on a cached prefix (`scheduling.prefix`).
-    prefix_reuse: bool
-
-    @property
-    def packing(self) -> bool:
-        """Causal LMs: whether rows on a cached prefix may be packed several to a batch row."""
-        ...
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model lives."""
-        ...
-
-    def logits(
-        self,
-        ids: torch.Tensor,
-        attention: torch.Tensor,
-        inputs_embeds: torch.Tensor | None = None,
-        read_only: bool = False,
-    ) -> torch.Tensor:
-        """`(b, C)` logits for `(b, L)` ids (or `(b, L, h)` embeddings) and attention mask;
-        `read_only`: the positions the logits are not read from may be skipped."""
-        ...
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """`(b, L, h)` input embeddings of `(b, L)` ids."""
-        ...
-
-    def capture(
-        self,
-        ids: torch.Tensor,
-        attention: torch.Tensor,
-        split_points: list[str],
-        with_logits: bool,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Activations of a padded batch at `split_points`, and the logits when `with_logits`
-        (otherwise the pass may stop once everything is captured). Activation jobs only."""
-        ...
-
-    def run_head(self, inputs: torch.Tensor) -> torch.Tensor:
-        """`(r, C)` logits of the classification head on `(r, *features)` rows (differentiable).
-        Head and concept jobs, and output heads."""
-        ...
-
-    def head_input(
-        self,
-        ids: torch.Tensor,
-        attention: torch.Tensor,
-        inputs_embeds: torch.Tensor | None = None,
-        read_only: bool = False,
-    ) -> torch.Tensor:
-        """`(b, *features)`: the classification head's input at the position the head reads, the
-        pass stopped there (differentiable when gradients are on). Concept jobs and output
-        heads."""
-        ...
-
-    def token_logits(
-        self,
-        ids: torch.Tensor,
-        attention: torch.Tensor,
-        inputs_embeds: torch.Tensor | None,
-        keep: int,
-        positions: torch.Tensor | None = None,
-        cache: Any | None = None,
-    ) -> torch.Tensor:
-        """Causal LMs: `(b, keep, V)` next-token logits of the last `keep` positions of a
-        left-padded batch; with a `cache` (from `cache_rows`) the rows continue it, `positions`
-        giving the new positions' ids."""
-        ...
-
-    def kept(
-        self,
-        ids: torch.Tensor,
-        attention: torch.Tensor,
-        inputs_embeds: torch.Tensor | None,
-        keep: int,
-        positions: torch.Tensor | None = None,
-        cache: Any | None = None,
-    ) -> KeptPositions:
-        """Causal LMs: the last `keep` positions of a left-padded batch (as `token_logits`),
-        from which the rows' scores are read without computing more of the head than they
-        need."""
-        ...
-
-    def prefix_cache(
-        self, ids: torch.Tensor, attention: torch.Tensor, keep: int = 0
-    ) -> tuple[Any, KeptPositions | None] | None:
-        """Causal LMs: the KV cache of left-padded rows and, with `keep`, their last `keep`
-        positions (as `kept`); None if the cache cannot be cut."""
-        ...
-
-    def cache_rows(self, cache: Any, rows: torch.Tensor, length: int, expand: int = 0) -> Any:
-        """Causal LMs: a cache of `cache`'s rows `rows`, first `length` slots (with `expand`:
-        its one row `rows[0]`, viewed `expand` times)."""
-        ...
-
-    def packed(
-        self,
-        embeds: torch.Tensor,
-        mask: torch.Tensor,
-        positions: torch.Tensor,
-        cache: Any,
-        index: torch.Tensor,
-    ) -> KeptPositions:
-        """Causal LMs with `packing`: several rows packed into each batch row on a cache, a 4D
-        boolean `mask` (True: seen) keeping them apart; the final states at flat positions
-        `index`."""
-        ...
-
-    def generate(
-        self,
-        prompts: list[torch.Tensor],
-        options: GenerationOptions,
-        stop_ids: set[int],
-        on_token: Callable[[int], None] | None = None,
-        is_cancelled: Callable[[int], bool] | None = None,
-    ) -> list[list[int] | None]:
-        """Causal LMs: continues the prompts together; None for a prompt cancelled meanwhile."""
-        ...
-
-
-def apply_mode(logits: torch.Tensor, mode: InferenceMode) -> torch.Tensor:
-    """The function of the logits that is explained, over the last (class) dimension."""
-    if mode == "softmax":
-        return torch.softmax(logits.float(), dim=-1)
-    if mode == "log_softmax":
-        return torch.log_softmax(logits.float(), dim=-1)
-    return logits.float()
-
-
-def target_scores(
-    kept: KeptPositions,
-    rows: slice | torch.Tensor,
-    cols: torch.Tensor,
-    targets: torch.Tensor,
-    mode: InferenceMode,
-) -> torch.Tensor:
-    """Causal LMs: `(n, t)` scores of batch rows `rows`, `mode(logits at kept position cols[k])`
-    read at token `targets[k]`. In logits mode only the target tokens' logits are computed (all
-    a score needs); softmax and log_softmax need the whole vocabulary at each position."""
-    if mode == "logits":
-        return kept.target_logits(rows, cols, targets).float()
-    scores = apply_mode(kept.logits(rows, cols), mode)  # (n, t, V)
-    index = targets.view(1, -1, 1).expand(scores.shape[0], -1, 1)
-    return scores.gather(2, index)[..., 0]
+from explainserve.scheduling.scores import apply_mode, target_scores
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -217,12 +43,19 @@ class Executor:
     """Runs batches of one model (on the worker's thread) and counts them in `stats`."""
 
     def __init__(
-        self, runner: Runner, stats: WorkerStats, reuse: bool, read_only: bool = True
+        self,
+        runner: Runner,
+        stats: WorkerStats,
+        reuse: bool,
+        read_only: bool = True,
+        always_prefix: bool = False,
     ) -> None:
         self.runner = runner
         self.stats = stats
         #: Causal LMs: forward rows may run on the cached prefix of their reference.
         self.reuse = reuse
+        #: ... and do whenever they can, not by the measured costs' choice.
+        self.always_prefix = always_prefix
         #: Class logits computed at the positions the head reads only (`Runner.logits`).
         self.read_only = read_only
         #: Causal LMs: what the prefix path and the full path have cost (`prefix.PassCosts`).
@@ -292,7 +125,7 @@ class Executor:
                 costs = self.pass_costs
                 costs.pending_full = 0
             padded = self.stats.padded_tokens
-            host = prefix.forward_scores(self.runner, pieces, self.stats, costs)
+            host = prefix.forward_scores(self.runner, pieces, self.stats, costs, self.always_prefix)
             if host is not None:
                 self.ran_tokens = self.stats.padded_tokens - padded
         if host is None:

@@ -84,6 +84,12 @@ class WorkerOptions:
         "causal LMs: run perturbed rows from their first change on the cached prefix; run "
         "identical rows and inputs once (--no-reuse only to measure what it saves)",
     )
+    #: Causal LMs with `reuse`: every forward batch that can run on a cached prefix does,
+    #: whatever it saves, instead of taking the path the measured costs choose
+    #: (`prefix.PassCosts`; isolated requests: `prefix.MIN_SAVING`). Not a setting: on only
+    #: where the prefix path itself is what is checked or profiled (its scores against full
+    #: recomputation, bench/reuse_profile.py).
+    always_prefix: bool = False
     #: Encoder classifiers (BERT, RoBERTa, ELECTRA, ...): run the final layer only at the
     #: position their head reads, the first (`models.first_position`; the logits equal the full
     #: layer's up to float rounding, so results differ from a run without it in the last bits).

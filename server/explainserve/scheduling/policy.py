@@ -15,16 +15,13 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from explainserve.scheduling.cost import CostModel, Rate, ThroughputModel
-from explainserve.scheduling.execute import Runner
+from explainserve.scheduling.interfaces import Observer, Runner
 from explainserve.scheduling.jobs import Job, Kind, Pieces
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.vocabulary import Priority
-
-if TYPE_CHECKING:
-    from explainserve.scheduling.worker import Observer
 
 #: A batch of the worker: row ranges of jobs of one kind.
 Batch = Pieces[Job[Any]]

@@ -34,19 +34,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from explainserve.scheduling.cost import RecentMedian
-from explainserve.scheduling.jobs import position_ids
-
-if TYPE_CHECKING:
-    from explainserve.scheduling.execute import Runner
-    from explainserve.scheduling.jobs import ForwardJob
-    from explainserve.scheduling.worker import WorkerStats
+from explainserve.scheduling.interfaces import Runner, WorkerStats
+from explainserve.scheduling.jobs import ForwardJob, position_ids
+from explainserve.scheduling.scores import target_scores
 
 #: Suffix groups (models without packing): what one more group (one more pass, its cache rows
 #: gathered) costs, in tokens run; the groups minimise padded tokens plus this per group.
@@ -57,9 +54,6 @@ GROUP_COST_TOKENS = 96
 #: below, its extra passes (the prefix, the suffixes) cost more than the tokens saved (measured
 #: on short prompts: bench/RESULTS.md). Other batches choose by measured cost (`PassCosts`).
 MIN_SAVING = 0.25
-
-#: Tests: take the prefix path whenever it can run, whatever it saves.
-ALWAYS = False
 
 
 class PassCosts:
@@ -226,12 +220,13 @@ def forward_scores(
     pieces: list[tuple[ForwardJob, int, int]],
     stats: WorkerStats,
     costs: PassCosts | None = None,
+    always: bool = False,
 ) -> list[NDArray[np.float64]] | None:
     """Each piece's `(rows, t)` scores, run on cached prefixes; None (nothing run, nothing
     counted) when the runner cannot cut its cache, when no row would run on a cached prefix, or
     when the full path is chosen: by `costs` (the executor's measured `PassCosts`), or without
     them (isolated requests) when the prefix path would save less than `MIN_SAVING` of the
-    tokens.
+    tokens. `always` (`WorkerOptions.always_prefix`): never the full path by choice.
 
     Jobs of one reference share its prefix row. Where rows equal to the reference are in the
     batch (the request's teacher-forced row, Occlusion's unperturbed one), the prefix row runs
@@ -289,7 +284,7 @@ def forward_scores(
         run_tokens = len(prefixed) * width + sum(
             len(g) * int(suffix[sub][g].max()) for g in _groups(suffix[sub])
         )
-    if ALWAYS:
+    if always:
         pass
     elif costs is not None:
         if not costs.choose(run_tokens, len(s) * int(lengths[piece].max())):
@@ -330,8 +325,6 @@ def _run(
 ) -> list[NDArray[np.float64]] | None:
     """The prefix pass (scoring the rows equal to a whole reference), then the other rows'
     suffixes: packed (`packs`, bins of indices into the rows that run) or in groups."""
-    from explainserve.scheduling.execute import target_scores  # execute imports this module
-
     lengths = np.asarray([job.length for job, _, _ in pieces], dtype=np.int64)
     piece, row, s, ref_of, prefix_len = plan.piece, plan.row, plan.s, plan.ref_of, plan.prefix_len
     naive = int(lengths[piece].sum())
@@ -482,8 +475,6 @@ def _packed_scores(
     (its job's, up to its start) and its own earlier positions, nothing of the rows packed
     beside it (a 4D mask), with its own position ids. Each piece's `(rows, t)` scores.
     """
-    from explainserve.scheduling.execute import target_scores  # execute imports this module
-
     device = runner.device
     b = len(packs)
     n_flat = len(s)

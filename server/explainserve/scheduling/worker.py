@@ -16,71 +16,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from explainserve import tracing
 from explainserve.errors import Cancelled, ResourceExhausted, Unavailable
 from explainserve.scheduling import calibration
 from explainserve.scheduling.cost import CostModel, ThroughputModel
-from explainserve.scheduling.execute import Executor, Runner, is_out_of_memory
+from explainserve.scheduling.execute import Executor, is_out_of_memory
+from explainserve.scheduling.interfaces import Observer, Runner, WorkerStats
 from explainserve.scheduling.jobs import CalibrationTag, Job, Kind
 from explainserve.scheduling.options import WorkerOptions
 from explainserve.scheduling.policy import DEFAULT_MAX_BATCH_MS, Batch, BatchPolicy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerStats:
-    """Counters, read by tests and metrics. Only the worker thread writes them."""
-
-    batches: int = 0
-    rows: int = 0
-    #: Tokens run (padding counted) and tokens of the inputs run; with prefix reuse, only what
-    #: actually went through the model (cached prefixes once, suffixes).
-    padded_tokens: int = 0
-    real_tokens: int = 0
-    #: Tokens the same rows would have cost run in full, each alone (rows x length).
-    naive_tokens: int = 0
-    #: Batches that ran out of memory and were split.
-    oom_splits: int = 0
-    #: Jobs failed with an error of their own (the rest of their batch retried without them).
-    failed_jobs: int = 0
-    #: Jobs dropped from the queue because their request was cancelled or timed out.
-    cancelled_jobs: int = 0
-    #: Rows of cancelled jobs that never ran.
-    cancelled_rows: int = 0
-    #: Queued jobs of a request that failed, and their rows, dropped unrun.
-    dropped_jobs: int = 0
-    dropped_rows: int = 0
-    #: Submissions refused because the queue was full.
-    rejected: int = 0
-    #: Seconds spent in batches (forward and backward passes, copies to the host).
-    busy_seconds: float = 0.0
-    #: Batches run by the warm-up calibration of batch sizes (`calibrate`), and their seconds.
-    calibration_batches: int = 0
-    calibration_seconds: float = 0.0
-
-
-class Observer(Protocol):
-    """Receives the worker's timings (metrics); called on the worker thread, must be quick."""
-
-    def queued(self, kind: str, seconds: float) -> None:
-        """A job's first rows start running `seconds` after it was queued."""
-        ...
-
-    def request_queued(self, priority: str, seconds: float) -> None:
-        """A request's submission starts running `seconds` after it was queued, when nothing of
-        that request was waiting before it."""
-        ...
-
-    def batch(
-        self, kind: str, rows: int, padded: int, real: int, budget: int, seconds: float
-    ) -> None:
-        """A batch of `rows` rows, `padded` tokens (padding counted) of which `real` are
-        tokens of the inputs, under a budget of `budget` tokens, ran in `seconds`."""
-        ...
 
 
 class Worker(BatchPolicy):
@@ -122,7 +70,11 @@ class Worker(BatchPolicy):
         self._token_cap: dict[Kind, int] = {}
         self._at_cap: dict[Kind, int] = {}
         self._executor = Executor(
-            runner, self.stats, reuse=self.options.reuse, read_only=self.options.read_position_only
+            runner,
+            self.stats,
+            reuse=self.options.reuse,
+            read_only=self.options.read_position_only,
+            always_prefix=self.options.always_prefix,
         )
         #: Times batches (seconds); tests give a clock of their own.
         self.clock = clock
