@@ -136,24 +136,31 @@ class Direct:
         return out
 
     def head_input(self, text: str) -> NDArray[np.float32]:
-        """`(h,)` what the classification head reads, computed from the last hidden states the
-        way each architecture's forward does it (eval mode: dropout is the identity)."""
+        """`(h,)` what the classification head reads for `text` alone (`head_inputs`)."""
+        return self.head_inputs(embeds=self.embed(self.encode(text)))[0]
+
+    def head_inputs(self, embeds: torch.Tensor) -> NDArray[np.float32]:
+        """`(b, h)` what the classification head reads for unpadded rows of input embeddings of
+        equal length, computed from the last hidden states the way each architecture's forward
+        does it (eval mode: dropout is the identity)."""
         model = self.model
-        last = self.forward(text).hidden_states[-1]
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
         with torch.no_grad():
+            out = model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+            last = out.hidden_states[-1]
             kind = type(model).__name__
             if kind == "BertForSequenceClassification":
-                row = model.bert.pooler(last)[0]
+                rows = model.bert.pooler(last)
             elif kind == "RobertaForSequenceClassification":
-                row = last[0, 0]
+                rows = last[:, 0]
             elif kind == "DistilBertForSequenceClassification":
-                row = torch.relu(model.pre_classifier(last[:, 0]))[0]
+                rows = torch.relu(model.pre_classifier(last[:, 0]))
             elif kind == "GPT2ForSequenceClassification":
-                row = last[0, -1]  # the input alone: its last token is its last non-pad token
+                rows = last[:, -1]  # unpadded rows: the last token is the last non-pad token
             else:
                 raise AssertionError(kind)
-        out: NDArray[np.float32] = row.numpy()
-        return out
+        result: NDArray[np.float32] = rows.numpy()
+        return result
 
     def head(self, rows: NDArray[np.float32]) -> NDArray[np.float32]:
         """`(r, C)` the classification head module called directly on `(r, h)` rows."""

@@ -205,7 +205,7 @@ def serve(config: ServeConfig) -> None:
     model_configs = config.model_configs()
     registry = Registry()
     concepts = ConceptRegistry()
-    explainer = Explainer(registry, config.limits, concepts)
+    explainer = Explainer(registry, config.limits, concepts, config.concept_limits)
 
     def load() -> None:
         for model_config in model_configs:

@@ -24,6 +24,16 @@ class ConceptRef:
 
 
 @dataclass(frozen=True)
+class ConceptTarget:
+    """Inputs -> concepts (Explain): the concept set whose concepts are explained instead of
+    classes, and which (indices or labels, for every input; none: each input's most activated
+    concept)."""
+
+    concepts: ConceptRef
+    explained: tuple[int | str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ConceptParams:
     """An ExplainConcepts request."""
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 
 from explainserve.concepts.codec import Codec
+from explainserve.concepts.limits import ConceptLimits
+from explainserve.concepts.params import ConceptRef
 from explainserve.concepts.sets import PROBE_TOLERANCE, ConceptSet, ConceptSetError, probe_distance
+from explainserve.concepts.target import ConceptOutput
 from explainserve.errors import InvalidArgument, NotFound, quote
 from explainserve.models.registry import ServedModel
 from explainserve.scheduling.jobs import ActivationJob
@@ -42,6 +45,11 @@ class BoundConceptSet:
     def labels(self) -> list[str]:
         """One label per concept."""
         return self.concept_set.labels()
+
+    @cached_property
+    def output_head(self) -> ConceptOutput:
+        """Its concepts as the explained output (inputs -> concepts), one object per set."""
+        return ConceptOutput(self.codec)
 
     def concept_index(self, concept: int | str, field: str) -> int:
         """A concept given by index or label, checked (INVALID_ARGUMENT naming `field`)."""
@@ -159,6 +167,27 @@ class ConceptRegistry:
                 field=field,
             )
         return bound
+
+    def resolve(
+        self, model: ServedModel, ref: ConceptRef, limits: ConceptLimits
+    ) -> BoundConceptSet:
+        """A request's concept set for `model`: a served one by name (NOT_FOUND when unknown,
+        INVALID_ARGUMENT when it is another model's), or its inline set (within `limits`, its
+        split point the head's input when it names none), checked and bound now."""
+        if ref.inline is not None:
+            where = f"{ref.field}.inline"
+            inline = ref.inline
+            if not inline.split_point and model.head_input is not None:
+                inline = replace(inline, split_point=model.head_input)
+            limits.check_inline(inline, where)
+            return bind("inline", inline.check(where), model, where)
+        if not ref.name:
+            raise InvalidArgument(
+                "no concept set: name one the server serves (ListModels lists them) or give one "
+                "inline",
+                field=ref.field,
+            )
+        return self.get(model.name, ref.name, f"{ref.field}.name")
 
     def of_model(self, model: str) -> list[BoundConceptSet]:
         """A model's sets, by name."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from explainserve.concepts.limits import ConceptLimits
 from explainserve.concepts.params import ConceptExplanation, ConceptParams, ConceptRef
-from explainserve.concepts.registry import BoundConceptSet, ConceptRegistry, bind
+from explainserve.concepts.registry import BoundConceptSet, ConceptRegistry
 from explainserve.errors import InvalidArgument
 from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.jobs import ConceptJob, HeadFn, RequestTag
@@ -150,22 +150,8 @@ class ConceptExplainer:
         self.limits = limits or ConceptLimits()
 
     def resolve(self, model: ServedModel, ref: ConceptRef) -> BoundConceptSet:
-        """The request's concept set for `model`: a served one by name (NOT_FOUND when unknown,
-        INVALID_ARGUMENT when it is another model's), or its inline set, bound now."""
-        if ref.inline is not None:
-            where = f"{ref.field}.inline"
-            inline = ref.inline
-            if not inline.split_point and model.head_input is not None:
-                inline = replace(inline, split_point=model.head_input)
-            self.limits.check_inline(inline, where)
-            return bind("inline", inline.check(where), model, where)
-        if not ref.name:
-            raise InvalidArgument(
-                "no concept set: name one the server serves (ListModels lists them) or give one "
-                "inline",
-                field=ref.field,
-            )
-        return self.concepts.get(model.name, ref.name, f"{ref.field}.name")
+        """The request's concept set for `model` (`ConceptRegistry.resolve`)."""
+        return self.concepts.resolve(model, ref, self.limits)
 
     def explain(
         self,

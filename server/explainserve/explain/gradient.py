@@ -242,6 +242,7 @@ class GradientRun:
             mode=ctx.mode,
             positions=positions,
             accumulate=self._accumulate,
+            output=ctx.output,
             on_rows_done=ctx.progress.add,
             is_cancelled=ctx.is_cancelled,
         )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from explainserve.concepts.params import ConceptTarget
 from explainserve.explain.method import Method
 from explainserve.vocabulary import (
     Aggregation,
@@ -51,6 +52,8 @@ class ExplainParams:
     isolate: bool = False
     #: "interactive" rows are batched before queued "batch" rows (`scheduling.jobs.RequestTag`).
     priority: Priority = "interactive"
+    #: Inputs -> concepts: a concept set's concepts explained instead of classes.
+    concept_target: ConceptTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,6 @@ class Explanation:
     #: Causal LMs: the explained function (inference mode of the logits) of each continuation
     #: token, teacher-forced on the unperturbed input.
     continuation_scores: NDArray[np.float32] | None = None
+    #: With a concept target: every concept's activation on the unperturbed input (`targets`
+    #: are then concepts).
+    concept_activations: NDArray[np.float32] | None = None

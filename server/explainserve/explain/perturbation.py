@@ -22,19 +22,15 @@ from abc import abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from explainserve import _native
 from explainserve.explain.method import Method
-from explainserve.explain.run import Item, Picked, Progress, RunContext
+from explainserve.explain.run import Item, Picked, RunContext
 from explainserve.scheduling.jobs import ForwardJob
-from explainserve.vocabulary import InferenceMode
-
-if TYPE_CHECKING:
-    from explainserve.models.registry import ServedModel
 
 #: An estimator: `(masks, row outputs (rows, targets))` -> `(targets, units)` scores.
 Estimator = Callable[[NDArray[np.uint8], NDArray[np.float64]], NDArray[np.float64]]
@@ -54,9 +50,7 @@ class PerturbationMethod(Method):
 
     def start(self, item: Item, ctx: RunContext) -> PerturbationRun:
         """One job of every perturbed sequence of the input."""
-        return PerturbationRun(
-            ctx.model, item, self, ctx.mode, ctx.seed, ctx.progress, ctx.is_cancelled
-        )
+        return PerturbationRun(item, self, ctx)
 
 
 def distinct_rows(
@@ -95,18 +89,10 @@ def prefix_order(
 class PerturbationRun:
     """One input's perturbation job and its estimator."""
 
-    def __init__(
-        self,
-        model: ServedModel,
-        item: Item,
-        method: PerturbationMethod,
-        mode: InferenceMode,
-        seed: int,
-        progress: Progress,
-        is_cancelled: Callable[[], bool] | None,
-    ) -> None:
+    def __init__(self, item: Item, method: PerturbationMethod, ctx: RunContext) -> None:
+        model, progress = ctx.model, ctx.progress
         t2u = item.units.token_to_unit
-        masks, self._estimate = method.design(item.units.n_units, seed)
+        masks, self._estimate = method.design(item.units.n_units, ctx.seed)
         self._masks = masks
         self._choice = item.choice
         self._picked: Picked | None = None
@@ -148,19 +134,20 @@ class PerturbationRun:
         #: Sequences actually run (distinct rows).
         self.rows_run = int(ids.shape[0])
         targets = item.targets
-        if item.choice is not None:  # scored on every class, the targets picked afterwards
-            targets = np.arange(len(model.labels), dtype=np.int64)
+        if item.choice is not None:  # scored on every output, the targets picked afterwards
+            targets = np.arange(ctx.outputs(), dtype=np.int64)
         self._job = ForwardJob(
             ids=ids,
             attention=item.encoded.attention,
             targets=targets,
-            mode=mode,
+            mode=ctx.mode,
+            output=ctx.output,
             logits_row=item.choice is not None,
             replaced=replaced,
             positions=item.positions,
             reference=item.encoded.ids if causal else None,
             on_rows_done=progress.add,
-            is_cancelled=is_cancelled,
+            is_cancelled=ctx.is_cancelled,
         )
         skipped = self.n_rows - self.rows_run
         if skipped:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from explainserve.scheduling.jobs import ForwardJob, GradientJob
+from explainserve.scheduling.jobs import ForwardJob, GradientJob, OutputHead
 from explainserve.vocabulary import Aggregation, Encoded, InferenceMode, Units
 
 if TYPE_CHECKING:
@@ -28,12 +28,21 @@ class TargetChoice:
     none, the class the model predicts for the unperturbed input (the argmax of its logits)."""
 
     explicit: NDArray[np.int64] | None = None
+    #: With an output head (a concept target): the targets are among its first `among` outputs
+    #: (the concepts, the class logits riding after them); None: among all.
+    among: int | None = None
 
     def pick(self, logits: NDArray[np.float64]) -> NDArray[np.int64]:
-        """The targets, given the unperturbed input's raw logits `(C,)`."""
+        """The targets, given the unperturbed input's raw logits `(C,)` (or its output head's
+        outputs)."""
         if self.explicit is not None:
             return self.explicit
-        return np.asarray([int(np.argmax(logits))], dtype=np.int64)
+        return np.asarray([int(np.argmax(logits[: self.among]))], dtype=np.int64)
+
+    @property
+    def count(self) -> int:
+        """How many targets each input gets (1: the predicted one)."""
+        return 1 if self.explicit is None else len(self.explicit)
 
     def key(self) -> bytes:
         """What the targets depend on besides the input (identical inputs share runs)."""
@@ -124,3 +133,12 @@ class RunContext:
     seed: int
     progress: Progress
     is_cancelled: Callable[[], bool] | None
+    #: What is explained instead of the class logits (a concept target's `OutputHead`), and how
+    #: many outputs it has; None: the logits.
+    output: OutputHead | None = None
+    n_outputs: int = 0
+
+    def outputs(self) -> int:
+        """How many outputs a row is scored on when every one is kept (targets picked later):
+        the output head's, else the model's classes."""
+        return self.n_outputs if self.output is not None else len(self.model.labels)

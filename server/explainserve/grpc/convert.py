@@ -240,6 +240,22 @@ def params_from_proto(request: pb.ExplainRequest) -> dom.ExplainParams:
         target_context=not request.prompt_units_only,
         isolate=request.isolate_batches,
         priority=_enum(PRIORITY, request.priority, "priority"),
+        concept_target=_concept_target_from_proto(request),
+    )
+
+
+def _concept_target_from_proto(request: pb.ExplainRequest) -> cpt.ConceptTarget | None:
+    """The request's concept target (inputs -> concepts), None when unset."""
+    if not request.HasField("concept_target"):
+        return None
+    target = request.concept_target
+    field = "concept_target"
+    return cpt.ConceptTarget(
+        concepts=concept_ref_from_proto(target.concepts, request.model, f"{field}.concepts"),
+        explained=tuple(
+            _target(t, f"concept {j}", f"{field}.concepts_explained[{j}]")
+            for j, t in enumerate(target.concepts_explained)
+        ),
     )
 
 
@@ -279,6 +295,8 @@ def explanation_to_proto(e: dom.Explanation) -> pb.Explanation:
             out.continuation_token_ids.extend(e.continuation_ids.tolist())
         if e.continuation_scores is not None:
             out.continuation_scores.extend(e.continuation_scores.tolist())
+    if e.concept_activations is not None:
+        out.concept_activations.extend(e.concept_activations.tolist())
     return out
 
 
