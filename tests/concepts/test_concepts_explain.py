@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from concept_refs import HEAD_INPUT, KINDS, expected, random_set
+from concept_sets import HEAD_INPUT, KINDS, expected, random_set
 from reference_models import Direct
 
 from explainserve.concepts.params import ConceptExplanation, ConceptParams, ConceptRef
