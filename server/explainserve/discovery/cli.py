@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +182,15 @@ def run_import(args: argparse.Namespace) -> int:
     """`concepts import`."""
     obj = read_source(args.source)
     binding, point, size = _model_binding(args)
-    concept_set = convert_source(obj, binding, point, args.granularity, args.relu_input)
+    # Converted without the probe first: a dictionary of the wrong size is said so plainly.
+    unprobed = replace(binding, probe=None)
+    concept_set = convert_source(obj, unprobed, point, args.granularity, args.relu_input)
     if concept_set.n_features != size:
         raise UsageError(
             f"the dictionary has {concept_set.n_features} features; split point '{point}' of "
             f"model '{args.model}' has {size}"
         )
+    concept_set = replace(concept_set, model=binding)
     if args.labels is not None:
         try:
             labels = [line.strip() for line in args.labels.read_text("utf-8").splitlines()]
