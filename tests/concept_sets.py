@@ -188,16 +188,22 @@ def expected(
     )
 
 
-#: The concept sets the shared server serves: name -> (model, encoder kind, concepts).
-CONCEPT_SETS = {"bert-relu": ("bert", "relu", 6), "gpt2-nnls": ("gpt2", "nnls", 4)}
+#: The concept sets the shared server serves: name -> (model, encoder kind, concepts, split
+#: point; None: the head's input).
+CONCEPT_SETS: dict[str, tuple[str, str, int, str | None]] = {
+    "bert-relu": ("bert", "relu", 6, None),
+    "bert-layer": ("bert", "linear", 5, "bert.encoder.layer.1"),
+    "gpt2-nnls": ("gpt2", "nnls", 4, None),
+}
 
 
 def served_concepts(registry: Registry) -> ConceptRegistry:
     """Random concept sets of `CONCEPT_SETS` bound to the tiny models (labels c0, c1, ...)."""
     concepts = ConceptRegistry()
-    for name, (model, kind, k) in CONCEPT_SETS.items():
+    for name, (model, kind, k, point) in CONCEPT_SETS.items():
         served = registry.get(model)
-        assert served.head_input is not None
-        concept_set = random_set(kind, 32, k, seed=1, model=model, split_point=served.head_input)
+        split_point = point or served.head_input
+        assert split_point is not None
+        concept_set = random_set(kind, 32, k, seed=1, model=model, split_point=split_point)
         concepts.add(bind(name, concept_set, served, "test"))
     return concepts

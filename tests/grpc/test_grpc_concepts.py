@@ -187,7 +187,7 @@ BAD = {
     "unknown set": (
         pb.ConceptSetRef(name="nope"),
         grpc.StatusCode.NOT_FOUND,
-        "no concept set named 'nope'; concept sets: bert-relu, gpt2-nnls",
+        "no concept set named 'nope'; concept sets: bert-layer, bert-relu, gpt2-nnls",
         None,
     ),
     "another model's set": (
@@ -294,3 +294,39 @@ def test_bad_concept_targets_name_the_field(stub: explain_pb2_grpc.ExplainServic
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert [v.field for v in bad.field_violations] == ["concept_target.concepts_explained[0]"]
+
+
+def test_a_layers_set_gives_a_row_per_unit_with_its_units(
+    stub: explain_pb2_grpc.ExplainServiceStub,
+) -> None:
+    request = pb.ExplainConceptsRequest(
+        model="bert",
+        inputs=[pb.Input(text="The food was cold. Rude staff!", targets=[pb.Target(index=1)])],
+        concepts=pb.ConceptSetRef(name="bert-layer"),
+        granularity=pb.ACTIVATION_GRANULARITY_WORD,
+        aggregation=pb.AGGREGATION_SUM,
+        normalization=False,
+    )
+    (e,) = stub.ExplainConcepts(request, timeout=60).explanations
+    assert [u.text for u in e.units] == ["The", "food", "was", "cold", ".", "Rude", "staff", "!"]
+    assert e.concepts.rows == 8
+    assert e.concepts.cols == 5
+    (target,) = e.targets
+    assert target.contributions.rows == 8
+    parts = target.concept_sum + target.residual + target.bias + target.gap
+    assert parts == pytest.approx(target.output, abs=1e-5)
+    # Not a concept target: a layer's set has a row per token.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Explain(
+            pb.ExplainRequest(
+                model="bert",
+                inputs=[pb.Input(text="x")],
+                occlusion=pb.Occlusion(),
+                concept_target=pb.ConceptTarget(concepts=pb.ConceptSetRef(name="bert-layer")),
+            ),
+            timeout=30,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a concept target is a concept of a set at the classification head's input" in (
+        err.value.details()
+    )

@@ -188,7 +188,10 @@ inline_sets = st.builds(
     ),
 )
 concept_refs = (
-    st.builds(pb.ConceptSetRef, name=st.sampled_from(["bert-relu", "gpt2-nnls", "nope", ""]))
+    st.builds(
+        pb.ConceptSetRef,
+        name=st.sampled_from(["bert-relu", "bert-layer", "gpt2-nnls", "nope", ""]),
+    )
     | st.builds(pb.ConceptSetRef, inline=inline_sets)
     | st.just(pb.ConceptSetRef())
 )
@@ -203,6 +206,8 @@ concept_requests = st.builds(
         inference_mode=enums,
         concepts_x_gradients=st.booleans(),
         normalization=st.booleans(),
+        granularity=enums,
+        aggregation=enums,
         truncate=st.booleans(),
         isolate_batches=st.booleans(),
         priority=enums,

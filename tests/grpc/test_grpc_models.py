@@ -20,18 +20,18 @@ def expected_info(name: str, tokenizer: Any) -> pb.ModelInfo:
         replacement, token_id = "mask_token", tokenizer.mask_token_id
     else:
         replacement, token_id = "unk_token", tokenizer.unk_token_id
-    # The concept sets the shared server serves for it (tests/grpc/conftest.py), with their
-    # concepts' labels.
+    # The concept sets the shared server serves for it (tests/concept_sets.py), by name, with
+    # their concepts' labels.
     concept_sets = [
         pb.ConceptSetInfo(
             name=set_name,
-            split_point="classifier:input" if model == "bert" else "score:input",
+            split_point=point or ("classifier:input" if model == "bert" else "score:input"),
             encoder=kind,
             granularity="cls_token",
             method="random",
             labels=[f"c{k}" for k in range(n)],
         )
-        for set_name, (model, kind, n) in CONCEPT_SETS.items()
+        for set_name, (model, kind, n, point) in sorted(CONCEPT_SETS.items())
         if model == name
     ]
     return pb.ModelInfo(
