@@ -30,6 +30,7 @@ from explainserve.concepts.sets import (
     with_labels,
 )
 from explainserve.discovery.base import FitError, FitOptions
+from explainserve.discovery.cav import PROBES
 from explainserve.discovery.dataset import Dataset, DatasetError
 from explainserve.discovery.extract import (
     AGGREGATIONS,
@@ -103,7 +104,10 @@ def add_concepts_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(fit)
     fit.add_argument("--out", type=Path, required=True, help="the concept set file to write")
     fit.add_argument(
-        "--method", choices=METHODS, default="pca", help="the dictionary (default pca)"
+        "--method",
+        choices=(*METHODS, "cav"),
+        default="pca",
+        help="the dictionary (default pca), or cav: concept activation vectors from labels",
     )
     fit.add_argument("--concepts", type=int, default=20, metavar="K", help="concepts (default 20)")
     fit.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
@@ -134,6 +138,16 @@ def add_concepts_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument(
         "--no-stability", action="store_true", help="skip the second fit measuring stability"
     )
+    fit.add_argument("--label-field", default="label", help="cav, JSONL / Parquet: the label")
+    fit.add_argument("--positive", type=Path, help="cav: a file of the concept's examples")
+    fit.add_argument("--negative", type=Path, help="cav: a file of counter-examples")
+    fit.add_argument("--probe", choices=PROBES, default="logistic", help="cav: the linear probe")
+    fit.add_argument(
+        "--random-runs",
+        type=int,
+        default=20,
+        help="cav: bootstrap and random-label vectors of the significance test (default 20)",
+    )
     show = sub.add_parser("show", help="print what a concept set file holds")
     show.add_argument("file", type=Path, help="a concept set file")
     show.add_argument(
@@ -157,7 +171,6 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--file",
         type=Path,
-        required=True,
         help="the dataset: one text per line, JSON lines (.jsonl) or Parquet (.parquet)",
     )
     parser.add_argument("--text-field", default="text", help="JSONL / Parquet: the text field")
@@ -217,13 +230,47 @@ def parse_bytes(text: str) -> int:
         raise UsageError(f"--max-memory: {text!r} is not a size (e.g. 2GiB, 512MiB)") from None
 
 
+def _dataset(args: argparse.Namespace) -> Dataset:
+    """`--file` (required but for a cav's --positive / --negative)."""
+    if args.file is None:
+        raise UsageError("--file FILE is required: the dataset")
+    return Dataset(args.file, text_field=args.text_field)
+
+
+def _fit_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset to fit on: `--file`, or for a cav the --positive and --negative files
+    written as one labelled JSON lines file (next to the cache)."""
+    if args.positive is None and args.negative is None:
+        return (
+            Dataset(args.file, text_field=args.text_field, label_field=args.label_field)
+            if (args.file is not None)
+            else _dataset(args)
+        )
+    if args.method != "cav" or args.positive is None or args.negative is None or args.file:
+        raise UsageError("--positive and --negative go together, with --method cav, without --file")
+    import hashlib
+    import json
+    import os
+
+    lines = []
+    for path, label in ((args.positive, "positive"), (args.negative, "negative")):
+        for example in Dataset(path).examples():
+            lines.append(json.dumps({"text": example.text, "label": label}))
+    data = "\n".join(lines) + "\n"
+    root = Path(os.environ.get("EXPLAINSERVE_CACHE_DIR", Path.home() / ".cache" / "explainserve"))
+    path = root / "cav" / f"{hashlib.sha256(data.encode()).hexdigest()[:16]}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data, encoding="utf-8")
+    return Dataset(path)
+
+
 def run_fit_command(args: argparse.Namespace) -> int:
     """`concepts fit`."""
     from explainserve.discovery.pipeline import FitRun, run_fit
 
     run = FitRun(
         servers=_servers(args),
-        dataset=Dataset(args.file, text_field=args.text_field),
+        dataset=_fit_dataset(args),
         model=args.model,
         out=args.out,
         fit=FitOptions(
@@ -249,6 +296,8 @@ def run_fit_command(args: argparse.Namespace) -> int:
         probe_texts=args.probe_texts,
         stability=not args.no_stability,
         show_progress=not args.quiet,
+        probe=args.probe,
+        random_runs=args.random_runs,
     )
     concept_set = run_fit(run)
     print(f"wrote {args.out}: {concept_set.n_concepts} concepts ({args.method})")
@@ -278,7 +327,7 @@ def run_activations(args: argparse.Namespace) -> int:
     try:
         store = extract(
             _servers(args),
-            Dataset(args.file, text_field=args.text_field),
+            _dataset(args),
             args.out,
             args.model,
             split_point=args.split_point,

@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from explainserve.concepts.codec import Codec
 from explainserve.concepts.sets import PROBE_TEXT, ConceptInfo, ConceptSet, ModelBinding
 from explainserve.discovery import evaluate, interpret
-from explainserve.discovery.base import FitOptions
+from explainserve.discovery.base import FitError, FitOptions, Fitted
+from explainserve.discovery.cav import fit_cav, significance, tcav_scores
 from explainserve.discovery.dataset import Dataset
 from explainserve.discovery.extract import FIT_GRANULARITY, ExtractError, Servers, extract
 from explainserve.discovery.fit import fit
@@ -51,6 +52,9 @@ class FitRun:
     probe_texts: int = 200
     stability: bool = True
     show_progress: bool = True
+    #: `cav`: the linear probe, and the random runs of the significance test.
+    probe: str = "logistic"
+    random_runs: int = 20
 
 
 def default_cache(run: FitRun) -> Path:
@@ -98,7 +102,24 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
         for shard in store.shards():
             yield shard.activations
 
-    fitted = fit(rows, n_rows, manifest.features, run.fit, say)
+    examples = list(run.dataset.examples())
+    texts = [e.text for e in examples]
+    supervised = run.fit.method == "cav"
+    names: list[str] = []
+    if supervised:
+        if run.granularity != "cls":
+            raise FitError("cav learns from one row per labelled text: use --granularity cls")
+        labels = [e.label for e in examples]
+        unlabelled = sum(1 for label in labels if not label)
+        if unlabelled:
+            raise FitError(
+                f"{unlabelled} of {len(labels)} examples have no label: a label field per line "
+                f"(--label-field), or --positive and --negative files"
+            )
+        x = np.concatenate(list(rows()))
+        fitted, names, _ = fit_cav(x, labels, run.probe, run.fit.seed)
+    else:
+        fitted = fit(rows, n_rows, manifest.features, run.fit, say)
     with Remote(run.servers) as remote:
         probe = remote.rows(run.model, [PROBE_TEXT], manifest.split_point)[0]
         info = remote.model(run.model)
@@ -111,10 +132,11 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
             decoder_bias=fitted.decoder_bias,
             granularity=FIT_GRANULARITY[run.granularity],  # type: ignore[arg-type]
             method=run.fit.method,
-            fit=_options(run),
+            fit=_options(run, len(names) if supervised else run.fit.concepts),
         ).check(str(run.out))
+        if supervised:
+            concept_set = replace(concept_set, concepts=tuple(ConceptInfo(n) for n in names))
         codec = Codec(concept_set, torch.device("cpu"))
-        texts = [e.text for e in run.dataset.examples()]
         say("interpreting: top examples per concept")
         tops = interpret.top_examples(store, texts, codec, run.top_k)
         words: list[tuple[Any, ...]] = [()] * concept_set.n_concepts
@@ -144,13 +166,15 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
                 "the set is over the server's max_inline_concept_values: serve it and ask "
                 "ExplainConcepts"
             )
-        if run.stability:
+        if supervised:
+            metrics.update(_tcav(run, remote, concept_set, x, [e.label for e in examples], say))
+        if run.stability and not supervised:
             say(f"stability: a second fit with seed {run.fit.seed + 1}")
             second = fit(
                 rows, n_rows, manifest.features, replace(run.fit, seed=run.fit.seed + 1), say
             )
             metrics["stability"] = evaluate.stability(fitted.decoder_weight, second.decoder_weight)
-    labels = unique_labels(tops, words)
+    labels = names if supervised else unique_labels(tops, words)
     infos = tuple(
         ConceptInfo(label=label, top_examples=examples, top_words=top_words)
         for label, examples, top_words in zip(labels, tops, words, strict=True)
@@ -160,11 +184,46 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
     return concept_set
 
 
-def _options(run: FitRun) -> dict[str, Any]:
+def _tcav(
+    run: FitRun,
+    remote: Remote,
+    concept_set: ConceptSet,
+    x: NDArray[np.float32],
+    labels: list[str],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The vectors' TCAV scores per class over the probe texts, and their significance against
+    random vectors (`discovery.cav`)."""
+    probe = [e.text for e in run.dataset.examples()][: run.probe_texts]
+    classes = len(concept_set.model.labels)
+
+    def score(fitted: Fitted) -> NDArray[np.float64]:
+        cs = replace(
+            concept_set,
+            encoder=fitted.encoder,
+            decoder_weight=fitted.decoder_weight,
+            concepts=concept_set.concepts[: fitted.decoder_weight.shape[0]],
+        )
+        return tcav_scores(remote.contributions(run.model, probe, cs, classes, gradients=True))
+
+    own = concept_set
+    scores = tcav_scores(remote.contributions(run.model, probe, own, classes, gradients=True))
+    say(f"significance: {run.random_runs} bootstrap and {run.random_runs} random-label CAVs")
+    test = significance(x, labels, run.probe, run.fit.seed, run.random_runs, score)
+    return {
+        "tcav": {
+            label: [float(v) for v in scores[i]] for i, label in enumerate(concept_set.model.labels)
+        },
+        "tcav_probe_texts": len(probe),
+        "significance": test,
+    }
+
+
+def _options(run: FitRun, concepts: int) -> dict[str, Any]:
     """The fit's options, as the file records them."""
     return {
         "method": run.fit.method,
-        "concepts": run.fit.concepts,
+        "concepts": concepts,
         "seed": run.fit.seed,
         "dataset": str(run.dataset.path),
         "granularity": run.granularity,

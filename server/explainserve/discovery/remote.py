@@ -103,10 +103,16 @@ class Remote:
         return _decode(self._call(self.stub.PredictFromActivations, request).logits)
 
     def contributions(
-        self, model: str, texts: Sequence[str], concept_set: ConceptSet, classes: int
+        self,
+        model: str,
+        texts: Sequence[str],
+        concept_set: ConceptSet,
+        classes: int,
+        *,
+        gradients: bool = False,
     ) -> list[NDArray[np.float32]]:
-        """Per text, `(classes, K)` raw contributions C ⊙ ∂(g∘t⁻¹)/∂C (every class), the set
-        sent inline."""
+        """Per text, `(classes, K)` raw contributions C ⊙ ∂(g∘t⁻¹)/∂C (every class), or with
+        `gradients` the gradients ∂(g∘t⁻¹)/∂C alone; the set sent inline."""
         request = pb.ExplainConceptsRequest(
             model=model,
             inputs=[
@@ -114,6 +120,7 @@ class Remote:
                 for t in texts
             ],
             concepts=pb.ConceptSetRef(inline=inline_set(concept_set)),
+            concepts_x_gradients=not gradients,
             normalization=False,
             truncate=True,
         )
