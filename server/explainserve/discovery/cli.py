@@ -153,6 +153,8 @@ def add_concepts_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument(
         "--examples", type=int, default=5, help="top examples shown per concept (default 5)"
     )
+    show.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML page")
+    show.add_argument("--quiet", action="store_true", help="no terminal view (with --html)")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -515,9 +517,58 @@ def describe(concept_set: ConceptSet, examples: int = 5) -> list[str]:
     return lines
 
 
+def render_html(concept_set: ConceptSet, examples: int = 5) -> str:
+    """One self-contained page (inline CSS, no script, no external asset) of a concept set: its
+    model, split point, encoder and fit numbers, and per concept its label, its top examples
+    with bars as long as their activations (per concept), and its top words."""
+    from importlib import resources
+
+    import jinja2
+
+    from explainserve import __version__
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(
+        (resources.files("explainserve.discovery") / "templates" / "concepts.html.j2").read_text(
+            encoding="utf-8"
+        )
+    )
+    concepts = []
+    for k, label in enumerate(concept_set.labels()):
+        info = concept_set.concepts[k] if k < len(concept_set.concepts) else None
+        tops = list(info.top_examples[:examples]) if info else []
+        largest = max((ex.activation for ex in tops), default=0.0) or 1.0
+        concepts.append(
+            {
+                "index": k,
+                "label": label,
+                "examples": [
+                    {
+                        "text": ex.text,
+                        "activation": ex.activation,
+                        "width": 8 * ex.activation / largest,
+                    }
+                    for ex in tops
+                ],
+                "words": list(info.top_words[:examples]) if info else [],
+            }
+        )
+    metrics = concept_set.fit.get("metrics", {})
+    shown = [
+        (name, f"{value:.4g}" if isinstance(value, float) else value)
+        for name, value in (metrics.items() if isinstance(metrics, dict) else [])
+        if isinstance(value, int | float | str)
+    ]
+    return template.render(cs=concept_set, concepts=concepts, metrics=shown, version=__version__)
+
+
 def run_show(args: argparse.Namespace) -> int:
     """`concepts show`."""
-    print("\n".join(describe(load(args.file), args.examples)))
+    concept_set = load(args.file)
+    if args.html is not None:
+        args.html.write_text(render_html(concept_set, args.examples), encoding="utf-8")
+    if not args.quiet:
+        print("\n".join(describe(concept_set, args.examples)))
     return 0
 
 
