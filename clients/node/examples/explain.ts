@@ -4,51 +4,10 @@
 //
 // It prints the model's prediction, the explained class, then one line per unit: its text, a tab,
 // its score (the float32 value). Set EXPLAINSERVE_TOKEN when the server wants a bearer token.
-import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { parseArgs } from "node:util";
 
-import {
-  ExplainRequest,
-  ExplainServiceClient,
-  GetModelRequest,
-  Granularity,
-} from "../src/gen/explainserve/v1/explain";
-
-// Retries UNAVAILABLE (the server loading its models or draining, a dropped connection): every
-// ExplainService method is read-only, so a retry is safe. The Python client's RETRY_POLICY.
-const serviceConfig = {
-  methodConfig: [
-    {
-      name: [{ service: "explainserve.v1.ExplainService" }],
-      retryPolicy: {
-        maxAttempts: 5,
-        initialBackoff: "0.2s",
-        maxBackoff: "2s",
-        backoffMultiplier: 2,
-        retryableStatusCodes: ["UNAVAILABLE"],
-      },
-    },
-  ],
-};
-
-/** Calls a callback-style unary method of the generated client as a promise. */
-function call<Req, Res>(
-  method: (
-    request: Req,
-    metadata: Metadata,
-    options: { deadline: Date },
-    callback: (error: ServiceError | null, response: Res) => void,
-  ) => unknown,
-  request: Req,
-  metadata: Metadata,
-  deadline: Date,
-): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    method(request, metadata, { deadline }, (error, response) =>
-      error ? reject(error) : resolve(response),
-    );
-  });
-}
+import { ExplainRequest, GetModelRequest, Granularity } from "../src/gen/explainserve/v1/explain";
+import { authMetadata, call, connect, run } from "./common";
 
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -63,14 +22,8 @@ async function main(): Promise<void> {
     throw new Error("usage: explain [--target host:port] [--model name] TEXT");
   }
   const model = values.model as string;
-  const client = new ExplainServiceClient(values.target as string, credentials.createInsecure(), {
-    "grpc.service_config": JSON.stringify(serviceConfig),
-  });
-  const metadata = new Metadata();
-  const token = process.env.EXPLAINSERVE_TOKEN;
-  if (token) {
-    metadata.set("authorization", `Bearer ${token}`);
-  }
+  const client = connect(values.target as string);
+  const metadata = authMetadata();
   const deadline = new Date(Date.now() + Number(values["timeout-ms"]));
   try {
     const info = await call(
@@ -106,7 +59,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error: unknown) => {
-  console.error(error instanceof Error ? error.message : error);
-  process.exit(1);
-});
+run(main);
