@@ -3,7 +3,9 @@ concept sets they serve."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,16 @@ def assert_same(e: Explanation, proto: pb.Explanation) -> None:
     assert e.token_ids.tolist() == list(proto.token_ids)
     assert e.forward_passes == proto.counters.forward_passes
     assert e.concept_activations.tolist() == list(proto.concept_activations)
+
+
+@contextmanager
+def handler_server(handler: grpc.GenericRpcHandler) -> Iterator[str]:
+    """A bare gRPC server of `handler` on loopback (a stand-in for the real one) until the block
+    ends; yields the address to dial."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)

@@ -12,6 +12,7 @@ client's token handling is exercised:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,45 +48,41 @@ N_CONCEPTS = 8
 N_FIT_TEXTS = 48
 
 
+@contextmanager
+def serving(models: dict[str, Path]) -> Iterator[ClientServer]:
+    """`models` (name -> directory) served on the CPU until the block ends."""
+    registry = Registry()
+    try:
+        for name, path in models.items():
+            registry.add(load_model(ModelConfig(name=name, path=path, device="cpu")))
+        explainer = Explainer(registry)
+        activator = Activator(registry, ActivationLimits(chunk_inputs=CHUNK_INPUTS))
+        running = start(ServerOptions(port=0, auth_tokens=(TOKEN,)), explainer, activator)
+        try:
+            yield ClientServer(running, explainer)
+        finally:
+            running.stop(grace=None)
+    finally:
+        registry.close()
+
+
 @pytest.fixture(scope="session")
 def client_server(
     tiny_bert_dir: Path, tiny_gpt2_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ClientServer]:
     """Starts the server once per session; stops it and closes the models at the end."""
-    registry = Registry()
-    try:
-        registry.add(load_model(ModelConfig(name="bert", path=tiny_bert_dir, device="cpu")))
-        registry.add(load_model(ModelConfig(name="gpt2-lm", path=tiny_gpt2_lm_dir, device="cpu")))
-        explainer = Explainer(registry)
-        activator = Activator(registry, ActivationLimits(chunk_inputs=CHUNK_INPUTS))
-        running = start(ServerOptions(port=0, auth_tokens=(TOKEN,)), explainer, activator)
-        try:
-            server = ClientServer(running, explainer)
-            path = tmp_path_factory.mktemp("concepts") / "pca4.safetensors"
-            serve_pca_set(server, "bert", "pca4", CONCEPT_TEXTS, 4, path)
-            yield server
-        finally:
-            running.stop(grace=None)
-    finally:
-        registry.close()
+    with serving({"bert": tiny_bert_dir, "gpt2-lm": tiny_gpt2_lm_dir}) as server:
+        path = tmp_path_factory.mktemp("concepts") / "pca4.safetensors"
+        serve_pca_set(server, "bert", "pca4", CONCEPT_TEXTS, 4, path)
+        yield server
 
 
 @pytest.fixture(scope="session")
 def concept_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientServer]:
     """The default model with `CONCEPT_SET`, served once per session."""
     model_dir = default_model_dir(tmp_path_factory.mktemp("default-cache"))
-    registry = Registry()
-    try:
-        registry.add(load_model(ModelConfig(name=DEFAULT_MODEL_NAME, path=model_dir, device="cpu")))
-        explainer = Explainer(registry)
-        running = start(ServerOptions(port=0, auth_tokens=(TOKEN,)), explainer)
-        try:
-            server = ClientServer(running, explainer)
-            texts = read_dataset(HELDOUT_FILE).texts[:N_FIT_TEXTS]
-            path = tmp_path_factory.mktemp("concepts") / f"{CONCEPT_SET}.safetensors"
-            serve_pca_set(server, DEFAULT_MODEL_NAME, CONCEPT_SET, texts, N_CONCEPTS, path)
-            yield server
-        finally:
-            running.stop(grace=None)
-    finally:
-        registry.close()
+    with serving({DEFAULT_MODEL_NAME: model_dir}) as server:
+        texts = read_dataset(HELDOUT_FILE).texts[:N_FIT_TEXTS]
+        path = tmp_path_factory.mktemp("concepts") / f"{CONCEPT_SET}.safetensors"
+        serve_pca_set(server, DEFAULT_MODEL_NAME, CONCEPT_SET, texts, N_CONCEPTS, path)
+        yield server

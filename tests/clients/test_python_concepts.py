@@ -5,10 +5,13 @@ concept target."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
-from client_server import ClientServer, assert_same, raw_call
+from client_server import ClientServer, assert_same, handler_server, raw_call
 
 from explainserve_client import (
     Client,
@@ -18,6 +21,7 @@ from explainserve_client import (
     concept_set_ref,
     pb,
 )
+from explainserve_client.client import SERVICE
 
 SET = "pca4"
 LABELS = ("pc0", "pc1", "pc2", "pc3")
@@ -27,6 +31,47 @@ TEXTS = ["The food was cold.", "Great service, friendly staff!", "It was fine."]
 @pytest.fixture
 def client(client_server: ClientServer) -> Client:
     return Client(client_server.target, token=client_server.token)
+
+
+class Recorder(grpc.GenericRpcHandler):
+    """A server that records the ExplainConcepts requests it gets and answers them with no
+    explanations (GetModel: a model of that name)."""
+
+    def __init__(self) -> None:
+        self.requests: list[pb.ExplainConceptsRequest] = []
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        def get_model(request: pb.GetModelRequest, _: Any) -> pb.GetModelResponse:
+            return pb.GetModelResponse(model=pb.ModelInfo(name=request.name))
+
+        def explain_concepts(
+            request: pb.ExplainConceptsRequest, _: Any
+        ) -> pb.ExplainConceptsResponse:
+            self.requests.append(request)
+            return pb.ExplainConceptsResponse(model=request.model)
+
+        methods: dict[str, tuple[Any, Any]] = {
+            f"/{SERVICE}/GetModel": (get_model, pb.GetModelRequest),
+            f"/{SERVICE}/ExplainConcepts": (explain_concepts, pb.ExplainConceptsRequest),
+        }
+        entry = methods.get(handler_call_details.method)  # type: ignore[attr-defined]
+        if entry is None:
+            return None
+        function, request_type = entry
+        return grpc.unary_unary_rpc_method_handler(
+            function,
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda reply: reply.SerializeToString(),
+        )
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[Recorder, str]]:
+    handler = Recorder()
+    with handler_server(handler) as target:
+        yield handler, target
 
 
 def served_inline(server: ClientServer) -> InlineConceptSet:
@@ -132,34 +177,46 @@ def test_top_concepts_rank_by_absolute_contribution(client: Client) -> None:
         assert e.top_concepts(t, 2) == top[:2]
 
 
-def test_the_options_build_the_request_and_reach_the_server(client: Client) -> None:
-    default = client.explain_concepts_request("bert", "a", concepts=SET)
+def test_the_options_are_sent(recorder: tuple[Recorder, str]) -> None:
+    handler, target = recorder
+    with Client(target) as client:
+        assert client.explain_concepts("m", "a", concepts=SET) == []
+        client.explain_concepts(
+            "m",
+            ["a", pb.Input(text="b")],
+            concepts=InlineConceptSet(decoder_weight=np.eye(2)),
+            targets=["neutral", 2],
+            inference_mode="softmax",
+            concepts_x_gradients=False,
+            normalization=False,
+            truncate=True,
+            isolate_batches=True,
+            priority="batch",
+        )
+    default, request = handler.requests
+    assert default.model == "m"
+    assert [i.text for i in default.inputs] == ["a"]
+    assert default.concepts.name == SET
     # Sent explicitly (both fields are optional: unset means true too).
     assert (default.HasField("concepts_x_gradients"), default.concepts_x_gradients) == (True, True)
     assert (default.HasField("normalization"), default.normalization) == (True, True)
     assert default.inference_mode == pb.INFERENCE_MODE_UNSPECIFIED
     assert default.priority == pb.PRIORITY_UNSPECIFIED
-    request = client.explain_concepts_request(
-        "bert",
-        ["a", pb.Input(text="b")],
-        concepts=SET,
-        targets=["neutral"],
-        inference_mode="softmax",
-        concepts_x_gradients=False,
-        normalization=False,
-        truncate=True,
-        isolate_batches=True,
-        priority="batch",
-    )
+    assert (default.truncate, default.isolate_batches) == (False, False)
+
+    assert request.concepts.WhichOneof("set") == "inline"
+    assert list(request.concepts.inline.decoder_weight.shape) == [2, 2]
     assert (request.HasField("concepts_x_gradients"), request.concepts_x_gradients) == (True, False)
     assert (request.HasField("normalization"), request.normalization) == (True, False)
     assert request.inference_mode == pb.INFERENCE_MODE_SOFTMAX
     assert request.priority == pb.PRIORITY_BATCH
     assert (request.truncate, request.isolate_batches) == (True, True)
-    assert [t.label for t in request.inputs[0].targets] == ["neutral"]
+    # `targets` go to the plain-text inputs; an Input message is sent as it is.
+    assert [(t.label, t.index) for t in request.inputs[0].targets] == [("neutral", 0), ("", 2)]
     assert list(request.inputs[1].targets) == []
-    assert request.concepts.name == SET
 
+
+def test_the_options_reach_the_server(client: Client) -> None:
     # Raw C * gradient: the contributions sum to concept_sum; the gradient alone times C too.
     (raw,) = client.explain_concepts("bert", TEXTS[0], concepts=SET, normalization=False)
     np.testing.assert_allclose(raw.contributions.sum(axis=(1, 2)), raw.concept_sums, atol=1e-5)

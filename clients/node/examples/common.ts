@@ -1,8 +1,19 @@
-// What the examples share: a client whose channel retries UNAVAILABLE, the bearer token, the
-// run's deadline, and unary calls as promises.
+// What the examples share: their common options, a client whose channel retries UNAVAILABLE, the
+// bearer token, the run's deadline, the model's metadata, and unary calls as promises.
 import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 
-import { ExplainServiceClient } from "../src/gen/explainserve/v1/explain";
+import {
+  ExplainServiceClient,
+  GetModelRequest,
+  ModelInfo,
+} from "../src/gen/explainserve/v1/explain";
+
+/** The options of every example (node:util's parseArgs): the server, the model, the deadline. */
+export const commonOptions = {
+  target: { type: "string", default: "127.0.0.1:50051" },
+  model: { type: "string", default: "minilm-sentiment" },
+  "timeout-ms": { type: "string", default: "120000" },
+} as const;
 
 // Retries UNAVAILABLE (the server loading its models or draining, a dropped connection): every
 // ExplainService method is read-only, so a retry is safe. The Python client's RETRY_POLICY.
@@ -55,6 +66,42 @@ export function call<Req, Res>(
       error ? reject(error) : resolve(response),
     );
   });
+}
+
+/** An example's connection to the server. */
+export interface Session {
+  client: ExplainServiceClient;
+  /** The calls' metadata and the run's deadline: pass them to `call`. */
+  metadata: Metadata;
+  deadline: Date;
+  /** The model's metadata (GetModel). */
+  model: ModelInfo;
+}
+
+/**
+ * Connects to `target` (host:port), starts the run's deadline of `timeoutMs` and asks for
+ * `model`'s metadata, then runs `body` on the session; the client is closed after it.
+ */
+export async function withSession(
+  target: string,
+  model: string,
+  timeoutMs: number,
+  body: (session: Session) => Promise<void>,
+): Promise<void> {
+  const client = connect(target);
+  try {
+    const metadata = authMetadata();
+    const deadline = new Date(Date.now() + timeoutMs);
+    const reply = await call(
+      client.getModel.bind(client),
+      GetModelRequest.fromPartial({ name: model }),
+      metadata,
+      deadline,
+    );
+    await body({ client, metadata, deadline, model: reply.model ?? ModelInfo.fromPartial({}) });
+  } finally {
+    client.close();
+  }
 }
 
 /** Runs an example's main, printing its error and exiting with status 1 when it fails. */

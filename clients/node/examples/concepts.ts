@@ -11,12 +11,8 @@
 // EXPLAINSERVE_TOKEN when the server wants a bearer token.
 import { parseArgs } from "node:util";
 
-import {
-  ExplainConceptsRequest,
-  GetModelRequest,
-  type Matrix,
-} from "../src/gen/explainserve/v1/explain";
-import { authMetadata, call, connect, run } from "./common";
+import { ExplainConceptsRequest, type Matrix } from "../src/gen/explainserve/v1/explain";
+import { call, commonOptions, run, withSession } from "./common";
 
 /** Sums a row-major [rows, concepts] matrix over its rows (one row at the head's input). */
 function perConcept(matrix: Matrix | undefined): number[] {
@@ -37,11 +33,9 @@ function strongest(values: number[], n: number): number[] {
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
     options: {
-      target: { type: "string", default: "127.0.0.1:50051" },
-      model: { type: "string", default: "minilm-sentiment" },
+      ...commonOptions,
       concepts: { type: "string" },
       top: { type: "string", default: "3" },
-      "timeout-ms": { type: "string", default: "120000" },
     },
     allowPositionals: true,
   });
@@ -50,18 +44,10 @@ async function main(): Promise<void> {
       "usage: concepts [--target host:port] [--model name] [--concepts set] [--top N] TEXT...",
     );
   }
-  const model = values.model as string;
-  const client = connect(values.target as string);
-  const metadata = authMetadata();
-  const deadline = new Date(Date.now() + Number(values["timeout-ms"]));
-  try {
-    const info = await call(
-      client.getModel.bind(client),
-      GetModelRequest.fromPartial({ name: model }),
-      metadata,
-      deadline,
-    );
-    const name = values.concepts ?? info.model?.conceptSets[0]?.name;
+  const model = values.model;
+  await withSession(values.target, model, Number(values["timeout-ms"]), async (session) => {
+    const { client, metadata, deadline } = session;
+    const name = values.concepts ?? session.model.conceptSets[0]?.name;
     if (name === undefined) {
       throw new Error(`model ${model} serves no concept set (explainserve serve --concepts)`);
     }
@@ -75,7 +61,7 @@ async function main(): Promise<void> {
       metadata,
       deadline,
     );
-    const classes = info.model?.labels ?? [];
+    const classes = session.model.labels;
     for (const e of reply.explanations) {
       // No targets were asked for: the one target is the predicted class.
       const t = e.targets[0];
@@ -89,9 +75,7 @@ async function main(): Promise<void> {
         console.log(`${reply.conceptLabels[k]}\t${contributions[k]}`);
       }
     }
-  } finally {
-    client.close();
-  }
+  });
 }
 
 run(main);

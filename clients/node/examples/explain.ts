@@ -6,32 +6,20 @@
 // its score (the float32 value). Set EXPLAINSERVE_TOKEN when the server wants a bearer token.
 import { parseArgs } from "node:util";
 
-import { ExplainRequest, GetModelRequest, Granularity } from "../src/gen/explainserve/v1/explain";
-import { authMetadata, call, connect, run } from "./common";
+import { ExplainRequest, Granularity } from "../src/gen/explainserve/v1/explain";
+import { call, commonOptions, run, withSession } from "./common";
 
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
-    options: {
-      target: { type: "string", default: "127.0.0.1:50051" },
-      model: { type: "string", default: "minilm-sentiment" },
-      "timeout-ms": { type: "string", default: "120000" },
-    },
+    options: commonOptions,
     allowPositionals: true,
   });
   if (positionals.length !== 1) {
     throw new Error("usage: explain [--target host:port] [--model name] TEXT");
   }
-  const model = values.model as string;
-  const client = connect(values.target as string);
-  const metadata = authMetadata();
-  const deadline = new Date(Date.now() + Number(values["timeout-ms"]));
-  try {
-    const info = await call(
-      client.getModel.bind(client),
-      GetModelRequest.fromPartial({ name: model }),
-      metadata,
-      deadline,
-    );
+  const model = values.model;
+  await withSession(values.target, model, Number(values["timeout-ms"]), async (session) => {
+    const { client, metadata, deadline } = session;
     const reply = await call(
       client.explain.bind(client),
       ExplainRequest.fromPartial({
@@ -48,15 +36,13 @@ async function main(): Promise<void> {
     const exp = e.logits.map((l) => Math.exp(l - peak));
     const sum = exp.reduce((a, b) => a + b, 0);
     const predicted = exp.indexOf(Math.max(...exp));
-    const labels = info.model?.labels ?? [];
+    const labels = session.model.labels;
     console.log(`predicted: ${labels[predicted]} (${(exp[predicted] / sum).toFixed(3)})`);
     console.log(`explained: ${e.targets[0].label}`);
     // scores is row-major targets x units; one target, so row 0 is the first units.length values.
     const scores = e.scores?.values ?? [];
     e.units.forEach((unit, i) => console.log(`${unit.text}\t${Math.fround(scores[i])}`));
-  } finally {
-    client.close();
-  }
+  });
 }
 
 run(main);

@@ -17,40 +17,27 @@ import (
 	"log"
 	"math"
 	"sort"
-	"time"
 
 	"github.com/explainserve/explainserve/clients/go/examples/internal/connect"
 	explainservev1 "github.com/explainserve/explainserve/clients/go/explainserve/v1"
 )
 
 func main() {
-	target := flag.String("target", "127.0.0.1:50051", "server host:port")
-	model := flag.String("model", "minilm-sentiment", "model name as ListModels gives it")
+	options := connect.Flags()
 	concepts := flag.String("concepts", "", "concept set name (default: the model's first)")
 	top := flag.Int("top", 3, "concepts printed per input")
-	timeout := flag.Duration("timeout", 2*time.Minute, "deadline of the whole run")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		log.Fatal("usage: concepts [-target host:port] [-model name] [-concepts set] [-top N] TEXT...")
 	}
 
-	conn, client, err := connect.Dial(*target)
-	if err != nil {
-		log.Fatalf("connect: %v", err)
-	}
-	defer conn.Close()
-	ctx, cancel := connect.Context(*timeout)
-	defer cancel()
-
-	info, err := client.GetModel(ctx, &explainservev1.GetModelRequest{Name: *model})
-	if err != nil {
-		log.Fatalf("GetModel: %v", err)
-	}
+	s := options.Start()
+	defer s.Close()
 	name := *concepts
 	if name == "" {
-		sets := info.GetModel().GetConceptSets()
+		sets := s.Model.GetConceptSets()
 		if len(sets) == 0 {
-			log.Fatalf("model %s serves no concept set (explainserve serve --concepts NAME=PATH)", *model)
+			log.Fatalf("model %s serves no concept set (explainserve serve --concepts NAME=PATH)", s.Model.GetName())
 		}
 		name = sets[0].GetName()
 	}
@@ -58,8 +45,8 @@ func main() {
 	for i, text := range flag.Args() {
 		inputs[i] = &explainservev1.Input{Content: &explainservev1.Input_Text{Text: text}}
 	}
-	reply, err := client.ExplainConcepts(ctx, &explainservev1.ExplainConceptsRequest{
-		Model:    *model,
+	reply, err := s.Client.ExplainConcepts(s.Ctx, &explainservev1.ExplainConceptsRequest{
+		Model:    s.Model.GetName(),
 		Inputs:   inputs,
 		Concepts: &explainservev1.ConceptSetRef{Set: &explainservev1.ConceptSetRef_Name{Name: name}},
 	})
@@ -72,7 +59,7 @@ func main() {
 		// No targets were asked for: the one target is the predicted class.
 		t := e.GetTargets()[0]
 		fmt.Printf("input %d: %s\n", e.GetInputIndex(), e.GetText())
-		fmt.Printf("predicted: %s\n", info.GetModel().GetLabels()[connect.Argmax(e.GetLogits())])
+		fmt.Printf("predicted: %s\n", s.Model.GetLabels()[connect.Argmax(e.GetLogits())])
 		fmt.Printf("explained: %s\n", t.GetTarget().GetLabel())
 		fmt.Printf("residual: %s\n", connect.Float32(t.GetResidual()))
 		values := perConcept(t.GetContributions())

@@ -12,35 +12,22 @@ import (
 	"fmt"
 	"log"
 	"math"
-	"time"
 
 	"github.com/explainserve/explainserve/clients/go/examples/internal/connect"
 	explainservev1 "github.com/explainserve/explainserve/clients/go/explainserve/v1"
 )
 
 func main() {
-	target := flag.String("target", "127.0.0.1:50051", "server host:port")
-	model := flag.String("model", "minilm-sentiment", "model name as ListModels gives it")
-	timeout := flag.Duration("timeout", 2*time.Minute, "deadline of the whole run")
+	options := connect.Flags()
 	flag.Parse()
 	if flag.NArg() != 1 {
 		log.Fatal("usage: explain [-target host:port] [-model name] TEXT")
 	}
 
-	conn, client, err := connect.Dial(*target)
-	if err != nil {
-		log.Fatalf("connect: %v", err)
-	}
-	defer conn.Close()
-	ctx, cancel := connect.Context(*timeout)
-	defer cancel()
-
-	info, err := client.GetModel(ctx, &explainservev1.GetModelRequest{Name: *model})
-	if err != nil {
-		log.Fatalf("GetModel: %v", err)
-	}
-	reply, err := client.Explain(ctx, &explainservev1.ExplainRequest{
-		Model:       *model,
+	s := options.Start()
+	defer s.Close()
+	reply, err := s.Client.Explain(s.Ctx, &explainservev1.ExplainRequest{
+		Model:       s.Model.GetName(),
 		Inputs:      []*explainservev1.Input{{Content: &explainservev1.Input_Text{Text: flag.Arg(0)}}},
 		Method:      &explainservev1.ExplainRequest_Occlusion{Occlusion: &explainservev1.Occlusion{}},
 		Granularity: explainservev1.Granularity_GRANULARITY_WORD,
@@ -52,7 +39,7 @@ func main() {
 	e := reply.GetExplanations()[0]
 	probabilities := softmax(e.GetLogits())
 	predicted := connect.Argmax(probabilities)
-	fmt.Printf("predicted: %s (%.3f)\n", info.GetModel().GetLabels()[predicted], probabilities[predicted])
+	fmt.Printf("predicted: %s (%.3f)\n", s.Model.GetLabels()[predicted], probabilities[predicted])
 	fmt.Printf("explained: %s\n", e.GetTargets()[0].GetLabel())
 	// scores is row-major targets x units; one target, so row 0 is the first len(units) values.
 	scores := e.GetScores().GetValues()

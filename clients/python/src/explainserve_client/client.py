@@ -772,33 +772,6 @@ class Client:
             else:
                 yield Explanation.from_proto(event.explanation, labels)
 
-    def explain_concepts_request(
-        self,
-        model: str,
-        inputs: str | pb.Input | Sequence[str | pb.Input],
-        *,
-        concepts: ConceptSetLike,
-        targets: Sequence[int | str] = (),
-        inference_mode: str | int | None = None,
-        concepts_x_gradients: bool = True,
-        normalization: bool = True,
-        truncate: bool = False,
-        isolate_batches: bool = False,
-        priority: str | int | None = None,
-    ) -> pb.ExplainConceptsRequest:
-        """The ExplainConceptsRequest that `explain_concepts` sends (see there)."""
-        return pb.ExplainConceptsRequest(
-            model=model,
-            inputs=_input_messages(inputs, targets),
-            concepts=concept_set_ref(concepts),
-            inference_mode=_enum(pb.InferenceMode, "INFERENCE_MODE", inference_mode),  # type: ignore[arg-type]
-            concepts_x_gradients=concepts_x_gradients,
-            normalization=normalization,
-            truncate=truncate,
-            isolate_batches=isolate_batches,
-            priority=_enum(pb.Priority, "PRIORITY", priority),  # type: ignore[arg-type]
-        )
-
     def explain_concepts(
         self,
         model: str,
@@ -822,17 +795,17 @@ class Client:
         (`concepts_x_gradients=False`: the gradient alone), divided by their absolute sum per
         target (`normalization=False`: raw). `priority`: "interactive" or "batch". Returns one
         ConceptExplanation per input, in order."""
-        request = self.explain_concepts_request(
-            model,
-            inputs,
-            concepts=concepts,
-            targets=targets,
-            inference_mode=inference_mode,
+        # Both flags are sent even at their defaults (the fields are optional: unset is true).
+        request = pb.ExplainConceptsRequest(
+            model=model,
+            inputs=_input_messages(inputs, targets),
+            concepts=concept_set_ref(concepts),
+            inference_mode=_enum(pb.InferenceMode, "INFERENCE_MODE", inference_mode),  # type: ignore[arg-type]
             concepts_x_gradients=concepts_x_gradients,
             normalization=normalization,
             truncate=truncate,
             isolate_batches=isolate_batches,
-            priority=priority,
+            priority=_enum(pb.Priority, "PRIORITY", priority),  # type: ignore[arg-type]
         )
         labels = self._model_labels(model)
         reply = self._stub.ExplainConcepts(request, timeout=timeout, metadata=self._metadata)

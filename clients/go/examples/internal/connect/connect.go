@@ -1,10 +1,13 @@
 // Package connect holds what the examples share: a channel to the server with the retry policy,
-// a context with the run's deadline and the bearer token, and how they print numbers.
+// a context with the run's deadline and the bearer token, the model's metadata, and how they
+// print numbers.
 package connect
 
 import (
 	"cmp"
 	"context"
+	"flag"
+	"log"
 	"os"
 	"strconv"
 	"time"
@@ -24,26 +27,66 @@ const ServiceConfig = `{"methodConfig": [{
   "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s",
                   "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
 
-// Dial opens a plaintext channel to target (host:port) with ServiceConfig and returns it with an
-// ExplainService client on it; close the channel when done.
-func Dial(target string) (*grpc.ClientConn, explainservev1.ExplainServiceClient, error) {
-	conn, err := grpc.NewClient(target,
+// Session is an example's connection to the server.
+type Session struct {
+	// Client is the ExplainService client on a plaintext channel with ServiceConfig.
+	Client explainservev1.ExplainServiceClient
+	// Ctx bounds every call of the run by its deadline, and carries EXPLAINSERVE_TOKEN as a bearer
+	// token when it is set.
+	Ctx context.Context
+	// Model is the model's metadata (GetModel); its name is the one requests give.
+	Model *explainservev1.ModelInfo
+	close func()
+}
+
+// Options are the flags every example has: the server, the model and the run's deadline.
+type Options struct {
+	target, model *string
+	timeout       *time.Duration
+}
+
+// Flags declares -target, -model and -timeout on the command line; parse it, then Start.
+func Flags() *Options {
+	return &Options{
+		target:  flag.String("target", "127.0.0.1:50051", "server host:port"),
+		model:   flag.String("model", "minilm-sentiment", "model name as ListModels gives it"),
+		timeout: flag.Duration("timeout", 2*time.Minute, "deadline of the whole run"),
+	}
+}
+
+// Start connects to -target, starts the run's deadline of -timeout and asks for -model's
+// metadata; it exits with the error when any of it fails. Close the session when done.
+func (o *Options) Start() *Session {
+	conn, err := grpc.NewClient(*o.target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(ServiceConfig))
 	if err != nil {
-		return nil, nil, err
+		log.Fatalf("connect: %v", err)
 	}
-	return conn, explainservev1.NewExplainServiceClient(conn), nil
-}
-
-// Context bounds every call made with it by timeout, and carries EXPLAINSERVE_TOKEN as a bearer
-// token when it is set.
-func Context(timeout time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *o.timeout)
 	if token := os.Getenv("EXPLAINSERVE_TOKEN"); token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	}
-	return ctx, cancel
+	s := &Session{
+		Client: explainservev1.NewExplainServiceClient(conn),
+		Ctx:    ctx,
+		close: func() {
+			cancel()
+			conn.Close()
+		},
+	}
+	info, err := s.Client.GetModel(ctx, &explainservev1.GetModelRequest{Name: *o.model})
+	if err != nil {
+		s.Close()
+		log.Fatalf("GetModel: %v", err)
+	}
+	s.Model = info.GetModel()
+	return s
+}
+
+// Close ends the run: its deadline's timer, and the channel.
+func (s *Session) Close() {
+	s.close()
 }
 
 // Float32 is v's shortest representation as a float32, so that the printed number is exact.
