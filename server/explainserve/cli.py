@@ -65,7 +65,7 @@ def _add_option(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `explainserve` command."""
-    from explainserve.discovery.cli import add_concepts_arguments
+    from explainserve.discovery.cli import add_activations_arguments, add_concepts_arguments
     from explainserve.viewer.cli import add_explain_arguments
 
     parser = _Parser(prog="explainserve", description=__doc__)
@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Concept set files (docs/concepts.md): what `serve --concepts` serves.",
     )
     add_concepts_arguments(concepts)
+    activations = sub.add_parser(
+        "activations",
+        help="a dataset's activations and predictions from running servers, to shards on disk",
+        description="Stream a dataset's activations (the head's input by default, or any split "
+        "point) and predictions from one or several running servers into a directory of "
+        "safetensors (or Parquet) shards, with a progress bar; a stopped run resumes.",
+    )
+    add_activations_arguments(activations)
     return parser
 
 
@@ -246,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from explainserve.discovery.cli import run_concepts
 
             return run_concepts(args)
+        if args.command == "activations":
+            from explainserve.discovery.cli import run_activations
+
+            return run_activations(args)
         serve(config_from_args(args))
     except (InvalidArgument, ValueError) as e:
         # Configuration mistakes (ConfigError), and those found while loading a model (a CUDA

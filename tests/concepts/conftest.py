@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from concept_refs import SERVED
+from concept_sets import SERVED
 from reference_models import Direct
 
 from explainserve.concepts.registry import ConceptRegistry

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from concept_refs import HEAD_INPUT, KINDS, expected, random_set
+from concept_sets import HEAD_INPUT, KINDS, expected, random_set
 from reference_models import Direct
 
 from explainserve.concepts.params import ConceptExplanation, ConceptParams, ConceptRef
@@ -306,8 +306,8 @@ def test_inline_sets_are_bound_to_the_request_and_checked(
         "concepts.inline",
     )
     refused(
-        replace(cs, split_point="distilbert.transformer.layer.0"),
-        "served at the classification head's input",
+        replace(cs, split_point="pre_classifier"),
+        "one per input: concept sets are served at the classification head's input",
         "concepts.inline",
     )
 

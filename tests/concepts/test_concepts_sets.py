@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from concept_refs import KINDS, decode_ref, encode_ref, random_set
+from concept_sets import KINDS, decode_ref, encode_ref, random_set
 from safetensors.numpy import save_file
 from scipy.optimize import nnls
 from sklearn.decomposition import NMF, PCA, FastICA, IncrementalPCA, MiniBatchNMF, TruncatedSVD

@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from concept_refs import HEAD_INPUT, encode_ref, random_set
+from concept_sets import HEAD_INPUT, encode_ref, random_set
 from reference_models import Direct
 
 from explainserve.concepts.params import ConceptParams, ConceptRef, ConceptTarget

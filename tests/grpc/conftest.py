@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from concept_sets import served_concepts
 
 from explainserve.explain.limits import CausalLimits, Limits
 from explainserve.explain.service import Explainer
@@ -49,7 +50,9 @@ def live_server(tiny_bert_dir: Path, tiny_gpt2_dir: Path) -> Iterator[LiveServer
     try:
         registry.add(load_model(ModelConfig(name="bert", path=tiny_bert_dir, device="cpu")))
         registry.add(load_model(ModelConfig(name="gpt2", path=tiny_gpt2_dir, device="cpu")))
-        explainer = Explainer(registry, Limits(max_rows_per_input=MAX_ROWS_PER_INPUT))
+        explainer = Explainer(
+            registry, Limits(max_rows_per_input=MAX_ROWS_PER_INPUT), served_concepts(registry)
+        )
         running = start(ServerOptions(port=0), explainer)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:

@@ -1,15 +1,18 @@
 """Fuzz of the request surface: hypothesis builds Explain, GetActivations and
 PredictFromActivations requests over every proto field (unknown models and enum values, NaN and
 infinite floats, empty and odd texts, ids outside the vocabulary, ragged masks, bad tensors,
-truncation), and Explain requests for causal LMs (continuations as text or ids or none,
-generation parameters, targets where none belong). The server answers each with a result or a
-client-error status: never INTERNAL or UNKNOWN, never a crash (the servers keep serving)."""
+truncation), Explain requests for causal LMs (continuations as text or ids or none,
+generation parameters, targets where none belong), and concept requests (ExplainConcepts and
+concept targets: served, unknown and inline sets of any encoder, shape and value). The server
+answers each with a result or a client-error status: never INTERNAL or UNKNOWN, never a crash
+(the servers keep serving)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import grpc
+import numpy as np
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -155,6 +158,68 @@ head_requests = st.builds(
 )
 
 
+# Concept sets: the shared server's (tests/concept_sets.py `CONCEPT_SETS`), unknown ones, and
+# inline sets with any encoder kind, top_k and tensors (right-sized ones often enough that some
+# reach the model).
+sized = st.builds(
+    lambda rows, cols, fill: pb.Tensor(
+        dtype="float32",
+        shape=[rows, cols],
+        data=np.full((rows, cols), fill, dtype="<f4").tobytes(),
+    ),
+    st.sampled_from([1, 3, 6]),
+    st.sampled_from([32, 32, 31]),
+    st.sampled_from([0.1, -0.5, 0.0, float("nan"), float("inf")]),
+)
+inline_sets = st.builds(
+    lambda f: pb.InlineConceptSet(**f),
+    opt(
+        split_point=st.sampled_from(["", "classifier:input", "score:input", "bert.pooler", "x"]),
+        encoder=enums | st.integers(4, 6),
+        encoder_weight=sized | tensors,
+        encoder_bias=tensors,
+        encoder_center=tensors,
+        encoder_threshold=tensors,
+        top_k=st.integers(0, 8),
+        relu_input=st.booleans(),
+        decoder_weight=sized | tensors,
+        decoder_bias=tensors,
+        labels=st.lists(st.sampled_from(["a", "", "é"]), max_size=4),
+    ),
+)
+concept_refs = (
+    st.builds(
+        pb.ConceptSetRef,
+        name=st.sampled_from(["bert-relu", "bert-layer", "gpt2-nnls", "nope", ""]),
+    )
+    | st.builds(pb.ConceptSetRef, inline=inline_sets)
+    | st.just(pb.ConceptSetRef())
+)
+concept_requests = st.builds(
+    lambda model, inputs, concepts, rest: pb.ExplainConceptsRequest(
+        model=model, inputs=inputs, concepts=concepts, **rest
+    ),
+    models,
+    inputs,
+    concept_refs,
+    opt(
+        inference_mode=enums,
+        concepts_x_gradients=st.booleans(),
+        normalization=st.booleans(),
+        granularity=enums,
+        aggregation=enums,
+        truncate=st.booleans(),
+        isolate_batches=st.booleans(),
+        priority=enums,
+    ),
+)
+concept_targets = st.builds(
+    lambda concepts, explained: pb.ConceptTarget(concepts=concepts, concepts_explained=explained),
+    concept_refs,
+    targets | st.lists(st.builds(pb.Target, label=st.sampled_from(["c0", "c5", "x"])), max_size=2),
+)
+concept_target_requests = explain_requests_of(models, inputs, concept_target=concept_targets)
+
 lm_models = st.sampled_from(["gpt2-lm", "gpt2-lm", "llama-lm", "llama-lm", "bert", "nope"])
 continuations = (
     st.builds(pb.Continuation, text=texts)
@@ -232,6 +297,20 @@ def test_predict_from_activations_never_fails_internally(
     stub: explain_pb2_grpc.ExplainServiceStub, request: pb.PredictFromActivationsRequest
 ) -> None:
     answered(lambda: stub.PredictFromActivations(request, timeout=60))
+
+
+@given(request=concept_requests)
+def test_explain_concepts_never_fails_internally(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainConceptsRequest
+) -> None:
+    answered(lambda: stub.ExplainConcepts(request, timeout=60))
+
+
+@given(request=concept_target_requests)
+def test_explain_with_a_concept_target_never_fails_internally(
+    stub: explain_pb2_grpc.ExplainServiceStub, request: pb.ExplainRequest
+) -> None:
+    answered(lambda: stub.Explain(request, timeout=60))
 
 
 @given(request=causal_requests)

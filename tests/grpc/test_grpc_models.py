@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 import pytest
+from concept_sets import CONCEPT_SETS
 
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
@@ -19,6 +20,20 @@ def expected_info(name: str, tokenizer: Any) -> pb.ModelInfo:
         replacement, token_id = "mask_token", tokenizer.mask_token_id
     else:
         replacement, token_id = "unk_token", tokenizer.unk_token_id
+    # The concept sets the shared server serves for it (tests/concept_sets.py), by name, with
+    # their concepts' labels.
+    concept_sets = [
+        pb.ConceptSetInfo(
+            name=set_name,
+            split_point=point or ("classifier:input" if model == "bert" else "score:input"),
+            encoder=kind,
+            granularity="cls_token",
+            method="random",
+            labels=[f"c{k}" for k in range(n)],
+        )
+        for set_name, (model, kind, n, point) in sorted(CONCEPT_SETS.items())
+        if model == name
+    ]
     return pb.ModelInfo(
         name=name,
         task="sequence-classification",
@@ -28,6 +43,7 @@ def expected_info(name: str, tokenizer: Any) -> pb.ModelInfo:
         dtype="float32",
         replacement=replacement,
         replacement_token_id=token_id,
+        concept_sets=concept_sets,
     )
 
 

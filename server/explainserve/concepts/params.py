@@ -8,8 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from explainserve.concepts.sets import ConceptSet
-from explainserve.vocabulary import InferenceMode, InputSpec, Priority
+from explainserve.concepts.sets import ConceptSet, FitGranularity
+from explainserve.vocabulary import Aggregation, InferenceMode, InputSpec, Priority, Units
+
+#: The rows of ExplainConcepts (GetActivations' granularities).
+ActivationGranularity = FitGranularity
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class ConceptParams:
     #: Each target's contributions divided by the sum of their absolute values (Interpreto's
     #: default); False: raw.
     normalization: bool = True
+    #: The rows concepts are read at: None = one row at the head's input, or the set's fit
+    #: granularity at a split point with a token dimension.
+    granularity: ActivationGranularity | None = None
+    #: How a WORD or SENTENCE row is made of its tokens' rows.
+    aggregation: Aggregation = "mean"
     isolate: bool = False
     priority: Priority = "interactive"
 
@@ -81,6 +89,8 @@ class ConceptExplanation:
     text: str
     forward_passes: int
     elapsed_ms: float
+    #: What each row is (granularities other than CLS_TOKEN); None for one row per input.
+    units: Units | None = None
 
     @property
     def gap(self) -> NDArray[np.float32]:

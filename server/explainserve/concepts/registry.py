@@ -41,6 +41,12 @@ class BoundConceptSet:
         """K."""
         return self.concept_set.n_concepts
 
+    @property
+    def at_head(self) -> bool:
+        """Whether it reads the head's input (one row per input; g is the head alone), not a
+        split point with a token dimension."""
+        return self.concept_set.split_point == self.model.head_input
+
     @cached_property
     def labels(self) -> list[str]:
         """One label per concept."""
@@ -71,9 +77,10 @@ class BoundConceptSet:
 
 def bind(name: str, concept_set: ConceptSet, model: ServedModel, source: str) -> BoundConceptSet:
     """`concept_set` checked against the served `model` (ConceptSetError naming `source` and
-    what is wrong): a classifier with a head whose input is the set's split point, one feature
-    dimension of the set's size, the same labels, and, when the set has one, the same probe row
-    (the served model gives the row the set was fitted next to, within `PROBE_TOLERANCE`)."""
+    what is wrong): a classifier with a head; the set's split point its head's input or one with
+    a token dimension, of one feature dimension of the set's size; the same labels; and, when
+    the set has one, the same probe row (the served model gives the row the set was fitted next
+    to, within `PROBE_TOLERANCE`)."""
 
     def fail(message: str) -> ConceptSetError:
         return ConceptSetError(f"{source}: {message}", field=source)
@@ -81,19 +88,21 @@ def bind(name: str, concept_set: ConceptSet, model: ServedModel, source: str) ->
     if model.is_causal_lm or model.head_input is None:
         raise fail(
             f"model '{model.name}' has no classification head: concept sets explain a "
-            "classifier's prediction from its head's input"
+            "classifier's prediction"
         )
     shapes = dict(model.split_points)
     point = concept_set.split_point
     if point not in shapes:
         raise fail(f"model '{model.name}' has no split point '{quote(point)}'")
-    if point != model.head_input:
-        raise fail(
-            f"split point '{quote(point)}': concept sets are served at the classification "
-            f"head's input ('{model.head_input}') only"
-        )
     shape = shapes[point]
-    features = shape[2:] if len(shape) > 2 and shape[1] == -1 else shape[1:]
+    token_dim = len(shape) > 2 and shape[1] == -1
+    if point != model.head_input and not token_dim:
+        raise fail(
+            f"split point '{quote(point)}' has rows of shape {shape[1:]}, one per input: concept "
+            f"sets are served at the classification head's input ('{model.head_input}') or at "
+            "split points with a token dimension"
+        )
+    features = shape[2:] if token_dim else shape[1:]
     if len(features) != 1 or features[0] != concept_set.n_features:
         raise fail(
             f"the set's activations have {concept_set.n_features} features; split point "
@@ -105,7 +114,7 @@ def bind(name: str, concept_set: ConceptSet, model: ServedModel, source: str) ->
             f"the set was fitted for labels {list(wanted)}; model '{model.name}' has {model.labels}"
         )
     if concept_set.model.probe is not None:
-        served = probe_row(model, concept_set.model.probe_text)
+        served = probe_row(model, concept_set.model.probe_text, point)
         distance = probe_distance(concept_set.model.probe, served)
         if distance > PROBE_TOLERANCE:
             raise fail(
@@ -115,15 +124,19 @@ def bind(name: str, concept_set: ConceptSet, model: ServedModel, source: str) ->
     return BoundConceptSet(name, model, concept_set, Codec(concept_set, model.device), source)
 
 
-def probe_row(model: ServedModel, text: str) -> np.ndarray:
-    """The row of `text` at the head's input that the model's worker computes (float32)."""
-    assert model.head_input is not None
+def probe_row(model: ServedModel, text: str, split_point: str | None = None) -> np.ndarray:
+    """The row of `text` at `split_point` (default: the head's input) that the model's worker
+    computes (float32): at the position the head reads, for a split point with a token
+    dimension, as GetActivations' CLS_TOKEN row."""
+    point = split_point or model.head_input
+    assert point is not None
+    shape = dict(model.split_points)[point]
     encoded = model.encode(InputSpec(text=text), 0)
     job = ActivationJob(
         ids=encoded.ids,
         attention=encoded.attention,
-        split_points=(model.head_input,),
-        token_dim=(False,),
+        split_points=(point,),
+        token_dim=(len(shape) > 2 and shape[1] == -1,),
     )
     model.worker.submit(job)
     return np.asarray(job.future.result().values[0], dtype=np.float32).reshape(-1)

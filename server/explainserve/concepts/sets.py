@@ -103,10 +103,12 @@ class TopExample:
 
 @dataclass(frozen=True)
 class ConceptInfo:
-    """What is known of one concept: a label and its top examples (empty when unknown)."""
+    """What is known of one concept: a label, its top examples (inputs, or the rows' words) and
+    its top words or n-grams run as inputs of their own (empty when unknown)."""
 
     label: str = ""
     top_examples: tuple[TopExample, ...] = ()
+    top_words: tuple[TopExample, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,9 +248,8 @@ class ConceptSet:
             "concepts": [
                 {
                     "label": info.label,
-                    "top_examples": [
-                        {"text": ex.text, "activation": ex.activation} for ex in info.top_examples
-                    ],
+                    "top_examples": _examples(info.top_examples),
+                    **({"top_words": _examples(info.top_words)} if info.top_words else {}),
                 }
                 for info in self.concepts
             ],
@@ -293,6 +294,11 @@ class ConceptSet:
             Path(tmp).unlink(missing_ok=True)
             raise
         return target
+
+
+def _examples(examples: tuple[TopExample, ...]) -> list[dict[str, Any]]:
+    """Top examples as the JSON document holds them."""
+    return [{"text": ex.text, "activation": ex.activation} for ex in examples]
 
 
 def load(path: str | Path) -> ConceptSet:
@@ -390,16 +396,19 @@ def from_document(doc: Any, tensors: dict[str, Any], where: str) -> ConceptSet:
     for j, item in enumerate(described):
         if not isinstance(item, dict):
             raise fail(f"concepts[{j}] must be an object")
-        examples = item.get("top_examples", [])
-        if not isinstance(examples, list):
-            raise fail(f"concepts[{j}].top_examples must be a list")
-        tops = []
-        for ex in examples:
-            value = ex.get("activation") if isinstance(ex, dict) else None
-            if not isinstance(value, int | float) or not isinstance(ex.get("text"), str):
-                raise fail(f"concepts[{j}].top_examples: each is {{text, activation}}")
-            tops.append(TopExample(text=ex["text"], activation=float(value)))
-        concepts.append(ConceptInfo(label=text(item, "label"), top_examples=tuple(tops)))
+        lists = {}
+        for key in ("top_examples", "top_words"):
+            examples = item.get(key, [])
+            if not isinstance(examples, list):
+                raise fail(f"concepts[{j}].{key} must be a list")
+            tops = []
+            for ex in examples:
+                value = ex.get("activation") if isinstance(ex, dict) else None
+                if not isinstance(value, int | float) or not isinstance(ex.get("text"), str):
+                    raise fail(f"concepts[{j}].{key}: each is {{text, activation}}")
+                tops.append(TopExample(text=ex["text"], activation=float(value)))
+            lists[key] = tuple(tops)
+        concepts.append(ConceptInfo(label=text(item, "label"), **lists))
     fit = doc.get("fit", {})
     if not isinstance(fit, dict):
         raise fail("'fit' must be an object")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ from explainserve.concepts.sets import (
     load,
     with_labels,
 )
+from explainserve.discovery.base import FitError, FitOptions
+from explainserve.discovery.dataset import Dataset, DatasetError
+from explainserve.discovery.extract import (
+    AGGREGATIONS,
+    GRANULARITIES,
+    ExtractError,
+    Servers,
+    extract,
+)
+from explainserve.discovery.fit import METHODS
+from explainserve.discovery.store import StoreError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_MODEL = "minilm-sentiment"
@@ -39,7 +51,7 @@ class UsageError(ValueError):
 
 def add_concepts_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands of `explainserve concepts`."""
-    sub = parser.add_subparsers(dest="concepts_command", required=True, metavar="{import,show}")
+    sub = parser.add_subparsers(dest="concepts_command", required=True, metavar="{import,fit,show}")
     imp = sub.add_parser(
         "import",
         help="write a fitted scikit-learn or Interpreto dictionary as a concept set file",
@@ -80,11 +92,216 @@ def add_concepts_arguments(parser: argparse.ArgumentParser) -> None:
         help="scikit-learn NMF: the activations went through a ReLU before the fit",
     )
     imp.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+    fit = sub.add_parser(
+        "fit",
+        help="fit a concept set on a dataset's activations streamed from running servers",
+        description="Stream a dataset's activations from one or several running servers "
+        "(cached on disk: a refit reads them again, a stopped run resumes), fit a concept "
+        "dictionary, label each concept with its top examples, measure it, and write the file "
+        "`explainserve serve --concepts NAME=FILE` serves.",
+    )
+    add_dataset_arguments(fit)
+    fit.add_argument("--out", type=Path, required=True, help="the concept set file to write")
+    fit.add_argument(
+        "--method", choices=METHODS, default="pca", help="the dictionary (default pca)"
+    )
+    fit.add_argument("--concepts", type=int, default=20, metavar="K", help="concepts (default 20)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    fit.add_argument(
+        "--max-memory",
+        default="2GiB",
+        help="rows held in memory at most (default 2GiB): beyond it pca and nmf stream, the "
+        "in-memory methods are refused",
+    )
+    fit.add_argument(
+        "--nonneg",
+        choices=("relu", "shift"),
+        help="nmf on signed activations: a ReLU first, or each feature minus its minimum",
+    )
+    fit.add_argument("--epochs", type=int, default=20, help="SAEs: passes over the data")
+    fit.add_argument("--top-k", type=int, default=0, help="topk-sae: concepts kept per row")
+    fit.add_argument("--l1", type=float, default=1e-3, help="relu-sae: the L1 penalty")
+    fit.add_argument(
+        "--examples", type=int, default=5, help="top examples kept per concept (default 5)"
+    )
+    fit.add_argument("--ngrams", type=int, default=1, help="cls rows: words up to N-grams")
+    fit.add_argument(
+        "--min-count", type=int, default=5, help="cls rows: n-grams seen at least this often"
+    )
+    fit.add_argument(
+        "--probe-texts", type=int, default=200, help="texts of the global importance (default 200)"
+    )
+    fit.add_argument(
+        "--no-stability", action="store_true", help="skip the second fit measuring stability"
+    )
     show = sub.add_parser("show", help="print what a concept set file holds")
     show.add_argument("file", type=Path, help="a concept set file")
     show.add_argument(
         "--examples", type=int, default=5, help="top examples shown per concept (default 5)"
     )
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """What extraction needs: the servers, the model, the dataset, the rows, the cache."""
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=None,
+        metavar="ADDR",
+        help=f"HOST:PORT of a server (repeatable: shards are spread over them; or one "
+        f"dns:///SERVICE:PORT target, balanced over its addresses; default {DEFAULT_SERVER})",
+    )
+    parser.add_argument("--token", help="bearer token, when the servers ask for one")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA certificate of the servers: TLS")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        required=True,
+        help="the dataset: one text per line, JSON lines (.jsonl) or Parquet (.parquet)",
+    )
+    parser.add_argument("--text-field", default="text", help="JSONL / Parquet: the text field")
+    parser.add_argument(
+        "--split-point", help="where activations are read (default: the head's input)"
+    )
+    parser.add_argument(
+        "--granularity",
+        choices=tuple(GRANULARITIES),
+        default="cls",
+        help="rows: cls (the token the head reads, default), token, word, ...",
+    )
+    parser.add_argument(
+        "--aggregation", choices=tuple(AGGREGATIONS), default="mean", help="word rows' tokens"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the transfer's element type (default float32)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="the activation cache's directory (default: one per model, split point, rows "
+        "and dataset under $EXPLAINSERVE_CACHE_DIR or ~/.cache/explainserve)",
+    )
+    parser.add_argument("--shard-size", type=int, default=1024, help="texts per call and shard")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="calls at once per server (default 2)"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _servers(args: argparse.Namespace) -> Servers:
+    return Servers(
+        targets=tuple(args.server or [DEFAULT_SERVER]),
+        token=args.token,
+        tls_ca=args.tls_ca,
+        timeout=args.timeout,
+    )
+
+
+def parse_bytes(text: str) -> int:
+    """`2GiB`, `512MiB`, `1e9` -> bytes."""
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "b": 1}
+    low = text.strip().lower()
+    number, scale = low, 1
+    for suffix, unit in units.items():
+        if low.endswith(suffix):
+            number, scale = low.removesuffix(suffix), unit
+            break
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise UsageError(f"--max-memory: {text!r} is not a size (e.g. 2GiB, 512MiB)") from None
+
+
+def run_fit_command(args: argparse.Namespace) -> int:
+    """`concepts fit`."""
+    from explainserve.discovery.pipeline import FitRun, run_fit
+
+    run = FitRun(
+        servers=_servers(args),
+        dataset=Dataset(args.file, text_field=args.text_field),
+        model=args.model,
+        out=args.out,
+        fit=FitOptions(
+            method=args.method,
+            concepts=args.concepts,
+            seed=args.seed,
+            max_memory=parse_bytes(args.max_memory),
+            nonneg=args.nonneg,
+            epochs=args.epochs,
+            top_k=args.top_k,
+            l1=args.l1,
+        ),
+        split_point=args.split_point,
+        granularity=args.granularity,
+        aggregation=args.aggregation,
+        dtype=args.dtype,
+        cache=args.cache,
+        shard_size=args.shard_size,
+        concurrency=args.concurrency,
+        top_k=args.examples,
+        ngrams=args.ngrams,
+        min_count=args.min_count,
+        probe_texts=args.probe_texts,
+        stability=not args.no_stability,
+        show_progress=not args.quiet,
+    )
+    concept_set = run_fit(run)
+    print(f"wrote {args.out}: {concept_set.n_concepts} concepts ({args.method})")
+    print("\n".join(describe(concept_set, args.examples)))
+    return 0
+
+
+def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `explainserve activations`."""
+    add_dataset_arguments(parser)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the directory of shards to write (resumed when it holds the same activations)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("safetensors", "parquet"),
+        default="safetensors",
+        help="shards as safetensors (default) or, also, Parquet",
+    )
+
+
+def run_activations(args: argparse.Namespace) -> int:
+    """`explainserve activations`: a dataset's activations and predictions to shards."""
+    try:
+        store = extract(
+            _servers(args),
+            Dataset(args.file, text_field=args.text_field),
+            args.out,
+            args.model,
+            split_point=args.split_point,
+            granularity=args.granularity,
+            aggregation=args.aggregation,
+            dtype=args.dtype,
+            shard_size=args.shard_size,
+            concurrency=args.concurrency,
+            show_progress=not args.quiet,
+        )
+        if args.format == "parquet":
+            from explainserve.discovery.parquet import write_parquet
+
+            write_parquet(store)
+    except (UsageError, ConceptSetError, DatasetError, ExtractError, StoreError) as e:
+        print(f"explainserve activations: error: {e}", file=sys.stderr)
+        return 2
+    m = store.manifest
+    print(
+        f"wrote {args.out}: {m.texts} texts, {store.rows()} rows of {m.features} features "
+        f"({m.model} at {m.split_point}, {m.granularity}), {m.shards} shards"
+    )
+    return 0
 
 
 def read_source(path: Path) -> Any:
@@ -181,12 +398,15 @@ def run_import(args: argparse.Namespace) -> int:
     """`concepts import`."""
     obj = read_source(args.source)
     binding, point, size = _model_binding(args)
-    concept_set = convert_source(obj, binding, point, args.granularity, args.relu_input)
+    # Converted without the probe first: a dictionary of the wrong size is said so plainly.
+    unprobed = replace(binding, probe=None)
+    concept_set = convert_source(obj, unprobed, point, args.granularity, args.relu_input)
     if concept_set.n_features != size:
         raise UsageError(
             f"the dictionary has {concept_set.n_features} features; split point '{point}' of "
             f"model '{args.model}' has {size}"
         )
+    concept_set = replace(concept_set, model=binding)
     if args.labels is not None:
         try:
             labels = [line.strip() for line in args.labels.read_text("utf-8").splitlines()]
@@ -220,13 +440,29 @@ def describe(concept_set: ConceptSet, examples: int = 5) -> list[str]:
         f"method       {cs.method or '-'}",
         f"probe        {probe}",
     ]
+    metrics = cs.fit.get("metrics", {})
     for key, value in cs.fit.items():
-        lines.append(f"fit          {key}: {value}")
+        if key != "metrics":
+            lines.append(f"fit          {key}: {value}")
+    for key, value in metrics.items() if isinstance(metrics, dict) else ():
+        if key == "importance" and isinstance(value, dict):
+            for label, per_concept in value.items():
+                ranked = sorted(enumerate(per_concept), key=lambda kv: -kv[1])[:3]
+                shown = ", ".join(f"{cs.labels()[k]} {v:.3g}" for k, v in ranked)
+                lines.append(f"importance   {label}: {shown}")
+        else:
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            lines.append(f"metric       {key}: {text}")
     for k, label in enumerate(cs.labels()):
         info = cs.concepts[k] if k < len(cs.concepts) else None
         tops = [] if info is None else list(info.top_examples[:examples])
+        words = [] if info is None else list(info.top_words[:examples])
         shown = "; ".join(f"{ex.text!r} ({ex.activation:.3g})" for ex in tops)
         lines.append(f"  {k:>4}  {label}" + (f": {shown}" if shown else ""))
+        if words:
+            lines.append(
+                "        words: " + ", ".join(f"{w.text} ({w.activation:.3g})" for w in words)
+            )
     return lines
 
 
@@ -241,7 +477,9 @@ def run_concepts(args: argparse.Namespace) -> int:
     try:
         if args.concepts_command == "import":
             return run_import(args)
+        if args.concepts_command == "fit":
+            return run_fit_command(args)
         return run_show(args)
-    except (UsageError, ConceptSetError) as e:
+    except (UsageError, ConceptSetError, DatasetError, ExtractError, StoreError, FitError) as e:
         print(f"explainserve concepts {args.concepts_command}: error: {e}", file=sys.stderr)
         return 2

@@ -106,6 +106,13 @@ class Explainer:
         bound = self.concepts.resolve(
             model, replace(target.concepts, field=f"{field}.concepts"), self.concept_limits
         )
+        if not bound.at_head:
+            raise InvalidArgument(
+                f"concept set '{bound.name}' reads split point "
+                f"'{bound.concept_set.split_point}', one row per token: a concept target is a "
+                "concept of a set at the classification head's input (one activation per input)",
+                field=f"{field}.concepts",
+            )
         if isinstance(params.method, GradientMethod) and not bound.codec.differentiable:
             raise InvalidArgument(
                 f"concept set '{bound.name}' encodes by non-negative least squares, which has "

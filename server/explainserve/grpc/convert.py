@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -116,7 +117,7 @@ PARAMETER_ENUMS: dict[str, dict[int, str]] = {
 METHODS: dict[str, type[Method]] = methods()
 
 
-def _enum(table: dict[int, T], value: int, field: str) -> T:
+def _enum(table: Mapping[int, T], value: int, field: str) -> T:
     try:
         return table[value]
     except KeyError:
@@ -463,6 +464,9 @@ def concept_ref_from_proto(ref: pb.ConceptSetRef, model: str, field: str) -> cpt
 
 def concept_params_from_proto(request: pb.ExplainConceptsRequest) -> cpt.ConceptParams:
     """An ExplainConceptsRequest to the domain form."""
+    granularity: act.ActivationGranularity | None = None
+    if request.granularity != pb.ACTIVATION_GRANULARITY_UNSPECIFIED:
+        granularity = _enum(ACTIVATION_GRANULARITY, request.granularity, "granularity")
     return cpt.ConceptParams(
         model=request.model,
         inputs=[
@@ -475,6 +479,8 @@ def concept_params_from_proto(request: pb.ExplainConceptsRequest) -> cpt.Concept
             request.concepts_x_gradients if request.HasField("concepts_x_gradients") else True
         ),
         normalization=request.normalization if request.HasField("normalization") else True,
+        granularity=granularity,
+        aggregation=_enum(AGGREGATION, request.aggregation, "aggregation"),
         isolate=request.isolate_batches,
         priority=_enum(PRIORITY, request.priority, "priority"),
     )
@@ -489,7 +495,7 @@ def _matrix(values: Any) -> pb.Matrix:
 def concept_explanation_to_proto(e: cpt.ConceptExplanation) -> pb.ConceptExplanation:
     """One input's concept explanation to its message."""
     gap = e.gap
-    return pb.ConceptExplanation(
+    out = pb.ConceptExplanation(
         input_index=e.input_index,
         concepts=_matrix(e.concepts),
         targets=[
@@ -510,3 +516,6 @@ def concept_explanation_to_proto(e: cpt.ConceptExplanation) -> pb.ConceptExplana
         token_ids=e.token_ids.tolist(),
         counters=pb.Counters(forward_passes=e.forward_passes, elapsed_ms=e.elapsed_ms),
     )
+    if e.units is not None:
+        _add_units(out.units, e.units)
+    return out

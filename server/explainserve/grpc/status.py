@@ -54,6 +54,15 @@ class _Status(grpc.Status):  # type: ignore[misc]
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
+def status_of(exc: errors.ExplainServeError) -> grpc.StatusCode:
+    """The status of a domain error: its class's, or its nearest base class's in the table (a
+    `ConceptSetError` is an InvalidArgument); INTERNAL for one the table does not know."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """Ends the RPC with the status of `exc`.
 
@@ -67,7 +76,7 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     if isinstance(exc, _native.NativeError):
         exc = from_native(exc)
     if isinstance(exc, errors.ExplainServeError):
-        code = STATUS_OF.get(type(exc), grpc.StatusCode.INTERNAL)
+        code = status_of(exc)
         message = bound_bytes(exc.message, MAX_MESSAGE_BYTES)
         remaining = context.time_remaining()
         if code == grpc.StatusCode.CANCELLED and remaining is not None and remaining <= 0:

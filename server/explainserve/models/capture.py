@@ -117,3 +117,27 @@ def capture(
     if missing:
         raise RuntimeError(f"the forward pass never reached split points {missing}")
     return captured, result
+
+
+def edited(
+    model: torch.nn.Module,
+    name: str,
+    edit: Callable[[torch.Tensor], torch.Tensor],
+    run: Callable[[], T],
+) -> T:
+    """Runs `run()` (a forward pass of `model`) with module `name`'s output replaced by
+    `edit(output)` (the first tensor of a tuple output: the rest of the tuple is kept); the hook
+    is removed before returning, whatever happens."""
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return edit(output)
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            return (edit(output[0]), *output[1:])
+        raise RuntimeError(f"split point {name} has no tensor output to edit")
+
+    handle = model.get_submodule(name).register_forward_hook(hook)
+    try:
+        return run()
+    finally:
+        handle.remove()

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from explainserve.errors import InvalidArgument
-from explainserve.models.capture import capture, first_tensor, head_input_name
+from explainserve.models.capture import capture, edited, first_tensor, head_input_name
 from explainserve.models.first_position import FirstPositionLayer
 from explainserve.models.heads import KeptPositions, plain_head
 from explainserve.scheduling.jobs import GenerationOptions, position_ids
@@ -87,6 +87,17 @@ class ModelRunner:
             lambda: self.logits(ids, attention),
             stop_early=not with_logits,
         )
+
+    def edited_logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        split_point: str,
+        edit: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """`(b, C)` logits with module `split_point`'s output replaced by `edit(output)` (the
+        full pass: its positions after the split point may all be read)."""
+        return edited(self.model, split_point, edit, lambda: self.logits(ids, attention))
 
 
 class ClassifierRunner(ModelRunner):

@@ -9,7 +9,7 @@ worker handles it. Nothing here knows about queues or about attribution methods.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -23,11 +23,13 @@ from explainserve.scheduling.jobs import (
     ActivationJob,
     ActivationResult,
     ConceptJob,
+    ConceptLayerJob,
     ForwardJob,
     GenerateJob,
     GradientJob,
     HeadJob,
     Job,
+    LayerBatch,
     OutputHead,
     Pieces,
 )
@@ -85,6 +87,8 @@ class Executor:
             self._run_head(cast(Pieces[HeadJob], pieces))
         elif kind == "concept":
             self._run_concept(cast(Pieces[ConceptJob], pieces))
+        elif kind == "concept_layer":
+            self._run_concept_layer(cast(Pieces[ConceptLayerJob], pieces))
         else:
             self._run_generate([cast(GenerateJob, job) for job, _, _ in pieces])
 
@@ -96,7 +100,9 @@ class Executor:
 
     def _pad(
         self,
-        pieces: Sequence[tuple[ForwardJob | GradientJob | ActivationJob | ConceptJob, int, int]],
+        pieces: Sequence[
+            tuple[ForwardJob | GradientJob | ActivationJob | ConceptJob | ConceptLayerJob, int, int]
+        ],
     ) -> tuple[int, torch.Tensor]:
         """The padded width and the `(b, L)` attention mask of a batch."""
         width = max(job.length for job, _, _ in pieces)
@@ -389,6 +395,38 @@ class Executor:
                 for job, result in zip(jobs, results, strict=True):
                     if job.count_done(1):
                         job.future.set_result(result)
+
+    def _run_concept_layer(self, pieces: Pieces[ConceptLayerJob]) -> None:
+        """The batch's inputs padded once; the analysis (one: `ConceptLayerJob.may_join`) runs
+        the passes it needs through `LayerBatch`."""
+        width, attention = self._pad(pieces)
+        ids = torch.full((len(pieces), width), self.runner.pad_id, dtype=torch.long)
+        columns = []
+        for at, (job, _, _) in enumerate(pieces):
+            cols = self._columns(width, job.length)
+            ids[at, cols] = torch.from_numpy(job.ids)
+            columns.append(cols)
+        device = self.runner.device
+        ids_d, att_d = ids.to(device), attention.to(device)
+        point = pieces[0][0].split_point
+
+        def capture() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                captured, logits = self.runner.capture(ids_d, att_d, [point], with_logits=True)
+            assert logits is not None  # with_logits: the pass ran to the end
+            return captured[point], logits
+
+        def logits_with(edit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            with torch.enable_grad():
+                return self.runner.edited_logits(ids_d, att_d, point, edit)
+
+        jobs = [job for job, _, _ in pieces]
+        results = jobs[0].analysis(
+            LayerBatch(capture, logits_with, columns), [job.payload for job in jobs]
+        )
+        for job, result in zip(jobs, results, strict=True):
+            if job.count_done(1):
+                job.future.set_result(result)
 
     def _run_generate(self, jobs: list[GenerateJob]) -> None:
         """Continues prompts together (causal LMs' own continuations, when no target is given)."""

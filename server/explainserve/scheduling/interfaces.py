@@ -83,6 +83,17 @@ class Runner(Protocol):
         Head and concept jobs, and output heads."""
         ...
 
+    def edited_logits(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        split_point: str,
+        edit: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """`(b, C)` logits with split point `split_point`'s output replaced by `edit(output)`
+        (differentiable). Concept layer jobs."""
+        ...
+
     def head_input(
         self,
         ids: torch.Tensor,

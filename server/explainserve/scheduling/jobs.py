@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from explainserve.vocabulary import InferenceMode, Priority
 
 #: A job's kind: the batches it may share, the code that runs them, its label in metrics.
-Kind = Literal["forward", "gradient", "activation", "head", "generate", "concept"]
+Kind = Literal["forward", "gradient", "activation", "head", "generate", "concept", "concept_layer"]
 
 #: How a request's rows are scheduled: "interactive" rows go before queued "batch" rows.
 
@@ -391,6 +391,54 @@ class ConceptJob(Job[Any]):
     def length(self) -> int:
         """Tokens of the input."""
         return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class LayerBatch:
+    """A batch of concept layer jobs, padded, for their analysis to run on the worker's thread:
+    `capture()` gives the split point's activations `(b, L, *features)` (no gradients) and the
+    batch's `(b, C)` logits; `logits_with(edit)` runs the model again with the split point's
+    output replaced by `edit(output)` (gradients on, so the analysis can differentiate through
+    the rest of the model); `columns[i]` are job i's positions in the batch."""
+
+    capture: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    logits_with: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    columns: list[slice]
+
+
+class LayerAnalysis(Protocol):
+    """What concept layer jobs compute from a batch's passes (one call per batch: the batch's
+    jobs share this analysis)."""
+
+    def __call__(self, batch: LayerBatch, payloads: list[Any]) -> list[Any]:
+        """Each job's result, in the order of `payloads`."""
+        ...
+
+
+@dataclass(eq=False)
+class ConceptLayerJob(Job[Any]):
+    """One input `(n,)` whose concept analysis reads a split point with a token dimension and
+    differentiates through the rest of the model (`LayerBatch`): forward and backward passes,
+    so its batches take the gradient token budget. Jobs share a batch only with jobs of the same
+    analysis (one request's: each batch's edit is that analysis's)."""
+
+    kind: ClassVar[Kind] = "concept_layer"
+    backward: ClassVar[bool] = True
+
+    ids: NDArray[np.int64]
+    attention: NDArray[np.int64]
+    split_point: str
+    analysis: LayerAnalysis
+    payload: Any = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of the input."""
+        return int(self.ids.shape[0])
+
+    def may_join(self, lead: Job[Any]) -> bool:
+        """Only with jobs of the same analysis."""
+        return getattr(lead, "analysis", None) is self.analysis
 
 
 @dataclass(frozen=True)

@@ -2123,7 +2123,8 @@ func (*ExplainRequest_GradientShap) isExplainRequest_Method() {}
 // The concepts Explain explains instead of classes (ExplainRequest.concept_target).
 type ConceptTarget struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The concept set (its split point must be the classification head's input).
+	// The concept set (its split point must be the classification head's input: one row of
+	// concepts per input).
 	Concepts *ConceptSetRef `protobuf:"bytes,1,opt,name=concepts,proto3" json:"concepts,omitempty"`
 	// The concepts explained for every input, by index or label (Target.label: a concept's label
 	// as ListModels gives it); none = each input's most activated concept.
@@ -4136,8 +4137,8 @@ func (x *PredictFromActivationsResponse) GetPredictedClasses() []uint32 {
 // limited (the server's max_inline_concept_values). Tensors as in GetActivations (any dtype).
 type InlineConceptSet struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Where its activations are read: empty = the classification head's input (the only split
-	// point concept sets are served at).
+	// Where its activations are read: empty = the classification head's input; or a split point
+	// with a token dimension (GetModel lists them).
 	SplitPoint string         `protobuf:"bytes,1,opt,name=split_point,json=splitPoint,proto3" json:"split_point,omitempty"`
 	Encoder    ConceptEncoder `protobuf:"varint,2,opt,name=encoder,proto3,enum=explainserve.v1.ConceptEncoder" json:"encoder,omitempty"`
 	// [concepts, features]: W (LINEAR, RELU, TOPK, JUMPRELU).
@@ -4370,9 +4371,17 @@ type ExplainConceptsRequest struct {
 	// Contributions are C * dy/dC (the default, Interpreto's concepts_x_gradients); false: the
 	// gradient dy/dC alone.
 	ConceptsXGradients *bool `protobuf:"varint,5,opt,name=concepts_x_gradients,json=conceptsXGradients,proto3,oneof" json:"concepts_x_gradients,omitempty"`
-	// Each target's contributions divided by the sum of their absolute values (the default,
-	// Interpreto's normalization); false: raw.
+	// Each target's contributions divided by the sum of their absolute values over the input's
+	// rows and concepts (the default, Interpreto's normalization); false: raw.
 	Normalization *bool `protobuf:"varint,6,opt,name=normalization,proto3,oneof" json:"normalization,omitempty"`
+	// The rows concepts are read at: at the head's input, CLS_TOKEN only (one row, the default);
+	// at a split point with a token dimension, CLS_TOKEN, ALL_TOKENS, TOKEN, WORD or SENTENCE
+	// (default: the granularity the set was fitted at). Each row is encoded, decoded, and put back
+	// in place of its tokens' activations (every token of a WORD or SENTENCE row gets the row's
+	// reconstruction; with SUM, its share) before the rest of the model runs.
+	Granularity ActivationGranularity `protobuf:"varint,7,opt,name=granularity,proto3,enum=explainserve.v1.ActivationGranularity" json:"granularity,omitempty"`
+	// How a WORD or SENTENCE row is made of its tokens' activations (default MEAN).
+	Aggregation Aggregation `protobuf:"varint,8,opt,name=aggregation,proto3,enum=explainserve.v1.Aggregation" json:"aggregation,omitempty"`
 	// As ExplainRequest.truncate.
 	Truncate bool `protobuf:"varint,100,opt,name=truncate,proto3" json:"truncate,omitempty"`
 	// As ExplainRequest.isolate_batches.
@@ -4455,6 +4464,20 @@ func (x *ExplainConceptsRequest) GetNormalization() bool {
 	return false
 }
 
+func (x *ExplainConceptsRequest) GetGranularity() ActivationGranularity {
+	if x != nil {
+		return x.Granularity
+	}
+	return ActivationGranularity_ACTIVATION_GRANULARITY_UNSPECIFIED
+}
+
+func (x *ExplainConceptsRequest) GetAggregation() Aggregation {
+	if x != nil {
+		return x.Aggregation
+	}
+	return Aggregation_AGGREGATION_UNSPECIFIED
+}
+
 func (x *ExplainConceptsRequest) GetTruncate() bool {
 	if x != nil {
 		return x.Truncate
@@ -4476,11 +4499,11 @@ func (x *ExplainConceptsRequest) GetPriority() Priority {
 	return Priority_PRIORITY_UNSPECIFIED
 }
 
-// One target's concept contributions. With f = g(h(x)) (h: the model up to the head's input,
-// g: the head), C = t(h) and the reconstruction h' = t^-1(C): output = concept_sum + residual +
-// bias + gap, where concept_sum is the sum of C * dg(t^-1(C))/dC, residual = g(h) - g(h'),
-// bias = g(t^-1(0)), and gap is 0 up to float rounding when g(t^-1(C)) is linear in C (a linear
-// head in LOGITS mode).
+// One target's concept contributions. With f = g(h(x)) (h: the model up to the split point, g:
+// the rest; at the head's input, g is the head alone), C = t(h) and the reconstruction
+// h' = t^-1(C): output = concept_sum + residual + bias + gap, where concept_sum is the sum over
+// rows and concepts of C * dg(t^-1(C))/dC, residual = g(h) - g(h'), bias = g(t^-1(0)), and gap
+// is 0 up to float rounding when g(t^-1(C)) is linear in C (a linear head in LOGITS mode).
 type ConceptContributions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The class.
@@ -4585,7 +4608,8 @@ type ConceptExplanation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Position of the input in the request.
 	InputIndex uint32 `protobuf:"varint,1,opt,name=input_index,json=inputIndex,proto3" json:"input_index,omitempty"`
-	// [rows, concepts]: the concept activations C (one row at the head's input).
+	// [rows, concepts]: the concept activations C (one row at the head's input; one per unit of
+	// the request's granularity at a split point with a token dimension).
 	Concepts *Matrix `protobuf:"bytes,2,opt,name=concepts,proto3" json:"concepts,omitempty"`
 	// One per explained target.
 	Targets []*ConceptContributions `protobuf:"bytes,3,rep,name=targets,proto3" json:"targets,omitempty"`
@@ -4598,7 +4622,9 @@ type ConceptExplanation struct {
 	// The token ids the model saw.
 	TokenIds []int64 `protobuf:"varint,7,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
 	// Work done for this input.
-	Counters      *Counters `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
+	Counters *Counters `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
+	// What each row is (granularities other than CLS_TOKEN), one per row.
+	Units         []*Unit `protobuf:"bytes,9,rep,name=units,proto3" json:"units,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4685,6 +4711,13 @@ func (x *ConceptExplanation) GetTokenIds() []int64 {
 func (x *ConceptExplanation) GetCounters() *Counters {
 	if x != nil {
 		return x.Counters
+	}
+	return nil
+}
+
+func (x *ConceptExplanation) GetUnits() []*Unit {
+	if x != nil {
+		return x.Units
 	}
 	return nil
 }
@@ -5043,14 +5076,16 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\rConceptSetRef\x12\x14\n" +
 	"\x04name\x18\x01 \x01(\tH\x00R\x04name\x12;\n" +
 	"\x06inline\x18\x02 \x01(\v2!.explainserve.v1.InlineConceptSetH\x00R\x06inlineB\x05\n" +
-	"\x03set\"\xea\x03\n" +
+	"\x03set\"\xf4\x04\n" +
 	"\x16ExplainConceptsRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12.\n" +
 	"\x06inputs\x18\x02 \x03(\v2\x16.explainserve.v1.InputR\x06inputs\x12:\n" +
 	"\bconcepts\x18\x03 \x01(\v2\x1e.explainserve.v1.ConceptSetRefR\bconcepts\x12E\n" +
 	"\x0einference_mode\x18\x04 \x01(\x0e2\x1e.explainserve.v1.InferenceModeR\rinferenceMode\x125\n" +
 	"\x14concepts_x_gradients\x18\x05 \x01(\bH\x00R\x12conceptsXGradients\x88\x01\x01\x12)\n" +
-	"\rnormalization\x18\x06 \x01(\bH\x01R\rnormalization\x88\x01\x01\x12\x1a\n" +
+	"\rnormalization\x18\x06 \x01(\bH\x01R\rnormalization\x88\x01\x01\x12H\n" +
+	"\vgranularity\x18\a \x01(\x0e2&.explainserve.v1.ActivationGranularityR\vgranularity\x12>\n" +
+	"\vaggregation\x18\b \x01(\x0e2\x1c.explainserve.v1.AggregationR\vaggregation\x12\x1a\n" +
 	"\btruncate\x18d \x01(\bR\btruncate\x12'\n" +
 	"\x0fisolate_batches\x18e \x01(\bR\x0eisolateBatches\x125\n" +
 	"\bpriority\x18f \x01(\x0e2\x19.explainserve.v1.PriorityR\bpriorityB\x17\n" +
@@ -5064,7 +5099,7 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x04bias\x18\x05 \x01(\x02R\x04bias\x12\x1f\n" +
 	"\vconcept_sum\x18\x06 \x01(\x02R\n" +
 	"conceptSum\x12\x10\n" +
-	"\x03gap\x18\a \x01(\x02R\x03gap\"\xde\x02\n" +
+	"\x03gap\x18\a \x01(\x02R\x03gap\"\x8b\x03\n" +
 	"\x12ConceptExplanation\x12\x1f\n" +
 	"\vinput_index\x18\x01 \x01(\rR\n" +
 	"inputIndex\x123\n" +
@@ -5074,7 +5109,8 @@ const file_explainserve_v1_explain_proto_rawDesc = "" +
 	"\x14reconstruction_error\x18\x05 \x01(\x02R\x13reconstructionError\x12\x12\n" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12\x1b\n" +
 	"\ttoken_ids\x18\a \x03(\x03R\btokenIds\x125\n" +
-	"\bcounters\x18\b \x01(\v2\x19.explainserve.v1.CountersR\bcounters\"\xc0\x01\n" +
+	"\bcounters\x18\b \x01(\v2\x19.explainserve.v1.CountersR\bcounters\x12+\n" +
+	"\x05units\x18\t \x03(\v2\x15.explainserve.v1.UnitR\x05units\"\xc0\x01\n" +
 	"\x17ExplainConceptsResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1f\n" +
 	"\vconcept_set\x18\x02 \x01(\tR\n" +
@@ -5314,32 +5350,35 @@ var file_explainserve_v1_explain_proto_depIdxs = []int32{
 	15, // 72: explainserve.v1.ExplainConceptsRequest.inputs:type_name -> explainserve.v1.Input
 	58, // 73: explainserve.v1.ExplainConceptsRequest.concepts:type_name -> explainserve.v1.ConceptSetRef
 	2,  // 74: explainserve.v1.ExplainConceptsRequest.inference_mode:type_name -> explainserve.v1.InferenceMode
-	3,  // 75: explainserve.v1.ExplainConceptsRequest.priority:type_name -> explainserve.v1.Priority
-	32, // 76: explainserve.v1.ConceptContributions.target:type_name -> explainserve.v1.ExplainedTarget
-	33, // 77: explainserve.v1.ConceptContributions.contributions:type_name -> explainserve.v1.Matrix
-	33, // 78: explainserve.v1.ConceptExplanation.concepts:type_name -> explainserve.v1.Matrix
-	60, // 79: explainserve.v1.ConceptExplanation.targets:type_name -> explainserve.v1.ConceptContributions
-	34, // 80: explainserve.v1.ConceptExplanation.counters:type_name -> explainserve.v1.Counters
-	61, // 81: explainserve.v1.ExplainConceptsResponse.explanations:type_name -> explainserve.v1.ConceptExplanation
-	28, // 82: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
-	30, // 83: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
-	39, // 84: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
-	41, // 85: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
-	51, // 86: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
-	55, // 87: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
-	59, // 88: explainserve.v1.ExplainService.ExplainConcepts:input_type -> explainserve.v1.ExplainConceptsRequest
-	36, // 89: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
-	38, // 90: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
-	40, // 91: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
-	42, // 92: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
-	54, // 93: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
-	56, // 94: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
-	62, // 95: explainserve.v1.ExplainService.ExplainConcepts:output_type -> explainserve.v1.ExplainConceptsResponse
-	89, // [89:96] is the sub-list for method output_type
-	82, // [82:89] is the sub-list for method input_type
-	82, // [82:82] is the sub-list for extension type_name
-	82, // [82:82] is the sub-list for extension extendee
-	0,  // [0:82] is the sub-list for field type_name
+	10, // 75: explainserve.v1.ExplainConceptsRequest.granularity:type_name -> explainserve.v1.ActivationGranularity
+	1,  // 76: explainserve.v1.ExplainConceptsRequest.aggregation:type_name -> explainserve.v1.Aggregation
+	3,  // 77: explainserve.v1.ExplainConceptsRequest.priority:type_name -> explainserve.v1.Priority
+	32, // 78: explainserve.v1.ConceptContributions.target:type_name -> explainserve.v1.ExplainedTarget
+	33, // 79: explainserve.v1.ConceptContributions.contributions:type_name -> explainserve.v1.Matrix
+	33, // 80: explainserve.v1.ConceptExplanation.concepts:type_name -> explainserve.v1.Matrix
+	60, // 81: explainserve.v1.ConceptExplanation.targets:type_name -> explainserve.v1.ConceptContributions
+	34, // 82: explainserve.v1.ConceptExplanation.counters:type_name -> explainserve.v1.Counters
+	31, // 83: explainserve.v1.ConceptExplanation.units:type_name -> explainserve.v1.Unit
+	61, // 84: explainserve.v1.ExplainConceptsResponse.explanations:type_name -> explainserve.v1.ConceptExplanation
+	28, // 85: explainserve.v1.ExplainService.Explain:input_type -> explainserve.v1.ExplainRequest
+	30, // 86: explainserve.v1.ExplainService.ExplainStream:input_type -> explainserve.v1.ExplainStreamRequest
+	39, // 87: explainserve.v1.ExplainService.ListModels:input_type -> explainserve.v1.ListModelsRequest
+	41, // 88: explainserve.v1.ExplainService.GetModel:input_type -> explainserve.v1.GetModelRequest
+	51, // 89: explainserve.v1.ExplainService.GetActivations:input_type -> explainserve.v1.GetActivationsRequest
+	55, // 90: explainserve.v1.ExplainService.PredictFromActivations:input_type -> explainserve.v1.PredictFromActivationsRequest
+	59, // 91: explainserve.v1.ExplainService.ExplainConcepts:input_type -> explainserve.v1.ExplainConceptsRequest
+	36, // 92: explainserve.v1.ExplainService.Explain:output_type -> explainserve.v1.ExplainResponse
+	38, // 93: explainserve.v1.ExplainService.ExplainStream:output_type -> explainserve.v1.ExplainStreamResponse
+	40, // 94: explainserve.v1.ExplainService.ListModels:output_type -> explainserve.v1.ListModelsResponse
+	42, // 95: explainserve.v1.ExplainService.GetModel:output_type -> explainserve.v1.GetModelResponse
+	54, // 96: explainserve.v1.ExplainService.GetActivations:output_type -> explainserve.v1.GetActivationsResponse
+	56, // 97: explainserve.v1.ExplainService.PredictFromActivations:output_type -> explainserve.v1.PredictFromActivationsResponse
+	62, // 98: explainserve.v1.ExplainService.ExplainConcepts:output_type -> explainserve.v1.ExplainConceptsResponse
+	92, // [92:99] is the sub-list for method output_type
+	85, // [85:92] is the sub-list for method input_type
+	85, // [85:85] is the sub-list for extension type_name
+	85, // [85:85] is the sub-list for extension extendee
+	0,  // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_explainserve_v1_explain_proto_init() }

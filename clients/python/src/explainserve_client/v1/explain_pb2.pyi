@@ -700,13 +700,15 @@ class ConceptSetRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., inline: _Optional[_Union[InlineConceptSet, _Mapping]] = ...) -> None: ...
 
 class ExplainConceptsRequest(_message.Message):
-    __slots__ = ("model", "inputs", "concepts", "inference_mode", "concepts_x_gradients", "normalization", "truncate", "isolate_batches", "priority")
+    __slots__ = ("model", "inputs", "concepts", "inference_mode", "concepts_x_gradients", "normalization", "granularity", "aggregation", "truncate", "isolate_batches", "priority")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MODE_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_X_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     ISOLATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -716,10 +718,12 @@ class ExplainConceptsRequest(_message.Message):
     inference_mode: InferenceMode
     concepts_x_gradients: bool
     normalization: bool
+    granularity: ActivationGranularity
+    aggregation: Aggregation
     truncate: bool
     isolate_batches: bool
     priority: Priority
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., concepts: _Optional[_Union[ConceptSetRef, _Mapping]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., concepts_x_gradients: _Optional[bool] = ..., normalization: _Optional[bool] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., concepts: _Optional[_Union[ConceptSetRef, _Mapping]] = ..., inference_mode: _Optional[_Union[InferenceMode, str]] = ..., concepts_x_gradients: _Optional[bool] = ..., normalization: _Optional[bool] = ..., granularity: _Optional[_Union[ActivationGranularity, str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., truncate: _Optional[bool] = ..., isolate_batches: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ConceptContributions(_message.Message):
     __slots__ = ("target", "contributions", "output", "residual", "bias", "concept_sum", "gap")
@@ -740,7 +744,7 @@ class ConceptContributions(_message.Message):
     def __init__(self, target: _Optional[_Union[ExplainedTarget, _Mapping]] = ..., contributions: _Optional[_Union[Matrix, _Mapping]] = ..., output: _Optional[float] = ..., residual: _Optional[float] = ..., bias: _Optional[float] = ..., concept_sum: _Optional[float] = ..., gap: _Optional[float] = ...) -> None: ...
 
 class ConceptExplanation(_message.Message):
-    __slots__ = ("input_index", "concepts", "targets", "logits", "reconstruction_error", "text", "token_ids", "counters")
+    __slots__ = ("input_index", "concepts", "targets", "logits", "reconstruction_error", "text", "token_ids", "counters", "units")
     INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -749,6 +753,7 @@ class ConceptExplanation(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
     input_index: int
     concepts: Matrix
     targets: _containers.RepeatedCompositeFieldContainer[ConceptContributions]
@@ -757,7 +762,8 @@ class ConceptExplanation(_message.Message):
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     counters: Counters
-    def __init__(self, input_index: _Optional[int] = ..., concepts: _Optional[_Union[Matrix, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[ConceptContributions, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., reconstruction_error: _Optional[float] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ...) -> None: ...
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    def __init__(self, input_index: _Optional[int] = ..., concepts: _Optional[_Union[Matrix, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[ConceptContributions, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., reconstruction_error: _Optional[float] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ...) -> None: ...
 
 class ExplainConceptsResponse(_message.Message):
     __slots__ = ("model", "concept_set", "concept_labels", "explanations")

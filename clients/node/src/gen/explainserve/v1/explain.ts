@@ -896,7 +896,10 @@ export interface ExplainRequest {
 
 /** The concepts Explain explains instead of classes (ExplainRequest.concept_target). */
 export interface ConceptTarget {
-  /** The concept set (its split point must be the classification head's input). */
+  /**
+   * The concept set (its split point must be the classification head's input: one row of
+   * concepts per input).
+   */
   concepts:
     | ConceptSetRef
     | undefined;
@@ -1292,8 +1295,8 @@ export interface PredictFromActivationsResponse {
  */
 export interface InlineConceptSet {
   /**
-   * Where its activations are read: empty = the classification head's input (the only split
-   * point concept sets are served at).
+   * Where its activations are read: empty = the classification head's input; or a split point
+   * with a token dimension (GetModel lists them).
    */
   splitPoint: string;
   encoder: ConceptEncoder;
@@ -1359,12 +1362,22 @@ export interface ExplainConceptsRequest {
     | boolean
     | undefined;
   /**
-   * Each target's contributions divided by the sum of their absolute values (the default,
-   * Interpreto's normalization); false: raw.
+   * Each target's contributions divided by the sum of their absolute values over the input's
+   * rows and concepts (the default, Interpreto's normalization); false: raw.
    */
   normalization?:
     | boolean
     | undefined;
+  /**
+   * The rows concepts are read at: at the head's input, CLS_TOKEN only (one row, the default);
+   * at a split point with a token dimension, CLS_TOKEN, ALL_TOKENS, TOKEN, WORD or SENTENCE
+   * (default: the granularity the set was fitted at). Each row is encoded, decoded, and put back
+   * in place of its tokens' activations (every token of a WORD or SENTENCE row gets the row's
+   * reconstruction; with SUM, its share) before the rest of the model runs.
+   */
+  granularity: ActivationGranularity;
+  /** How a WORD or SENTENCE row is made of its tokens' activations (default MEAN). */
+  aggregation: Aggregation;
   /** As ExplainRequest.truncate. */
   truncate: boolean;
   /** As ExplainRequest.isolate_batches. */
@@ -1374,11 +1387,11 @@ export interface ExplainConceptsRequest {
 }
 
 /**
- * One target's concept contributions. With f = g(h(x)) (h: the model up to the head's input,
- * g: the head), C = t(h) and the reconstruction h' = t^-1(C): output = concept_sum + residual +
- * bias + gap, where concept_sum is the sum of C * dg(t^-1(C))/dC, residual = g(h) - g(h'),
- * bias = g(t^-1(0)), and gap is 0 up to float rounding when g(t^-1(C)) is linear in C (a linear
- * head in LOGITS mode).
+ * One target's concept contributions. With f = g(h(x)) (h: the model up to the split point, g:
+ * the rest; at the head's input, g is the head alone), C = t(h) and the reconstruction
+ * h' = t^-1(C): output = concept_sum + residual + bias + gap, where concept_sum is the sum over
+ * rows and concepts of C * dg(t^-1(C))/dC, residual = g(h) - g(h'), bias = g(t^-1(0)), and gap
+ * is 0 up to float rounding when g(t^-1(C)) is linear in C (a linear head in LOGITS mode).
  */
 export interface ConceptContributions {
   /** The class. */
@@ -1405,7 +1418,10 @@ export interface ConceptContributions {
 export interface ConceptExplanation {
   /** Position of the input in the request. */
   inputIndex: number;
-  /** [rows, concepts]: the concept activations C (one row at the head's input). */
+  /**
+   * [rows, concepts]: the concept activations C (one row at the head's input; one per unit of
+   * the request's granularity at a split point with a token dimension).
+   */
   concepts:
     | Matrix
     | undefined;
@@ -1420,7 +1436,11 @@ export interface ConceptExplanation {
   /** The token ids the model saw. */
   tokenIds: number[];
   /** Work done for this input. */
-  counters: Counters | undefined;
+  counters:
+    | Counters
+    | undefined;
+  /** What each row is (granularities other than CLS_TOKEN), one per row. */
+  units: Unit[];
 }
 
 /** Reply to ExplainConcepts. */
@@ -7486,6 +7506,8 @@ function createBaseExplainConceptsRequest(): ExplainConceptsRequest {
     inferenceMode: 0,
     conceptsXGradients: undefined,
     normalization: undefined,
+    granularity: 0,
+    aggregation: 0,
     truncate: false,
     isolateBatches: false,
     priority: 0,
@@ -7511,6 +7533,12 @@ export const ExplainConceptsRequest: MessageFns<ExplainConceptsRequest> = {
     }
     if (message.normalization !== undefined) {
       writer.uint32(48).bool(message.normalization);
+    }
+    if (message.granularity !== 0) {
+      writer.uint32(56).int32(message.granularity);
+    }
+    if (message.aggregation !== 0) {
+      writer.uint32(64).int32(message.aggregation);
     }
     if (message.truncate !== false) {
       writer.uint32(800).bool(message.truncate);
@@ -7585,6 +7613,22 @@ export const ExplainConceptsRequest: MessageFns<ExplainConceptsRequest> = {
             message.normalization = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.granularity = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.aggregation = reader.int32() as any;
+            continue;
+          }
           case 100: {
             if (tag !== 800) {
               break;
@@ -7637,6 +7681,8 @@ export const ExplainConceptsRequest: MessageFns<ExplainConceptsRequest> = {
         ? globalThis.Boolean(object.concepts_x_gradients)
         : undefined,
       normalization: isSet(object.normalization) ? globalThis.Boolean(object.normalization) : undefined,
+      granularity: isSet(object.granularity) ? activationGranularityFromJSON(object.granularity) : 0,
+      aggregation: isSet(object.aggregation) ? aggregationFromJSON(object.aggregation) : 0,
       truncate: isSet(object.truncate) ? globalThis.Boolean(object.truncate) : false,
       isolateBatches: isSet(object.isolateBatches)
         ? globalThis.Boolean(object.isolateBatches)
@@ -7667,6 +7713,12 @@ export const ExplainConceptsRequest: MessageFns<ExplainConceptsRequest> = {
     if (message.normalization !== undefined) {
       obj.normalization = message.normalization;
     }
+    if (message.granularity !== 0) {
+      obj.granularity = activationGranularityToJSON(message.granularity);
+    }
+    if (message.aggregation !== 0) {
+      obj.aggregation = aggregationToJSON(message.aggregation);
+    }
     if (message.truncate !== false) {
       obj.truncate = message.truncate;
     }
@@ -7692,6 +7744,8 @@ export const ExplainConceptsRequest: MessageFns<ExplainConceptsRequest> = {
     message.inferenceMode = object.inferenceMode ?? 0;
     message.conceptsXGradients = object.conceptsXGradients ?? undefined;
     message.normalization = object.normalization ?? undefined;
+    message.granularity = object.granularity ?? 0;
+    message.aggregation = object.aggregation ?? 0;
     message.truncate = object.truncate ?? false;
     message.isolateBatches = object.isolateBatches ?? false;
     message.priority = object.priority ?? 0;
@@ -7882,6 +7936,7 @@ function createBaseConceptExplanation(): ConceptExplanation {
     text: "",
     tokenIds: [],
     counters: undefined,
+    units: [],
   };
 }
 
@@ -7918,6 +7973,9 @@ export const ConceptExplanation: MessageFns<ConceptExplanation> = {
     }
     if (message.counters !== undefined) {
       Counters.encode(message.counters, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.units) {
+      Unit.encode(v!, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -8019,6 +8077,14 @@ export const ConceptExplanation: MessageFns<ConceptExplanation> = {
             message.counters = Counters.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.units.push(Unit.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8055,6 +8121,7 @@ export const ConceptExplanation: MessageFns<ConceptExplanation> = {
         ? object.token_ids.map((e: any) => globalThis.Number(e))
         : [],
       counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined,
+      units: globalThis.Array.isArray(object?.units) ? object.units.map((e: any) => Unit.fromJSON(e)) : [],
     };
   },
 
@@ -8084,6 +8151,9 @@ export const ConceptExplanation: MessageFns<ConceptExplanation> = {
     if (message.counters !== undefined) {
       obj.counters = Counters.toJSON(message.counters);
     }
+    if (message.units?.length) {
+      obj.units = message.units.map((e) => Unit.toJSON(e));
+    }
     return obj;
   },
 
@@ -8104,6 +8174,7 @@ export const ConceptExplanation: MessageFns<ConceptExplanation> = {
     message.counters = (object.counters !== undefined && object.counters !== null)
       ? Counters.fromPartial(object.counters)
       : undefined;
+    message.units = object.units?.map((e) => Unit.fromPartial(e)) || [];
     return message;
   },
 };

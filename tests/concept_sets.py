@@ -1,7 +1,7 @@
-"""Helpers of the concept tests: random concept sets of every encoder kind, and an independent
-reference of what ExplainConcepts computes, in float64 numpy and torch on the Hugging Face
-model's own head (`reference_models.Direct`), never through the worker, the capture code or the
-server's codec."""
+"""Concept sets for the tests (random sets of every encoder kind, the tiny classifiers' head
+inputs they bind to) and an independent reference of what ExplainConcepts computes, in float64
+numpy and torch on the Hugging Face model's own head (`reference_models.Direct`), never through
+the worker, the capture code or the server's codec."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torch
 from numpy.typing import NDArray
 from reference_models import Direct, mode_ref
 
+from explainserve.concepts.registry import ConceptRegistry, bind
 from explainserve.concepts.sets import ConceptInfo, ConceptSet, Encoder, ModelBinding
+from explainserve.models.registry import Registry
 
 KINDS = ("linear", "relu", "topk", "jumprelu", "nnls")
 #: Served name -> directory fixture.
@@ -184,3 +186,24 @@ def expected(
         bias=zero[targets],
         logits=logits[0].numpy(),
     )
+
+
+#: The concept sets the shared server serves: name -> (model, encoder kind, concepts, split
+#: point; None: the head's input).
+CONCEPT_SETS: dict[str, tuple[str, str, int, str | None]] = {
+    "bert-relu": ("bert", "relu", 6, None),
+    "bert-layer": ("bert", "linear", 5, "bert.encoder.layer.1"),
+    "gpt2-nnls": ("gpt2", "nnls", 4, None),
+}
+
+
+def served_concepts(registry: Registry) -> ConceptRegistry:
+    """Random concept sets of `CONCEPT_SETS` bound to the tiny models (labels c0, c1, ...)."""
+    concepts = ConceptRegistry()
+    for name, (model, kind, k, point) in CONCEPT_SETS.items():
+        served = registry.get(model)
+        split_point = point or served.head_input
+        assert split_point is not None
+        concept_set = random_set(kind, 32, k, seed=1, model=model, split_point=split_point)
+        concepts.add(bind(name, concept_set, served, "test"))
+    return concepts
