@@ -113,6 +113,9 @@ def assert_same_concepts(
     assert e.logits.tolist() == list(proto.logits)
     assert e.reconstruction_error == pytest.approx(proto.reconstruction_error, abs=0)
     assert e.forward_passes == proto.counters.forward_passes
+    assert [(u.text, u.start, u.end, list(u.token_indices)) for u in e.units] == [
+        (u.text, u.char_start, u.char_end, list(u.token_indices)) for u in proto.units
+    ]
 
 
 def test_models_list_their_concept_sets(client: Client) -> None:
@@ -189,6 +192,8 @@ def test_the_options_are_sent(recorder: tuple[Recorder, str]) -> None:
             inference_mode="softmax",
             concepts_x_gradients=False,
             normalization=False,
+            granularity="sentence",
+            aggregation="max",
             truncate=True,
             isolate_batches=True,
             priority="batch",
@@ -202,6 +207,8 @@ def test_the_options_are_sent(recorder: tuple[Recorder, str]) -> None:
     assert (default.HasField("normalization"), default.normalization) == (True, True)
     assert default.inference_mode == pb.INFERENCE_MODE_UNSPECIFIED
     assert default.priority == pb.PRIORITY_UNSPECIFIED
+    assert default.granularity == pb.ACTIVATION_GRANULARITY_UNSPECIFIED
+    assert default.aggregation == pb.AGGREGATION_UNSPECIFIED
     assert (default.truncate, default.isolate_batches) == (False, False)
 
     assert request.concepts.WhichOneof("set") == "inline"
@@ -210,6 +217,8 @@ def test_the_options_are_sent(recorder: tuple[Recorder, str]) -> None:
     assert (request.HasField("normalization"), request.normalization) == (True, False)
     assert request.inference_mode == pb.INFERENCE_MODE_SOFTMAX
     assert request.priority == pb.PRIORITY_BATCH
+    assert request.granularity == pb.ACTIVATION_GRANULARITY_SENTENCE
+    assert request.aggregation == pb.AGGREGATION_MAX
     assert (request.truncate, request.isolate_batches) == (True, True)
     # `targets` go to the plain-text inputs; an Input message is sent as it is.
     assert [(t.label, t.index) for t in request.inputs[0].targets] == [("neutral", 0), ("", 2)]
@@ -257,6 +266,43 @@ def test_an_inline_set_gives_the_served_sets_numbers(
         InlineConceptSet(encoder="sae", decoder_weight=np.eye(2)).to_proto()
     with pytest.raises(TypeError, match="concepts must be a set's name"):
         concept_set_ref(np.eye(2))  # type: ignore[arg-type]
+
+
+def test_a_layers_set_gives_a_row_per_word_with_its_units(
+    client: Client, client_server: ClientServer
+) -> None:
+    # Six orthonormal directions of the first layer's 32 features, sent inline.
+    directions = np.linalg.qr(np.random.default_rng(0).normal(size=(32, 6)))[0].T
+    inline = InlineConceptSet(
+        encoder_weight=directions, decoder_weight=directions, split_point="bert.encoder.layer.0"
+    )
+    explanations = client.explain_concepts(
+        "bert", TEXTS[:2], concepts=inline, granularity="word", isolate_batches=True
+    )
+    request = pb.ExplainConceptsRequest(
+        model="bert",
+        inputs=[pb.Input(text=t) for t in TEXTS[:2]],
+        concepts=pb.ConceptSetRef(inline=inline.to_proto()),
+        granularity=pb.ACTIVATION_GRANULARITY_WORD,
+        isolate_batches=True,
+    )
+    reply = raw_call(client_server, "ExplainConcepts", request)
+    for e, proto in zip(explanations, reply.explanations, strict=True):
+        assert_same_concepts(e, proto, reply)
+    e = explanations[0]
+    assert [u.text for u in e.units] == ["The", "food", "was", "cold", "."]
+    assert e.concepts.shape == (5, 6)
+    assert e.contributions.shape == (1, 5, 6)
+    # Normalized over the rows and concepts together.
+    assert float(np.abs(e.contributions).sum()) == pytest.approx(1, abs=1e-5)
+    top = e.top_concepts(0)
+    assert dict(top) == pytest.approx(
+        dict(zip(e.concept_labels, e.contributions[0].sum(axis=0).tolist(), strict=True))
+    )
+    (sentence,) = client.explain_concepts(
+        "bert", TEXTS[0], concepts=inline, granularity="sentence", aggregation="max"
+    )
+    assert [u.text for u in sentence.units] == [TEXTS[0]]
 
 
 def test_explain_with_a_concept_target(client: Client, client_server: ClientServer) -> None:

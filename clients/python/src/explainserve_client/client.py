@@ -242,7 +242,7 @@ class ConceptSetInfo:
 
     #: The name requests give (`Client.explain_concepts(concepts=name)`).
     name: str
-    #: Where its activations are read (the classification head's input).
+    #: Where its activations are read (GetModel's split point name).
     split_point: str
     #: "linear", "relu", "topk", "jumprelu" or "nnls".
     encoder: str
@@ -342,7 +342,7 @@ class Predictions:
 @dataclass(frozen=True, eq=False)
 class InlineConceptSet:
     """A concept set sent with the request instead of one the server serves (small sets: a
-    concept activation vector, a few directions), at the classification head's input.
+    concept activation vector, a few directions).
 
     With pre = (x - encoder_center) encoder_weight^T + encoder_bias, the encoder gives C = pre
     ("linear"), ReLU(pre) ("relu"), its `top_k` largest ("topk"), ReLU(pre) where it reaches
@@ -370,7 +370,8 @@ class InlineConceptSet:
     decoder_bias: npt.ArrayLike | None = None
     #: One per concept (none: the server names them "concept K").
     labels: Sequence[str] = ()
-    #: Empty: the classification head's input (the only split point sets are served at).
+    #: Where its activations are read: empty, the classification head's input; or a split point
+    #: with a token dimension (GetModel lists them).
     split_point: str = ""
 
     def to_proto(self) -> pb.InlineConceptSet:
@@ -433,10 +434,13 @@ class ConceptExplanation(_Predicted):
     concept_labels: tuple[str, ...]
     #: The explained classes.
     targets: tuple[ExplainedTarget, ...]
-    #: float32 [rows, concepts]: C (one row at the head's input).
+    #: float32 [rows, concepts]: C (one row at the head's input; one per unit of the request's
+    #: granularity at a split point with a token dimension).
     concepts: npt.NDArray[np.float32]
+    #: What each row is (granularities other than "cls_token"; empty otherwise).
+    units: tuple[Unit, ...]
     #: float32 [targets, rows, concepts]: C * gradient (or the gradient alone), normalized to a
-    #: unit absolute sum per target unless asked otherwise.
+    #: unit absolute sum over the rows and concepts of each target unless asked otherwise.
     contributions: npt.NDArray[np.float32]
     #: The target's output (the inference mode's function of the logits).
     outputs: npt.NDArray[np.float32]
@@ -444,7 +448,7 @@ class ConceptExplanation(_Predicted):
     residuals: npt.NDArray[np.float32]
     #: The output with every concept off: g(t^-1(0)).
     biases: npt.NDArray[np.float32]
-    #: The sum of the raw C * gradient contributions.
+    #: The sum of the raw C * gradient contributions (over rows and concepts).
     concept_sums: npt.NDArray[np.float32]
     #: outputs - (concept_sums + residuals + biases).
     gaps: npt.NDArray[np.float32]
@@ -484,6 +488,7 @@ class ConceptExplanation(_Predicted):
             concept_labels=tuple(concept_labels),
             targets=tuple(ExplainedTarget(t.target.index, t.target.label) for t in targets),
             concepts=concepts,
+            units=tuple(Unit.from_proto(u) for u in explanation.units),
             contributions=contributions,
             outputs=per_target("output"),
             residuals=per_target("residual"),
@@ -782,6 +787,8 @@ class Client:
         inference_mode: str | int | None = None,
         concepts_x_gradients: bool = True,
         normalization: bool = True,
+        granularity: str | int | None = None,
+        aggregation: str | int | None = None,
         truncate: bool = False,
         isolate_batches: bool = False,
         priority: str | int | None = None,
@@ -793,8 +800,12 @@ class Client:
         class), for the inputs given as plain text; `inference_mode` ("logits", "softmax",
         "log_softmax") is the function of the logits explained. Contributions are C * gradient
         (`concepts_x_gradients=False`: the gradient alone), divided by their absolute sum per
-        target (`normalization=False`: raw). `priority`: "interactive" or "batch". Returns one
-        ConceptExplanation per input, in order."""
+        target (`normalization=False`: raw). `granularity` is the rows concepts are read at:
+        "cls_token" at the head's input (one row, the default); at a split point with a token
+        dimension also "all_tokens", "token", "word" or "sentence" (default: what the set was
+        fitted at), a word's or sentence's row made of its tokens by `aggregation` ("mean", the
+        default, ...). `priority`: "interactive" or "batch". Returns one ConceptExplanation per
+        input, in order."""
         # Both flags are sent even at their defaults (the fields are optional: unset is true).
         request = pb.ExplainConceptsRequest(
             model=model,
@@ -803,6 +814,8 @@ class Client:
             inference_mode=_enum(pb.InferenceMode, "INFERENCE_MODE", inference_mode),  # type: ignore[arg-type]
             concepts_x_gradients=concepts_x_gradients,
             normalization=normalization,
+            granularity=_enum(pb.ActivationGranularity, "ACTIVATION_GRANULARITY", granularity),  # type: ignore[arg-type]
+            aggregation=_enum(pb.Aggregation, "AGGREGATION", aggregation),  # type: ignore[arg-type]
             truncate=truncate,
             isolate_batches=isolate_batches,
             priority=_enum(pb.Priority, "PRIORITY", priority),  # type: ignore[arg-type]
