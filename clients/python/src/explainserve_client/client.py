@@ -364,7 +364,9 @@ class InlineConceptSet:
     encoder_center: npt.ArrayLike | None = None
     #: [concepts]: "jumprelu"'s thresholds.
     encoder_threshold: npt.ArrayLike | None = None
+    #: "topk": how many concepts are kept per row.
     top_k: int = 0
+    #: "nnls": the activations go through a ReLU before the fit.
     relu_input: bool = False
     #: [features].
     decoder_bias: npt.ArrayLike | None = None
