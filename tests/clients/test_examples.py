@@ -1,5 +1,6 @@
-"""The examples of the three client packages (Python, Go, TypeScript) explain a sentence against a
-real server and print the scores the Python client gets for the same request.
+"""The examples of the three client packages (Python, Go, TypeScript) against a real server print
+what the Python client gets for the same request: `explain` a sentence's word scores, `concepts`
+the strongest concepts of a concept set (ExplainConcepts) on the default model, per sentence.
 
 The Go and Node toolchains come from `make clients` (part of `make test`): Go's module cache and
 build cache, clients/node/node_modules from its package-lock.json."""
@@ -10,16 +11,28 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from client_server import ClientServer
+from conftest import CONCEPT_SET
 
+from explainserve.config import DEFAULT_MODEL_NAME
 from explainserve_client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "clients" / "node"
 TEXT = "The food was cold and the service was slow."
+#: The concept example's sentences: both classes, one of them twice over.
+CONCEPT_TEXTS = [
+    "The food was cold and the service was slow.",
+    "The staff were lovely and the view was wonderful.",
+    "It broke after two days and support never answered.",
+]
+#: Concepts the concept example prints per sentence.
+TOP = 4
 #: The examples print float32 scores in full (shortest round-trip form); 1e-6 allows for nothing
 #: but a printing difference, the scores themselves are the same float32 values.
 TOLERANCE = 1e-6
@@ -34,21 +47,21 @@ def need(tool: str) -> str:
     return path
 
 
-def python_example(target: str) -> list[str]:
-    return [sys.executable, str(ROOT / "clients/python/examples/explain.py"), "--target", target]
+def python_example(name: str, target: str) -> list[str]:
+    return [sys.executable, str(ROOT / f"clients/python/examples/{name}.py"), "--target", target]
 
 
-def go_example(target: str) -> list[str]:
-    return [need("go"), "run", "./examples/explain", "--target", target]
+def go_example(name: str, target: str) -> list[str]:
+    return [need("go"), "run", f"./examples/{name}", "--target", target]
 
 
-def node_example(target: str) -> list[str]:
+def node_example(name: str, target: str) -> list[str]:
     tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
     if not tsc.exists():
         pytest.fail(f"{tsc} is missing: run `make clients` (npm ci in clients/node)")
-    # Type-checks the example and the generated code, and compiles them to clients/node/dist.
+    # Type-checks the examples and the generated code, and compiles them to clients/node/dist.
     subprocess.run([str(tsc), "-p", str(NODE_DIR)], check=True, timeout=BUILD_TIMEOUT, cwd=NODE_DIR)
-    return [need("node"), str(NODE_DIR / "dist/examples/explain.js"), "--target", target]
+    return [need("node"), str(NODE_DIR / f"dist/examples/{name}.js"), "--target", target]
 
 
 EXAMPLES = {
@@ -56,6 +69,27 @@ EXAMPLES = {
     "go": (go_example, ROOT / "clients" / "go"),
     "node": (node_example, NODE_DIR),
 }
+
+
+def run_example(language: str, name: str, server: ClientServer, args: list[str]) -> str:
+    """Example `name` of `language` run against `server` with `args`; its stdout."""
+    command, cwd = EXAMPLES[language]
+    env = {
+        **os.environ,
+        "EXPLAINSERVE_TOKEN": server.token,
+        "PYTHONPATH": str(ROOT / "clients" / "python" / "src"),
+    }
+    out = subprocess.run(
+        [*command(name, server.target), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
 
 
 def parse(stdout: str) -> tuple[str, str, list[tuple[str, float]]]:
@@ -72,28 +106,55 @@ def parse(stdout: str) -> tuple[str, str, list[tuple[str, float]]]:
     return predicted, explained, units
 
 
+@dataclass
+class ConceptBlock:
+    """What the concept example prints for one input."""
+
+    index: int
+    text: str
+    predicted: str
+    explained: str
+    residual: float
+    #: (label, signed contribution), strongest first.
+    top: list[tuple[str, float]]
+
+
+def parse_concepts(stdout: str) -> list[ConceptBlock]:
+    """The concept example's blocks: "input N: TEXT", "predicted: ", "explained: ",
+    "residual: ", then one "label<TAB>contribution" line per concept."""
+    blocks: list[ConceptBlock] = []
+    lines = stdout.strip().splitlines()
+    while lines:
+        head, predicted, explained, residual, *lines = lines
+        assert head.startswith("input "), stdout
+        index, _, text = head.removeprefix("input ").partition(": ")
+        assert predicted.startswith("predicted: "), stdout
+        assert explained.startswith("explained: "), stdout
+        assert residual.startswith("residual: "), stdout
+        top = []
+        while lines and not lines[0].startswith("input "):
+            label, _, value = lines.pop(0).rpartition("\t")
+            top.append((label, float(value)))
+        blocks.append(
+            ConceptBlock(
+                index=int(index),
+                text=text,
+                predicted=predicted.removeprefix("predicted: "),
+                explained=explained.removeprefix("explained: "),
+                residual=float(residual.removeprefix("residual: ")),
+                top=top,
+            )
+        )
+    return blocks
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("language", list(EXAMPLES))
 def test_example_prints_the_python_clients_scores(
     client_server: ClientServer, language: str
 ) -> None:
-    command, cwd = EXAMPLES[language]
-    env = {
-        **os.environ,
-        "EXPLAINSERVE_TOKEN": client_server.token,
-        "PYTHONPATH": str(ROOT / "clients" / "python" / "src"),
-    }
-    out = subprocess.run(
-        [*command(client_server.target), "--model", "bert", TEXT],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    predicted, explained, units = parse(out.stdout)
+    stdout = run_example(language, "explain", client_server, ["--model", "bert", TEXT])
+    predicted, explained, units = parse(stdout)
 
     with Client(client_server.target, token=client_server.token) as client:
         (e,) = client.explain("bert", TEXT, method="occlusion", granularity="word")
@@ -103,3 +164,31 @@ def test_example_prints_the_python_clients_scores(
     assert len(e.unit_texts) == 10
     for (text, score), expected in zip(units, e.scores[0], strict=True):
         assert score == pytest.approx(float(expected), abs=TOLERANCE), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("language", list(EXAMPLES))
+def test_concept_example_prints_the_python_clients_contributions(
+    concept_server: ClientServer, language: str
+) -> None:
+    # No --concepts: the example takes the model's first (only) set from GetModel.
+    stdout = run_example(language, "concepts", concept_server, ["--top", str(TOP), *CONCEPT_TEXTS])
+    blocks = parse_concepts(stdout)
+
+    with Client(concept_server.target, token=concept_server.token) as client:
+        explanations = client.explain_concepts(
+            DEFAULT_MODEL_NAME, CONCEPT_TEXTS, concepts=CONCEPT_SET
+        )
+    assert [b.index for b in blocks] == [0, 1, 2]
+    assert {e.predicted_label for e in explanations} == {"negative", "positive"}
+    for block, e in zip(blocks, explanations, strict=True):
+        assert block.text == e.text
+        assert block.predicted == e.predicted_label
+        assert block.explained == e.targets[0].label == e.predicted_label
+        assert block.residual == pytest.approx(float(e.residuals[0]), abs=TOLERANCE)
+        # The strongest concepts by |contribution|, computed here from the client's arrays.
+        values = e.contributions[0].sum(axis=0)
+        order = np.argsort(-np.abs(values), kind="stable")[:TOP]
+        assert [label for label, _ in block.top] == [e.concept_labels[k] for k in order]
+        for (label, value), k in zip(block.top, order, strict=True):
+            assert value == pytest.approx(float(values[k]), abs=TOLERANCE), label

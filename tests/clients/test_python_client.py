@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from client_server import CHUNK_INPUTS, ClientServer
+from client_server import CHUNK_INPUTS, ClientServer, assert_same, raw_call
 from packaging.requirements import Requirement
 from pki import Pki
 from tiny_models import LABELS
@@ -36,7 +36,6 @@ from explainserve_client import (
     pb,
     text_input,
 )
-from explainserve_client.v1 import explain_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = ["The food was cold.", "Great service, friendly staff!", "It was fine."]
@@ -45,32 +44,6 @@ SENTENCES = ["The food was cold.", "Great service, friendly staff!", "It was fin
 @pytest.fixture
 def client(client_server: ClientServer) -> Client:
     return Client(client_server.target, token=client_server.token)
-
-
-def raw_explain(server: ClientServer, request: pb.ExplainRequest) -> pb.ExplainResponse:
-    """The same request through the generated stub, with the token by hand."""
-    with grpc.insecure_channel(server.target) as channel:
-        stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
-        reply: pb.ExplainResponse = stub.Explain(
-            request, timeout=60, metadata=[("authorization", f"Bearer {server.token}")]
-        )
-        return reply
-
-
-def assert_same(e: Explanation, proto: pb.Explanation) -> None:
-    assert e.input_index == proto.input_index
-    assert e.text == proto.text
-    assert [(u.text, u.start, u.end, list(u.token_indices)) for u in e.units] == [
-        (u.text, u.char_start, u.char_end, list(u.token_indices)) for u in proto.units
-    ]
-    assert [(t.index, t.label) for t in e.targets] == [(t.index, t.label) for t in proto.targets]
-    assert e.scores.dtype == np.float32
-    assert e.scores.shape == (proto.scores.rows, proto.scores.cols)
-    # Both are the float32 values of the same message: bit for bit.
-    assert e.scores.ravel().tolist() == list(proto.scores.values)
-    assert e.logits.tolist() == list(proto.logits)
-    assert e.token_ids.tolist() == list(proto.token_ids)
-    assert e.forward_passes == proto.counters.forward_passes
 
 
 def test_explain_returns_what_the_server_sent(client: Client, client_server: ClientServer) -> None:
@@ -83,7 +56,7 @@ def test_explain_returns_what_the_server_sent(client: Client, client_server: Cli
         isolate_batches=True,
     )
     # isolate_batches: the design promises the same scores, bit for bit, for the same request.
-    reply = raw_explain(client_server, request)
+    reply = raw_call(client_server, "Explain", request)
     assert len(explanations) == len(SENTENCES)
     for e, proto in zip(explanations, reply.explanations, strict=True):
         assert_same(e, proto)

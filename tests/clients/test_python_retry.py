@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
+from client_server import handler_server
 
 from explainserve_client import RETRY_POLICY, Client, pb, service_config
 from explainserve_client.client import SERVICE
@@ -54,11 +54,8 @@ class Flaky(grpc.GenericRpcHandler):
 @pytest.fixture(scope="module")
 def flaky() -> Iterator[tuple[Flaky, str]]:
     handler = Flaky()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield handler, f"127.0.0.1:{port}"
-    server.stop(grace=None)
+    with handler_server(handler) as target:
+        yield handler, target
 
 
 def test_unavailable_is_retried_until_it_answers(flaky: tuple[Flaky, str]) -> None:

@@ -4,81 +4,22 @@
 //
 // It prints the model's prediction, the explained class, then one line per unit: its text, a tab,
 // its score (the float32 value). Set EXPLAINSERVE_TOKEN when the server wants a bearer token.
-import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { parseArgs } from "node:util";
 
-import {
-  ExplainRequest,
-  ExplainServiceClient,
-  GetModelRequest,
-  Granularity,
-} from "../src/gen/explainserve/v1/explain";
-
-// Retries UNAVAILABLE (the server loading its models or draining, a dropped connection): every
-// ExplainService method is read-only, so a retry is safe. The Python client's RETRY_POLICY.
-const serviceConfig = {
-  methodConfig: [
-    {
-      name: [{ service: "explainserve.v1.ExplainService" }],
-      retryPolicy: {
-        maxAttempts: 5,
-        initialBackoff: "0.2s",
-        maxBackoff: "2s",
-        backoffMultiplier: 2,
-        retryableStatusCodes: ["UNAVAILABLE"],
-      },
-    },
-  ],
-};
-
-/** Calls a callback-style unary method of the generated client as a promise. */
-function call<Req, Res>(
-  method: (
-    request: Req,
-    metadata: Metadata,
-    options: { deadline: Date },
-    callback: (error: ServiceError | null, response: Res) => void,
-  ) => unknown,
-  request: Req,
-  metadata: Metadata,
-  deadline: Date,
-): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    method(request, metadata, { deadline }, (error, response) =>
-      error ? reject(error) : resolve(response),
-    );
-  });
-}
+import { ExplainRequest, Granularity } from "../src/gen/explainserve/v1/explain";
+import { call, commonOptions, run, withSession } from "./common";
 
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
-    options: {
-      target: { type: "string", default: "127.0.0.1:50051" },
-      model: { type: "string", default: "minilm-sentiment" },
-      "timeout-ms": { type: "string", default: "120000" },
-    },
+    options: commonOptions,
     allowPositionals: true,
   });
   if (positionals.length !== 1) {
     throw new Error("usage: explain [--target host:port] [--model name] TEXT");
   }
-  const model = values.model as string;
-  const client = new ExplainServiceClient(values.target as string, credentials.createInsecure(), {
-    "grpc.service_config": JSON.stringify(serviceConfig),
-  });
-  const metadata = new Metadata();
-  const token = process.env.EXPLAINSERVE_TOKEN;
-  if (token) {
-    metadata.set("authorization", `Bearer ${token}`);
-  }
-  const deadline = new Date(Date.now() + Number(values["timeout-ms"]));
-  try {
-    const info = await call(
-      client.getModel.bind(client),
-      GetModelRequest.fromPartial({ name: model }),
-      metadata,
-      deadline,
-    );
+  const model = values.model;
+  await withSession(values.target, model, Number(values["timeout-ms"]), async (session) => {
+    const { client, metadata, deadline } = session;
     const reply = await call(
       client.explain.bind(client),
       ExplainRequest.fromPartial({
@@ -95,18 +36,13 @@ async function main(): Promise<void> {
     const exp = e.logits.map((l) => Math.exp(l - peak));
     const sum = exp.reduce((a, b) => a + b, 0);
     const predicted = exp.indexOf(Math.max(...exp));
-    const labels = info.model?.labels ?? [];
+    const labels = session.model.labels;
     console.log(`predicted: ${labels[predicted]} (${(exp[predicted] / sum).toFixed(3)})`);
     console.log(`explained: ${e.targets[0].label}`);
     // scores is row-major targets x units; one target, so row 0 is the first units.length values.
     const scores = e.scores?.values ?? [];
     e.units.forEach((unit, i) => console.log(`${unit.text}\t${Math.fround(scores[i])}`));
-  } finally {
-    client.close();
-  }
+  });
 }
 
-main().catch((error: unknown) => {
-  console.error(error instanceof Error ? error.message : error);
-  process.exit(1);
-});
+run(main);

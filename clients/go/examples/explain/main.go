@@ -8,60 +8,26 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"log"
 	"math"
-	"os"
-	"strconv"
-	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
-
+	"github.com/explainserve/explainserve/clients/go/examples/internal/connect"
 	explainservev1 "github.com/explainserve/explainserve/clients/go/explainserve/v1"
 )
 
-// serviceConfig retries UNAVAILABLE (the server loading its models or draining, a dropped
-// connection): every ExplainService method is read-only, so a retry is safe. The same policy as
-// the Python client's RETRY_POLICY.
-const serviceConfig = `{"methodConfig": [{
-  "name": [{"service": "explainserve.v1.ExplainService"}],
-  "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s",
-                  "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
-
 func main() {
-	target := flag.String("target", "127.0.0.1:50051", "server host:port")
-	model := flag.String("model", "minilm-sentiment", "model name as ListModels gives it")
-	timeout := flag.Duration("timeout", 2*time.Minute, "deadline of the whole run")
+	options := connect.Flags()
 	flag.Parse()
 	if flag.NArg() != 1 {
 		log.Fatal("usage: explain [-target host:port] [-model name] TEXT")
 	}
 
-	conn, err := grpc.NewClient(*target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultServiceConfig(serviceConfig))
-	if err != nil {
-		log.Fatalf("connect: %v", err)
-	}
-	defer conn.Close()
-	client := explainservev1.NewExplainServiceClient(conn)
-
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
-	if token := os.Getenv("EXPLAINSERVE_TOKEN"); token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-
-	info, err := client.GetModel(ctx, &explainservev1.GetModelRequest{Name: *model})
-	if err != nil {
-		log.Fatalf("GetModel: %v", err)
-	}
-	reply, err := client.Explain(ctx, &explainservev1.ExplainRequest{
-		Model:       *model,
+	s := options.Start()
+	defer s.Close()
+	reply, err := s.Client.Explain(s.Ctx, &explainservev1.ExplainRequest{
+		Model:       s.Model.GetName(),
 		Inputs:      []*explainservev1.Input{{Content: &explainservev1.Input_Text{Text: flag.Arg(0)}}},
 		Method:      &explainservev1.ExplainRequest_Occlusion{Occlusion: &explainservev1.Occlusion{}},
 		Granularity: explainservev1.Granularity_GRANULARITY_WORD,
@@ -72,13 +38,13 @@ func main() {
 
 	e := reply.GetExplanations()[0]
 	probabilities := softmax(e.GetLogits())
-	predicted := argmax(probabilities)
-	fmt.Printf("predicted: %s (%.3f)\n", info.GetModel().GetLabels()[predicted], probabilities[predicted])
+	predicted := connect.Argmax(probabilities)
+	fmt.Printf("predicted: %s (%.3f)\n", s.Model.GetLabels()[predicted], probabilities[predicted])
 	fmt.Printf("explained: %s\n", e.GetTargets()[0].GetLabel())
 	// scores is row-major targets x units; one target, so row 0 is the first len(units) values.
 	scores := e.GetScores().GetValues()
 	for i, unit := range e.GetUnits() {
-		fmt.Printf("%s\t%s\n", unit.GetText(), strconv.FormatFloat(float64(scores[i]), 'g', -1, 32))
+		fmt.Printf("%s\t%s\n", unit.GetText(), connect.Float32(scores[i]))
 	}
 }
 
@@ -97,14 +63,4 @@ func softmax(logits []float32) []float64 {
 		out[i] /= sum
 	}
 	return out
-}
-
-func argmax(values []float64) int {
-	best := 0
-	for i, v := range values {
-		if v > values[best] {
-			best = i
-		}
-	}
-	return best
 }

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import numpy as np
@@ -21,8 +21,9 @@ from explainserve_client.v1 import explain_pb2_grpc
 SERVICE: Final = "explainserve.v1.ExplainService"
 
 #: Default deadline, seconds, of the calls that run the models (Explain, ExplainStream,
-#: GetActivations, PredictFromActivations): long enough for a few hundred sentences of a
-#: perturbation method on a CPU, short enough that a stuck call does not hang a caller forever.
+#: GetActivations, PredictFromActivations, ExplainConcepts): long enough for a few hundred
+#: sentences of a perturbation method on a CPU, short enough that a stuck call does not hang a
+#: caller forever.
 DEFAULT_TIMEOUT: Final = 120.0
 #: Default deadline, seconds, of ListModels and GetModel (no model work).
 METADATA_TIMEOUT: Final = 10.0
@@ -102,14 +103,52 @@ class ExplainedTarget:
     label: str
 
 
+class _Predicted:
+    """What a classifier's logits say: the probabilities and the predicted class (shared by
+    `Explanation` and `ConceptExplanation`)."""
+
+    #: The model's logits for the unperturbed input (empty for causal LMs).
+    logits: npt.NDArray[np.float32]
+    #: The model's class labels in index order.
+    labels: tuple[str, ...]
+
+    @property
+    def probabilities(self) -> npt.NDArray[np.float32]:
+        """Softmax of the logits (classifiers)."""
+        if self.logits.size == 0:
+            return self.logits
+        shifted: npt.NDArray[np.float32] = np.exp(self.logits - self.logits.max())
+        probabilities: npt.NDArray[np.float32] = shifted / shifted.sum()
+        return probabilities
+
+    @property
+    def predicted_index(self) -> int | None:
+        """The class the model predicts (argmax of the logits); None for causal LMs."""
+        return int(np.argmax(self.logits)) if self.logits.size else None
+
+    @property
+    def predicted_label(self) -> str | None:
+        """The predicted class's label, when the model has labels."""
+        index = self.predicted_index
+        if index is None or index >= len(self.labels):
+            return None
+        return self.labels[index]
+
+
+def _matrix(matrix: pb.Matrix) -> npt.NDArray[np.float32]:
+    """A `explainserve.v1.Matrix` as a float32 array of its shape."""
+    return np.array(matrix.values, dtype=np.float32).reshape(matrix.rows, matrix.cols)
+
+
 @dataclass(frozen=True, eq=False)
-class Explanation:
+class Explanation(_Predicted):
     """The explanation of one input.
 
     Classifiers: `scores` is targets x units (one row per `targets` entry). Causal LMs: `scores`
     is continuation units (`target_units`) x units, `valid` says which cells mean something (a
     unit at or after a row's continuation unit cannot influence it), `targets` and `logits` are
-    empty."""
+    empty. With a concept target (`Client.explain(concepts=...)`), `targets` are concepts (their
+    index and label in the set) and `concept_activations` holds every concept's activation."""
 
     #: Position of the input in the request.
     input_index: int
@@ -140,16 +179,17 @@ class Explanation:
     generated: bool
     prompt_token_count: int
     continuation_scores: npt.NDArray[np.float32]
+    #: With a concept target: float32, the activation of each concept of the set for the
+    #: unperturbed input (index order); empty otherwise.
+    concept_activations: npt.NDArray[np.float32]
 
     @classmethod
     def from_proto(cls, explanation: pb.Explanation, labels: Sequence[str] = ()) -> Explanation:
         """The dataclass of a `explainserve.v1.Explanation` (`labels`: the model's)."""
-        matrix = explanation.scores
-        shape = (matrix.rows, matrix.cols)
-        scores = np.array(matrix.values, dtype=np.float32).reshape(shape)
+        scores = _matrix(explanation.scores)
         valid = None
         if explanation.target_units:
-            valid = np.array(explanation.valid, dtype=np.bool_).reshape(shape)
+            valid = np.array(explanation.valid, dtype=np.bool_).reshape(scores.shape)
         return cls(
             input_index=explanation.input_index,
             text=explanation.text,
@@ -168,34 +208,13 @@ class Explanation:
             generated=explanation.generated,
             prompt_token_count=explanation.prompt_token_count,
             continuation_scores=np.array(explanation.continuation_scores, dtype=np.float32),
+            concept_activations=np.array(explanation.concept_activations, dtype=np.float32),
         )
 
     @property
     def unit_texts(self) -> list[str]:
         """The units' texts, in column order."""
         return [u.text for u in self.units]
-
-    @property
-    def probabilities(self) -> npt.NDArray[np.float32]:
-        """Softmax of the logits (classifiers)."""
-        if self.logits.size == 0:
-            return self.logits
-        shifted: npt.NDArray[np.float32] = np.exp(self.logits - self.logits.max())
-        probabilities: npt.NDArray[np.float32] = shifted / shifted.sum()
-        return probabilities
-
-    @property
-    def predicted_index(self) -> int | None:
-        """The class the model predicts (argmax of the logits); None for causal LMs."""
-        return int(np.argmax(self.logits)) if self.logits.size else None
-
-    @property
-    def predicted_label(self) -> str | None:
-        """The predicted class's label, when the model has labels."""
-        index = self.predicted_index
-        if index is None or index >= len(self.labels):
-            return None
-        return self.labels[index]
 
 
 @dataclass(frozen=True)
@@ -218,6 +237,36 @@ class SplitPoint:
 
 
 @dataclass(frozen=True)
+class ConceptSetInfo:
+    """A concept set the server serves for a model (docs/concepts.md)."""
+
+    #: The name requests give (`Client.explain_concepts(concepts=name)`).
+    name: str
+    #: Where its activations are read (GetModel's split point name).
+    split_point: str
+    #: "linear", "relu", "topk", "jumprelu" or "nnls".
+    encoder: str
+    #: The rows it was fitted on ("cls_token", "token", "word", ...).
+    granularity: str
+    #: How it was made ("sklearn.decomposition.PCA", ...).
+    method: str
+    #: One per concept, in index order.
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, info: pb.ConceptSetInfo) -> ConceptSetInfo:
+        """The dataclass of a `explainserve.v1.ConceptSetInfo`."""
+        return cls(
+            name=info.name,
+            split_point=info.split_point,
+            encoder=info.encoder,
+            granularity=info.granularity,
+            method=info.method,
+            labels=tuple(info.labels),
+        )
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A loaded model, as ListModels and GetModel describe it."""
 
@@ -231,6 +280,8 @@ class ModelInfo:
     replacement: str
     replacement_token_id: int
     split_points: tuple[SplitPoint, ...]
+    #: The concept sets served for this model (ExplainConcepts, `explain(concepts=...)`).
+    concept_sets: tuple[ConceptSetInfo, ...] = ()
 
     @classmethod
     def from_proto(cls, info: pb.ModelInfo) -> ModelInfo:
@@ -247,6 +298,7 @@ class ModelInfo:
             split_points=tuple(
                 SplitPoint(p.name, tuple(p.shape), p.head_input) for p in info.split_points
             ),
+            concept_sets=tuple(ConceptSetInfo.from_proto(c) for c in info.concept_sets),
         )
 
 
@@ -287,6 +339,179 @@ class Predictions:
     predicted_classes: npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True, eq=False)
+class InlineConceptSet:
+    """A concept set sent with the request instead of one the server serves (small sets: a
+    concept activation vector, a few directions).
+
+    With pre = (x - encoder_center) encoder_weight^T + encoder_bias, the encoder gives C = pre
+    ("linear"), ReLU(pre) ("relu"), its `top_k` largest ("topk"), ReLU(pre) where it reaches
+    `encoder_threshold` ("jumprelu"), or the non-negative least squares fit of x on the
+    dictionary ("nnls", x through a ReLU first with `relu_input`); the decoder is
+    t^-1(C) = C decoder_weight + decoder_bias. Arrays are anything numpy takes (sent as float32).
+    A fitted scikit-learn PCA is `InlineConceptSet(encoder_weight=pca.components_,
+    encoder_center=pca.mean_, decoder_weight=pca.components_, decoder_bias=pca.mean_)`."""
+
+    #: [concepts, features]: the dictionary D.
+    decoder_weight: npt.ArrayLike
+    #: "linear", "relu", "topk", "jumprelu" or "nnls".
+    encoder: str = "linear"
+    #: [concepts, features]: W (every encoder but "nnls").
+    encoder_weight: npt.ArrayLike | None = None
+    #: [concepts]: b.
+    encoder_bias: npt.ArrayLike | None = None
+    #: [features]: subtracted from the activations first.
+    encoder_center: npt.ArrayLike | None = None
+    #: [concepts]: "jumprelu"'s thresholds.
+    encoder_threshold: npt.ArrayLike | None = None
+    #: "topk": how many concepts are kept per row.
+    top_k: int = 0
+    #: "nnls": the activations go through a ReLU before the fit.
+    relu_input: bool = False
+    #: [features].
+    decoder_bias: npt.ArrayLike | None = None
+    #: One per concept (none: the server names them "concept K").
+    labels: Sequence[str] = ()
+    #: Where its activations are read: empty, the classification head's input; or a split point
+    #: with a token dimension (GetModel lists them).
+    split_point: str = ""
+
+    def to_proto(self) -> pb.InlineConceptSet:
+        """The `explainserve.v1.InlineConceptSet` message."""
+        message = pb.InlineConceptSet(
+            split_point=self.split_point,
+            encoder=_enum(pb.ConceptEncoder, "CONCEPT_ENCODER", self.encoder),  # type: ignore[arg-type]
+            top_k=self.top_k,
+            relu_input=self.relu_input,
+            labels=list(self.labels),
+        )
+        for name in (
+            "encoder_weight",
+            "encoder_bias",
+            "encoder_center",
+            "encoder_threshold",
+            "decoder_weight",
+            "decoder_bias",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                getattr(message, name).CopyFrom(encode_tensor(value))
+        return message
+
+
+#: A concept set: the name of one the server serves (`ModelInfo.concept_sets`), or the request's
+#: own (an `InlineConceptSet`, or its message).
+ConceptSetLike = str | InlineConceptSet | pb.InlineConceptSet
+
+
+def concept_set_ref(concepts: ConceptSetLike) -> pb.ConceptSetRef:
+    """The `explainserve.v1.ConceptSetRef` of a set given by name or inline."""
+    if isinstance(concepts, str):
+        return pb.ConceptSetRef(name=concepts)
+    if isinstance(concepts, InlineConceptSet):
+        return pb.ConceptSetRef(inline=concepts.to_proto())
+    if isinstance(concepts, pb.InlineConceptSet):
+        return pb.ConceptSetRef(inline=concepts)
+    raise TypeError(
+        f"concepts must be a set's name, an InlineConceptSet or a pb.InlineConceptSet, not "
+        f"{type(concepts).__name__}"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptExplanation(_Predicted):
+    """Which concepts drive one input's prediction (ExplainConcepts): the concept activations C
+    and, per explained class, their contributions and the terms that add up to the output:
+    `outputs = concept_sums + residuals + biases + gaps` (gaps ~ 0 for a linear head in logits
+    mode). Per-target values are float32 arrays with one entry per `targets` entry."""
+
+    #: Position of the input in the request.
+    input_index: int
+    #: The input's text (decoded from its ids for a token-id input).
+    text: str
+    #: The token ids the model saw.
+    token_ids: npt.NDArray[np.int64]
+    #: The set's name ("inline" for the request's own) and its concepts' labels (index order).
+    concept_set: str
+    concept_labels: tuple[str, ...]
+    #: The explained classes.
+    targets: tuple[ExplainedTarget, ...]
+    #: float32 [rows, concepts]: C (one row at the head's input; one per unit of the request's
+    #: granularity at a split point with a token dimension).
+    concepts: npt.NDArray[np.float32]
+    #: What each row is (granularities other than "cls_token"; empty otherwise).
+    units: tuple[Unit, ...]
+    #: float32 [targets, rows, concepts]: C * gradient (or the gradient alone), normalized to a
+    #: unit absolute sum over the rows and concepts of each target unless asked otherwise.
+    contributions: npt.NDArray[np.float32]
+    #: The target's output (the inference mode's function of the logits).
+    outputs: npt.NDArray[np.float32]
+    #: What the concepts do not reconstruct: g(h) - g(t^-1(C)).
+    residuals: npt.NDArray[np.float32]
+    #: The output with every concept off: g(t^-1(0)).
+    biases: npt.NDArray[np.float32]
+    #: The sum of the raw C * gradient contributions (over rows and concepts).
+    concept_sums: npt.NDArray[np.float32]
+    #: outputs - (concept_sums + residuals + biases).
+    gaps: npt.NDArray[np.float32]
+    #: The model's logits for the input and its class labels.
+    logits: npt.NDArray[np.float32]
+    labels: tuple[str, ...]
+    #: |h - t^-1(C)| / |h|: how much of the activations the set does not reconstruct.
+    reconstruction_error: float
+    #: Work done: sequences through the model, and the server's wall time.
+    forward_passes: int
+    elapsed_ms: float
+
+    @classmethod
+    def from_proto(
+        cls,
+        explanation: pb.ConceptExplanation,
+        concept_set: str = "",
+        concept_labels: Sequence[str] = (),
+        labels: Sequence[str] = (),
+    ) -> ConceptExplanation:
+        """The dataclass of a `explainserve.v1.ConceptExplanation` (the set's name and concept
+        labels come with the response, `labels` are the model's)."""
+        concepts = _matrix(explanation.concepts)
+        targets = explanation.targets
+        contributions = np.zeros((0, *concepts.shape), dtype=np.float32)
+        if targets:
+            contributions = np.stack([_matrix(t.contributions) for t in targets])
+
+        def per_target(name: str) -> npt.NDArray[np.float32]:
+            return np.array([getattr(t, name) for t in targets], dtype=np.float32)
+
+        return cls(
+            input_index=explanation.input_index,
+            text=explanation.text,
+            token_ids=np.array(explanation.token_ids, dtype=np.int64),
+            concept_set=concept_set,
+            concept_labels=tuple(concept_labels),
+            targets=tuple(ExplainedTarget(t.target.index, t.target.label) for t in targets),
+            concepts=concepts,
+            units=tuple(Unit.from_proto(u) for u in explanation.units),
+            contributions=contributions,
+            outputs=per_target("output"),
+            residuals=per_target("residual"),
+            biases=per_target("bias"),
+            concept_sums=per_target("concept_sum"),
+            gaps=per_target("gap"),
+            logits=np.array(explanation.logits, dtype=np.float32),
+            labels=tuple(labels),
+            reconstruction_error=explanation.reconstruction_error,
+            forward_passes=explanation.counters.forward_passes,
+            elapsed_ms=explanation.counters.elapsed_ms,
+        )
+
+    def top_concepts(self, target: int = 0, k: int | None = None) -> list[tuple[str, float]]:
+        """The `k` concepts (all when None) with the largest |contribution| to `targets[target]`,
+        summed over the rows, largest first (ties in index order): (label, signed value)."""
+        values = self.contributions[target].sum(axis=0, dtype=np.float32)
+        order = np.argsort(-np.abs(values), kind="stable")[:k]
+        return [(self.concept_labels[i], float(values[i])) for i in order]
+
+
 #: A method given by name: its oneof field of ExplainRequest ("occlusion", "integrated_gradients",
 #: ...), with the server's default parameters. Derived from the proto, so a new method needs no
 #: client change.
@@ -315,17 +540,31 @@ def _enum(enum: object, prefix: str, value: str | int | None) -> int:
         raise ValueError(f"unknown {prefix.lower()} {value!r}; expected one of {valid}") from None
 
 
+def _add_targets(field: Any, targets: Sequence[int | str]) -> None:
+    """Appends `explainserve.v1.Target`s to a repeated field: a str is a label, an int an index."""
+    for target in targets:
+        if isinstance(target, str):
+            field.add(label=target)
+        else:
+            field.add(index=target)
+
+
+def _input_messages(
+    inputs: str | pb.Input | Sequence[str | pb.Input], targets: Sequence[int | str]
+) -> list[pb.Input]:
+    """The request's inputs: one text or `Input`, or a list of them; `targets` go to the texts."""
+    if isinstance(inputs, str | pb.Input):
+        inputs = [inputs]
+    return [text_input(i, targets) if isinstance(i, str) else i for i in inputs]
+
+
 def text_input(
     text: str, targets: Sequence[int | str] = (), continuation: str | None = None
 ) -> pb.Input:
     """One input: its text, the classes to explain (indices or labels; none = the predicted
     class) and, for a causal LM, the continuation to explain (None: the server generates it)."""
     message = pb.Input(text=text)
-    for target in targets:
-        if isinstance(target, str):
-            message.targets.add(label=target)
-        else:
-            message.targets.add(index=target)
+    _add_targets(message.targets, targets)
     if continuation is not None:
         message.continuation.text = continuation
     return message
@@ -436,14 +675,13 @@ class Client:
         prompt_units_only: bool = False,
         truncate: bool = False,
         isolate_batches: bool = False,
+        concepts: ConceptSetLike | None = None,
+        concepts_explained: Sequence[int | str] = (),
     ) -> pb.ExplainRequest:
         """The ExplainRequest that `explain` sends (see there)."""
-        if isinstance(inputs, str | pb.Input):
-            inputs = [inputs]
-        messages = [text_input(i, targets) if isinstance(i, str) else i for i in inputs]
         request = pb.ExplainRequest(
             model=model,
-            inputs=messages,
+            inputs=_input_messages(inputs, targets),
             granularity=_enum(pb.Granularity, "GRANULARITY", granularity),  # type: ignore[arg-type]
             aggregation=_enum(pb.Aggregation, "AGGREGATION", aggregation),  # type: ignore[arg-type]
             inference_mode=_enum(pb.InferenceMode, "INFERENCE_MODE", inference_mode),  # type: ignore[arg-type]
@@ -465,6 +703,11 @@ class Client:
             if field is None:
                 raise ValueError(f"{method.DESCRIPTOR.full_name} is not an explanation method")
             getattr(request, field).CopyFrom(method)
+        if concepts is not None:
+            request.concept_target.concepts.CopyFrom(concept_set_ref(concepts))
+            _add_targets(request.concept_target.concepts_explained, concepts_explained)
+        elif concepts_explained:
+            raise ValueError("concepts_explained needs concepts: the set they belong to")
         return request
 
     def explain(
@@ -482,6 +725,8 @@ class Client:
         prompt_units_only: bool = False,
         truncate: bool = False,
         isolate_batches: bool = False,
+        concepts: ConceptSetLike | None = None,
+        concepts_explained: Sequence[int | str] = (),
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> list[Explanation]:
         """Explains `inputs` (a text, an `Input` from `text_input`, or a list of them) with
@@ -489,8 +734,11 @@ class Client:
         default parameters) or a method message (`pb.Lime(n_perturbations=64)`). `targets`
         applies to the inputs given as plain text (none: the predicted class). Enums are given
         by their short names ("word", "sum", "softmax") or numbers; None is the server default.
-        `timeout`: seconds, None for no deadline. Returns one
-        Explanation per input, in order."""
+        Inputs -> concepts: with `concepts` (a served set's name or an `InlineConceptSet`), the
+        explained outputs are that set's concepts instead of classes, `concepts_explained` of
+        them (indices or labels; none: each input's most activated concept), and `targets` must
+        be empty. `timeout`: seconds, None for no deadline. Returns one Explanation per input,
+        in order."""
         request = self.explain_request(
             model,
             inputs,
@@ -504,6 +752,8 @@ class Client:
             prompt_units_only=prompt_units_only,
             truncate=truncate,
             isolate_batches=isolate_batches,
+            concepts=concepts,
+            concepts_explained=concepts_explained,
         )
         labels = self._model_labels(model)
         reply = self._stub.Explain(request, timeout=timeout, metadata=self._metadata)
@@ -529,6 +779,56 @@ class Client:
             else:
                 yield Explanation.from_proto(event.explanation, labels)
 
+    def explain_concepts(
+        self,
+        model: str,
+        inputs: str | pb.Input | Sequence[str | pb.Input],
+        *,
+        concepts: ConceptSetLike,
+        targets: Sequence[int | str] = (),
+        inference_mode: str | int | None = None,
+        concepts_x_gradients: bool = True,
+        normalization: bool = True,
+        granularity: str | int | None = None,
+        aggregation: str | int | None = None,
+        truncate: bool = False,
+        isolate_batches: bool = False,
+        priority: str | int | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> list[ConceptExplanation]:
+        """Which concepts of a concept set drive the predictions of `inputs` (as in `explain`):
+        `concepts` is the name of a set the server serves for `model` (`get_model(model)
+        .concept_sets`) or an `InlineConceptSet`. `targets` are classes (none: the predicted
+        class), for the inputs given as plain text; `inference_mode` ("logits", "softmax",
+        "log_softmax") is the function of the logits explained. Contributions are C * gradient
+        (`concepts_x_gradients=False`: the gradient alone), divided by their absolute sum per
+        target (`normalization=False`: raw). `granularity` is the rows concepts are read at:
+        "cls_token" at the head's input (one row, the default); at a split point with a token
+        dimension also "all_tokens", "token", "word" or "sentence" (default: what the set was
+        fitted at), a word's or sentence's row made of its tokens by `aggregation` ("mean", the
+        default, ...). `priority`: "interactive" or "batch". Returns one ConceptExplanation per
+        input, in order."""
+        # Both flags are sent even at their defaults (the fields are optional: unset is true).
+        request = pb.ExplainConceptsRequest(
+            model=model,
+            inputs=_input_messages(inputs, targets),
+            concepts=concept_set_ref(concepts),
+            inference_mode=_enum(pb.InferenceMode, "INFERENCE_MODE", inference_mode),  # type: ignore[arg-type]
+            concepts_x_gradients=concepts_x_gradients,
+            normalization=normalization,
+            granularity=_enum(pb.ActivationGranularity, "ACTIVATION_GRANULARITY", granularity),  # type: ignore[arg-type]
+            aggregation=_enum(pb.Aggregation, "AGGREGATION", aggregation),  # type: ignore[arg-type]
+            truncate=truncate,
+            isolate_batches=isolate_batches,
+            priority=_enum(pb.Priority, "PRIORITY", priority),  # type: ignore[arg-type]
+        )
+        labels = self._model_labels(model)
+        reply = self._stub.ExplainConcepts(request, timeout=timeout, metadata=self._metadata)
+        return [
+            ConceptExplanation.from_proto(e, reply.concept_set, reply.concept_labels, labels)
+            for e in reply.explanations
+        ]
+
     def activations(
         self,
         model: str,
@@ -547,9 +847,7 @@ class Client:
         input), one row per input by default (granularity "cls_token"; "all_tokens", "token",
         "word", "sentence" give ragged rows: see `Activations.rows`). `dtype` is the type on the
         wire ("float32", "float16", "bfloat16"; bfloat16 comes back as float32, exactly)."""
-        if isinstance(inputs, str | pb.Input):
-            inputs = [inputs]
-        messages = [pb.Input(text=i) if isinstance(i, str) else i for i in inputs]
+        messages = _input_messages(inputs, ())
         request = pb.GetActivationsRequest(
             model=model,
             inputs=messages,
