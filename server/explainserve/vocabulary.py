@@ -55,6 +55,16 @@ class InputSpec:
         return self.continuation_text is not None or self.continuation_ids is not None
 
 
+def check_input_count(inputs: list[InputSpec], limit: int) -> None:
+    """A request has at least one input and at most `limit` (INVALID_ARGUMENT on `inputs`)."""
+    if not inputs:
+        raise InvalidArgument("the request has no inputs", field="inputs")
+    if len(inputs) > limit:
+        raise InvalidArgument(
+            f"the request has {len(inputs)} inputs, the limit is {limit}", field="inputs"
+        )
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One tokenized input."""

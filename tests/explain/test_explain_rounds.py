@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from explainserve.explain.common import encode, finished, start_runs
+from explainserve.explain.common import finished, start_runs
 from explainserve.explain.method import Method
 from explainserve.explain.methods.integrated_gradients import IntegratedGradients
 from explainserve.explain.methods.kernel_shap import KernelShap
@@ -85,7 +85,7 @@ def two_rounds(
     picked from them, then the perturbation jobs given the targets). Per input: targets, logits,
     scores."""
     tag = RequestTag(None, isolated=True)
-    encoded = [encode(model, spec, i) for i, spec in enumerate(specs)]
+    encoded = [model.encode(spec, i) for i, spec in enumerate(specs)]
     classes = np.arange(len(model.labels), dtype=np.int64)
     base = [
         ForwardJob(ids=e.ids[None, :], attention=e.attention, targets=classes, is_cancelled=tag)

@@ -44,6 +44,7 @@ from explainserve.vocabulary import (
     TokenTable,
     Units,
     check_ids,
+    check_input_count,
     encode_ids,
     make_units,
     tokenize_table,
@@ -210,13 +211,7 @@ class Activator:
         generator: every input exactly once, in request order."""
         limits = self.limits
         model = self.registry.get(params.model)
-        if not params.inputs:
-            raise InvalidArgument("the request has no inputs", field="inputs")
-        if len(params.inputs) > limits.max_inputs:
-            raise InvalidArgument(
-                f"the request has {len(params.inputs)} inputs, the limit is {limits.max_inputs}",
-                field="inputs",
-            )
+        check_input_count(params.inputs, limits.max_inputs)
         dtype = check_dtype(params.dtype, "dtype")
         points = resolve_split_points(model, params.split_points, limits.listed_split_points)
         if params.granularity != "cls_token":

@@ -44,7 +44,14 @@ from explainserve.scheduling.jobs import (
     RequestTag,
 )
 from explainserve.scheduling.scores import apply_mode
-from explainserve.vocabulary import Aggregation, Encoded, InferenceMode, Units, make_units
+from explainserve.vocabulary import (
+    Aggregation,
+    Encoded,
+    InferenceMode,
+    Units,
+    check_input_count,
+    make_units,
+)
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,8 @@ class AnalysisResult:
     reconstruction_error: float
 
 
-class ConceptAnalysis:
-    """A request's analysis of its inputs' head-input rows (the worker calls it once per batch
-    for the request's inputs in it; `scheduling.jobs.HeadInputAnalysis`). Each job's payload is
-    its class targets, or None for the predicted class."""
+class _Analysis:
+    """What a request's analysis of its rows knows: its set, its inference mode and options."""
 
     def __init__(
         self,
@@ -78,6 +83,12 @@ class ConceptAnalysis:
         self.mode = mode
         self.concepts_x_gradients = concepts_x_gradients
         self.normalization = normalization
+
+
+class ConceptAnalysis(_Analysis):
+    """A request's analysis of its inputs' head-input rows (the worker calls it once per batch
+    for the request's inputs in it; `scheduling.jobs.HeadInputAnalysis`). Each job's payload is
+    its class targets, or None for the predicted class."""
 
     def __call__(self, rows: torch.Tensor, head: HeadFn, payloads: list[Any]) -> list[Any]:
         """Every job's `AnalysisResult` (see `ConceptExplanation` for what each number is)."""
@@ -189,7 +200,7 @@ class LayerPayload:
     n_rows: int
 
 
-class ConceptLayerAnalysis:
+class ConceptLayerAnalysis(_Analysis):
     """A request's analysis at a split point with a token dimension (`scheduling.jobs.
     LayerAnalysis`): rows read from the layer (a unit's tokens aggregated), encoded, decoded and
     put back in place of their tokens (each token gets its row's reconstruction; with SUM, an
@@ -205,10 +216,7 @@ class ConceptLayerAnalysis:
         normalization: bool,
         aggregation: Aggregation,
     ) -> None:
-        self.bound = bound
-        self.mode = mode
-        self.concepts_x_gradients = concepts_x_gradients
-        self.normalization = normalization
+        super().__init__(bound, mode, concepts_x_gradients, normalization)
         self.aggregation = aggregation
 
     def _aggregate(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -333,14 +341,7 @@ class ConceptExplainer:
         happens before the first forward; errors are domain exceptions."""
         started = time.perf_counter()
         model = self.registry.get(params.model)
-        if not params.inputs:
-            raise InvalidArgument("the request has no inputs", field="inputs")
-        if len(params.inputs) > self.limits.max_inputs:
-            raise InvalidArgument(
-                f"the request has {len(params.inputs)} inputs, the limit is "
-                f"{self.limits.max_inputs}",
-                field="inputs",
-            )
+        check_input_count(params.inputs, self.limits.max_inputs)
         if bound is None:
             bound = self.resolve(model, params.concepts)
         granularity = params.granularity

@@ -285,15 +285,21 @@ class ConceptSet:
         data = save(self.tensors(), metadata={METADATA_KEY: json.dumps(self.document())})
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data)
         return target
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` to `path` through a temporary file in its directory renamed into place: a
+    reader, or a stopped writer, never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _examples(examples: tuple[TopExample, ...]) -> list[dict[str, Any]]:

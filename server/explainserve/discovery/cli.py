@@ -40,7 +40,7 @@ from explainserve.discovery.extract import (
     extract,
 )
 from explainserve.discovery.fit import METHODS
-from explainserve.discovery.store import StoreError
+from explainserve.discovery.store import StoreError, cache_root
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_MODEL = "minilm-sentiment"
@@ -252,15 +252,13 @@ def _fit_dataset(args: argparse.Namespace) -> Dataset:
         raise UsageError("--positive and --negative go together, with --method cav, without --file")
     import hashlib
     import json
-    import os
 
     lines = []
     for path, label in ((args.positive, "positive"), (args.negative, "negative")):
         for example in Dataset(path).examples():
             lines.append(json.dumps({"text": example.text, "label": label}))
     data = "\n".join(lines) + "\n"
-    root = Path(os.environ.get("EXPLAINSERVE_CACHE_DIR", Path.home() / ".cache" / "explainserve"))
-    path = root / "cav" / f"{hashlib.sha256(data.encode()).hexdigest()[:16]}.jsonl"
+    path = cache_root() / "cav" / f"{hashlib.sha256(data.encode()).hexdigest()[:16]}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(data, encoding="utf-8")
     return Dataset(path)

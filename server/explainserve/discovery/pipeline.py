@@ -6,7 +6,6 @@ run happens before anything is written at the output path, and the file is writt
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from explainserve.discovery.dataset import Dataset
 from explainserve.discovery.extract import FIT_GRANULARITY, ExtractError, Servers, extract
 from explainserve.discovery.fit import fit
 from explainserve.discovery.remote import Remote, explain_limit_error
-from explainserve.discovery.store import Store
+from explainserve.discovery.store import Store, cache_root
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class FitRun:
 def default_cache(run: FitRun) -> Path:
     """Where a run's activations are cached by default: one directory per model, split point,
     granularity and dataset (so that every method and K refits from it)."""
-    root = Path(os.environ.get("EXPLAINSERVE_CACHE_DIR", Path.home() / ".cache" / "explainserve"))
+    root = cache_root()
     key = "|".join(
         [
             run.model,

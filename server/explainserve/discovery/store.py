@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from explainserve.concepts.sets import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "explainserve.activations"
@@ -121,7 +122,7 @@ class Store:
                 )
             return cls(directory, existing)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, manifest.to_json().encode())
+        write_atomic(path, manifest.to_json().encode())
         return cls(directory, manifest)
 
     def shard_path(self, index: int) -> Path:
@@ -149,7 +150,7 @@ class Store:
             },
             metadata={SHARD_KEY: json.dumps(meta)},
         )
-        _write_atomic(self.shard_path(shard.index), data)
+        write_atomic(self.shard_path(shard.index), data)
 
     def read(self, index: int) -> Shard:
         """Shard `index`."""
@@ -188,13 +189,7 @@ class Store:
         return total
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """`data` to `path` through a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def cache_root() -> Path:
+    """Where concept discovery keeps what it makes on its own: `$EXPLAINSERVE_CACHE_DIR`, else
+    `~/.cache/explainserve` (the server's cache of built-in models too)."""
+    return Path(os.environ.get("EXPLAINSERVE_CACHE_DIR", Path.home() / ".cache" / "explainserve"))

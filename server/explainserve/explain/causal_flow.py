@@ -11,7 +11,7 @@ import numpy as np
 
 from explainserve.errors import InvalidArgument
 from explainserve.explain import causal
-from explainserve.explain.common import count_rows, encode, finished, start_runs
+from explainserve.explain.common import count_rows, finished, start_runs
 from explainserve.explain.limits import Limits
 from explainserve.explain.params import ExplainParams, Explanation, Generation
 from explainserve.explain.run import Item, Progress, RunContext
@@ -45,7 +45,7 @@ def explain_causal(
         options = causal.generation_options(params.generation or Generation(), params.seed, limits)
     prompts = []
     for i, spec in enumerate(params.inputs):
-        prompt = encode(model, spec, i)
+        prompt = model.encode(spec, i)
         if spec.text is not None:
             prompt = causal.strip_end_of_sequence(tokenizer, prompt)
         prompts.append(prompt)

@@ -14,23 +14,10 @@ from numpy.typing import NDArray
 from explainserve.errors import InvalidArgument
 from explainserve.explain.run import Item, Pending, Picked, Progress, RunContext
 from explainserve.scheduling.jobs import ForwardJob
-from explainserve.vocabulary import Encoded, InputSpec, encode_ids, encode_text
 
 if TYPE_CHECKING:
     from explainserve.explain.method import Method
     from explainserve.models.registry import ServedModel
-
-
-def encode(model: ServedModel, spec: InputSpec, index: int) -> Encoded:
-    """Input `index` tokenized (text) or checked and decoded (token ids)."""
-    field = f"inputs[{index}]"
-    if spec.text is not None:
-        if not spec.text.strip():
-            raise InvalidArgument(f"input {index} is an empty string", field=f"{field}.text")
-        return encode_text(model.tokenizer, spec.text, model.max_length, field)
-    if spec.ids is not None:
-        return encode_ids(model.tokenizer, spec.ids, spec.attention, model.max_length, field)
-    raise InvalidArgument(f"input {index} has neither text nor token_ids", field=field)
 
 
 def count_rows(

@@ -17,7 +17,6 @@ from explainserve.errors import InvalidArgument
 from explainserve.explain.causal_flow import explain_causal
 from explainserve.explain.common import (
     count_rows,
-    encode,
     finished,
     plan_runs,
     start_runs,
@@ -29,7 +28,7 @@ from explainserve.explain.params import ExplainParams, Explanation
 from explainserve.explain.run import Item, Picked, Progress, RunContext, TargetChoice
 from explainserve.models.registry import Registry, ServedModel
 from explainserve.scheduling.jobs import ForwardJob, OutputHead, RequestTag
-from explainserve.vocabulary import InputSpec, make_units
+from explainserve.vocabulary import InputSpec, check_input_count, make_units
 
 
 def _target_choice(model: ServedModel, spec: InputSpec, index: int, limits: Limits) -> TargetChoice:
@@ -158,14 +157,7 @@ class Explainer:
         model = self.registry.get(params.model)
         # Every job of the request shares this tag: the worker keys the request by it.
         is_cancelled = RequestTag(is_cancelled, isolated=params.isolate, priority=params.priority)
-        if not params.inputs:
-            raise InvalidArgument("the request has no inputs", field="inputs")
-        if len(params.inputs) > self.limits.max_inputs:
-            raise InvalidArgument(
-                f"the request has {len(params.inputs)} inputs, the limit is "
-                f"{self.limits.max_inputs}",
-                field="inputs",
-            )
+        check_input_count(params.inputs, self.limits.max_inputs)
         params.method.validate()
         if model.is_causal_lm:
             yield from explain_causal(
@@ -184,7 +176,7 @@ class Explainer:
                 f"model '{model.name}' is a sequence classifier: generation is for causal LMs",
                 field="generation",
             )
-        encoded = [encode(model, spec, i) for i, spec in enumerate(params.inputs)]
+        encoded = [model.encode(spec, i) for i, spec in enumerate(params.inputs)]
         units = [make_units(e, params.granularity, model.tokenizer) for e in encoded]
         for i, u in enumerate(units):
             if u.n_units == 0:
