@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from client_server import ClientServer
+from tools import missing_tool
 
 from explainserve_client import Client
 
@@ -30,7 +31,7 @@ BUILD_TIMEOUT = 600
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.fail(f"{tool} is not on PATH: the client examples' tests need Go and Node 20")
+        missing_tool(f"{tool} is not on PATH: the client examples' tests need Go and Node 20")
     return path
 
 
@@ -45,7 +46,7 @@ def go_example(target: str) -> list[str]:
 def node_example(target: str) -> list[str]:
     tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
     if not tsc.exists():
-        pytest.fail(f"{tsc} is missing: run `make clients` (npm ci in clients/node)")
+        missing_tool(f"{tsc} is missing: run `make clients` (npm ci in clients/node)")
     # Type-checks the example and the generated code, and compiles them to clients/node/dist.
     subprocess.run([str(tsc), "-p", str(NODE_DIR)], check=True, timeout=BUILD_TIMEOUT, cwd=NODE_DIR)
     return [need("node"), str(NODE_DIR / "dist/examples/explain.js"), "--target", target]
