@@ -20,6 +20,7 @@ from reference_models import Direct
 from transformers import AutoTokenizer
 
 from explainserve.errors import InvalidArgument
+from explainserve.explain import causal
 from explainserve.explain.limits import CausalLimits, Limits
 from explainserve.explain.method import Method
 from explainserve.explain.methods.input_x_gradient import InputXGradient
@@ -558,3 +559,11 @@ def test_generation_survives_out_of_memory_and_leaves_the_queue_empty(
         assert list(a.continuation_ids) == list(b.continuation_ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
     assert worker.queued_rows == 0
+
+
+def test_encoding_a_continuation_that_is_not_there_is_an_error(tiny_gpt2_lm_dir: Path) -> None:
+    """The request paths encode given continuations only; a caller that asks for a missing one
+    gets a real error, not an assert (gone under `python -O`)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_lm_dir)
+    with pytest.raises(ValueError, match="input 3 has no continuation to encode"):
+        causal.encode_continuation(tokenizer, InputSpec(text=PROMPT), 3, CausalLimits())
