@@ -5,13 +5,11 @@ direct model's."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from explainserve.explain.method import Method
 from explainserve.explain.methods.gradient_shap import GradientShap
@@ -19,8 +17,9 @@ from explainserve.explain.methods.integrated_gradients import IntegratedGradient
 from explainserve.explain.methods.kernel_shap import KernelShap
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.saliency import Saliency
-from explainserve.explain.run import Item, Pending, Picked, RunContext
-from explainserve.scheduling.jobs import ForwardJob, GradientJob, Job
+from explainserve.explain.perturbation import PerturbationRun
+from explainserve.explain.run import Item, Picked, RunContext
+from explainserve.scheduling.jobs import ForwardJob, Job
 from explainserve.vocabulary import InputSpec
 
 TEXTS = [
@@ -82,23 +81,8 @@ def test_targets_differ_per_input(run) -> None:
     assert [e.scores.shape[0] for e in out] == [1, 2]
 
 
-class _Forgetful:
+class _Forgetful(PerturbationRun):
     """A run that forgets the targets it picked (a method breaking its contract)."""
-
-    def __init__(self, run: Pending) -> None:
-        self._run = run
-        self.n_rows = run.n_rows
-
-    @property
-    def jobs(self) -> Sequence[ForwardJob | GradientJob]:
-        return self._run.jobs
-
-    @property
-    def futures(self) -> list[Future[Any]]:
-        return self._run.futures
-
-    def finish(self) -> NDArray[np.float64]:
-        return self._run.finish()
 
     @property
     def picked(self) -> Picked | None:
@@ -109,8 +93,8 @@ class _Forgetful:
 class _NoPick(Occlusion):
     """Occlusion whose runs pick targets late but report none."""
 
-    def start(self, item: Item, ctx: RunContext) -> Pending:
-        return _Forgetful(super().start(item, ctx))
+    def start(self, item: Item, ctx: RunContext) -> PerturbationRun:
+        return _Forgetful(ctx.model, item, self, ctx.mode, ctx.seed, ctx.progress, ctx.is_cancelled)
 
 
 def test_a_run_that_picks_no_targets_is_an_error(run) -> None:

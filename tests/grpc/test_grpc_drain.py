@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -46,39 +46,53 @@ def wait_in_flight(running: RunningServer, n: int) -> None:
     assert running.state.in_flight == n, f"{running.state.in_flight} of {n} calls in flight"
 
 
-def test_every_call_taken_before_the_drain_is_answered(explainer: Explainer) -> None:
+@pytest.fixture
+def gate(explainer: Explainer) -> Iterator[threading.Event]:
+    """The bert worker's batches held until the event is set (at the end, whatever happens)."""
+    worker = explainer.registry.get("bert").worker
+    opened = threading.Event()
+
+    def hold(_pieces: Sequence[tuple[Job, int, int]]) -> None:
+        assert opened.wait(60)
+
+    worker.fault_hook = hold
+    yield opened
+    worker.fault_hook = None
+    opened.set()
+
+
+def held_calls(running: RunningServer, channel: grpc.Channel, n: int) -> list[grpc.Future]:
+    """`n` calls sent, once all are in flight (their handlers started, held by the gate)."""
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+    calls = [stub.Explain.future(small(i), timeout=120) for i in range(n)]
+    wait_in_flight(running, n)
+    return calls
+
+
+def test_every_call_taken_before_the_drain_is_answered(
+    explainer: Explainer, gate: threading.Event
+) -> None:
     """12 calls held in the model's worker (a gate on its first batch): each has a handler at
     once (all 12 in flight), the drain begins with all of them unanswered, a new call is then
     refused, and every held call is answered once the gate opens."""
-    worker = explainer.registry.get("bert").worker
-    gate = threading.Event()
-
-    def hold(_pieces: Sequence[tuple[Job, int, int]]) -> None:
-        assert gate.wait(60)
-
     running = start(ServerOptions(port=0), explainer)
     stopper = threading.Thread(target=running.stop, args=(60.0,))
-    worker.fault_hook = hold
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
-            calls = [stub.Explain.future(small(i), timeout=120) for i in range(N_CALLS)]
-            wait_in_flight(running, N_CALLS)  # a handler each: none waits for a thread
+            calls = held_calls(running, channel, N_CALLS)  # a handler each, none queued
             stopper.start()
             deadline = time.monotonic() + 10
             while running.state.state != "draining" and time.monotonic() < deadline:
                 time.sleep(0.001)
+            stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
             with pytest.raises(grpc.RpcError) as err:
                 stub.Explain(small(N_CALLS), timeout=30)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "draining" in err.value.details()
             assert not any(call.done() for call in calls)  # the drain began before any reply
-            worker.fault_hook = None
             gate.set()
-            for call in calls:
-                assert len(call.result().explanations) == 1
+            assert all(len(call.result().explanations) == 1 for call in calls)
     finally:
-        worker.fault_hook = None
         gate.set()
         if stopper.ident is None:
             running.stop(grace=None)
@@ -87,32 +101,23 @@ def test_every_call_taken_before_the_drain_is_answered(explainer: Explainer) -> 
     assert not stopper.is_alive()
 
 
-def test_calls_beyond_the_bound_are_refused_at_once(explainer: Explainer) -> None:
+def test_calls_beyond_the_bound_are_refused_at_once(
+    explainer: Explainer, gate: threading.Event
+) -> None:
     """With `max_concurrent_rpcs` calls held in the worker, one more is refused with
     RESOURCE_EXHAUSTED while they are still held: refused, not queued behind them."""
-    worker = explainer.registry.get("bert").worker
-    gate = threading.Event()
-
-    def hold(_pieces: Sequence[tuple[Job, int, int]]) -> None:
-        assert gate.wait(60)
-
     running = start(ServerOptions(port=0, max_concurrent_rpcs=2), explainer)
-    worker.fault_hook = hold
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            calls = held_calls(running, channel, 2)
             stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
-            calls = [stub.Explain.future(small(i), timeout=120) for i in range(2)]
-            wait_in_flight(running, 2)
             with pytest.raises(grpc.RpcError) as err:
                 stub.Explain(small(2), timeout=30)  # queued, it would wait for the gate
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert not any(call.done() for call in calls)
-            worker.fault_hook = None
             gate.set()
-            for call in calls:
-                assert len(call.result().explanations) == 1
+            assert all(len(call.result().explanations) == 1 for call in calls)
     finally:
-        worker.fault_hook = None
         gate.set()
         running.stop(grace=None)
 
