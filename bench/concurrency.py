@@ -148,7 +148,7 @@ def main() -> int:
         )
     )
     registry.add(served)
-    running = start(ServerOptions(port=0, workers=args.clients + 4), Explainer(registry, Limits()))
+    running = start(ServerOptions(port=0), Explainer(registry, Limits()))
     target = f"127.0.0.1:{running.port}"
     channels = [grpc.insecure_channel(target) for _ in range(args.clients)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]

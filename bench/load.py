@@ -52,8 +52,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
         "0",
         "--device",
         args.device,
-        "--workers",
-        str(max(8, args.concurrency + 2)),
+        "--max-concurrent-rpcs",
+        str(max(256, args.concurrency + 2)),
         "--log-level",
         "WARNING",
     ]

@@ -330,7 +330,7 @@ def main() -> int:
     huge_batches_seen = HugeBatches(max(2, (args.huge_rows or method.probe_rows) // 2))
     worker.fault_hook = huge_batches_seen.hook
     worker.observer = huge_batches_seen
-    running = start(ServerOptions(port=0, workers=args.small_clients + 8), explainer)
+    running = start(ServerOptions(port=0), explainer)
     target = f"127.0.0.1:{running.port}"
     channels = [grpc.insecure_channel(target) for _ in range(args.small_clients + 1)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]

@@ -47,7 +47,7 @@ class Load:
 
 def start(n: int, args: argparse.Namespace, drain_delay: float | None = None) -> list[Replica]:
     """`n` replicas, started one after the other (each prints its port once it serves)."""
-    flags = ["--device", "cpu", "--log-level", "WARNING", "--workers", "16"]
+    flags = ["--device", "cpu", "--log-level", "WARNING"]
     delay = args.drain_delay if drain_delay is None else drain_delay
     flags += ["--drain-delay-s", str(delay)]
     if args.model:

@@ -85,18 +85,20 @@ def test_the_generator_computes_a_bounded_number_of_chunks_ahead(
 ) -> None:
     """Chunks of 3 inputs, one chunk ahead: a consumer that stops pulling stops the work after
     two chunks, whatever the number of inputs."""
-    stats = registry.get("bert").worker.stats
+    worker = registry.get("bert").worker
+    stats = worker.stats
     before = stats.rows
     chunks = small_chunks.get_activations(params(300))
     first = next(chunks)
     assert first.input_count == 3
-    wait_for(lambda: stats.rows - before >= 6)
-    time.sleep(0.3)  # the worker would go on now if it had been given more
+    # The generator submits only inside `next`: once the worker is idle, what it has run is
+    # all it was given (a generator that ran ahead would have queued more, and the wait would
+    # run that too).
+    worker.wait_idle()
     assert stats.rows - before == 6
     second = next(chunks)
     assert second.input_start == 3
-    wait_for(lambda: stats.rows - before >= 9)
-    time.sleep(0.3)
+    worker.wait_idle()
     assert stats.rows - before == 9
     chunks.close()
 
@@ -150,7 +152,7 @@ def test_closing_the_generator_drops_the_jobs_not_yet_run(ten_row_batches: Regis
         wait_for(lambda: stats.rows == 20)  # batch 2 is in the model, held
         chunks.close()  # 40 inputs of chunks 2 to 5 are still queued: dropped
         gates.later.set()
-        time.sleep(0.3)
+        served.worker.wait_idle()  # dropped, or (were they not) run
         assert stats.rows == 20
     finally:
         gates.close()

@@ -23,6 +23,11 @@ from explainserve_client import Client, Explanation, pb
 from explainserve_client.v1 import explain_pb2_grpc
 
 TOKEN = "client-test-token"
+#: The concept examples' server: its concept set's name and size, and how many held-out
+#: sentences it is fitted on.
+CONCEPT_SET = "pca8"
+N_CONCEPTS = 8
+N_FIT_TEXTS = 48
 #: Inputs per GetActivations chunk.
 CHUNK_INPUTS = 2
 

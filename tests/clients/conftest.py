@@ -16,7 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from client_server import CHUNK_INPUTS, TOKEN, ClientServer, serve_pca_set
+from client_server import (
+    CHUNK_INPUTS,
+    CONCEPT_SET,
+    N_CONCEPTS,
+    N_FIT_TEXTS,
+    TOKEN,
+    ClientServer,
+    serve_pca_set,
+)
 
 from explainserve.activations.limits import ActivationLimits
 from explainserve.activations.service import Activator
@@ -41,11 +49,6 @@ CONCEPT_TEXTS = [
     "The staff ignored us all evening.",
     "Lovely view from the terrace.",
 ]
-#: The concept examples' server: its concept set's name and size, and how many held-out
-#: sentences it is fitted on.
-CONCEPT_SET = "pca8"
-N_CONCEPTS = 8
-N_FIT_TEXTS = 48
 
 
 @contextmanager

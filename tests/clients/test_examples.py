@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_server import ClientServer
-from conftest import CONCEPT_SET
+from client_server import CONCEPT_SET, ClientServer
+from tools import missing_tool
 
 from explainserve.config import DEFAULT_MODEL_NAME
 from explainserve_client import Client
@@ -43,7 +43,7 @@ BUILD_TIMEOUT = 600
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.fail(f"{tool} is not on PATH: the client examples' tests need Go and Node 20")
+        missing_tool(f"{tool} is not on PATH: the client examples' tests need Go and Node 20")
     return path
 
 
@@ -58,7 +58,7 @@ def go_example(name: str, target: str) -> list[str]:
 def node_example(name: str, target: str) -> list[str]:
     tsc = NODE_DIR / "node_modules" / ".bin" / "tsc"
     if not tsc.exists():
-        pytest.fail(f"{tsc} is missing: run `make clients` (npm ci in clients/node)")
+        missing_tool(f"{tsc} is missing: run `make clients` (npm ci in clients/node)")
     # Type-checks the examples and the generated code, and compiles them to clients/node/dist.
     subprocess.run([str(tsc), "-p", str(NODE_DIR)], check=True, timeout=BUILD_TIMEOUT, cwd=NODE_DIR)
     return [need("node"), str(NODE_DIR / f"dist/examples/{name}.js"), "--target", target]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
+from tools import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED_DIRS = [ROOT / "clients/go/explainserve", ROOT / "clients/node/src/gen"]
@@ -23,7 +23,7 @@ def test_go_and_typescript_code_match_the_protos(tmp_path: Path) -> None:
     ]
     missing = [str(p.relative_to(ROOT)) for p in [buf, *plugins] if not p.exists()]
     if missing:
-        pytest.fail(f"missing {missing}: run `make clients .make/bin/buf` (make test does)")
+        missing_tool(f"missing {missing}: run `make clients .make/bin/buf` (make test does)")
     subprocess.run(
         [str(buf), "generate", "--template", "buf.gen.yaml", "-o", str(tmp_path)],
         cwd=ROOT,

@@ -212,7 +212,7 @@ def test_lock_subset_follows_the_via_annotations() -> None:
 def loading_server(tiny_bert_dir: Path) -> Iterator[RunningServer]:
     registry = Registry()
     registry.add(load_model(ModelConfig(name="bert", path=tiny_bert_dir, device="cpu")))
-    running = start(ServerOptions(port=0, workers=2), Explainer(registry), serving=False)
+    running = start(ServerOptions(port=0), Explainer(registry), serving=False)
     yield running
     running.stop(grace=None)
     registry.close()

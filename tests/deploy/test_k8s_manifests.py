@@ -20,6 +20,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from tools import missing_tool
 
 from explainserve.config import option_specs
 from explainserve.probe import DEFAULT_SERVICE
@@ -35,7 +36,7 @@ SCHEMAS = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
 def tool(name: str) -> Path:
     path = BIN / name
     if not path.exists():
-        pytest.fail(f"{path} is missing: run `make k8s-tools`")
+        missing_tool(f"{path} is missing: run `make k8s-tools`")
     return path
 
 
@@ -207,7 +208,8 @@ def test_tools_are_the_pinned_versions() -> None:
     install` leaves their own version flag at "development")."""
     makefile = (ROOT / "Makefile").read_text()
     go = shutil.which("go")
-    assert go is not None
+    if go is None:
+        missing_tool("go is not on PATH: reading the tools' build info needs it")
     for name in ("kustomize", "kubeconform"):
         pinned = re.search(rf"^{name.upper()}_VERSION := (v[\d.]+)$", makefile, re.M)
         assert pinned is not None, name

@@ -10,11 +10,15 @@ prefix row of `n` tokens, then each perturbed row from its first change.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from lm_jobs import causal_job, scale
 
 from explainserve.models.registry import ServedModel
+from explainserve.scheduling.execute import Executor
+from explainserve.scheduling.interfaces import WorkerStats
 from explainserve.scheduling.jobs import ForwardJob
 
 
@@ -174,3 +178,42 @@ def test_packed_rows_with_the_additive_mask_of_eager_attention(
         results.append(method.future.result())
     for out in results[:2]:
         np.testing.assert_allclose(out, results[2], rtol=0, atol=1e-5 * scale(results[2]))
+
+
+def test_a_job_without_positions_in_a_causal_batch_is_an_error(
+    reuse_lms: dict[str, ServedModel],
+) -> None:
+    """A forward job that names no positions, in a batch scored at a causal LM's last
+    positions: a real error (not an assert, gone under `python -O`), which makes the worker
+    retry the batch's jobs one by one."""
+    m = reuse_lms["gpt2-False"]
+    reference = np.random.default_rng(17).integers(10, 200, size=9).astype(np.int64)
+    good = causal_job(reference[None].copy(), reference, 6)
+    bad = ForwardJob(
+        ids=reference[None].copy(), attention=np.ones(9, dtype=np.int64), targets=np.zeros(1)
+    )
+    executor = Executor(m.worker.runner, WorkerStats(), reuse=False)
+    with pytest.raises(ValueError, match="a forward job without positions in a batch scored"):
+        executor.run([(good, 0, 1), (bad, 0, 1)])
+
+
+def test_a_runner_that_keeps_no_positions_is_an_error(
+    reuse_lms: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefix pass must keep the positions it is asked to (`Runner.prefix_cache`): rows
+    equal to their reference are scored from them. A runner that keeps none fails the job with
+    a real error, not an assert."""
+    m = reuse_lms["gpt2-True"]
+    runner = m.worker.runner
+    real = runner.prefix_cache
+
+    def keeps_nothing(ids: Any, attention: Any, keep: int = 0) -> Any:
+        passed = real(ids, attention, keep)
+        return None if passed is None else (passed[0], None)
+
+    monkeypatch.setattr(runner, "prefix_cache", keeps_nothing)
+    reference = np.random.default_rng(19).integers(10, 200, size=12).astype(np.int64)
+    _, method, _ = _jobs(reference, 9, "logits", False)  # its row 0 equals the reference
+    m.worker.submit(method)
+    with pytest.raises(RuntimeError, match="prefix_cache kept none of the last"):
+        method.future.result(timeout=30)

@@ -4,6 +4,10 @@ direct model's."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -13,6 +17,9 @@ from explainserve.explain.methods.integrated_gradients import IntegratedGradient
 from explainserve.explain.methods.kernel_shap import KernelShap
 from explainserve.explain.methods.occlusion import Occlusion
 from explainserve.explain.methods.saliency import Saliency
+from explainserve.explain.perturbation import PerturbationRun
+from explainserve.explain.run import Item, Picked, RunContext
+from explainserve.scheduling.jobs import ForwardJob, Job
 from explainserve.vocabulary import InputSpec
 
 TEXTS = [
@@ -72,3 +79,44 @@ def test_targets_differ_per_input(run) -> None:
     out = run.many("bert", specs, Occlusion())
     assert [e.target_indices for e in out] == [[0], [1, 2]]
     assert [e.scores.shape[0] for e in out] == [1, 2]
+
+
+class _Forgetful(PerturbationRun):
+    """A run that forgets the targets it picked (a method breaking its contract)."""
+
+    @property
+    def picked(self) -> Picked | None:
+        return None
+
+
+@dataclass(frozen=True)
+class _NoPick(Occlusion):
+    """Occlusion whose runs pick targets late but report none."""
+
+    def start(self, item: Item, ctx: RunContext) -> PerturbationRun:
+        return _Forgetful(ctx.model, item, self, ctx.mode, ctx.seed, ctx.progress, ctx.is_cancelled)
+
+
+def test_a_run_that_picks_no_targets_is_an_error(run) -> None:
+    """A method that picks its targets late must report them: a real error (not an assert,
+    gone under `python -O`) says which method broke that."""
+    with pytest.raises(RuntimeError, match="method occlusion picks its targets once the rows"):
+        run.one("bert", TEXTS[0], _NoPick())
+
+
+def test_unrecorded_logits_of_the_unperturbed_row_are_an_error(run, registry) -> None:
+    """A worker path that ran row 0 without recording its logits leaves nothing to pick the
+    targets from: a real error, not an assert."""
+    worker = registry.get("bert").worker
+
+    def forget(pieces: Sequence[tuple[Job[Any], int, int]]) -> None:
+        for job, _, _ in pieces:
+            if isinstance(job, ForwardJob):
+                job.logits_row = False
+
+    worker.fault_hook = forget
+    try:
+        with pytest.raises(RuntimeError, match="did not record the unperturbed row's logits"):
+            run.one("bert", TEXTS[0], Occlusion())
+    finally:
+        worker.fault_hook = None

@@ -402,13 +402,15 @@ def test_bad_predict_from_activations(
 
 
 def test_client_cancellation_mid_stream(
+    live_server: Any,
     stub: explain_pb2_grpc.ExplainServiceStub,
     explainer: Explainer,
     assert_serving: Callable[[], None],
 ) -> None:
     """The client reads one chunk and cancels: the server stops computing chunks soon after
     (the look-ahead is bounded: 5 chunks of 256 inputs), far from the 5000 inputs asked for."""
-    stats = explainer.registry.get("bert").worker.stats
+    worker = explainer.registry.get("bert").worker
+    stats = worker.stats
     before = stats.rows
     items = [TEXTS[i % len(TEXTS)] for i in range(5000)]
     call = stub.GetActivations(
@@ -426,7 +428,13 @@ def test_client_cancellation_mid_stream(
     with pytest.raises(grpc.RpcError) as err:
         list(call)
     assert err.value.code() == grpc.StatusCode.CANCELLED
-    time.sleep(0.5)
+    # The server's handler ends (a server that went on would end only after all 5000
+    # inputs), then its queued work is dropped or run: what it computed is then final.
+    deadline = time.monotonic() + 60
+    while live_server.running.state.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert live_server.running.state.in_flight == 0
+    worker.wait_idle()
     done = stats.rows - before
     print("rows computed before the cancellation took effect:", done)
     assert done < 2500

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
+from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from explainserve.launch import spawn_serve
+from explainserve.launch import Replica, spawn_replica
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
@@ -60,15 +61,13 @@ def rss_kib(pid: int, field: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bert_dir: Path) -> Iterator[tuple[int, int]]:
-    """(pid, port) of `explainserve serve` on the tiny BERT, default chunking."""
+def server(tiny_bert_dir: Path) -> Iterator[Replica]:
+    """`explainserve serve` on the tiny BERT, default chunking, with its metrics endpoint."""
     try:
-        proc, port = spawn_serve(
+        replica = spawn_replica(
             [
                 "--model",
                 f"bert={tiny_bert_dir}",
-                "--port",
-                "0",
                 "--device",
                 "cpu",
                 *os.environ.get("EXPLAINSERVE_TEST_SERVE_ARGS", "").split(),
@@ -77,14 +76,21 @@ def server(tiny_bert_dir: Path) -> Iterator[tuple[int, int]]:
     except RuntimeError as err:
         pytest.fail(str(err))
     try:
-        yield proc.pid, port
+        yield replica
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        replica.stop(30)
+
+
+def queued_rows(replica: Replica) -> float:
+    """The sequences waiting in the server's queue (its `explainserve_queue_rows` gauge)."""
+    url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "explainserve_queue_rows":
+                return float(sample.value)
+    raise AssertionError("no explainserve_queue_rows in the metrics")
 
 
 def request(n: int) -> pb.GetActivationsRequest:
@@ -101,9 +107,9 @@ def decode(t: pb.Tensor) -> NDArray[np.float32]:
 
 
 def test_ten_thousand_inputs_stream_with_bounded_server_memory(
-    server: tuple[int, int], tiny_bert_dir: Path
+    server: Replica, tiny_bert_dir: Path
 ) -> None:
-    pid, port = server
+    pid, port = server.proc.pid, server.port
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         tiny_bert_dir, local_files_only=True, dtype=torch.float32
@@ -131,7 +137,15 @@ def test_ten_thousand_inputs_stream_with_bounded_server_memory(
         rss_samples = []
         for chunk in stream:
             if n_chunks == 0:
-                time.sleep(3.0)  # an unbounded server would compute everything meanwhile
+                # The client pauses until the server's queue is empty. The stream submits
+                # each chunk's inputs before it waits for the oldest chunk, so a server that
+                # computed ahead without bound (all at once, or chunk after chunk while the
+                # client does not read) keeps its queue filled until it has computed nearly
+                # everything, and its memory has grown by then.
+                deadline = time.monotonic() + 300
+                while queued_rows(server) > 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert queued_rows(server) == 0
             n_chunks += 1
             assert chunk.input_start == at_input
             offsets = list(chunk.row_offsets)

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.message import Message
+from tools import missing_tool
 
 from explainserve.v1 import explain_pb2 as pb
 
@@ -48,11 +49,11 @@ CASES: dict[str, tuple[str, Message, str]] = {
 def client_command(language: str) -> list[str]:
     if language == "go":
         if not GO_CLIENT.exists():
-            pytest.skip("the Go client is not built: run `make clients`")
+            missing_tool("the Go client is not built: run `make clients`")
         return [str(GO_CLIENT)]
     node = shutil.which("node")
     if node is None or not (NODE_CLIENT.parent / "node_modules" / "@grpc").exists():
-        pytest.skip("the Node client is not installed: run `make clients`")
+        missing_tool("the Node client is not installed: run `make clients`")
     return [node, str(NODE_CLIENT)]
 
 

@@ -1,5 +1,7 @@
-"""Draining: once `grace_seconds` are over, the calls still running are named in the log and
-cancelled; their work stops before the worker's next batch."""
+"""Draining: every call the server took before the drain is answered, however many (each has a
+handler thread from its start: none waits in a queue the drain does not see), calls beyond the
+server's bound are refused at once; once `grace_seconds` are over, the calls still running are
+named in the log and cancelled; their work stops before the worker's next batch."""
 
 from __future__ import annotations
 
@@ -7,15 +9,16 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
 from explainserve.explain.service import Explainer
+from explainserve.grpc.interceptors import ServingState
 from explainserve.grpc.options import ServerOptions
-from explainserve.grpc.server import start
+from explainserve.grpc.server import RunningServer, start
 from explainserve.launch import spawn_serve
 from explainserve.models.loading import ModelConfig, load_model
 from explainserve.models.registry import Registry
@@ -24,6 +27,114 @@ from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
 BIG = "The quick brown fox jumps over the lazy dog. " * 10
+#: More concurrent calls than the 8 handler threads the server had: the 9th to 12th waited in
+#: the thread pool's queue, and a drain refused them when they got a thread.
+N_CALLS = 12
+
+
+def small(i: int) -> pb.ExplainRequest:
+    return pb.ExplainRequest(
+        model="bert", inputs=[pb.Input(text=f"Call {i} is fine.")], occlusion=pb.Occlusion()
+    )
+
+
+def wait_in_flight(running: RunningServer, n: int) -> None:
+    """Until `n` calls are in flight (their handlers started), 30 s at most."""
+    deadline = time.monotonic() + 30
+    while running.state.in_flight < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running.state.in_flight == n, f"{running.state.in_flight} of {n} calls in flight"
+
+
+@pytest.fixture
+def gate(explainer: Explainer) -> Iterator[threading.Event]:
+    """The bert worker's batches held until the event is set (at the end, whatever happens)."""
+    worker = explainer.registry.get("bert").worker
+    opened = threading.Event()
+
+    def hold(_pieces: Sequence[tuple[Job, int, int]]) -> None:
+        assert opened.wait(60)
+
+    worker.fault_hook = hold
+    yield opened
+    worker.fault_hook = None
+    opened.set()
+
+
+def held_calls(running: RunningServer, channel: grpc.Channel, n: int) -> list[grpc.Future]:
+    """`n` calls sent, once all are in flight (their handlers started, held by the gate)."""
+    stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+    calls = [stub.Explain.future(small(i), timeout=120) for i in range(n)]
+    wait_in_flight(running, n)
+    return calls
+
+
+def test_every_call_taken_before_the_drain_is_answered(
+    explainer: Explainer, gate: threading.Event
+) -> None:
+    """12 calls held in the model's worker (a gate on its first batch): each has a handler at
+    once (all 12 in flight), the drain begins with all of them unanswered, a new call is then
+    refused, and every held call is answered once the gate opens."""
+    running = start(ServerOptions(port=0), explainer)
+    stopper = threading.Thread(target=running.stop, args=(60.0,))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            calls = held_calls(running, channel, N_CALLS)  # a handler each, none queued
+            stopper.start()
+            deadline = time.monotonic() + 10
+            while running.state.state != "draining" and time.monotonic() < deadline:
+                time.sleep(0.001)
+            stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Explain(small(N_CALLS), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "draining" in err.value.details()
+            assert not any(call.done() for call in calls)  # the drain began before any reply
+            gate.set()
+            assert all(len(call.result().explanations) == 1 for call in calls)
+    finally:
+        gate.set()
+        if stopper.ident is None:
+            running.stop(grace=None)
+        else:
+            stopper.join(60)
+    assert not stopper.is_alive()
+
+
+def test_calls_beyond_the_bound_are_refused_at_once(
+    explainer: Explainer, gate: threading.Event
+) -> None:
+    """With `max_concurrent_rpcs` calls held in the worker, one more is refused with
+    RESOURCE_EXHAUSTED while they are still held: refused, not queued behind them."""
+    running = start(ServerOptions(port=0, max_concurrent_rpcs=2), explainer)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            calls = held_calls(running, channel, 2)
+            stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Explain(small(2), timeout=30)  # queued, it would wait for the gate
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert not any(call.done() for call in calls)
+            gate.set()
+            assert all(len(call.result().explanations) == 1 for call in calls)
+    finally:
+        gate.set()
+        running.stop(grace=None)
+
+
+def test_a_call_admitted_before_the_drain_counts_when_its_handler_starts() -> None:
+    """The serving state is checked as a call arrives; its handler may start a moment later,
+    once the drain has begun: it is counted in (the drain waits for it), not refused. Only once
+    the drain is over is a late handler refused."""
+    state = ServingState(serving=True)
+    state.set_draining()
+    assert state.enter("admitted while serving")
+    assert state.in_flight == 1
+    assert not state.wait_idle(0)  # the drain waits for it
+    state.leave()
+    assert state.wait_idle(0)
+    state.set_closed()
+    assert not state.enter("admitted, started after the drain")
 
 
 def test_the_drain_names_and_cancels_the_calls_still_running(

@@ -87,7 +87,7 @@ def test_truncate_in_get_activations(stub: explain_pb2_grpc.ExplainServiceStub) 
 @pytest.fixture(scope="module")
 def limited(live_server: Any) -> Iterator[explain_pb2_grpc.ExplainServiceStub]:
     """A second server on the same models with a token limit of 8 per input."""
-    running = start(ServerOptions(port=0, workers=2, max_tokens_per_input=8), live_server.explainer)
+    running = start(ServerOptions(port=0, max_tokens_per_input=8), live_server.explainer)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -120,9 +120,7 @@ def test_the_server_token_limit(limited: explain_pb2_grpc.ExplainServiceStub) ->
 def test_message_size_limits_both_ways(live_server: Any) -> None:
     """Requests and responses over `max_message_bytes` get RESOURCE_EXHAUSTED naming the sizes
     (the client here allows 64 MiB both ways, as the README tells clients to)."""
-    running = start(
-        ServerOptions(port=0, workers=2, max_message_bytes=20_000), live_server.explainer
-    )
+    running = start(ServerOptions(port=0, max_message_bytes=20_000), live_server.explainer)
     big = 64 * 1024 * 1024
     options = [("grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)]
     try:

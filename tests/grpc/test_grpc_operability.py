@@ -101,7 +101,7 @@ def test_request_ids_in_metadata_errors_and_logs(
 
 @pytest.fixture
 def metered(explainer: Explainer) -> Iterator[RunningServer]:
-    running = start(ServerOptions(port=0, workers=2, metrics_port=0), explainer)
+    running = start(ServerOptions(port=0, metrics_port=0), explainer)
     yield running
     running.stop(grace=None)
     for model in explainer.registry.list():
@@ -181,7 +181,7 @@ def test_latency_metrics_by_priority_and_batch_cost(metered: RunningServer) -> N
 
 
 def test_not_serving_until_ready(explainer: Explainer) -> None:
-    running = start(ServerOptions(port=0, workers=2), explainer, serving=False)
+    running = start(ServerOptions(port=0), explainer, serving=False)
     try:
         channel, stub = connect(running)
         with channel:
@@ -214,7 +214,7 @@ def test_drain_refuses_new_work_and_finishes_in_flight(explainer: Explainer) -> 
         entered.set()
         assert gate.wait(60)
 
-    running = start(ServerOptions(port=0, workers=4), explainer)
+    running = start(ServerOptions(port=0), explainer)
     channel, stub = connect(running)
     worker.fault_hook = hold
     stopper = threading.Thread(target=running.stop, args=(30.0,))
@@ -241,7 +241,8 @@ def test_drain_refuses_new_work_and_finishes_in_flight(explainer: Explainer) -> 
         gate.set()
         if stopper.ident is None:  # failed before the drain began
             running.stop(grace=None)
-        stopper.join(30)
+        else:
+            stopper.join(30)
     assert not stopper.is_alive()
 
 
@@ -274,7 +275,7 @@ def test_connections_are_closed_at_their_max_age(explainer: Explainer) -> None:
     client's channel, READY on it, leaves READY without the client doing anything. The client
     reconnects transparently; calls keep working across the closes."""
     running = start(
-        ServerOptions(port=0, workers=2, max_connection_age_s=0.2, max_connection_age_grace_s=1),
+        ServerOptions(port=0, max_connection_age_s=0.2, max_connection_age_grace_s=1),
         explainer,
     )
     try:

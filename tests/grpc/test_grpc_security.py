@@ -22,7 +22,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def serve(explainer: object, **options: object) -> RunningServer:
-    return start(ServerOptions(port=0, workers=2, **options), explainer)  # type: ignore[arg-type]
+    return start(ServerOptions(port=0, **options), explainer)  # type: ignore[arg-type]
 
 
 @pytest.fixture

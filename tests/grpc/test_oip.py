@@ -496,7 +496,7 @@ def test_readiness_follows_the_serving_state(
 def test_a_starting_server_is_live_but_not_ready(live_server: Any) -> None:
     """Before its models are loaded (and while draining) the server is live, not ready, and
     ModelInfer is UNAVAILABLE, like ExplainService."""
-    running = start(ServerOptions(port=0, workers=2), live_server.explainer, serving=False)
+    running = start(ServerOptions(port=0), live_server.explainer, serving=False)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             starting = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -518,9 +518,7 @@ def test_a_reply_over_the_message_limit_is_refused_clearly(live_server: Any) -> 
     """Every token's rows of 100 inputs (100 x 100 x 32 float32: 1.28 MB) do not fit a server
     whose messages are limited to 256 KiB: RESOURCE_EXHAUSTED saying what to do, not gRPC's
     own failure to send."""
-    running = start(
-        ServerOptions(port=0, workers=2, max_message_bytes=256 * 1024), live_server.explainer
-    )
+    running = start(ServerOptions(port=0, max_message_bytes=256 * 1024), live_server.explainer)
     ids = [[101, *([1037] * 98), 102]] * 100
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -548,9 +546,7 @@ def test_a_reply_over_the_message_limit_is_refused_clearly(live_server: Any) -> 
 def test_authentication_spares_only_liveness_and_readiness(live_server: Any) -> None:
     """With bearer tokens, ServerLive and ServerReady answer without one (probes, like the
     health service); metadata and inference need it."""
-    running = start(
-        ServerOptions(port=0, workers=2, auth_tokens=("s3cret",)), live_server.explainer
-    )
+    running = start(ServerOptions(port=0, auth_tokens=("s3cret",)), live_server.explainer)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             guarded = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -575,7 +571,7 @@ def test_causal_lms_are_not_served_through_oip(tiny_gpt2_lm_dir: Path) -> None:
     registry = Registry()
     try:
         registry.add(load_model(ModelConfig(name="lm", path=tiny_gpt2_lm_dir, device="cpu")))
-        running = start(ServerOptions(port=0, workers=2), Explainer(registry))
+        running = start(ServerOptions(port=0), Explainer(registry))
         try:
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 lm = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]

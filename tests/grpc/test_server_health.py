@@ -19,7 +19,7 @@ from explainserve.v1 import explain_pb2, explain_pb2_grpc
 
 @pytest.fixture
 def server() -> Iterator[RunningServer]:
-    running = start(ServerOptions(port=0, workers=2))
+    running = start(ServerOptions(port=0))
     yield running
     running.stop(grace=None)
 
@@ -47,7 +47,7 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
 
 
 def test_stop_marks_not_serving() -> None:
-    running = start(ServerOptions(port=0, workers=2))
+    running = start(ServerOptions(port=0))
     running.health.enter_graceful_shutdown()
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)

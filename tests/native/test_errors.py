@@ -388,54 +388,139 @@ def test_wrong_dtype_is_a_type_error_naming_the_argument(
     assert f"'{argument}'" in str(info.value)
 
 
-# Degenerate but well-typed calls: each returns or raises a NativeError, never panics.
-DEGENERATE: list[tuple[str, Callable[[], object]]] = [
-    ("lime-one-row", lambda: native.lime_scores(_masks(1, 3), np.zeros((1, 2)))),
-    ("lime-no-units", lambda: native.lime_scores(_masks(3, 0), np.zeros((3, 1)))),
-    ("lime-no-rows", lambda: native.lime_scores(_masks(0, 3), np.zeros((0, 1)))),
-    ("lime-zero-width", lambda: native.lime_scores(_masks(3, 2), np.zeros((3, 1)), "cosine", 0.0)),
-    ("lime-nan-alpha", lambda: native.lime_scores(_masks(3, 2), np.zeros((3, 1)), alpha=NAN)),
+# Degenerate but well-typed calls, rejected: (id, call, exception class, message fragments).
+# Each raises its NativeError (a Rust panic would surface as pyo3's PanicException instead).
+DEGENERATE_REJECTED: list[tuple[str, Callable[[], object], type[Exception], list[str]]] = [
+    (
+        "lime-no-units",
+        lambda: native.lime_scores(_masks(3, 0), np.zeros((3, 1))),
+        native.EmptyUnitsError,
+        ["no units"],
+    ),
+    (
+        "lime-no-rows",
+        lambda: native.lime_scores(_masks(0, 3), np.zeros((0, 1))),
+        native.ShapeError,
+        ["LIME needs at least one row", "(0, 3)"],
+    ),
+    (
+        "lime-zero-width",
+        lambda: native.lime_scores(_masks(3, 2), np.zeros((3, 1)), "cosine", 0.0),
+        native.InvalidParameterError,
+        ["kernel_width must be a finite number > 0, got 0"],
+    ),
+    (
+        "lime-nan-alpha",
+        lambda: native.lime_scores(_masks(3, 2), np.zeros((3, 1)), alpha=NAN),
+        native.InvalidParameterError,
+        ["alpha must be a finite number >= 0, got NaN"],
+    ),
     (
         "kernel-shap-no-units",
         lambda: native.kernel_shap_scores(_masks(2, 0), np.ones(2), np.zeros((2, 1))),
+        native.EmptyUnitsError,
+        ["no units"],
     ),
     (
         "kernel-shap-no-rows",
         lambda: native.kernel_shap_scores(_masks(0, 2), np.ones(0), np.zeros((0, 1))),
+        native.ShapeError,
+        ["all-kept (mask of zeros) row among the 0 rows"],
     ),
-    ("sobol-indices-empty", lambda: native.sobol_indices(np.zeros((0, 1)), 0, 0)),
-    ("sobol-indices-no-units", lambda: native.sobol_indices(np.zeros((2, 1)), 0, 1)),
-    ("sobol-indices-no-points", lambda: native.sobol_indices(np.zeros((0, 1)), 3, 0)),
-    ("occlusion-no-targets", lambda: native.occlusion_scores(np.zeros((3, 0)))),
     (
-        "aggregate-no-units",
-        lambda: native.aggregate(np.zeros((2, 3), F32), np.full(3, -1, I64), 0, "mean"),
+        "sobol-indices-empty",
+        lambda: native.sobol_indices(np.zeros((0, 1)), 0, 0),
+        native.EmptyUnitsError,
+        ["no units"],
+    ),
+    (
+        "sobol-indices-no-units",
+        lambda: native.sobol_indices(np.zeros((2, 1)), 0, 1),
+        native.EmptyUnitsError,
+        ["no units"],
+    ),
+    (
+        "sobol-indices-no-points",
+        lambda: native.sobol_indices(np.zeros((0, 1)), 3, 0),
+        native.InvalidParameterError,
+        ["Sobol points k must be at least 1, got 0"],
     ),
     (
         "aggregate-unit-below-minus-one",
         lambda: native.aggregate(np.zeros((2, 3), F32), np.full(3, -2, I64), 1, "mean"),
+        native.IdOutOfRangeError,
+        ["token 0 belongs to unit -2", "(or -1 for none)"],
     ),
     (
-        "expand-no-units",
-        lambda: native.expand_ids(_masks(2, 0), np.full(3, -1, I64), np.zeros(3, I64), 0),
+        "kernel-shap-masks-g1-n1",
+        lambda: native.kernel_shap_masks(1, 1, 0),
+        native.InvalidParameterError,
+        ["at least 2 rows (all kept and all replaced), got n_rows = 1"],
     ),
-    (
-        "group-word-ids-below-minus-one",
-        _group("word", 2, word_ids=np.array([-5, 3], I64), offsets=np.array([[0, 3], [4, 7]], I64)),
-    ),
-    ("kernel-shap-masks-g1-n1", lambda: native.kernel_shap_masks(1, 1, 0)),
 ]
 
 
-@pytest.mark.parametrize("call", [c[1] for c in DEGENERATE], ids=[c[0] for c in DEGENERATE])
-def test_degenerate_inputs_never_panic(call: Callable[[], object]) -> None:
-    try:
-        result = call()
-    except native.NativeError:
-        return
-    except BaseException as err:  # a Rust panic surfaces as pyo3's PanicException
-        pytest.fail(f"{type(err).__name__}: {err}")
-    assert result is not None
+@pytest.mark.parametrize(
+    ("call", "exc", "fragments"),
+    [c[1:] for c in DEGENERATE_REJECTED],
+    ids=[c[0] for c in DEGENERATE_REJECTED],
+)
+def test_degenerate_inputs_are_rejected_with_their_error(
+    call: Callable[[], object], exc: type[Exception], fragments: list[str]
+) -> None:
+    with pytest.raises(exc) as info:
+        call()
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+EMPTY_F64 = np.zeros((0, 2), F64)
+
+# Degenerate but well-typed calls that compute: (id, call, the expected result).
+DEGENERATE_COMPUTED: list[tuple[str, Callable[[], object], tuple[np.ndarray, ...]]] = [
+    # One (all-kept) sample: nothing varies, so the ridge fit is 0 for every unit and target.
+    (
+        "lime-one-row",
+        lambda: native.lime_scores(_masks(1, 3), np.zeros((1, 2))),
+        (np.zeros((2, 3), F64),),
+    ),
+    # The reference row and one row per unit, no target: (0 targets, 2 units).
+    ("occlusion-no-targets", lambda: native.occlusion_scores(np.zeros((3, 0))), (EMPTY_F64,)),
+    # No token belongs to a unit: (2 rows, 0 units).
+    (
+        "aggregate-no-units",
+        lambda: native.aggregate(np.zeros((2, 3), F32), np.full(3, -1, I64), 0, "mean"),
+        (np.zeros((2, 0), F32),),
+    ),
+    # No unit, so no token is replaced: every row is the input.
+    (
+        "expand-no-units",
+        lambda: native.expand_ids(_masks(2, 0), np.full(3, -1, I64), np.array([5, 6, 7], I64), 0),
+        (np.array([[5, 6, 7], [5, 6, 7]], I64),),
+    ),
+    # Any negative word id is a unit of its own (docs/native.md, "Grouping"), -5 as -1.
+    (
+        "group-word-ids-below-minus-one",
+        _group("word", 2, word_ids=np.array([-5, 3], I64), offsets=np.array([[0, 3], [4, 7]], I64)),
+        (np.array([0, 1], I64), np.array([[0, 3], [4, 7]], I64)),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [c[1:] for c in DEGENERATE_COMPUTED],
+    ids=[c[0] for c in DEGENERATE_COMPUTED],
+)
+def test_degenerate_inputs_that_compute(
+    call: Callable[[], object], expected: tuple[np.ndarray, ...]
+) -> None:
+    result = call()
+    results = result if isinstance(result, tuple) else (result,)
+    assert len(results) == len(expected)
+    for got, want in zip(results, expected, strict=True):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, want, strict=True)  # shape and dtype too
 
 
 HUGE = textwrap.dedent(

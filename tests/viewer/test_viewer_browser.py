@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tools import missing_tool
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL = (
@@ -111,7 +112,7 @@ def check_page(page: Path, tmp_path: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def browser() -> None:
     if CHROMIUM is None:
-        pytest.fail(INSTALL)
+        missing_tool(INSTALL)
 
 
 @pytest.mark.usefixtures("browser")

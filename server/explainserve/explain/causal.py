@@ -126,9 +126,11 @@ def encode_continuation(
             offsets=offsets,
             word_ids=words[content],
         )
-    else:
-        assert spec.continuation_ids is not None
+    elif spec.continuation_ids is not None:
         encoded = encode_ids(tokenizer, list(spec.continuation_ids), None, _NO_LIMIT, f"{field}")
+    else:
+        # The caller's mistake, not the client's: the request paths encode given ones only.
+        raise ValueError(f"input {index} has no continuation to encode")
     encoded = _place_blank_tokens(encoded)
     if encoded.n_tokens > limits.max_continuation_tokens:
         raise InvalidArgument(

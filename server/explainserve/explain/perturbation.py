@@ -178,7 +178,12 @@ class PerturbationRun:
             out = out[self._inverse]
         if self._choice is not None:
             logits = self._job.row_logits
-            assert logits is not None  # row 0 ran (the job is done)
+            if logits is None:
+                # Row 0 ran (the job is done), but the path that ran it did not record it.
+                raise RuntimeError(
+                    "the worker did not record the unperturbed row's logits (ForwardJob."
+                    "logits_row): the targets cannot be picked"
+                )
             targets = self._choice.pick(logits)
             self._picked = Picked(targets, logits)
             out = out[1:, targets] if self._base_added else out[:, targets]

@@ -219,7 +219,11 @@ class Explainer:
             submit_runs(model, runs)
             for i, scores in finished(runs):
                 picked = runs[i].picked
-                assert picked is not None
+                if picked is None:
+                    raise RuntimeError(
+                        f"method {params.method.name} picks its targets once the rows are in "
+                        f"(picks_targets_late), but its run of input {i} picked none"
+                    )
                 yield self._explanation(
                     items[i], scores, picked, runs[i].n_rows, started, explained
                 )

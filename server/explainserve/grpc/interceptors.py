@@ -57,8 +57,10 @@ class RequestIdFilter(logging.Filter):
 
 
 class ServingState:
-    """starting -> serving -> draining; ExplainService takes work only while serving. Counts
-    the ExplainService calls in flight, so a drain can wait for them."""
+    """starting -> serving -> draining -> closed. ExplainService admits calls only while
+    serving (decided as each call arrives, `ServerInterceptor`); a call admitted then is
+    counted in flight when its handler starts, draining or not, so that the drain waits for it,
+    until the drain is over (closed). Counts the ExplainService calls in flight."""
 
     def __init__(self, serving: bool = False) -> None:
         self._state = "serving" if serving else "starting"
@@ -71,7 +73,7 @@ class ServingState:
 
     @property
     def state(self) -> str:
-        """One of "starting", "serving" or "draining"."""
+        """One of "starting", "serving", "draining" or "closed"."""
         return self._state
 
     @property
@@ -90,14 +92,20 @@ class ServingState:
             self._state = "serving"
 
     def set_draining(self) -> None:
-        """No new work from now on."""
+        """No new calls from now on; those admitted before still run."""
         self._state = "draining"
 
-    def enter(self, call: str = "") -> bool:
-        """Counts a call in (described by `call`, for the log of a drain), unless the server is
-        not serving (False)."""
+    def set_closed(self) -> None:
+        """The drain is over: the server stops now, and an admitted call whose handler has not
+        started yet is refused rather than started and cancelled."""
         with self._cond:
-            if self._state != "serving":
+            self._state = "closed"
+
+    def enter(self, call: str = "") -> bool:
+        """Counts a call that the server admitted in (described by `call`, for the log of a
+        drain), unless the drain is over (False)."""
+        with self._cond:
+            if self._state == "closed":
                 return False
             self._in_flight += 1
             self._calls[threading.get_ident()] = (call, time.monotonic())
@@ -266,7 +274,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request_id = client_id or uuid.uuid4().hex[:16]
             method, model = _labels(request)
             call = f"{rpc} model={quote(model, 64)} method={method or '-'} request_id={request_id}"
-            if not state.enter(call):  # started draining since the handler was chosen
+            if not state.enter(call):  # the drain ended since the call was admitted
                 context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
             _local.request_id = request_id
             traced = tracing.start_rpc(full_method, metadata)
@@ -358,7 +366,7 @@ def _already_serialized(data: bytes) -> bytes:
 
 
 def _unavailable(state: str) -> str:
-    why = "starting: models are loading" if state == "starting" else "draining"
+    why = {"starting": "starting: models are loading", "closed": "stopping"}.get(state, "draining")
     return f"the server is {why}; retry on another replica or later"
 
 

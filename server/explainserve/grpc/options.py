@@ -18,7 +18,15 @@ class ServerOptions:
 
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(50051, "port to bind, 0 = any free port")
-    workers: int = option(8, "gRPC handler threads")
+    #: Each call taken has a handler thread of its own from its start (mostly waiting on the
+    #: models' workers), so that a drain knows every call it waits for: none queues for one.
+    #: Health checks and Watch streams count too.
+    max_concurrent_rpcs: int = option(
+        256,
+        "calls handled at once, each on a handler thread of its own; more are refused at once "
+        "with RESOURCE_EXHAUSTED",
+        minimum=1,
+    )
     max_message_bytes: int = option(
         DEFAULT_MAX_MESSAGE_BYTES,
         "largest request or response (clients must raise theirs to match)",

@@ -247,6 +247,7 @@ class RunningServer:
                 len(running),
                 "; ".join(running),
             )
+        self.state.set_closed()
         # Cancels whatever still runs: the calls' contexts turn inactive, so the workers drop
         # their queued jobs before the next batch.
         self.server.stop(None).wait()
@@ -273,10 +274,17 @@ def start(
     metrics = None
     if options.metrics_port is not None and explainer is not None:
         metrics = Metrics(explainer.registry)
+    # A handler thread for every call the server takes, and gRPC refusing the calls beyond
+    # that bound at once (RESOURCE_EXHAUSTED): no taken call waits for a thread in the pool's
+    # queue, where a drain would neither know nor wait for it, and start it only to refuse it
+    # once draining. The threads mostly wait on the models' workers (the queue of work, with
+    # its own bound, is theirs), so they are many and cheap.
+    bound = options.max_concurrent_rpcs
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.workers),
+        futures.ThreadPoolExecutor(max_workers=bound, thread_name_prefix="grpc-handler"),
         options=channel_options(options),
         interceptors=[ServerInterceptor(state, options.auth_tokens, metrics)],
+        maximum_concurrent_rpcs=bound,
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

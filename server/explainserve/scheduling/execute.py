@@ -214,7 +214,13 @@ class Executor:
         at = 0
         outputs = []
         for job, start, stop in pieces:
-            assert job.positions is not None
+            if job.positions is None:
+                # A job from a caller that forgot its positions: the batch fails, and the worker
+                # retries its jobs one by one, so only that job fails.
+                raise ValueError(
+                    f"a forward job without positions in a batch scored at its last {keep} "
+                    "positions (a causal LM's): such a job names the positions it scores"
+                )
             n = stop - start
             cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
             targets = torch.from_numpy(job.targets).to(device)

@@ -359,11 +359,16 @@ def _run(
         if passed is None:
             return None
         cache, kept_prefix = passed
+        if scored_pieces and kept_prefix is None:
+            raise RuntimeError(
+                f"the runner's prefix_cache kept none of the last {keep} positions it was asked "
+                "to keep (Runner.prefix_cache): the rows equal to their reference cannot be scored"
+            )
         out_rows: list[tuple[NDArray[np.int64], torch.Tensor]] = []
         for p in scored_pieces:
             job = pieces[p][0]
             assert job.positions is not None
-            assert kept_prefix is not None
+            assert kept_prefix is not None  # checked above, for the type checker
             flat = np.flatnonzero((piece == p) & plan.scored)
             rows_t = torch.full((len(flat),), int(slot[ref_of[p]]), dtype=torch.long)
             cols = torch.from_numpy(keep - (job.length - job.positions)).to(device)
