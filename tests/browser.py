@@ -1,7 +1,8 @@
 """Headless Chromium for the tests that look at a page the way a person does: load it, let a
 checking script appended to a copy write its verdict into the DOM, read the dumped DOM back, and
 take a screenshot. Chromium comes from Debian's `chromium` package (`make chromium`, part of
-`make test`): missing, the test fails, saying how to install it."""
+`make test`): missing, the test fails under `make test` and skips elsewhere (`tools`), saying
+how to install it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tools import missing_tool
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL = (
@@ -25,7 +26,7 @@ INSTALL = (
 def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     """Runs headless Chromium with `args`."""
     if CHROMIUM is None:
-        pytest.fail(INSTALL)
+        missing_tool(INSTALL)
     return subprocess.run(
         [
             CHROMIUM,

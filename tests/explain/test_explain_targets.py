@@ -94,7 +94,7 @@ class _NoPick(Occlusion):
     """Occlusion whose runs pick targets late but report none."""
 
     def start(self, item: Item, ctx: RunContext) -> PerturbationRun:
-        return _Forgetful(ctx.model, item, self, ctx.mode, ctx.seed, ctx.progress, ctx.is_cancelled)
+        return _Forgetful(item, self, ctx)
 
 
 def test_a_run_that_picks_no_targets_is_an_error(run) -> None:
