@@ -124,7 +124,7 @@ def render_target(target: TargetConcepts, view: ConceptInputView) -> RenderableT
     terms = Text(f"    {target.equation(view.output_name)}")
     table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False)
     # Only the labels wrap in a narrow terminal: the bars and numbers keep their width.
-    table.add_column("concept", max_width=40)
+    table.add_column("concept", max_width=60)
     table.add_column(f"{'against':>{BAR_CELLS}} {'for':<{BAR_CELLS}}", no_wrap=True)
     for name in ("contribution", "share", "activation"):
         table.add_column(name, justify="right", no_wrap=True)
