@@ -12,7 +12,6 @@ writes has no script) and come back in the DOM Chromium dumps after running it.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from viewer_refs import class_terms, concept_scale
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL = (
@@ -210,11 +210,6 @@ def test_causal_page_in_chromium(tmp_path: Path, server_address: str, run_cli) -
         assert row["wrong"] == []
 
 
-def softmax(logits: list[float]) -> list[float]:
-    exps = [math.exp(x - max(logits)) for x in logits]
-    return [x / sum(exps) for x in exps]
-
-
 @pytest.mark.usefixtures("browser")
 def test_concept_bars_page_in_chromium(tmp_path: Path, server_address: str, run_cli) -> None:  # type: ignore[no-untyped-def]
     """Each class's top concepts by |raw contribution| and the residual, as laid out: one bar
@@ -232,41 +227,33 @@ def test_concept_bars_page_in_chromium(tmp_path: Path, server_address: str, run_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     response = json.loads(out.read_text())
-    labels = response["concept_labels"]
     verdict = check_page(page, tmp_path, CONCEPT_CHECKS)
     assert verdict["errors"] == []
     sections = verdict["sections"]
     assert [s["text"] for s in sections] == texts
     for e, section in zip(response["explanations"], sections, strict=True):
         assert f"reconstruction error {100 * e['reconstruction_error']:.1f}%" in section["meta"]
-        scale = max(
-            max(abs(v) for t in e["targets"] for v in t["contributions"]["values"]),
-            max(abs(t.get("residual", 0.0)) for t in e["targets"]),
-        )
+        scale = concept_scale(e)
         fractions = []
-        for t, shown in zip(e["targets"], section["targets"], strict=True):
-            values = t["contributions"]["values"]
-            residual = t.get("residual", 0.0)
-            total = sum(abs(v) for v in values) + abs(residual)
-            prob = softmax(e["logits"])[t["target"].get("index", 0)]
+        classes = class_terms(e, response["concept_labels"], top)
+        for terms, shown in zip(classes, section["targets"], strict=True):
             assert shown["heading"] == (
-                f"explained: {t['target']['label']} ({prob:.1%}) · residual share "
-                f"{100 * abs(residual) / total:.1f}%"
+                f"explained: {terms.label} ({terms.probability:.1%}) · residual share "
+                f"{100 * terms.residual_share:.1f}%"
             )
-            assert shown["terms"].startswith(f"logit {t['output']:+.3g} = concepts ")
-            order = sorted(range(len(values)), key=lambda k: -abs(values[k]))
-            others = sum(abs(values[k]) for k in order[top:]) / total
-            assert shown["others"] == [f"… {len(values) - top} more concepts±{100 * others:.1f}%"]
-            expected = [(labels[k], values[k]) for k in order[:top]] + [("residual", residual)]
-            assert [(r["label"], r["residual"]) for r in shown["rows"]] == [
-                (name, name == "residual") for name, _ in expected
+            assert shown["terms"].startswith(f"logit {terms.output:+.3g} = concepts ")
+            assert shown["others"] == [
+                f"… {terms.others} more concepts±{100 * terms.others_share:.1f}%"
             ]
-            for (_, value), row in zip(expected, shown["rows"], strict=True):
+            assert [(r["label"], r["residual"]) for r in shown["rows"]] == [
+                (term.label, term.activation is None) for term in terms.bars
+            ]
+            for term, row in zip(terms.bars, shown["rows"], strict=True):
                 assert row["bars"] == 1, row
                 assert row["height"] > 0, row
-                assert row["side"] == row["sign"] == (1 if value > 0 else -1), row
-                assert row["fraction"] == pytest.approx(abs(value) / scale, abs=0.02), row
-                assert row["numbers"][:2] == [f"{value:+.3g}", f"{100 * value / total:+.1f}%"]
+                assert row["side"] == row["sign"] == (1 if term.value > 0 else -1), row
+                assert row["fraction"] == pytest.approx(abs(term.value) / scale, abs=0.02), row
+                assert row["numbers"][:2] == [f"{term.value:+.3g}", f"{100 * term.share:+.1f}%"]
                 fractions.append(row["fraction"])
         # The input's largest term fills its half.
         assert max(fractions) == pytest.approx(1.0, abs=0.01)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import pty
 import re
@@ -17,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from viewer_refs import class_terms, concept_scale, predicted_label, softmax
+
 from explainserve.viewer.terminal import BAR_CELLS
 
 TEXTS = ["The food was cold and the waiter was rude.", "I loved the friendly staff."]
-#: The tiny BERT's classes.
-CLASSES = ["negative", "neutral", "positive"]
 # An SGR sequence and the text it styles.
 SGR = re.compile(r"\x1b\[([0-9;]*)m([^\x1b]*)")
 
@@ -60,17 +59,6 @@ def backgrounds(output: str) -> list[tuple[str, tuple[int, int, int]]]:
                 out.append((text, (r, g, b)))
                 break
     return out
-
-
-def softmax(logits: list[float]) -> list[float]:
-    exps = [math.exp(x - max(logits)) for x in logits]
-    return [x / sum(exps) for x in exps]
-
-
-def predicted_label(explanation: dict[str, Any]) -> str:
-    """The tiny BERT's predicted class for an explanation of the JSON."""
-    probs = softmax(explanation["logits"])
-    return CLASSES[probs.index(max(probs))]
 
 
 def check_unit_colours(output: str, response: dict[str, Any]) -> None:
@@ -191,62 +179,49 @@ def test_concept_bars_in_a_terminal(tmp_path: Path, server_address: str) -> None
     )  # fmt: skip
     response = json.loads(out.read_text())
     assert response["concept_set"] == "pca8"
-    labels = response["concept_labels"]
     lines = screen_lines(output)
     plain = [text for text, _ in lines]
     assert len(response["explanations"]) == len(TEXTS)
     for n, e in enumerate(response["explanations"]):
-        activations = e["concepts"]["values"]
         at = plain.index(
             f"input {n}  predicted: {predicted_label(e)} ({max(softmax(e['logits'])):.1%})"
             f"  reconstruction error {e['reconstruction_error']:.1%}"
         )
         assert plain[at + 1] == f"  text: {TEXTS[n]}"
-        scale = max(
-            max(abs(v) for t in e["targets"] for v in t["contributions"]["values"]),
-            max(abs(t.get("residual", 0.0)) for t in e["targets"]),
-        )
-        for t in e["targets"]:
-            values = t["contributions"]["values"]
-            residual = t.get("residual", 0.0)
-            total = sum(abs(v) for v in values) + abs(residual)
-            label = t["target"]["label"]
-            prob = softmax(e["logits"])[t["target"].get("index", 0)]
+        scale = concept_scale(e)
+        for terms in class_terms(e, response["concept_labels"], top):
             head = plain.index(
-                f"  explained: {label} ({prob:.1%})  residual share {abs(residual) / total:.1%}",
+                f"  explained: {terms.label} ({terms.probability:.1%})  residual share "
+                f"{terms.residual_share:.1%}",
                 at,
             )
-            assert plain[head + 1].startswith(f"    logit {t['output']:+.3g} = concepts ")
-            order = sorted(range(len(values)), key=lambda k: -abs(values[k]))
-            rows = [(labels[k], values[k], activations[k]) for k in order[:top]]
-            rows.append(("residual", residual, None))
-            others = sum(abs(values[k]) for k in order[top:]) / total
+            assert plain[head + 1].startswith(f"    logit {terms.output:+.3g} = concepts ")
             assert plain[head + 3 + top].split() == [
                 "…",
-                str(len(values) - top),
+                str(terms.others),
                 "more",
                 "concepts",
-                f"±{others:.1%}",
+                f"±{terms.others_share:.1%}",
             ]
             screen = [*lines[head + 3 : head + 3 + top], lines[head + 4 + top]]
-            for (name, value, activation), (text, segments) in zip(rows, screen, strict=True):
-                numbers = [f"{value:+.3g}", f"{value / total:+.1%}"]
-                if activation is not None:
-                    numbers.append(f"{activation:+.3g}")
-                assert text.strip().startswith(name), (name, text)
-                assert text.split()[-len(numbers) :] == numbers, (name, text)
+            for term, (text, segments) in zip(terms.bars, screen, strict=True):
+                numbers = [f"{term.value:+.3g}", f"{term.share:+.1%}"]
+                if term.activation is not None:
+                    numbers.append(f"{term.activation:+.3g}")
+                assert text.strip().startswith(term.label), (term, text)
+                assert text.split()[-len(numbers) :] == numbers, (term, text)
                 (bar,) = [s for s in segments if set(s.text) <= BAR_GLYPHS]
                 axis = text.index("│")
                 halves = sum(2 if c in "█▒" else 1 for c in bar.text)
-                assert abs(halves - 2 * BAR_CELLS * abs(value) / scale) <= 1, (name, bar)
+                assert abs(halves - 2 * BAR_CELLS * abs(term.value) / scale) <= 1, (term, bar)
                 r, _g, b = bar.rgb or (0, 0, 0)
                 # For the class: red, right of the axis; against it: blue, left of it.
-                if value > 0:
-                    assert r > b, (name, value, bar)
-                    assert bar.column == axis + 1, (name, value, bar)
+                if term.value > 0:
+                    assert r > b, (term, bar)
+                    assert bar.column == axis + 1, (term, bar)
                 else:
-                    assert b > r, (name, value, bar)
-                    assert bar.column + len(bar.text) == axis, (name, value, bar)
+                    assert b > r, (term, bar)
+                    assert bar.column + len(bar.text) == axis, (term, bar)
         # The input's largest term fills its half.
         end = plain.index("", at)
         bars = [s for _, segs in lines[at:end] for s in segs if set(s.text) <= BAR_GLYPHS]
