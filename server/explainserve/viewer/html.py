@@ -29,6 +29,7 @@ def _text_colour(score: float | None, scale: float) -> str:
 
 
 def _bar_colour(value: float) -> str:
+    """A concept bar's CSS colour."""
     r, g, b = bar_colour(value)
     return f"rgb({r},{g},{b})"
 

@@ -62,6 +62,7 @@ def legend(scale: float) -> Text:
 
 
 def _header(view: InputView | ConceptInputView) -> Text:
+    """`input N  predicted: LABEL (P%)`."""
     header = Text(f"input {view.index}", style="bold")
     if view.predicted is not None:
         header.append(
@@ -128,30 +129,19 @@ def render_target(target: TargetConcepts, view: ConceptInputView) -> RenderableT
     table.add_column(f"{'against':>{BAR_CELLS}} {'for':<{BAR_CELLS}}", no_wrap=True)
     for name in ("contribution", "share", "activation"):
         table.add_column(name, justify="right", no_wrap=True)
-    for item in target.bars:
+    for item in [*target.bars, target.residual_bar]:
+        if item.residual and target.others:
+            # The concepts left out, between the top ones and the residual.
+            table.add_row(
+                Text(target.others_label, style="italic"), "", "", f"±{target.others_share:.1%}"
+            )
         table.add_row(
-            item.label,
+            Text(item.label, style="italic" if item.residual else ""),
             bar(item, view.scale),
             f"{item.value:+.3g}",
             f"{item.share:+.1%}",
             f"{item.activation:+.3g}" if item.activation is not None else "",
         )
-    if target.others:
-        table.add_row(
-            Text(target.others_label, style="italic"),
-            "",
-            "",
-            f"±{target.others_share:.1%}",
-            "",
-        )
-    residual = target.residual_bar
-    table.add_row(
-        Text(residual.label, style="italic"),
-        bar(residual, view.scale),
-        f"{residual.value:+.3g}",
-        f"{residual.share:+.1%}",
-        "",
-    )
     return Group(title, terms, Padding(table, (0, 0, 0, 4)))
 
 
