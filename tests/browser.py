@@ -51,7 +51,9 @@ def checked_page(page: Path, script: str, tmp_path: Path) -> Any:
     """The JSON verdict that `script` (appended to a copy of the self-contained `page`) writes
     into `<pre id="verdict">`; also screenshots the page itself (`page.png` beside it)."""
     html = page.read_text()
+    # Self-contained: nothing is fetched from anywhere, and nothing runs.
     assert not re.search(r"""(src|href)\s*=|url\(|@import|https?://""", html), "external asset"
+    assert "<script" not in html
     copy = tmp_path / f"checked-{page.name}"
     copy.write_text(html.replace("</body>", script + "</body>"))
     dumped = chromium("--dump-dom", copy.as_uri())

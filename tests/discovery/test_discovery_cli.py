@@ -6,14 +6,12 @@ mistake one line naming what to change with nothing written at --out."""
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from discovery_servers import Replica
+from terminal import run_in_pty
 
 from explainserve.cli import main
 from explainserve.concepts.params import ConceptParams, ConceptRef
@@ -197,28 +195,7 @@ def test_activations_command_and_its_progress_bar_in_a_terminal(
     argv = [sys.executable, "-m", "explainserve.cli", "activations", "--server", replicas[0].target]
     argv += ["--model", "bert", "--file", str(text_file), "--out", str(out), "--format", "parquet"]
     argv += ["--shard-size", "8"]
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen(
-        argv,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
-        close_fds=True,
-    )
-    os.close(terminal)
-    seen = b""
-    while True:
-        try:
-            data = os.read(controller, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        seen += data
-    assert proc.wait(timeout=120) == 0
-    os.close(controller)
-    text = seen.decode(errors="replace")
+    text = run_in_pty(argv, columns=120)
     assert "extracting" in text
     for shown in ("80/80", "texts", "rows/s", "ETA", "80 texts, 80 rows of 32 features"):
         assert shown in text, text

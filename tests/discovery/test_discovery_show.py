@@ -4,8 +4,6 @@ as long as their activations, its words; no external asset, no console error).""
 
 from __future__ import annotations
 
-import os
-import pty
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +11,7 @@ from pathlib import Path
 
 from browser import checked_page
 from concept_sets import random_set
+from terminal import run_in_pty
 
 from explainserve.concepts.sets import ConceptInfo, TopExample
 
@@ -105,28 +104,10 @@ def test_the_page_shows_each_concept_with_its_examples(tmp_path: Path) -> None:
 
 def test_the_terminal_view(tmp_path: Path) -> None:
     path = concept_file(tmp_path)
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "explainserve.cli", "concepts", "show", str(path)],
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
-        close_fds=True,
+    text = run_in_pty(
+        [sys.executable, "-m", "explainserve.cli", "concepts", "show", str(path)], columns=120
     )
-    os.close(terminal)
-    seen = b""
-    while True:
-        try:
-            data = os.read(controller, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        seen += data
-    assert proc.wait(timeout=60) == 0
-    os.close(controller)
-    lines = seen.decode().replace("\r\n", "\n").splitlines()
+    lines = text.replace("\r\n", "\n").splitlines()
     assert "model        minilm-sentiment" in lines
     assert "encoder      relu" in lines
     assert "metric       r2: 0.9123" in lines

@@ -1,6 +1,10 @@
 """`explainserve explain`: a client of a running server. It builds an ExplainRequest from the
 command line, runs it with ExplainStream (a progress bar on stderr while the server works), and
-shows the result in the terminal, as JSON (`--json`) or as an HTML page (`--html`)."""
+shows the result in the terminal, as JSON (`--json`) or as an HTML page (`--html`).
+
+With `--concepts NAME` it runs ExplainConcepts instead (each class's output decomposed over the
+concept set's concepts); with `--concept K` too, an Explain of concept K's activation (the heat
+maps, with the concept as the explained output)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from google.protobuf import descriptor, json_format
 
 from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
+from explainserve.viewer.views import DEFAULT_TOP
 
 #: Command-line method name -> the ExplainRequest `method` oneof field.
 METHODS = {
@@ -25,6 +30,15 @@ AGGREGATIONS = ("mean", "max", "min", "sum", "signed-max")
 INFERENCE_MODES = ("logits", "softmax", "log-softmax")
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_MODEL = "minilm-sentiment"
+DEFAULT_METHOD = "occlusion"
+DEFAULT_GRANULARITY = "word"
+#: What ExplainConcepts' outputs are under each inference mode (None: the server's, logits).
+OUTPUT_NAMES = {
+    None: "logit",
+    "logits": "logit",
+    "softmax": "probability",
+    "log-softmax": "log-probability",
+}
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +65,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         choices=sorted(METHODS),
-        default="occlusion",
         metavar="METHOD",
-        help=f"{', '.join(sorted(METHODS))} (default occlusion)",
+        help=f"{', '.join(sorted(METHODS))} (default {DEFAULT_METHOD})",
     )
     parser.add_argument(
         "--param",
@@ -64,7 +77,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         "n_perturbations=64, order=first, baseline=replacement",
     )
     parser.add_argument(
-        "--granularity", choices=GRANULARITIES, default="word", help="units (default word)"
+        "--granularity", choices=GRANULARITIES, help=f"units (default {DEFAULT_GRANULARITY})"
     )
     parser.add_argument(
         "--aggregation",
@@ -84,6 +97,26 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         help="class to explain for every input (repeatable; default: the predicted class)",
     )
     parser.add_argument(
+        "--concepts",
+        metavar="NAME",
+        help="a concept set the server serves for the model: show each input's top concepts "
+        "by |contribution| to the explained class, as signed bars, and the residual's share",
+    )
+    parser.add_argument(
+        "--concept",
+        action="append",
+        default=[],
+        metavar="LABEL|INDEX",
+        help="with --concepts: explain this concept's activation instead (the heat maps; "
+        "repeatable)",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        metavar="N",
+        help=f"with --concepts: the concepts shown per class (default {DEFAULT_TOP})",
+    )
+    parser.add_argument(
         "--continuation",
         help="causal LMs: the continuation to explain (default: the model's own, generated)",
     )
@@ -92,7 +125,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="causal LMs: tokens generated at most (server default 32)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of random draws (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of random draws (default 0)")
     parser.add_argument(
         "--truncate", action="store_true", help="cut inputs longer than the model's maximum"
     )
@@ -110,6 +143,45 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 class UsageError(ValueError):
     """A mistake on the command line (exit status 2)."""
+
+
+#: Options that shape a heat map, not ExplainConcepts' bars (argparse dest -> flag).
+HEAT_MAP_OPTIONS = {
+    "method": "--method",
+    "param": "--param",
+    "granularity": "--granularity",
+    "aggregation": "--aggregation",
+    "seed": "--seed",
+    "continuation": "--continuation",
+    "max_new_tokens": "--max-new-tokens",
+}
+
+
+def concept_bars(args: argparse.Namespace) -> bool:
+    """The command line asks for ExplainConcepts' bars (`--concepts` without `--concept`),
+    its concept options checked (UsageError)."""
+    if args.concept and args.concepts is None:
+        raise UsageError("--concept K needs --concepts NAME: the concept set K belongs to")
+    if args.concept and args.target:
+        raise UsageError(
+            "--target picks classes; with --concept the explained output is the concept's "
+            "activation (the predicted class is still shown)"
+        )
+    bars = args.concepts is not None and not args.concept
+    if args.top is not None and not bars:
+        raise UsageError("--top N applies to --concepts NAME without --concept")
+    if args.top is not None and args.top < 1:
+        raise UsageError(f"--top N: at least 1 concept; got {args.top}")
+    if bars:
+        given = [
+            flag for dest, flag in HEAT_MAP_OPTIONS.items() if getattr(args, dest) not in (None, [])
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: heat-map options; --concepts NAME alone shows concept "
+                "contributions (add --concept K for the heat map of concept K)"
+            )
+    return bars
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -184,12 +256,16 @@ _ENUM_PREFIX = {
 }
 
 
+def _targets(given: list[str]) -> list[pb.Target]:
+    """Targets by index (digits) or label."""
+    return [
+        pb.Target(index=int(t)) if t.lstrip("-").isdigit() else pb.Target(label=t) for t in given
+    ]
+
+
 def build_request(args: argparse.Namespace, texts: list[str]) -> pb.ExplainRequest:
     """The ExplainRequest the command line describes."""
-    targets = [
-        pb.Target(index=int(t)) if t.lstrip("-").isdigit() else pb.Target(label=t)
-        for t in args.target
-    ]
+    targets = _targets(args.target)
     inputs = []
     for text in texts:
         item = pb.Input(text=text, targets=targets)
@@ -199,19 +275,39 @@ def build_request(args: argparse.Namespace, texts: list[str]) -> pb.ExplainReque
     request = pb.ExplainRequest(
         model=args.model,
         inputs=inputs,
-        granularity=_enum("Granularity", args.granularity),  # type: ignore[arg-type]
+        granularity=_enum(
+            "Granularity",
+            args.granularity or DEFAULT_GRANULARITY,  # type: ignore[arg-type]
+        ),
         aggregation=_enum("Aggregation", args.aggregation),  # type: ignore[arg-type]
         inference_mode=_enum("InferenceMode", args.inference_mode),  # type: ignore[arg-type]
-        seed=args.seed,
+        seed=args.seed or 0,
         truncate=args.truncate,
     )
-    method = getattr(request, METHODS[args.method])
+    if args.concepts is not None:
+        request.concept_target.concepts.name = args.concepts
+        request.concept_target.concepts_explained.extend(_targets(args.concept))
+    method = getattr(request, METHODS[args.method or DEFAULT_METHOD])
     method.SetInParent()
     for assignment in args.param:
         _set_param(method, assignment)
     if args.max_new_tokens is not None:
         request.generation.max_new_tokens = args.max_new_tokens
     return request
+
+
+def build_concepts_request(args: argparse.Namespace, texts: list[str]) -> pb.ExplainConceptsRequest:
+    """The ExplainConceptsRequest of `--concepts NAME`: C x gradient contributions, raw (the
+    view normalizes them, the residual included)."""
+    return pb.ExplainConceptsRequest(
+        model=args.model,
+        inputs=[pb.Input(text=text, targets=_targets(args.target)) for text in texts],
+        concepts=pb.ConceptSetRef(name=args.concepts),
+        inference_mode=_enum("InferenceMode", args.inference_mode),  # type: ignore[arg-type]
+        concepts_x_gradients=True,
+        normalization=False,
+        truncate=args.truncate,
+    )
 
 
 def connect(args: argparse.Namespace) -> grpc.Channel:
@@ -266,21 +362,28 @@ def run_explain(args: argparse.Namespace) -> int:
     """Runs `explainserve explain`; returns the exit status."""
     from rich.console import Console
 
-    from explainserve.viewer.views import views
+    from explainserve.viewer.views import ConceptInputView, InputView, concept_views, views
 
     texts = read_texts(args)
-    request = build_request(args, texts)
+    # Every usage error before the network.
+    request = (
+        build_concepts_request(args, texts) if concept_bars(args) else build_request(args, texts)
+    )
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
     console = Console()
+    response: pb.ExplainResponse | pb.ExplainConceptsResponse
     with connect(args) as channel:
         stub = explain_pb2_grpc.ExplainServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             info = stub.GetModel(
                 pb.GetModelRequest(name=args.model), metadata=metadata, timeout=args.timeout
             ).model
-            response = explain_with_progress(
-                stub, request, metadata, args.timeout, show_progress=not args.quiet
-            )
+            if isinstance(request, pb.ExplainConceptsRequest):
+                response = stub.ExplainConcepts(request, metadata=metadata, timeout=args.timeout)
+            else:
+                response = explain_with_progress(
+                    stub, request, metadata, args.timeout, show_progress=not args.quiet
+                )
         except grpc.RpcError as e:
             code = e.code()
             print(
@@ -289,7 +392,16 @@ def run_explain(args: argparse.Namespace) -> int:
             )
             return 1
     response.explanations.sort(key=lambda e: e.input_index)
-    shown = views(response, list(info.labels))
+    shown: list[InputView] | list[ConceptInputView]
+    if isinstance(response, pb.ExplainConceptsResponse):
+        top = args.top or DEFAULT_TOP
+        shown = concept_views(response, list(info.labels), top, OUTPUT_NAMES[args.inference_mode])
+        what = f"concept set {args.concepts}"
+    else:
+        shown = views(response, list(info.labels))
+        what = args.method or DEFAULT_METHOD
+        if args.concepts is not None:
+            what += f", concept set {args.concepts}"
     if args.json is not None:
         text = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)
         if args.json == "-":
@@ -299,9 +411,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.html is not None:
         from explainserve.viewer.html import render_html
 
-        args.html.write_text(
-            render_html(shown, model=args.model, method=args.method), encoding="utf-8"
-        )
+        args.html.write_text(render_html(shown, model=args.model, method=what), encoding="utf-8")
     if not args.quiet and args.json != "-":
         from explainserve.viewer.terminal import print_views
 
