@@ -83,14 +83,16 @@ def _encode(codec: Codec, rows: np.ndarray) -> np.ndarray:
 
 
 def frequent_ngrams(texts: Iterable[str], ngrams: int = 1, min_count: int = 5) -> list[str]:
-    """The words and n-grams (1 to `ngrams` words) occurring at least `min_count` times."""
+    """The words and n-grams (1 to `ngrams` words) occurring at least `min_count` times, most
+    frequent first (a dataset's vocabulary, held in memory: it grows far slower than the
+    dataset)."""
     counts: Counter[str] = Counter()
     for text in texts:
         words = _WORD.findall(text)
         for n in range(1, ngrams + 1):
             for i in range(len(words) - n + 1):
                 counts[" ".join(words[i : i + n])] += 1
-    return sorted(w for w, c in counts.items() if c >= min_count)
+    return [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
 
 
 def top_words(

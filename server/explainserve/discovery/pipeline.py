@@ -6,6 +6,7 @@ run happens before anything is written at the output path, and the file is writt
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -101,14 +102,18 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
         for shard in store.shards():
             yield shard.activations
 
-    examples = list(run.dataset.examples())
-    texts = [e.text for e in examples]
+    def texts() -> Iterator[str]:
+        # Streamed from the file each time: a dataset larger than memory is never held.
+        return (e.text for e in run.dataset.examples())
+
     supervised = run.fit.method == "cav"
     names: list[str] = []
+    labels: list[str] = []
     if supervised:
         if run.granularity != "cls":
             raise FitError("cav learns from one row per labelled text: use --granularity cls")
-        labels = [e.label for e in examples]
+        # A CAV's probe is fitted in memory: its rows and labels are held anyway.
+        labels = [e.label for e in run.dataset.examples()]
         unlabelled = sum(1 for label in labels if not label)
         if unlabelled:
             raise FitError(
@@ -137,10 +142,11 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
             concept_set = replace(concept_set, concepts=tuple(ConceptInfo(n) for n in names))
         codec = Codec(concept_set, torch.device("cpu"))
         say("interpreting: top examples per concept")
-        tops = interpret.top_examples(store, texts, codec, run.top_k)
+        tops = interpret.top_examples(store, texts(), codec, run.top_k)
         words: list[tuple[Any, ...]] = [()] * concept_set.n_concepts
         if run.granularity == "cls":
-            frequent = interpret.frequent_ngrams(texts, run.ngrams, run.min_count)[: run.max_words]
+            frequent = interpret.frequent_ngrams(texts(), run.ngrams, run.min_count)
+            frequent = frequent[: run.max_words]
             say(f"interpreting: {len(frequent)} words and n-grams run as inputs")
             words = interpret.top_words(
                 frequent,
@@ -152,7 +158,7 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
         metrics.update(evaluate.reconstruction(codec, rows()))
         if manifest.split_point == head_input and run.granularity == "cls":
             metrics["prediction_agreement"] = _agreement(remote, run.model, store, codec)
-        probe_set = texts[: run.probe_texts]
+        probe_set = list(itertools.islice(texts(), run.probe_texts))
         try:
             per_text = remote.contributions(run.model, probe_set, concept_set, len(manifest.labels))
             metrics["importance"] = evaluate.importance(per_text, list(manifest.labels))
@@ -166,7 +172,7 @@ def run_fit(run: FitRun, say: Callable[[str], None] = _say) -> ConceptSet:
                 "ExplainConcepts"
             )
         if supervised:
-            metrics.update(_tcav(run, remote, concept_set, x, [e.label for e in examples], say))
+            metrics.update(_tcav(run, remote, concept_set, x, labels, say))
         if run.stability and not supervised:
             say(f"stability: a second fit with seed {run.fit.seed + 1}")
             second = fit(
@@ -193,7 +199,7 @@ def _tcav(
 ) -> dict[str, Any]:
     """The vectors' TCAV scores per class over the probe texts, and their significance against
     random vectors (`discovery.cav`)."""
-    probe = [e.text for e in run.dataset.examples()][: run.probe_texts]
+    probe = [e.text for e in itertools.islice(run.dataset.examples(), run.probe_texts)]
     classes = len(concept_set.model.labels)
 
     def score(fitted: Fitted) -> NDArray[np.float64]:
