@@ -91,18 +91,21 @@ $(BUF):
 	@mkdir -p .make/bin
 	GOBIN=$(abspath .make/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
-# The client packages' code generators and dependencies (clients/): protoc-gen-go and
-# protoc-gen-go-grpc at pinned versions from the Go module proxy into .make/bin, the Go module's
-# dependencies (go.sum) into Go's module cache, and clients/node's package-lock.json by npm ci.
+# The protos' code generators and the clients' dependencies (clients/): protoc-gen-go,
+# protoc-gen-go-grpc and grpc-gateway's protoc-gen-openapiv2 (the OpenAPI document of the JSON
+# RPCs) at pinned versions from the Go module proxy into .make/bin, the Go module's dependencies
+# (go.sum) into Go's module cache, and clients/node's package-lock.json by npm ci.
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-GO_PLUGINS_STAMP := $(STAMPS)/go-plugins-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
+PROTOC_GEN_OPENAPIV2_VERSION := v2.34.0
+GO_PLUGINS_STAMP := $(STAMPS)/go-plugins-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(PROTOC_GEN_OPENAPIV2_VERSION)
 GO_SOURCES := clients/go/go.mod clients/go/go.sum $(shell find clients/go -name '*.go' 2>/dev/null)
 
 $(GO_PLUGINS_STAMP):
 	@mkdir -p .make/bin
 	GOBIN=$(abspath .make/bin) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(abspath .make/bin) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	GOBIN=$(abspath .make/bin) go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(PROTOC_GEN_OPENAPIV2_VERSION)
 	@touch $@
 
 # Downloads the Go client's dependencies and vets it (compiling it once, into Go's build cache).
@@ -153,9 +156,10 @@ $(CHROMIUM):
 chromium: $(CHROMIUM) ## Install headless Chromium (apt) for the HTML viewer's browser test
 
 .PHONY: proto
-proto: install $(BUF) $(GO_PLUGINS_STAMP) $(STAMPS)/node-client ## Regenerate the protos' code: server/, clients/ (commit the result)
+proto: install $(BUF) $(GO_PLUGINS_STAMP) $(STAMPS)/node-client ## Regenerate the protos' code: server/, clients/, the OpenAPI document (commit the result)
 	$(PY) scripts/gen_proto.py
 	$(BUF) generate
+	$(BUF) generate --template buf.gen.openapi.yaml
 
 .PHONY: lint-proto
 lint-proto: $(BUF) ## Lint the protos with buf's STANDARD + COMMENTS rules

@@ -18,7 +18,7 @@ class ServerOptions:
 
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(50051, "port to bind, 0 = any free port")
-    workers: int = option(8, "gRPC handler threads")
+    workers: int = option(8, "handler threads of each protocol (gRPC, and HTTP when it is on)")
     max_message_bytes: int = option(
         DEFAULT_MAX_MESSAGE_BYTES,
         "largest request or response (clients must raise theirs to match)",
@@ -71,5 +71,11 @@ class ServerOptions:
     #: Prometheus metrics on http://metrics_host:metrics_port/metrics.
     metrics_port: int | None = option(None, "Prometheus metrics port (none: off; 0 = any free)")
     metrics_host: str = option("127.0.0.1", "address of the metrics port")
+    #: HTTP/JSON beside gRPC (`explainserve.http`): the Open Inference Protocol's REST form,
+    #: KServe's V1 protocol and every ExplainService RPC as JSON, on `host`, with the same
+    #: tokens, TLS files, limits and drain.
+    http_port: int | None = option(
+        None, "HTTP/JSON port: OIP v2 REST, KServe V1, ExplainService as JSON (none: off; 0 = any)"
+    )
     #: Extra channel arguments, appended last.
     extra_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)
