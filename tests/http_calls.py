@@ -1,0 +1,92 @@
+"""A small HTTP client for the tests of the HTTP server (the standard library's, one connection
+per call), and what the JSON routes must give for a gRPC reply."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from explainserve.explain.service import Explainer
+from explainserve.grpc.server import RunningServer
+from explainserve.http.json_mapping import to_dict
+from explainserve.http.server import HttpServer
+from explainserve.v1 import explain_pb2_grpc
+
+#: The server's limit on sequences per input (as the gRPC tests' server).
+MAX_ROWS_PER_INPUT = 1000
+#: Its bound on a request's bytes: small, so that the fuzz can go past it cheaply.
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class Response:
+    """An HTTP response, read whole."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def lines(self) -> list[Any]:
+        """The JSON objects of a newline-delimited JSON body."""
+        return [json.loads(line) for line in self.body.splitlines() if line]
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | str | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    context: Any = None,
+) -> Response:
+    """One HTTP call to 127.0.0.1:`port` (HTTPS with an ssl `context`); a dict body is sent as
+    JSON."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    connection: http.client.HTTPConnection
+    if context is not None:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        reply = connection.getresponse()
+        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
+    finally:
+        connection.close()
+
+
+def grpc_json(message: Any) -> Any:
+    """A gRPC reply in the HTTP form: what the JSON routes must answer for the same call."""
+    return to_dict(message)
+
+
+@dataclass
+class HttpLive:
+    """The running server (gRPC and HTTP), a gRPC stub on it and the domain `Explainer`."""
+
+    running: RunningServer
+    stub: explain_pb2_grpc.ExplainServiceStub
+    explainer: Explainer
+    http: HttpServer
+
+    @property
+    def port(self) -> int:
+        """The HTTP port."""
+        return self.http.port
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Response:
+        return request(self.port, "POST", path, body, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Response:
+        return request(self.port, "GET", path, **kwargs)
