@@ -289,6 +289,7 @@ class CallLedger:
                 "code": code,
                 "ms": round(seconds * 1000.0, 3),
                 "protocol": call.protocol,
+                "request_id": call.request_id,
             },
         )
         tracing.end_rpc(
