@@ -62,9 +62,21 @@ class HttpRequest:
     params: dict[str, str]
     headers: list[tuple[str, str]]
     context: HttpContext
-    #: The protobuf request the handler made of the body, once made: the metrics' and log's
-    #: model and method labels come from it.
-    message: Any = None
+    #: Told of the request message once the handler has made it (the drain's description).
+    on_message: Callable[[Any], None] | None = None
+    _message: Any = None
+
+    @property
+    def message(self) -> Any:
+        """The protobuf request the handler made of the body, once made: the metrics' and
+        log's model and method labels come from it."""
+        return self._message
+
+    @message.setter
+    def message(self, value: Any) -> None:
+        self._message = value
+        if self.on_message is not None:
+            self.on_message(value)
 
     def header(self, name: str) -> str | None:
         """The last value of header `name` (lower case), None when absent."""
@@ -291,14 +303,14 @@ class Calls:
             call = self.ledger.begin(
                 op.rpc, HTTP, request_id, request.headers, http_span(op.verb, op.route)
             )
+            # What a drain's log says of the call, once its request is read.
+            request.on_message = lambda m: self.state.describe(key, describe(op.rpc, m, request_id))
         code = grpc.StatusCode.OK
         status = 200
         try:
             if not request.context.is_active():
                 raise ClientGone
             reply = op.handle(request)
-            if request.message is not None and op.work:
-                self.state.describe(key, describe(op.rpc, request.message, request_id))
             status = reply.status
             if reply.stream is not None:
                 code = self._stream(op, reply, request.context, send, loop, extra)
