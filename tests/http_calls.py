@@ -8,16 +8,62 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import RunningServer
 from explainserve.http.json_mapping import to_dict
 from explainserve.http.server import HttpServer
+from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
 #: The server's limit on sequences per input (as the gRPC tests' server).
 MAX_ROWS_PER_INPUT = 1000
 #: Its bound on a request's bytes: small, so that the fuzz can go past it cheaply.
 MAX_BODY_BYTES = 1 << 20
+
+
+#: A request of each RPC (a new RPC needs one here: the first test fails until it has it).
+SAMPLES: dict[str, Any] = {
+    "Explain": pb.ExplainRequest(
+        model="bert",
+        inputs=[pb.Input(text="The food was cold."), pb.Input(text="Lovely!")],
+        lime=pb.Lime(n_perturbations=20),
+        seed=7,
+        isolate_batches=True,
+    ),
+    "ExplainStream": pb.ExplainStreamRequest(
+        request=pb.ExplainRequest(
+            model="gpt2",
+            inputs=[pb.Input(text="Hello world.", targets=[pb.Target(label="positive")])],
+            occlusion=pb.Occlusion(),
+            isolate_batches=True,
+        )
+    ),
+    "ListModels": pb.ListModelsRequest(),
+    "GetModel": pb.GetModelRequest(name="bert"),
+    "GetActivations": pb.GetActivationsRequest(
+        model="bert",
+        inputs=[pb.Input(text="Great food. Rude staff.")],
+        split_points=["bert.encoder.layer.1", "bert.embeddings"],
+        granularity=pb.ACTIVATION_GRANULARITY_WORD,
+        include_predictions=True,
+    ),
+    "PredictFromActivations": pb.PredictFromActivationsRequest(
+        model="bert",
+        activations=pb.Tensor(
+            dtype="float32",
+            shape=[2, 32],
+            data=np.linspace(-1, 1, 64, dtype="<f4").tobytes(),
+        ),
+    ),
+    "ExplainConcepts": pb.ExplainConceptsRequest(
+        model="bert",
+        inputs=[pb.Input(text="The food was cold but the staff were lovely.")],
+        concepts=pb.ConceptSetRef(name="bert-relu"),
+        isolate_batches=True,
+    ),
+}
 
 
 @dataclass

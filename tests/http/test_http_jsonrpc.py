@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
-from http_calls import MAX_BODY_BYTES, HttpLive, grpc_json
+from http_calls import MAX_BODY_BYTES, SAMPLES, HttpLive, grpc_json
 
 from explainserve.grpc.status import HTTP_STATUS_OF
 from explainserve.http.jsonrpc import SERVICE
@@ -29,47 +29,6 @@ BIG = "The quick brown fox jumps over the lazy dog. " * 10
 HUGE = pb.ExplainRequest(
     model="bert", inputs=[pb.Input(text=BIG)] * 20, sobol=pb.Sobol(n_points=9), isolate_batches=True
 )
-#: A request of each RPC (a new RPC needs one here: the first test fails until it has it).
-SAMPLES: dict[str, Any] = {
-    "Explain": pb.ExplainRequest(
-        model="bert",
-        inputs=[pb.Input(text="The food was cold."), pb.Input(text="Lovely!")],
-        lime=pb.Lime(n_perturbations=20),
-        seed=7,
-        isolate_batches=True,
-    ),
-    "ExplainStream": pb.ExplainStreamRequest(
-        request=pb.ExplainRequest(
-            model="gpt2",
-            inputs=[pb.Input(text="Hello world.", targets=[pb.Target(label="positive")])],
-            occlusion=pb.Occlusion(),
-            isolate_batches=True,
-        )
-    ),
-    "ListModels": pb.ListModelsRequest(),
-    "GetModel": pb.GetModelRequest(name="bert"),
-    "GetActivations": pb.GetActivationsRequest(
-        model="bert",
-        inputs=[pb.Input(text="Great food. Rude staff.")],
-        split_points=["bert.encoder.layer.1", "bert.embeddings"],
-        granularity=pb.ACTIVATION_GRANULARITY_WORD,
-        include_predictions=True,
-    ),
-    "PredictFromActivations": pb.PredictFromActivationsRequest(
-        model="bert",
-        activations=pb.Tensor(
-            dtype="float32",
-            shape=[2, 32],
-            data=np.linspace(-1, 1, 64, dtype="<f4").tobytes(),
-        ),
-    ),
-    "ExplainConcepts": pb.ExplainConceptsRequest(
-        model="bert",
-        inputs=[pb.Input(text="The food was cold but the staff were lovely.")],
-        concepts=pb.ConceptSetRef(name="bert-relu"),
-        isolate_batches=True,
-    ),
-}
 #: What differs between two identical calls: time taken, and the batch sizes measured so far.
 VARYING = {"elapsedMs", "batching"}
 

@@ -45,7 +45,8 @@ class HttpServer:
             options.max_message_bytes,
             options.workers,
         )
-        app = build_app(
+        #: The ASGI app served.
+        self.app = build_app(
             operations(running.explain_servicer, running.oip_servicer, self.calls), self.calls
         )
         self._socket = _bind(options.host, options.http_port or 0)
@@ -54,7 +55,7 @@ class HttpServer:
         # uvicorn's start and stop lines ("Press CTRL+C to quit") are not ours to print.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         config = uvicorn.Config(
-            app,
+            self.app,
             loop="asyncio",
             lifespan="off",
             log_config=None,
