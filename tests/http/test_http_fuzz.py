@@ -21,12 +21,19 @@ INFER = {
     "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["Good.", "Bad."]}],
     "outputs": [{"name": "logits"}],
 }
+IDS = {
+    "inputs": [
+        {"name": "input_ids", "shape": [1, 4], "datatype": "INT64", "data": [101, 7592, 2088, 102]},
+        {"name": "attention_mask", "shape": [1, 4], "datatype": "INT32", "data": [[1, 1, 1, 1]]},
+    ],
+    "parameters": {"granularity": "all_tokens"},
+}
 KSERVE = {"instances": ["Good.", {"text": "Bad."}], "parameters": {"granularity": "token"}}
 #: Every POST route with a good body for it (gpt2's samples need no concept set).
 GOOD: dict[str, dict[str, Any]] = {
     **{rpc_path(rpc): json_format.MessageToDict(request) for rpc, request in SAMPLES.items()},
     "/v2/models/bert/infer": INFER,
-    "/v2/models/bert/versions/1/infer": INFER,
+    "/v2/models/bert/versions/1/infer": IDS,
     "/v1/models/bert:predict": {"instances": ["Good.", "Bad."]},
     "/v1/models/bert:explain": KSERVE,
 }
@@ -87,6 +94,27 @@ def answered(live: HttpLive, path: str, body: bytes) -> None:
 @given(path=st.sampled_from(ROUTES), data=st.data())
 def test_wrong_types_and_shapes_get_a_4xx(live: HttpLive, path: str, data: st.DataObject) -> None:
     answered(live, path, json.dumps(mutated(GOOD[path], data)).encode())
+
+
+datatypes = st.sampled_from(
+    ["BYTES", "INT64", "INT32", "INT8", "UINT64", "FP32", "FP64", "BOOL", "FP16", "int64", ""]
+)
+
+
+@given(
+    name=st.sampled_from(["text", "input_ids", "attention_mask", "x"]),
+    datatype=datatypes,
+    shape=st.lists(st.integers(-2, 5), max_size=3),
+    data=st.lists(values, max_size=6) | values,
+    binary=st.none() | st.integers(-1, 40),
+)
+def test_any_tensor_gets_a_result_or_a_4xx(
+    live: HttpLive, name: str, datatype: str, shape: list[int], data: Any, binary: int | None
+) -> None:
+    tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape, "data": data}
+    if binary is not None:
+        tensor["parameters"] = {"binary_data_size": binary}
+    answered(live, "/v2/models/bert/infer", json.dumps({"inputs": [tensor]}).encode())
 
 
 @given(path=st.sampled_from(ROUTES), body=values)
