@@ -126,10 +126,15 @@ $(GO_RAWCALL): $(STAMPS)/go-client
 
 # kustomize and kubeconform (tests/deploy: deploy/k8s built and validated offline) from the Go
 # module proxy into .make/bin; the Kubernetes schemas come from the PyPI package
-# kubernetes-validate (in the lock).
+# kubernetes-validate (in the lock). KServe's API types (deploy/kserve checked against them) come
+# from the KServe Python SDK's wheel, downloaded pinned and hash-checked, never installed: its
+# generated models are read as data (it pins a protobuf older than the lock's).
 KUSTOMIZE_VERSION := v5.7.1
 KUBECONFORM_VERSION := v0.7.0
 K8S_TOOLS_STAMP := $(STAMPS)/k8s-tools-$(KUSTOMIZE_VERSION)-$(KUBECONFORM_VERSION)
+KSERVE_SDK_VERSION := 0.21.0
+KSERVE_SDK_SHA256 := df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b
+KSERVE_SDK := .make/kserve/kserve-$(KSERVE_SDK_VERSION)-py3-none-any.whl
 
 $(K8S_TOOLS_STAMP):
 	@mkdir -p .make/bin
@@ -137,8 +142,12 @@ $(K8S_TOOLS_STAMP):
 	GOBIN=$(abspath .make/bin) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
 	@touch $@
 
+$(KSERVE_SDK): | $(PY)
+	$(PIP) download --quiet --no-deps --only-binary=:all: -d .make/kserve "kserve==$(KSERVE_SDK_VERSION)"
+	echo "$(KSERVE_SDK_SHA256)  $@" | sha256sum --check --quiet
+
 .PHONY: k8s-tools
-k8s-tools: $(K8S_TOOLS_STAMP) ## kustomize and kubeconform (the tests of deploy/k8s need them)
+k8s-tools: $(K8S_TOOLS_STAMP) $(KSERVE_SDK) ## kustomize, kubeconform and KServe's API types (the tests of deploy/ need them)
 
 .PHONY: clients
 clients: $(GO_PLUGINS_STAMP) $(STAMPS)/go-client $(GO_RAWCALL) $(STAMPS)/node-client ## Go and Node client toolchains (the tests of clients/ need them)
@@ -155,6 +164,15 @@ $(CHROMIUM):
 .PHONY: chromium
 chromium: $(CHROMIUM) ## Install headless Chromium (apt) for the HTML viewer's browser test
 
+# curl for the HTTP tests (tests/http: a shell user's calls), from Debian's package when missing.
+CURL := /usr/bin/curl
+$(CURL):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl
+
+.PHONY: curl
+curl: $(CURL) ## Install curl (apt) for the HTTP tests
+
 .PHONY: proto
 proto: install $(BUF) $(GO_PLUGINS_STAMP) $(STAMPS)/node-client ## Regenerate the protos' code: server/, clients/, the OpenAPI document (commit the result)
 	$(PY) scripts/gen_proto.py
@@ -170,7 +188,7 @@ run: install ## Start the server on the embedded default model (PORT=50051, ARGS
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install $(BUF) clients k8s-tools $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
+test: install $(BUF) clients k8s-tools $(CHROMIUM) $(CURL) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
 	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
