@@ -198,3 +198,21 @@ def test_a_client_that_goes_away_cancels_its_queued_work(
     assert worker.queued_rows == 0  # its queued rows were dropped, not run
     assert live.post("/v1/explainserve/Explain", EXPLAIN).status == 200
     assert gate["after"] == 0  # no batch of it ran after the one in flight
+
+
+def test_connections_send_without_waiting_for_acks(live: HttpLive) -> None:
+    """TCP_NODELAY on the server's connections: a reply's header and body segments do not wait
+    for the client's delayed ACK (which cost about 40 ms a call before)."""
+    import socket
+
+    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    try:
+        connection.request("GET", "/v2/health/live")
+        assert connection.getresponse().read() == b'{"live":true}'
+        server = live.http._server  # uvicorn's
+        sockets = [c.transport.get_extra_info("socket") for c in server.server_state.connections]
+        assert sockets
+        for sock in sockets:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        connection.close()
