@@ -183,3 +183,23 @@ def test_sigterm_drains_http_calls_and_exits(tiny_bert_dir: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_not_ready_from_the_first_moment_of_a_drain(registry: Registry) -> None:
+    """With a drain delay, readiness turns 503 at once (probes stop sending) while new calls are
+    still served until the delay is over."""
+    running = start(
+        ServerOptions(port=0, http_port=0), Explainer(registry), companions=[start_http]
+    )
+    port = running.companions[0].port  # type: ignore[attr-defined]
+    stopper = threading.Thread(target=running.stop, args=(30.0, 5.0))
+    stopper.start()
+    try:
+        deadline = time.monotonic() + 5
+        while request(port, "GET", "/v2/health/ready").status != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert running.state.state == "serving"  # the delay: calls are still taken
+        assert request(port, "POST", "/v1/explainserve/Explain", SMALL).status == 200
+    finally:
+        stopper.join(60)

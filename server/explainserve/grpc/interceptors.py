@@ -71,6 +71,17 @@ class ServingState:
         #: the sync server runs on one thread from start to end): a drain names them.
         self._calls: dict[object, tuple[str, float]] = {}
         self._completed = 0
+        self._ready = serving
+
+    @property
+    def ready(self) -> bool:
+        """Whether readiness probes should say ready: serving, and not about to drain (false
+        from the first moment of a drain, while calls are still taken for `drain_delay_s`)."""
+        return self._ready and self._state == "serving"
+
+    def stop_ready(self) -> None:
+        """A drain begins: probes say not ready from now on."""
+        self._ready = False
 
     @property
     def state(self) -> str:
@@ -91,6 +102,7 @@ class ServingState:
         """Models loaded and warmed up."""
         if self._state == "starting":
             self._state = "serving"
+            self._ready = True
 
     def set_draining(self) -> None:
         """No new work from now on."""

@@ -257,6 +257,7 @@ class RunningServer:
         finish and send their replies; then the calls still running are logged (what they are,
         for how long) and cancelled, and the server stops. `grace=None`: stop at once."""
         self.health.enter_graceful_shutdown()
+        self.state.stop_ready()
         if grace is not None and delay > 0:
             time.sleep(delay)
         self.state.set_draining()
@@ -322,7 +323,7 @@ def start(
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
         oip_servicer = OipServicer(
             activator,
-            lambda: state.state == "serving",
+            lambda: state.ready,
             options.max_tokens_per_input,
             max_response_bytes=options.max_message_bytes,
         )
