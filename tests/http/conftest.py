@@ -10,24 +10,20 @@ import grpc
 import pytest
 from concept_sets import served_concepts
 from http_calls import MAX_BODY_BYTES, MAX_ROWS_PER_INPUT, HttpLive
+from served import served_models
 
 from explainserve.explain.limits import Limits
 from explainserve.explain.service import Explainer
 from explainserve.grpc.options import ServerOptions
 from explainserve.grpc.server import start
 from explainserve.http.server import HttpServer, start_http
-from explainserve.models.loading import ModelConfig, load_model
-from explainserve.models.registry import Registry
 from explainserve.v1 import explain_pb2_grpc
 
 
 @pytest.fixture(scope="session")
 def live(tiny_bert_dir: Path, tiny_gpt2_dir: Path) -> Iterator[HttpLive]:
     """Starts the server once per session; stops it and closes the models at the end."""
-    registry = Registry()
-    try:
-        registry.add(load_model(ModelConfig(name="bert", path=tiny_bert_dir, device="cpu")))
-        registry.add(load_model(ModelConfig(name="gpt2", path=tiny_gpt2_dir, device="cpu")))
+    with served_models({"bert": tiny_bert_dir, "gpt2": tiny_gpt2_dir}) as registry:
         explainer = Explainer(
             registry, Limits(max_rows_per_input=MAX_ROWS_PER_INPUT), served_concepts(registry)
         )
@@ -46,8 +42,6 @@ def live(tiny_bert_dir: Path, tiny_gpt2_dir: Path) -> Iterator[HttpLive]:
                 yield HttpLive(running, stub, explainer, server)
         finally:
             running.stop(grace=None)
-    finally:
-        registry.close()
 
 
 @pytest.fixture

@@ -4,16 +4,13 @@ protocol's routes and errors as the REST specification states them."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from http_calls import HttpLive, request
-from numpy.typing import NDArray
+from oip_checks import POINTS, TEXTS, TOL, logits, rows, run_triton
 
 from explainserve.explain.service import Explainer
 from explainserve.grpc.options import ServerOptions
@@ -22,48 +19,13 @@ from explainserve.http.server import start_http
 from explainserve.v1 import explain_pb2 as pb
 
 HERE = Path(__file__).resolve().parent
-TEXTS = ["The food was cold.", "A wonderful, warm evening with friends!", "Fine."]
-POINTS = ["classifier:input", "bert.encoder.layer.1"]
-#: As the gRPC form's test: the same rows through the same worker, maybe in other batches.
-TOL = 1e-6
-
-
-def rows(chunks: list[pb.GetActivationsResponse], name: str) -> NDArray[np.float32]:
-    """One split point's rows of a GetActivations stream, chunks appended."""
-    return np.concatenate(
-        [
-            np.frombuffer(a.values.data, "<f4").reshape(list(a.values.shape))
-            for c in chunks
-            for a in c.activations
-            if a.split_point == name
-        ]
-    )
-
-
-def logits(chunks: list[pb.GetActivationsResponse]) -> NDArray[np.float32]:
-    return np.concatenate(
-        [np.frombuffer(c.logits.data, "<f4").reshape(list(c.logits.shape)) for c in chunks]
-    )
 
 
 @pytest.fixture(scope="module")
 def triton_run(live: HttpLive, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """What tests/http/oip_triton_http_client.py saw (result.json, arrays.npz)."""
     out = tmp_path_factory.mktemp("triton-http")
-    subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "oip_triton_http_client.py"),
-            f"127.0.0.1:{live.port}",
-            str(out),
-            *TEXTS,
-        ],
-        check=True,
-        timeout=300,
-    )
-    result = json.loads((out / "result.json").read_text())
-    with np.load(out / "arrays.npz") as arrays:
-        return result, {k: arrays[k] for k in arrays.files}
+    return run_triton(HERE / "oip_triton_http_client.py", f"127.0.0.1:{live.port}", out)
 
 
 def test_tritonclient_http_gets_the_logits_and_activations_of_the_grpc_path(

@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 from http_calls import HttpLive
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from explainserve import tracing
@@ -90,18 +88,6 @@ def test_the_access_log_line(live: HttpLive, caplog: pytest.LogCaptureFixture) -
         "OK",
         "http",
     )
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.uninstall()
 
 
 def test_traceparent_continues_the_trace(live: HttpLive, spans: InMemorySpanExporter) -> None:
