@@ -475,6 +475,7 @@ def _body(data: bytes, more: bool) -> dict[str, Any]:
 async def _send_whole(
     send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
 ) -> None:
-    """A whole response: start and body."""
-    await send(_start(status, [*headers, ("content-type", content_type)]))
+    """A whole response: start and body, its length said (keep-alive without chunking)."""
+    length = ("content-length", str(len(body)))
+    await send(_start(status, [*headers, ("content-type", content_type), length]))
     await send(_body(body, more=False))
