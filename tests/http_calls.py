@@ -75,6 +75,7 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
+        """The body as JSON."""
         return json.loads(self.body)
 
     def lines(self) -> list[Any]:
@@ -132,7 +133,9 @@ class HttpLive:
         return self.http.port
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> Response:
+        """POST `body` (a dict as JSON) to `path` of the HTTP port."""
         return request(self.port, "POST", path, body, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> Response:
+        """GET `path` of the HTTP port."""
         return request(self.port, "GET", path, **kwargs)

@@ -148,6 +148,7 @@ class Endpoint:
         self.op = op
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serves one call of the operation (ASGI)."""
         await self.calls._serve(self.op, scope, receive, send)
 
 

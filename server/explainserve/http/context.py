@@ -80,25 +80,30 @@ class HttpContext(grpc.ServicerContext):  # type: ignore[misc]
     # -- what the servicers ask --------------------------------------------------------------
 
     def is_active(self) -> bool:
+        """Whether the call is still wanted: not cancelled, its deadline not passed."""
         return not self._cancelled.is_set() and (
             self.deadline is None or time.monotonic() < self.deadline
         )
 
     def time_remaining(self) -> float | None:
+        """Seconds left before the deadline (None: no deadline)."""
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        """Ends the call with `code` and `details`: raises HttpAbort."""
         raise HttpAbort(status_pb2.Status(code=code.value[0], message=details))
 
     def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        """Ends the call with `status` (its google.rpc.Status details when it has them)."""
         for key, value in status.trailing_metadata or ():
             if key == _DETAILS_KEY:
                 raise HttpAbort(status_pb2.Status.FromString(value))
         self.abort(status.code, status.details)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Runs `callback` when the call is cancelled; False when it is already."""
         with self._lock:
             if self._cancelled.is_set():
                 return False
@@ -108,18 +113,23 @@ class HttpContext(grpc.ServicerContext):  # type: ignore[misc]
     # -- the rest of the interface: what an HTTP call has of it ------------------------------
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The request's headers, lower-case names (as gRPC metadata is)."""
         return self._headers
 
     def peer(self) -> str:
+        """The client's address."""
         return self._peer
 
     def peer_identities(self) -> None:
+        """None: HTTP calls carry no gRPC peer identity."""
         return None
 
     def peer_identity_key(self) -> None:
+        """None, as `peer_identities`."""
         return None
 
     def auth_context(self) -> dict[str, Any]:
+        """Empty: authentication is the HTTP layer's."""
         return {}
 
     def set_compression(self, compression: Any) -> None:
@@ -132,6 +142,7 @@ class HttpContext(grpc.ServicerContext):  # type: ignore[misc]
         """HTTP/1.1 responses carry no trailers."""
 
     def trailing_metadata(self) -> tuple[()]:
+        """None on HTTP/1.1."""
         return ()
 
     def set_code(self, code: Any) -> None:
@@ -141,9 +152,11 @@ class HttpContext(grpc.ServicerContext):  # type: ignore[misc]
         """Details reach HTTP through `abort`."""
 
     def code(self) -> None:
+        """None: the status travels by `abort`."""
         return None
 
     def details(self) -> None:
+        """None: the status travels by `abort`."""
         return None
 
     def disable_next_message_compression(self) -> None:
