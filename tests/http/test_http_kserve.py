@@ -192,6 +192,8 @@ def test_explain_request_mapping() -> None:
     request = explain_request("m", {"instances": ["a"], "parameters": {"var_grad": {}}})
     assert request.WhichOneof("method") == "var_grad"
     assert explain_request("m", {"instances": ["a"]}).WhichOneof("method") == "occlusion"
+    named = explain_request("m", {"instances": ["a"], "parameters": {"method": "saliency"}})
+    assert named.WhichOneof("method") == "saliency"  # its parameters at their defaults
 
 
 @pytest.mark.parametrize(
