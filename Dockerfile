@@ -74,12 +74,13 @@ ENV PATH=/opt/explainserve/bin:$PATH \
 RUN python -m explainserve.models.default_model
 USER ${UID}:${UID}
 WORKDIR /home/explainserve
-# 50051: gRPC (ExplainService, health, reflection); 9090: Prometheus metrics.
-EXPOSE 50051 9090
+# 50051: gRPC (ExplainService, health, reflection); 8080: HTTP/JSON (OIP v2 REST, KServe V1,
+# ExplainService as JSON); 9090: Prometheus metrics.
+EXPOSE 50051 8080 9090
 # SERVING once the models are loaded and warmed up; NOT_SERVING while draining.
 HEALTHCHECK --interval=10s --timeout=6s --start-period=120s --retries=3 \
     CMD ["python", "-m", "explainserve.probe", "--target", "127.0.0.1:50051"]
 # SIGTERM drains in-flight calls for --grace-seconds (30 s); give `docker stop -t` more than that.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["explainserve"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--metrics-host", "0.0.0.0", "--metrics-port", "9090"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--http-port", "8080", "--metrics-host", "0.0.0.0", "--metrics-port", "9090"]

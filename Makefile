@@ -91,18 +91,21 @@ $(BUF):
 	@mkdir -p .make/bin
 	GOBIN=$(abspath .make/bin) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
-# The client packages' code generators and dependencies (clients/): protoc-gen-go and
-# protoc-gen-go-grpc at pinned versions from the Go module proxy into .make/bin, the Go module's
-# dependencies (go.sum) into Go's module cache, and clients/node's package-lock.json by npm ci.
+# The protos' code generators and the clients' dependencies (clients/): protoc-gen-go,
+# protoc-gen-go-grpc and grpc-gateway's protoc-gen-openapiv2 (the OpenAPI document of the JSON
+# RPCs) at pinned versions from the Go module proxy into .make/bin, the Go module's dependencies
+# (go.sum) into Go's module cache, and clients/node's package-lock.json by npm ci.
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-GO_PLUGINS_STAMP := $(STAMPS)/go-plugins-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
+PROTOC_GEN_OPENAPIV2_VERSION := v2.34.0
+GO_PLUGINS_STAMP := $(STAMPS)/go-plugins-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)-$(PROTOC_GEN_OPENAPIV2_VERSION)
 GO_SOURCES := clients/go/go.mod clients/go/go.sum $(shell find clients/go -name '*.go' 2>/dev/null)
 
 $(GO_PLUGINS_STAMP):
 	@mkdir -p .make/bin
 	GOBIN=$(abspath .make/bin) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(abspath .make/bin) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	GOBIN=$(abspath .make/bin) go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(PROTOC_GEN_OPENAPIV2_VERSION)
 	@touch $@
 
 # Downloads the Go client's dependencies and vets it (compiling it once, into Go's build cache).
@@ -123,10 +126,15 @@ $(GO_RAWCALL): $(STAMPS)/go-client
 
 # kustomize and kubeconform (tests/deploy: deploy/k8s built and validated offline) from the Go
 # module proxy into .make/bin; the Kubernetes schemas come from the PyPI package
-# kubernetes-validate (in the lock).
+# kubernetes-validate (in the lock). KServe's API types (deploy/kserve checked against them) come
+# from the KServe Python SDK's wheel, downloaded pinned and hash-checked, never installed: its
+# generated models are read as data (it pins a protobuf older than the lock's).
 KUSTOMIZE_VERSION := v5.7.1
 KUBECONFORM_VERSION := v0.7.0
 K8S_TOOLS_STAMP := $(STAMPS)/k8s-tools-$(KUSTOMIZE_VERSION)-$(KUBECONFORM_VERSION)
+KSERVE_SDK_VERSION := 0.21.0
+KSERVE_SDK_SHA256 := df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b
+KSERVE_SDK := .make/kserve/kserve-$(KSERVE_SDK_VERSION)-py3-none-any.whl
 
 $(K8S_TOOLS_STAMP):
 	@mkdir -p .make/bin
@@ -134,8 +142,12 @@ $(K8S_TOOLS_STAMP):
 	GOBIN=$(abspath .make/bin) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
 	@touch $@
 
+$(KSERVE_SDK): | $(PY)
+	$(PIP) download --quiet --no-deps --only-binary=:all: -d .make/kserve "kserve==$(KSERVE_SDK_VERSION)"
+	echo "$(KSERVE_SDK_SHA256)  $@" | sha256sum --check --quiet
+
 .PHONY: k8s-tools
-k8s-tools: $(K8S_TOOLS_STAMP) ## kustomize and kubeconform (the tests of deploy/k8s need them)
+k8s-tools: $(K8S_TOOLS_STAMP) $(KSERVE_SDK) ## kustomize, kubeconform and KServe's API types (the tests of deploy/ need them)
 
 .PHONY: clients
 clients: $(GO_PLUGINS_STAMP) $(STAMPS)/go-client $(GO_RAWCALL) $(STAMPS)/node-client ## Go and Node client toolchains (the tests of clients/ need them)
@@ -152,10 +164,20 @@ $(CHROMIUM):
 .PHONY: chromium
 chromium: $(CHROMIUM) ## Install headless Chromium (apt) for the HTML viewer's browser test
 
+# curl for the HTTP tests (tests/http: a shell user's calls), from Debian's package when missing.
+CURL := /usr/bin/curl
+$(CURL):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl
+
+.PHONY: curl
+curl: $(CURL) ## Install curl (apt) for the HTTP tests
+
 .PHONY: proto
-proto: install $(BUF) $(GO_PLUGINS_STAMP) $(STAMPS)/node-client ## Regenerate the protos' code: server/, clients/ (commit the result)
+proto: install $(BUF) $(GO_PLUGINS_STAMP) $(STAMPS)/node-client ## Regenerate the protos' code: server/, clients/, the OpenAPI document (commit the result)
 	$(PY) scripts/gen_proto.py
 	$(BUF) generate
+	$(BUF) generate --template buf.gen.openapi.yaml
 
 .PHONY: lint-proto
 lint-proto: $(BUF) ## Lint the protos with buf's STANDARD + COMMENTS rules
@@ -166,7 +188,7 @@ run: install ## Start the server on the embedded default model (PORT=50051, ARGS
 	$(VENV)/bin/explainserve serve --port $(PORT) $(ARGS)
 
 .PHONY: test
-test: install $(BUF) clients k8s-tools $(CHROMIUM) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
+test: install $(BUF) clients k8s-tools $(CHROMIUM) $(CURL) ## Everything CI checks: Rust fmt/clippy/tests, buf, ruff, mypy, stubs, Go vet, pytest
 	$(BUF) lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings

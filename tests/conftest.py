@@ -7,6 +7,7 @@ the suite is deterministic on slow CI runners; `HYPOTHESIS_PROFILE=explore` draw
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from transformers import PreTrainedTokenizerFast
 
 # No model hub: everything the tests load is packaged or built here.
@@ -172,3 +174,22 @@ def tiny_distilbert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tokenizer
     from tiny_models import build_distilbert_classifier
 
     return build_distilbert_classifier(tmp_path_factory.mktemp("tiny-distilbert"), bert_tokenizer)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on, into memory, for one test (synchronous export: a span is there once ended)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from explainserve import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.uninstall()

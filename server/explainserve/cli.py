@@ -231,12 +231,18 @@ def serve(config: ServeConfig) -> None:
             model = registry.get(concept_set.model.name)
             concepts.add(bind(name, concept_set, model, str(config.concepts[name])))
 
+    companions = []
+    if config.server.http_port is not None:
+        from explainserve.http.server import start_http
+
+        companions.append(start_http)
     serve_forever(
         replace(config.server, auth_tokens=tokens),
         explainer,
         Activator(registry, config.activations),
         load,
         ConceptExplainer(registry, concepts, config.concept_limits),
+        companions,
     )
     tracing.uninstall()  # flushes the spans not exported yet
 

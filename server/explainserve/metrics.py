@@ -1,10 +1,10 @@
 """Prometheus metrics, served on their own HTTP port (`metrics_port`).
 
-Per RPC: requests by RPC, explanation method, model and status code, and their latency. Per
-model worker: how long jobs wait in the queue, how long batches compute, how full batches are
-(padded tokens / token budget) and how much of them is padding, sequences (forward passes) run,
-the queue depth and the worker's fault counters; protobuf serialization time per RPC; device
-memory on CUDA. Each server owns its registry (tests start several).
+Per RPC: requests by RPC, explanation method, model, status code and protocol (gRPC or HTTP),
+and their latency. Per model worker: how long jobs wait in the queue, how long batches compute,
+how full batches are (padded tokens / token budget) and how much of them is padding, sequences
+(forward passes) run, the queue depth and the worker's fault counters; serialization time per
+RPC and protocol; device memory on CUDA. Each server owns its registry (tests start several).
 """
 
 from __future__ import annotations
@@ -184,14 +184,15 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "explainserve_requests",
-            "RPCs answered, by RPC, explanation method, model and status code",
-            ["rpc", "method", "model", "code"],
+            "Calls answered, by RPC, explanation method, model, status code (gRPC's names, HTTP "
+            "calls too) and protocol (grpc or http)",
+            ["rpc", "method", "model", "code", "protocol"],
             registry=r,
         )
         self.request_seconds = Histogram(
             "explainserve_request_seconds",
-            "RPC latency from the handler's start to its last message",
-            ["rpc", "method", "model"],
+            "Call latency from the handler's start to its last message, by protocol",
+            ["rpc", "method", "model", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -226,8 +227,8 @@ class Metrics:
         )
         self.serialize_seconds = Histogram(
             "explainserve_serialize_seconds",
-            "Time serializing one response message",
-            ["rpc"],
+            "Time serializing one response message (protobuf, or JSON over HTTP)",
+            ["rpc", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -167,21 +167,41 @@ class RpcTrace:
     token: object
 
 
-def start_rpc(method: str, metadata: Sequence[tuple[str, Any]] | None) -> RpcTrace:
-    """Makes the RPC's context current: a server span continuing the caller's trace (from
-    `traceparent`), or, with tracing off, the caller's span context alone (for the logs).
-    `method` is gRPC's full name, "/package.Service/Method"."""
-    carrier = list(metadata or ())
+@dataclass(frozen=True)
+class SpanName:
+    """The name and attributes of a call's server span."""
+
+    name: str
+    attributes: Mapping[str, str]
+
+
+def grpc_span(method: str) -> SpanName:
+    """The span of a gRPC call of `method`, gRPC's full name "/package.Service/Method"."""
+    service, _, name = method.lstrip("/").partition("/")
+    return SpanName(
+        f"{service}/{name}", {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+    )
+
+
+def http_span(verb: str, route: str) -> SpanName:
+    """The span of an HTTP call of `route` (the route's template, `/v2/models/{model}/infer`),
+    named as OpenTelemetry's HTTP conventions say: "POST /v2/models/{model}/infer"."""
+    return SpanName(f"{verb} {route}", {"http.request.method": verb, "http.route": route})
+
+
+def start_rpc(
+    name: str, carrier: Sequence[tuple[str, Any]] | None, attributes: Mapping[str, str]
+) -> RpcTrace:
+    """Makes the call's context current: a server span `name` continuing the caller's trace
+    (from `traceparent` in `carrier`, gRPC metadata or HTTP headers as (lower-case key, value)
+    pairs), or, with tracing off, the caller's span context alone (for the logs)."""
+    carrier = list(carrier or ())
     parent = propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
     active = _tracer
     span: trace.Span | None = None
     if active is not None:
-        service, _, name = method.lstrip("/").partition("/")
         span = active.start_span(
-            f"{service}/{name}",
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            name, context=parent, kind=trace.SpanKind.SERVER, attributes=dict(attributes)
         )
         ctx = trace.set_span_in_context(span, parent)
     else:
@@ -189,12 +209,18 @@ def start_rpc(method: str, metadata: Sequence[tuple[str, Any]] | None) -> RpcTra
     return RpcTrace(span, otel_context.attach(ctx))
 
 
-def end_rpc(rpc: RpcTrace, code: str, attributes: Mapping[str, str]) -> None:
-    """Ends the RPC's span with its gRPC status code name and `attributes`; restores the
-    context."""
+def end_rpc(
+    rpc: RpcTrace,
+    code: str,
+    attributes: Mapping[str, str],
+    status_attributes: Mapping[str, Any] | None = None,
+) -> None:
+    """Ends the call's span with `attributes` and its transport's status (`status_attributes`:
+    `rpc.grpc.status_code`, `http.response.status_code`), an error unless `code` (the gRPC code
+    name) is OK; restores the context."""
     if rpc.span is not None:
         rpc.span.set_attributes({f"explainserve.{k}": v for k, v in attributes.items() if v})
-        rpc.span.set_attribute("rpc.grpc.status_code", code)
+        rpc.span.set_attributes(dict(status_attributes or {}))
         if code != "OK":
             rpc.span.set_status(trace.StatusCode.ERROR, code)
         rpc.span.end()

@@ -5,32 +5,21 @@ tests/grpc/test_proto_drift.py."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from tools import missing_tool
+from generated import buf_generate
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED_DIRS = [ROOT / "clients/go/explainserve", ROOT / "clients/node/src/gen"]
 
 
 def test_go_and_typescript_code_match_the_protos(tmp_path: Path) -> None:
-    buf = ROOT / ".make" / "bin" / "buf"
     plugins = [
         ROOT / ".make/bin/protoc-gen-go",
         ROOT / ".make/bin/protoc-gen-go-grpc",
         ROOT / "clients/node/node_modules/.bin/protoc-gen-ts_proto",
     ]
-    missing = [str(p.relative_to(ROOT)) for p in [buf, *plugins] if not p.exists()]
-    if missing:
-        missing_tool(f"missing {missing}: run `make clients .make/bin/buf` (make test does)")
-    subprocess.run(
-        [str(buf), "generate", "--template", "buf.gen.yaml", "-o", str(tmp_path)],
-        cwd=ROOT,
-        check=True,
-        timeout=300,
-    )
-    generated = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    generated = set(buf_generate("buf.gen.yaml", plugins, tmp_path))
     committed = {p.relative_to(ROOT) for d in GENERATED_DIRS for p in d.rglob("*") if p.is_file()}
     assert {p.suffix for p in generated} == {".go", ".ts"}
     assert generated == committed, "files added or removed: run `make proto`"

@@ -87,7 +87,7 @@ def test_runs_as_a_non_root_user_with_health_check_and_entry_point(
     kinds = [i["instruction"] for i in runtime]
     assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN")
     (expose,) = [i["value"] for i in runtime if i["instruction"] == "EXPOSE"]
-    assert expose.split() == ["50051", "9090"]
+    assert expose.split() == ["50051", "8080", "9090"]
     entry = json.loads(dockerfile.structure[-2]["value"])
     cmd = json.loads(dockerfile.structure[-1]["value"])
     assert (dockerfile.structure[-2]["instruction"], entry) == ("ENTRYPOINT", ["explainserve"])
@@ -95,7 +95,11 @@ def test_runs_as_a_non_root_user_with_health_check_and_entry_point(
     assert cmd[0] == "serve"
     flags = dict(zip(cmd[1::2], cmd[2::2], strict=True))
     assert flags["--host"] == "0.0.0.0"
-    assert (flags["--port"], flags["--metrics-port"]) == ("50051", "9090")
+    assert (flags["--port"], flags["--http-port"], flags["--metrics-port"]) == (
+        "50051",
+        "8080",
+        "9090",
+    )
     (health,) = [i["value"] for i in runtime if i["instruction"] == "HEALTHCHECK"]
     options, _, command = health.partition("CMD ")
     assert "--start-period=" in options

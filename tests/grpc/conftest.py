@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from concept_sets import served_concepts
+from served import served_models
 
 from explainserve.explain.limits import CausalLimits, Limits
 from explainserve.explain.service import Explainer
@@ -46,10 +47,7 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def live_server(tiny_bert_dir: Path, tiny_gpt2_dir: Path) -> Iterator[LiveServer]:
     """Starts the server once per session; stops it and closes the models at the end."""
-    registry = Registry()
-    try:
-        registry.add(load_model(ModelConfig(name="bert", path=tiny_bert_dir, device="cpu")))
-        registry.add(load_model(ModelConfig(name="gpt2", path=tiny_gpt2_dir, device="cpu")))
+    with served_models({"bert": tiny_bert_dir, "gpt2": tiny_gpt2_dir}) as registry:
         explainer = Explainer(
             registry, Limits(max_rows_per_input=MAX_ROWS_PER_INPUT), served_concepts(registry)
         )
@@ -61,8 +59,6 @@ def live_server(tiny_bert_dir: Path, tiny_gpt2_dir: Path) -> Iterator[LiveServer
                 yield LiveServer(running, channel, stub, explainer)
         finally:
             running.stop(grace=None)
-    finally:
-        registry.close()
 
 
 @pytest.fixture(scope="session")

@@ -18,19 +18,10 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 
-MODEL = "bert"
-POINTS = ["classifier:input", "bert.encoder.layer.1"]
-
-
-def error_of(call: Any) -> dict[str, str]:
-    """The status and message tritonclient reports for a call that must fail."""
-    try:
-        call()
-    except InferenceServerException as e:
-        return {"status": str(e.status()), "message": str(e.message())}
-    raise AssertionError("the call succeeded")
+# The shared part, in tests/ (this script runs from its own folder).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from triton_calls import MODEL, POINTS, common_errors
 
 
 def main() -> int:
@@ -83,17 +74,7 @@ def main() -> int:
     arrays["ids/attention_mask"] = mask
 
     # Errors as tritonclient reports them.
-    floats = triton.InferInput("input_ids", [1, 2], "FP32")
-    floats.set_data_from_numpy(np.zeros((1, 2), dtype=np.float32))
-    result["errors"] = {
-        "unknown_model": error_of(lambda: client.infer("nope", [text])),
-        "unknown_output": error_of(
-            lambda: client.infer(
-                MODEL, [text], outputs=[triton.InferRequestedOutput("bert.encoder.layer.9")]
-            )
-        ),
-        "bad_datatype": error_of(lambda: client.infer(MODEL, [floats])),
-    }
+    result["errors"] = common_errors(triton, client, text)
     (out / "result.json").write_text(json.dumps(result))
     np.savez(out / "arrays.npz", **arrays)
     return 0

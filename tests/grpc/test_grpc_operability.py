@@ -134,22 +134,26 @@ def test_prometheus_metrics(metered: RunningServer) -> None:
         )
     text = scrape(metered)
     for line in [
-        'explainserve_requests_total{code="OK",method="occlusion",model="bert",rpc="Explain"} 1.0',
-        'explainserve_requests_total{code="OK",method="saliency",model="bert",rpc="Explain"} 1.0',
-        'explainserve_requests_total{code="NOT_FOUND",method="occlusion",model="nope",'
+        'explainserve_requests_total{code="OK",method="occlusion",model="bert",protocol="grpc",'
         'rpc="Explain"} 1.0',
-        'explainserve_requests_total{code="OK",method="",model="gpt2",rpc="GetActivations"} 1.0',
+        'explainserve_requests_total{code="OK",method="saliency",model="bert",protocol="grpc",'
+        'rpc="Explain"} 1.0',
+        'explainserve_requests_total{code="NOT_FOUND",method="occlusion",model="nope",'
+        'protocol="grpc",rpc="Explain"} 1.0',
+        'explainserve_requests_total{code="OK",method="",model="gpt2",protocol="grpc",'
+        'rpc="GetActivations"} 1.0',
         'explainserve_queue_rows{model="bert"} 0.0',
     ]:
         assert line in text, line
     for pattern in [
-        r'explainserve_request_seconds_count\{method="occlusion",model="bert",rpc="Explain"\} 1',
+        r'explainserve_request_seconds_count\{method="occlusion",model="bert",protocol="grpc",'
+        r'rpc="Explain"\} 1',
         r'explainserve_queue_seconds_count\{kind="forward",model="bert"\} [1-9]',
         r'explainserve_compute_seconds_count\{kind="gradient",model="bert"\} [1-9]',
         r'explainserve_compute_seconds_count\{kind="activation",model="gpt2"\} [1-9]',
         r'explainserve_batch_fill_ratio_bucket\{kind="forward",le="0.1",model="bert"\} [1-9]',
         r'explainserve_batch_padding_ratio_count\{kind="forward",model="bert"\} [1-9]',
-        r'explainserve_serialize_seconds_count\{rpc="Explain"\} [1-9]',
+        r'explainserve_serialize_seconds_count\{protocol="grpc",rpc="Explain"\} [1-9]',
         r'explainserve_forward_passes_total\{model="bert"\} [1-9]',
         r'explainserve_oom_splits_total\{model="bert"\} \d',
         r'explainserve_tokens_run_total\{model="bert"\} [1-9]',

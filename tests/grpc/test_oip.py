@@ -4,7 +4,6 @@ of bad requests through our generated stub."""
 
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
-from numpy.typing import NDArray
+from oip_checks import POINTS, TEXTS, TOL, logits, rows, run_triton
 
 from explainserve.explain.service import Explainer
 from explainserve.grpc.server import ServerOptions, start
@@ -27,49 +26,13 @@ from explainserve.v1 import explain_pb2 as pb
 from explainserve.v1 import explain_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
-TEXTS = ["The food was cold.", "A wonderful, warm evening with friends!", "Fine."]
-POINTS = ["classifier:input", "bert.encoder.layer.1"]
-#: OIP and GetActivations run the same rows through the same worker, but not necessarily in
-#: batches of the same size and padding, which may change float32 sums in the last bits: 1e-6
-#: is the issue's bound, about ten float32 ulps at these magnitudes (|x| < 10).
-TOL = 1e-6
-
-
-def rows(chunks: list[pb.GetActivationsResponse], name: str) -> NDArray[np.float32]:
-    """One split point's rows of a GetActivations stream, chunks appended."""
-    parts = []
-    for chunk in chunks:
-        for a in chunk.activations:
-            if a.split_point == name:
-                parts.append(np.frombuffer(a.values.data, "<f4").reshape(list(a.values.shape)))
-    return np.concatenate(parts)
-
-
-def logits(chunks: list[pb.GetActivationsResponse]) -> NDArray[np.float32]:
-    """The logits of a GetActivations stream (include_predictions)."""
-    return np.concatenate(
-        [np.frombuffer(c.logits.data, "<f4").reshape(list(c.logits.shape)) for c in chunks]
-    )
 
 
 @pytest.fixture(scope="module")
 def triton_run(live_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """What tests/grpc/oip_triton_client.py saw (result.json, arrays.npz)."""
     out = tmp_path_factory.mktemp("triton")
-    subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "oip_triton_client.py"),
-            f"127.0.0.1:{live_server.port}",
-            str(out),
-            *TEXTS,
-        ],
-        check=True,
-        timeout=300,
-    )
-    result = json.loads((out / "result.json").read_text())
-    with np.load(out / "arrays.npz") as arrays:
-        return result, {k: arrays[k] for k in arrays.files}
+    return run_triton(HERE / "oip_triton_client.py", f"127.0.0.1:{live_server.port}", out)
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,15 @@ scripts/gen_proto.py makes of the protos."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from generated import gen_proto
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_generator():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_code_matches_protos(tmp_path: Path) -> None:
-    generated = _load_generator().generate(tmp_path)
+    generated = gen_proto().generate(tmp_path)
     assert generated, "no proto files found"
     stale = []
     for path in generated:
@@ -31,7 +23,7 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
 
 
 def test_client_copy_matches_protos(tmp_path: Path) -> None:
-    generator = _load_generator()
+    generator = gen_proto()
     generated = generator.generate_client(tmp_path)
     committed_dir = ROOT / "clients" / "python" / "src"
     assert {p.relative_to(tmp_path) for p in generated} == {

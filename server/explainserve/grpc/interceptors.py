@@ -13,7 +13,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,6 +34,8 @@ OPEN_SERVICES = (
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
 )
+#: The `protocol` label of gRPC calls in the metrics and access log.
+GRPC = "grpc"
 #: Services gated by the serving state and measured.
 WORK_SERVICES = ("/explainserve.v1.", "/inference.GRPCInferenceService/ModelInfer")
 
@@ -68,8 +71,19 @@ class ServingState:
         self._cond = threading.Condition()
         #: What each call in flight is, and since when, by the thread handling it (a call of
         #: the sync server runs on one thread from start to end): a drain names them.
-        self._calls: dict[int, tuple[str, float]] = {}
+        self._calls: dict[object, tuple[str, float]] = {}
         self._completed = 0
+        self._ready = serving
+
+    @property
+    def ready(self) -> bool:
+        """Whether readiness probes should say ready: serving, and not about to drain (false
+        from the first moment of a drain, while calls are still taken for `drain_delay_s`)."""
+        return self._ready and self._state == "serving"
+
+    def stop_ready(self) -> None:
+        """A drain begins: probes say not ready from now on."""
+        self._ready = False
 
     @property
     def state(self) -> str:
@@ -90,6 +104,7 @@ class ServingState:
         """Models loaded and warmed up."""
         if self._state == "starting":
             self._state = "serving"
+            self._ready = True
 
     def set_draining(self) -> None:
         """No new calls from now on; those admitted before still run."""
@@ -101,22 +116,30 @@ class ServingState:
         with self._cond:
             self._state = "closed"
 
-    def enter(self, call: str = "") -> bool:
+    def enter(self, call: str = "", key: object = None) -> bool:
         """Counts a call that the server admitted in (described by `call`, for the log of a
-        drain), unless the drain is over (False)."""
+        drain), unless the drain is over (False). `key` names the call for `leave` and
+        `describe` (default: this thread, which runs a gRPC call from start to end; an HTTP call
+        gives a token of its own, as its thread is not its own)."""
         with self._cond:
             if self._state == "closed":
                 return False
             self._in_flight += 1
-            self._calls[threading.get_ident()] = (call, time.monotonic())
+            self._calls[threading.get_ident() if key is None else key] = (call, time.monotonic())
             return True
 
-    def leave(self, thread: int | None = None) -> None:
-        """Counts a call out: the one `enter` counted on thread `thread` (default: this one)."""
+    def describe(self, key: object, call: str) -> None:
+        """Replaces the description of the call `key` (once its request is read)."""
+        with self._cond:
+            if key in self._calls:
+                self._calls[key] = (call, self._calls[key][1])
+
+    def leave(self, key: object = None) -> None:
+        """Counts a call out: the one `enter` counted under `key` (default: this thread)."""
         with self._cond:
             self._in_flight -= 1
             self._completed += 1
-            self._calls.pop(threading.get_ident() if thread is None else thread, None)
+            self._calls.pop(threading.get_ident() if key is None else key, None)
             self._cond.notify_all()
 
     def running(self) -> list[str]:
@@ -165,8 +188,9 @@ def _abort_handler(
     )
 
 
-def _labels(request: Any) -> tuple[str, str]:
-    """(explanation method or "", model) of an ExplainService request."""
+def labels(request: Any) -> tuple[str, str]:
+    """(explanation method or "", model) of an ExplainService request (or OIP's
+    ModelInferRequest); ("", "") for anything else."""
     inner = getattr(request, "request", None)
     if inner is not None:  # ExplainStreamRequest
         request = inner
@@ -181,6 +205,142 @@ def _labels(request: Any) -> tuple[str, str]:
     return method, model
 
 
+def describe(rpc: str, request: Any, request_id: str) -> str:
+    """What a drain's log says of a call still running."""
+    method, model = labels(request)
+    return f"{rpc} model={quote(model, 64)} method={method or '-'} request_id={request_id}"
+
+
+def client_request_id(values: Iterable[Any]) -> str:
+    """The client's own request id among the `x-request-id` values given, when one looks like a
+    request id ("" otherwise: the server makes one)."""
+    found = ""
+    for value in values:
+        if isinstance(value, str) and _CLIENT_ID.match(value):
+            found = value
+    return found
+
+
+def bearer_token_ok(tokens: Sequence[bytes], authorizations: Iterable[Any]) -> bool:
+    """Whether the last `authorization` value given (gRPC metadata or HTTP header) is `Bearer`
+    one of `tokens`; True when no token is configured."""
+    if not tokens:
+        return True
+    given = b""
+    for value in authorizations:
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if text[:7].lower() == "bearer ":
+            given = text[7:].strip().encode("latin-1", "replace")
+    # Every token compared in constant time, none skipped: timing says nothing.
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(given, token)
+    return ok
+
+
+#: What a call without a valid token is told, on either protocol.
+UNAUTHENTICATED_MESSAGE = (
+    "missing or invalid bearer token ('authorization: Bearer <token>': gRPC metadata or an "
+    "HTTP header)"
+)
+
+
+@dataclass
+class Call:
+    """One call being served, on either protocol: what its end needs to log and measure it."""
+
+    rpc: str
+    protocol: str
+    request_id: str
+    started: float
+    traced: tracing.RpcTrace
+
+
+class CallLedger:
+    """Begins and ends the calls of both protocols alike: the request id on the thread's log
+    records, the trace continuing the caller's, the metrics (labelled by protocol) and the
+    access log line. A call begins and ends on the thread that handles it."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+
+    def begin(
+        self,
+        rpc: str,
+        protocol: str,
+        request_id: str,
+        carrier: Sequence[tuple[str, Any]] | None,
+        span: tracing.SpanName,
+    ) -> Call:
+        """Makes `request_id` and the call's trace (from `carrier`'s traceparent) current on
+        this thread."""
+        _local.request_id = request_id
+        traced = tracing.start_rpc(span.name, carrier, span.attributes)
+        return Call(rpc, protocol, request_id, time.perf_counter(), traced)
+
+    def end(
+        self,
+        call: Call,
+        code: str,
+        request: Any = None,
+        status_attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Counts, logs and ends the trace of `call`, answered with the gRPC code name `code`
+        (HTTP calls too: one vocabulary for dashboards); `request` gives the model and method
+        labels, `status_attributes` the span's transport status."""
+        seconds = time.perf_counter() - call.started
+        method, model = labels(request)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.requests.labels(call.rpc, method, model, code, call.protocol).inc()
+            metrics.request_seconds.labels(call.rpc, method, model, call.protocol).observe(seconds)
+        log.info(
+            "%s %s %s %s %.1f ms %s",
+            call.rpc,
+            model or "-",
+            method or "-",
+            code,
+            seconds * 1000.0,
+            call.protocol,
+            extra={
+                "rpc": call.rpc,
+                "model": model,
+                "method": method,
+                "code": code,
+                "ms": round(seconds * 1000.0, 3),
+                "protocol": call.protocol,
+                "request_id": call.request_id,
+            },
+        )
+        tracing.end_rpc(
+            call.traced,
+            code,
+            {"request_id": call.request_id, "model": model, "method": method},
+            status_attributes,
+        )
+        _local.request_id = None
+
+    def serializer(
+        self, rpc: str, protocol: str, serialize: Callable[[Any], bytes]
+    ) -> Callable[[Any], bytes]:
+        """`serialize`, spanned and timed (`explainserve_serialize_seconds{rpc,protocol}`)."""
+        histogram = (
+            self.metrics.serialize_seconds.labels(rpc, protocol)
+            if self.metrics is not None
+            else None
+        )
+
+        def timed(message: Any) -> bytes:
+            with tracing.serialize_span():
+                started = time.perf_counter()
+                out = serialize(message)
+                if histogram is not None:
+                    histogram.observe(time.perf_counter() - started)
+            return out
+
+        return timed
+
+
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """State gate, authentication, request id, metrics and access log (see the module doc)."""
 
@@ -193,21 +353,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self.state = state
         self._tokens = [t.encode() for t in tokens]
         self.metrics = metrics
-
-    def _authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
-        if not self._tokens:
-            return True
-        given = b""
-        for key, value in metadata or ():
-            if key == "authorization":
-                text = value.decode() if isinstance(value, bytes) else str(value)
-                if text[:7].lower() == "bearer ":
-                    given = text[7:].strip().encode()
-        # Every token compared in constant time, none skipped: timing says nothing.
-        ok = False
-        for token in self._tokens:
-            ok |= hmac.compare_digest(given, token)
-        return ok
+        self.ledger = CallLedger(metrics)
 
     def intercept_service(
         self,
@@ -221,21 +367,16 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if method.startswith(OPEN_SERVICES):
             return handler
         metadata = handler_call_details.invocation_metadata
-        if not self._authorized(metadata):
-            return _abort_handler(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token (metadata 'authorization: Bearer <token>')",
-            )
+        if not bearer_token_ok(
+            self._tokens, (v for k, v in metadata or () if k == "authorization")
+        ):
+            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
         if not method.startswith(WORK_SERVICES):
             return handler
         state = self.state.state
         if state != "serving":
-            return _abort_handler(handler, grpc.StatusCode.UNAVAILABLE, _unavailable(state))
-        client_id = ""
-        for key, value in metadata or ():
-            if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
-                client_id = value
+            return _abort_handler(handler, grpc.StatusCode.UNAVAILABLE, unavailable_message(state))
+        client_id = client_request_id(v for k, v in metadata or () if k == REQUEST_ID_KEY)
         return self._wrap(handler, method, client_id, metadata)
 
     def _wrap(
@@ -247,76 +388,32 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         h: Any = handler
         rpc = full_method.rsplit("/", 1)[-1]
-        metrics = self.metrics
+        ledger = self.ledger
         serializer = h.response_serializer
-        histogram = metrics.serialize_seconds.labels(rpc) if metrics is not None else None
-
-        def serialize(message: Any) -> Any:
-            """The response's bytes, made inside the handler (so within the RPC's span and
-            measured); gRPC then sends them as they are."""
-            if serializer is None:
-                return message
-            with tracing.serialize_span():
-                started = time.perf_counter()
-                out: bytes = serializer(message)
-                if histogram is not None:
-                    histogram.observe(time.perf_counter() - started)
-            return out
-
+        # The response's bytes are made inside the handler (so within the RPC's span and
+        # measured); gRPC then sends them as they are.
+        serialize = (
+            ledger.serializer(rpc, GRPC, serializer) if serializer is not None else _identity
+        )
         if serializer is not None:
             h = h._replace(response_serializer=_already_serialized)
-
         state = self.state
+        span = tracing.grpc_span(full_method)
 
-        def begin(
-            request: Any, context: grpc.ServicerContext
-        ) -> tuple[str, float, tracing.RpcTrace]:
+        def begin(request: Any, context: grpc.ServicerContext) -> Call:
             request_id = client_id or uuid.uuid4().hex[:16]
-            method, model = _labels(request)
-            call = f"{rpc} model={quote(model, 64)} method={method or '-'} request_id={request_id}"
-            if not state.enter(call):  # the drain ended since the call was admitted
-                context.abort(grpc.StatusCode.UNAVAILABLE, _unavailable(state.state))
-            _local.request_id = request_id
-            traced = tracing.start_rpc(full_method, metadata)
+            if not state.enter(describe(rpc, request, request_id)):
+                # The drain ended since the call was admitted.
+                context.abort(grpc.StatusCode.UNAVAILABLE, unavailable_message(state.state))
+            call = ledger.begin(rpc, GRPC, request_id, metadata, span)
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             # In the trailers too: an error reply (trailers only) has no initial metadata.
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            return request_id, time.perf_counter(), traced
+            return call
 
-        def end(
-            request: Any,
-            context: grpc.ServicerContext,
-            started: float,
-            ok: bool,
-            traced: tracing.RpcTrace,
-        ) -> None:
+        def end(request: Any, context: grpc.ServicerContext, call: Call, ok: bool) -> None:
             code = grpc.StatusCode.OK if ok else (_code(context) or grpc.StatusCode.UNKNOWN)
-            seconds = time.perf_counter() - started
-            method, model = _labels(request)
-            if metrics is not None:
-                metrics.requests.labels(rpc, method, model, code.name).inc()
-                metrics.request_seconds.labels(rpc, method, model).observe(seconds)
-            log.info(
-                "%s %s %s %s %.1f ms",
-                rpc,
-                model or "-",
-                method or "-",
-                code.name,
-                seconds * 1000.0,
-                extra={
-                    "rpc": rpc,
-                    "model": model,
-                    "method": method,
-                    "code": code.name,
-                    "ms": round(seconds * 1000.0, 3),
-                },
-            )
-            tracing.end_rpc(
-                traced,
-                code.name,
-                {"request_id": current_request_id() or "", "model": model, "method": method},
-            )
-            _local.request_id = None
+            ledger.end(call, code.name, request, {"rpc.grpc.status_code": code.name})
             # Counted out once gRPC has sent the reply, not when the handler returns: a drain
             # that stopped the server in between cancelled the reply of a finished call.
             thread = threading.get_ident()
@@ -327,21 +424,21 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             behavior = h.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                _, started, traced = begin(request, context)
+                call = begin(request, context)
                 ok = False
                 try:
                     out = serialize(behavior(request, context))
                     ok = True
                     return out
                 finally:
-                    end(request, context, started, ok, traced)
+                    end(request, context, call, ok)
 
             return h._replace(unary_unary=unary)
         if h.unary_stream is not None:
             stream_behavior = h.unary_stream
 
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                _, started, traced = begin(request, context)
+                call = begin(request, context)
                 ok = False
                 messages: Any = None
                 try:
@@ -354,10 +451,14 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     close = getattr(messages, "close", None)
                     if close is not None:
                         close()
-                    end(request, context, started, ok, traced)
+                    end(request, context, call, ok)
 
             return h._replace(unary_stream=unary_stream)
         return h
+
+
+def _identity(message: Any) -> Any:
+    return message
 
 
 def _already_serialized(data: bytes) -> bytes:
@@ -365,7 +466,9 @@ def _already_serialized(data: bytes) -> bytes:
     return data
 
 
-def _unavailable(state: str) -> str:
+def unavailable_message(state: str) -> str:
+    """What a call is told while the server is not serving (`state`: starting, draining or
+    closed)."""
     why = {"starting": "starting: models are loading", "closed": "stopping"}.get(state, "draining")
     return f"the server is {why}; retry on another replica or later"
 

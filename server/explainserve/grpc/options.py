@@ -20,7 +20,8 @@ class ServerOptions:
     port: int = option(50051, "port to bind, 0 = any free port")
     #: Each call taken has a handler thread of its own from its start (mostly waiting on the
     #: models' workers), so that a drain knows every call it waits for: none queues for one.
-    #: Health checks and Watch streams count too.
+    #: Health checks and Watch streams count too. HTTP calls, when HTTP is on, have a pool of
+    #: as many threads of their own.
     max_concurrent_rpcs: int = option(
         256,
         "calls handled at once, each on a handler thread of its own; more are refused at once "
@@ -79,5 +80,11 @@ class ServerOptions:
     #: Prometheus metrics on http://metrics_host:metrics_port/metrics.
     metrics_port: int | None = option(None, "Prometheus metrics port (none: off; 0 = any free)")
     metrics_host: str = option("127.0.0.1", "address of the metrics port")
+    #: HTTP/JSON beside gRPC (`explainserve.http`): the Open Inference Protocol's REST form,
+    #: KServe's V1 protocol and every ExplainService RPC as JSON, on `host`, with the same
+    #: tokens, TLS files, limits and drain.
+    http_port: int | None = option(
+        None, "HTTP/JSON port: OIP v2 REST, KServe V1, ExplainService as JSON (none: off; 0 = any)"
+    )
     #: Extra channel arguments, appended last.
     extra_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)

@@ -11,10 +11,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -206,6 +206,18 @@ def _add_reflection(server: grpc.Server, service_names: list[str]) -> None:
     )
 
 
+class Companion(Protocol):
+    """Another transport served beside gRPC by the same process (HTTP/JSON): it answers through
+    the same servicers and counts its calls in the same serving state, so a drain waits for
+    them; `close` stops it (cancelling what still runs) once the drain is over."""
+
+    #: The line `serve_forever` prints once serving ("explainserve http on HOST:PORT").
+    announcement: str
+
+    def close(self) -> None:
+        """Stops serving; calls still running are cancelled."""
+
+
 @dataclass
 class RunningServer:
     """A started server, the port it is bound to, its health servicer and serving state."""
@@ -220,6 +232,15 @@ class RunningServer:
     metrics_port: int | None = None
     #: Returns freed heap memory to the system after each burst of calls.
     trimmer: IdleTrimmer | None = None
+    #: The servicers (None without an explainer), which other transports answer through too.
+    explain_servicer: ExplainServicer | None = None
+    oip_servicer: OipServicer | None = None
+    #: What gRPC's interceptor was given: bearer tokens and the call ledger (metrics, logs).
+    interceptor: ServerInterceptor | None = None
+    #: The options the server was started with.
+    options: ServerOptions | None = None
+    #: Other transports on the same servicers and state (`Companion`), stopped after the drain.
+    companions: list[Companion] = field(default_factory=list)
 
     def set_serving(self) -> None:
         """Models loaded and warmed up: health SERVING, ExplainService takes work."""
@@ -236,6 +257,7 @@ class RunningServer:
         finish and send their replies; then the calls still running are logged (what they are,
         for how long) and cancelled, and the server stops. `grace=None`: stop at once."""
         self.health.enter_graceful_shutdown()
+        self.state.stop_ready()
         if grace is not None and delay > 0:
             time.sleep(delay)
         self.state.set_draining()
@@ -251,6 +273,8 @@ class RunningServer:
         # Cancels whatever still runs: the calls' contexts turn inactive, so the workers drop
         # their queued jobs before the next batch.
         self.server.stop(None).wait()
+        for companion in self.companions:
+            companion.close()
         if self.trimmer is not None:
             self.trimmer.close()
         if self.metrics is not None:
@@ -265,11 +289,13 @@ def start(
     *,
     serving: bool = True,
     concept_explainer: ConceptExplainer | None = None,
+    companions: Sequence[Callable[[RunningServer], Companion]] = (),
 ) -> RunningServer:
     """Starts a server with health and reflection, and ExplainService when `explainer` is given
     (`activator` defaults to one with default limits on the same registry); `port=0` binds a
     free port. With `serving=False` health says NOT_SERVING and ExplainService answers
-    UNAVAILABLE until `set_serving()` (load and warm up the models in between)."""
+    UNAVAILABLE until `set_serving()` (load and warm up the models in between). Each of
+    `companions` starts another transport on the started server (`Companion`)."""
     state = ServingState()
     metrics = None
     if options.metrics_port is not None and explainer is not None:
@@ -280,38 +306,36 @@ def start(
     # once draining. The threads mostly wait on the models' workers (the queue of work, with
     # its own bound, is theirs), so they are many and cheap.
     bound = options.max_concurrent_rpcs
+    interceptor = ServerInterceptor(state, options.auth_tokens, metrics)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=bound, thread_name_prefix="grpc-handler"),
         options=channel_options(options),
-        interceptors=[ServerInterceptor(state, options.auth_tokens, metrics)],
+        interceptors=[interceptor],
         maximum_concurrent_rpcs=bound,
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names: list[str] = []
+    explain_servicer = oip_servicer = None
     if explainer is not None:
         # One activator for both protocols: OIP's ModelInfer is an activation request.
         activator = activator or Activator(explainer.registry)
-        explain_pb2_grpc.add_ExplainServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ExplainServicer(
-                explainer,
-                activator,
-                options.max_tokens_per_input,
-                max_response_bytes=options.max_message_bytes,
-                concept_explainer=concept_explainer,
-            ),
-            server,
+        explain_servicer = ExplainServicer(
+            explainer,
+            activator,
+            options.max_tokens_per_input,
+            max_response_bytes=options.max_message_bytes,
+            concept_explainer=concept_explainer,
         )
+        explain_pb2_grpc.add_ExplainServiceServicer_to_server(explain_servicer, server)  # type: ignore[no-untyped-call]
         service_names.append(explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            OipServicer(
-                activator,
-                lambda: state.state == "serving",
-                options.max_tokens_per_input,
-                max_response_bytes=options.max_message_bytes,
-            ),
-            server,
+        oip_servicer = OipServicer(
+            activator,
+            lambda: state.ready,
+            options.max_tokens_per_input,
+            max_response_bytes=options.max_message_bytes,
         )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(oip_servicer, server)  # type: ignore[no-untyped-call]
         service_names.append(OIP_SERVICE_NAME)
     _add_reflection(server, service_names)
     address = f"{options.host}:{options.port}"
@@ -328,7 +352,24 @@ def start(
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
-    running = RunningServer(server, port, health_servicer, state, service_names, metrics)
+    running = RunningServer(
+        server,
+        port,
+        health_servicer,
+        state,
+        service_names,
+        metrics,
+        explain_servicer=explain_servicer,
+        oip_servicer=oip_servicer,
+        interceptor=interceptor,
+        options=options,
+    )
+    try:
+        for make in companions:
+            running.companions.append(make(running))
+    except BaseException:
+        running.stop(None)
+        raise
     running.trimmer = IdleTrimmer(lambda: state.in_flight, lambda: state.completed).start()
     if metrics is not None:
         running.metrics_port = metrics.serve(options.metrics_host, options.metrics_port or 0)
@@ -375,12 +416,19 @@ def serve_forever(
     activator: Activator | None = None,
     load: Callable[[], None] | None = None,
     concept_explainer: ConceptExplainer | None = None,
+    companions: Sequence[Callable[[RunningServer], Companion]] = (),
 ) -> None:
     """Starts NOT_SERVING (health answers, ExplainService says UNAVAILABLE), runs `load` (load
-    and warm up the models), turns SERVING and prints "explainserve listening on HOST:PORT",
-    and runs until SIGTERM or SIGINT; then drains in-flight RPCs for the grace period."""
+    and warm up the models), turns SERVING and prints "explainserve listening on HOST:PORT"
+    (then the metrics' port and each companion's announcement), and runs until SIGTERM or
+    SIGINT; then drains in-flight calls of every transport for the grace period."""
     running = start(
-        options, explainer, activator, serving=False, concept_explainer=concept_explainer
+        options,
+        explainer,
+        activator,
+        serving=False,
+        concept_explainer=concept_explainer,
+        companions=companions,
     )
     stopped = threading.Event()
 
@@ -406,6 +454,8 @@ def serve_forever(
                 f"explainserve metrics on {options.metrics_host}:{running.metrics_port}",
                 flush=True,
             )
+        for companion in running.companions:
+            print(companion.announcement, flush=True)
     stopped.wait()
     running.stop(options.grace_seconds, options.drain_delay_s)
     if explainer is not None:

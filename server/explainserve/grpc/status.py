@@ -1,4 +1,5 @@
-"""The one table from domain errors to gRPC status codes, and how errors reach the client."""
+"""The one table from domain errors to gRPC status codes, its HTTP face (grpc-gateway's mapping
+of those codes to HTTP statuses), and how errors reach the client."""
 
 from __future__ import annotations
 
@@ -33,6 +34,36 @@ STATUS_OF: dict[type[errors.ExplainServeError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
+
+#: The HTTP status of each gRPC code, as grpc-gateway maps them (`runtime.HTTPStatusFromCode`):
+#: an HTTP call's error gets the status of its gRPC code in `STATUS_OF`, so both protocols say
+#: the same thing of the same error. 499 is nginx's "client closed request".
+HTTP_STATUS_OF: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+#: gRPC's codes by number (google.rpc.Status.code).
+CODE_OF_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def http_status_of(code: grpc.StatusCode) -> int:
+    """The HTTP status of a gRPC code (grpc-gateway's mapping)."""
+    return HTTP_STATUS_OF[code]
 
 
 def from_native(exc: _native.NativeError) -> errors.ExplainServeError:
